@@ -1,5 +1,494 @@
-"""`cryossl` command line (wired in cli.py by the lead; placeholder during bring-up)."""
+"""`cryossl`: the command line, the contract for batch users and scripts.
+
+Every subcommand is a thin layer over the GUI-free core, the same functions the
+napari widgets call. Heavy libraries (torch, lightly) are imported inside the
+commands so that `cryossl --help` answers at once. `main(argv=None)` returns an
+exit code so tests call it as a function.
+
+Bad input (a corrupt MRC, an empty STAR file, a checkpoint for another box size)
+is reported as one line on stderr with exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+_EPILOG = (
+    "Coordinates: STAR/CSV files are XYZ in tomogram pixels (RELION-5 centred "
+    "coordinates in Å are converted); class numbers are 1-based like "
+    "rlnClassNumber, 0 or absent = unlabelled. Multi-GPU: "
+    "torchrun --nproc_per_node=N -m napari_cryossl <command> ..."
+)
 
 
-def main(argv=None) -> int:
-    raise SystemExit("cryossl CLI not wired yet")
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "particles",
+        type=Path,
+        help="PARTICLES.star: subtomograms (rlnImageName) or coordinates in a tomogram "
+        "(rlnCoordinateX/Y/Z with rlnTomoName, or RELION-5 centred Å)",
+    )
+    p.add_argument(
+        "--tomogram",
+        type=Path,
+        default=None,
+        help="tomogram MRC for coordinate STAR files (default: from rlnTomoName next to the STAR)",
+    )
+    p.add_argument(
+        "--box-size",
+        type=_positive_int,
+        default=None,
+        help="subtomogram box edge in voxels when extracting from a tomogram (default 32)",
+    )
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="subtomograms per step")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `cryossl` argument parser (also used to render the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="cryossl",
+        description="Contrastive self-supervised classification of cryo-ET subtomograms "
+        "(MoCo / SimCLR / SwAV pretraining of an RB3D encoder, few-label fine-tuning, "
+        "prediction, 3D Grad-CAM).",
+        epilog=_EPILOG,
+    )
+    from napari_cryossl import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # simulate -----------------------------------------------------------------
+    p = sub.add_parser(
+        "simulate",
+        help="simulate ground-truth subtomograms and a crowded tomogram",
+        description="Simulate crowded subtomograms (particles.star + MRCs) and a crowded tomogram "
+        "(tomogram.mrc + tomogram_particles.star) with missing wedge, CTF and noise at a given SNR.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--classes", type=_positive_int, default=10, help="number of structural classes")
+    p.add_argument("--per-class", type=int, default=500, help="subtomograms per class (0: none)")
+    p.add_argument("--box-size", type=_positive_int, default=32, help="subtomogram box (voxels)")
+    p.add_argument("--snr", type=float, default=0.05, help="var(signal)/var(noise)")
+    p.add_argument("--voxel-size", type=float, default=10.0, help="voxel size in Å")
+    p.add_argument("--tilt-range", type=float, default=60.0, help="± tilt range in degrees")
+    p.add_argument(
+        "--tomogram-shape",
+        type=_positive_int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=None,
+        help="also simulate a crowded tomogram of this shape (voxels)",
+    )
+    p.add_argument(
+        "--tomogram-particles", type=_positive_int, default=None, help="particles in the tomogram"
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+    # pick ---------------------------------------------------------------------
+    p = sub.add_parser(
+        "pick",
+        help="Difference-of-Gaussians candidate picking in a tomogram",
+        description="Find particle candidates (dark blobs by default) of a given diameter with a "
+        "Difference of Gaussians, non-maximum suppression and a minimum distance. Works in chunks "
+        "on a memory-mapped tomogram, so tomograms larger than RAM are fine.",
+    )
+    p.add_argument("tomogram", type=Path, help="tomogram MRC (.mrc/.rec/.map)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--diameter", type=float, help="particle diameter in Å")
+    size.add_argument("--diameter-px", type=float, help="particle diameter in voxels")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="DoG score threshold (default: automatic)"
+    )
+    p.add_argument(
+        "--min-distance", type=float, default=None, help="minimum distance between picks (voxels)"
+    )
+    p.add_argument(
+        "--polarity", choices=["dark", "bright"], default="dark", help="particle contrast"
+    )
+    p.add_argument("--max-particles", type=_positive_int, default=None)
+    p.add_argument("--out", type=Path, required=True, help="picks.star or picks.csv")
+
+    # pretrain -------------------------------------------------------------------
+    p = sub.add_parser(
+        "pretrain",
+        help="contrastive self-supervised pretraining of the encoder (labels not needed)",
+        description="Pretrain an RB3D encoder on all particles with MoCo, SimCLR or SwAV. "
+        "Writes ENCODER.pt after every epoch (and when stopped with Ctrl-C); --resume continues.",
+    )
+    _add_data_options(p)
+    p.add_argument("--method", choices=["moco", "simclr", "swav"], default="moco")
+    p.add_argument("--out", type=Path, required=True, help="ENCODER.pt checkpoint to write")
+    p.add_argument(
+        "--epochs", type=_positive_int, default=None, help="default: the method's (200 for MoCo)"
+    )
+    p.add_argument("--preset", choices=["rb3d", "rb3d-small"], default="rb3d")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+
+    # finetune -------------------------------------------------------------------
+    p = sub.add_parser(
+        "finetune",
+        help="train a classifier on the labelled particles (rlnClassNumber)",
+        description="Fine-tune a pretrained encoder (--init) or a randomly initialised one into a "
+        "classifier, using rows with rlnClassNumber; unlabelled rows are ignored. The best "
+        "validation model is kept.",
+    )
+    _add_data_options(p)
+    p.add_argument("--out", type=Path, required=True, help="CLASSIFIER.pt checkpoint to write")
+    p.add_argument("--init", type=Path, default=None, help="ENCODER.pt from `cryossl pretrain`")
+    p.add_argument("--epochs", type=_positive_int, default=50)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument(
+        "--label-fraction", type=_fraction, default=1.0, help="use this fraction of the labels"
+    )
+    p.add_argument("--val-fraction", type=float, default=0.2, help="labels held out for validation")
+    p.add_argument(
+        "--freeze-encoder", action="store_true", help="linear probe: train only the last layer"
+    )
+    p.add_argument("--no-augment", action="store_true", help="no augmentation while fine-tuning")
+    p.add_argument(
+        "--preset",
+        choices=["rb3d", "rb3d-small"],
+        default=None,
+        help="default: --init's, else rb3d",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+
+    # predict --------------------------------------------------------------------
+    p = sub.add_parser(
+        "predict",
+        help="classify every particle",
+        description="Classify every particle. Writes the same rows in the same order with "
+        "rlnClassNumber = predicted class and rlnMaxValueProbDistribution = its probability.",
+    )
+    p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
+    _add_data_options(p)
+    p.add_argument("--out", type=Path, required=True, help="PREDICTIONS.star (or .csv)")
+    p.add_argument("--embeddings", type=Path, default=None, help="also save embeddings (.npy)")
+
+    # gradcam --------------------------------------------------------------------
+    p = sub.add_parser(
+        "gradcam",
+        help="3D Grad-CAM heatmaps: what the network looked at",
+        description="3D Grad-CAM (M3d-CAM style) for each particle. Writes one heatmap MRC per "
+        "subtomogram, or one tomogram-sized heatmap MRC when the particles come from a tomogram.",
+    )
+    p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
+    _add_data_options(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--class",
+        dest="target_class",
+        type=int,
+        default=None,
+        help="class number to explain (default: predicted)",
+    )
+    p.add_argument(
+        "--layer", default=None, help="layer name (default: the last convolutional block)"
+    )
+
+    # demo -------------------------------------------------------------------------
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on built-in simulated data",
+        description="simulate -> pick -> pretrain -> fine-tune on a few labels -> predict -> Grad-CAM "
+        "on a simulated crowded tomogram, with a summary of accuracy against the ground truth and "
+        "time per stage.",
+    )
+    p.add_argument("--out", type=Path, default=Path("cryossl-demo"), help="output folder")
+    p.add_argument("--gui", action="store_true", help="open napari with every layer at the end")
+    p.add_argument(
+        "--preset",
+        choices=["cpu", "gpu"],
+        default=None,
+        help="size of the run (default: gpu if CUDA else cpu)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Commands: each one parses nothing and decides nothing the core does not; it loads, calls the
+# core and writes.
+
+
+def _load_set(args: argparse.Namespace):
+    from napari_cryossl.dataset import SubtomogramSet
+
+    return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomogram=args.tomogram)
+
+
+def _drive(generator, desc: str):
+    """Run a training/prediction generator under a tqdm bar; Ctrl-C closes it cleanly.
+
+    Closing the generator runs its `finally`, which writes a valid checkpoint.
+    """
+    from tqdm.auto import tqdm
+
+    last = None
+    bar = None
+    try:
+        for status in generator:
+            last = status
+            total = getattr(status, "n_steps", None)
+            if bar is None:
+                bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=None)
+            if total and bar.total != total:
+                bar.total = total
+            bar.n = getattr(status, "step", bar.n)
+            postfix = {"epoch": f"{status.epoch}/{status.n_epochs}"}
+            if status.loss is not None:
+                postfix["loss"] = f"{status.loss:.4f}"
+            for key, value in (status.metrics or {}).items():
+                if isinstance(value, float):
+                    postfix[key] = f"{value:.3f}"
+            bar.set_postfix(postfix, refresh=False)
+            bar.refresh()
+    except KeyboardInterrupt:
+        generator.close()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    return last
+
+
+def _rank0() -> bool:
+    from napari_cryossl.distributed import is_main_process
+
+    return is_main_process()
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from napari_cryossl.simulate import SimulationConfig, simulate_to_disk
+
+    config = SimulationConfig(
+        n_classes=args.classes,
+        box_size=args.box_size,
+        voxel_size=args.voxel_size,
+        snr=args.snr,
+        tilt_range_deg=args.tilt_range,
+    )
+    n_tomo = args.tomogram_particles
+    if args.tomogram_shape is not None and n_tomo is None:
+        n_tomo = 100
+    paths = simulate_to_disk(
+        args.out,
+        config,
+        n_per_class=args.per_class,
+        tomogram_shape=tuple(args.tomogram_shape) if args.tomogram_shape else None,
+        n_tomogram_particles=n_tomo,
+        seed=args.seed,
+    )
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def cmd_pick(args: argparse.Namespace) -> int:
+    from napari_cryossl.io import InputError, open_tomogram, write_particles
+    from napari_cryossl.picking import pick_particles
+
+    tomo = open_tomogram(args.tomogram)
+    if args.diameter is not None:
+        if args.diameter <= 0:
+            raise InputError(f"{args.tomogram}: --diameter must be positive, got {args.diameter}")
+        diameter_px = args.diameter / tomo.voxel_size
+    else:
+        diameter_px = args.diameter_px
+    table = pick_particles(
+        tomo.data,
+        diameter_px,
+        threshold=args.threshold,
+        min_distance_px=args.min_distance,
+        polarity=args.polarity,
+        max_particles=args.max_particles,
+    )
+    table["tomo_name"] = Path(args.tomogram).name
+    write_particles(table, args.out, voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape)
+    print(
+        f"{len(table)} particles picked in {args.tomogram} "
+        f"(diameter {diameter_px:.1f} px, voxel {tomo.voxel_size:g} Å) -> {args.out}"
+    )
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from napari_cryossl.train import PretrainConfig, iter_pretrain
+
+    data = _load_set(args)
+    config = PretrainConfig(
+        method=args.method,
+        preset=args.preset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=args.device,
+        seed=args.seed,
+        num_workers=args.workers,
+    )
+    last = _drive(
+        iter_pretrain(data, config, args.out, resume=args.resume), f"pretrain {args.method}"
+    )
+    if _rank0():
+        loss = f"{last.loss:.4f}" if last is not None and last.loss is not None else "n/a"
+        print(f"encoder -> {args.out} (epoch {last.epoch if last else 0}, last loss {loss})")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from napari_cryossl.train import FinetuneConfig, iter_finetune
+
+    data = _load_set(args)
+    config = FinetuneConfig(
+        preset=args.preset,
+        epochs=args.epochs,
+        batch_size=args.batch_size or 16,
+        lr=args.lr,
+        label_fraction=args.label_fraction,
+        val_fraction=args.val_fraction,
+        freeze_encoder=args.freeze_encoder,
+        augment=not args.no_augment,
+        device=args.device,
+        seed=args.seed,
+        num_workers=args.workers,
+    )
+    last = _drive(
+        iter_finetune(data, config, args.out, init=args.init, resume=args.resume), "finetune"
+    )
+    if _rank0():
+        metrics = dict(last.metrics) if last is not None else {}
+        best = metrics.get("best_val_accuracy")
+        best_text = f", best validation accuracy {best:.3f}" if isinstance(best, float) else ""
+        print(f"classifier -> {args.out}{best_text}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_cryossl.io import write_table_like
+    from napari_cryossl.predict import iter_predict
+
+    data = _load_set(args)
+    result = None
+    gen = iter_predict(
+        args.classifier,
+        data,
+        batch_size=args.batch_size or 64,
+        device=args.device,
+        num_workers=args.workers,
+    )
+    for item in _iter_results(gen, "predict"):
+        result = item
+    if result is None or not _rank0():
+        return 0
+    write_table_like(
+        args.particles,
+        args.out,
+        data.table,
+        {"rlnClassNumber": result.class_numbers, "rlnMaxValueProbDistribution": result.confidence},
+    )
+    if args.embeddings is not None:
+        np.save(args.embeddings, result.embeddings)
+    counts = np.bincount(result.class_numbers)
+    summary = ", ".join(f"class {c}: {n}" for c, n in enumerate(counts) if n)
+    print(f"{len(result.class_numbers)} particles classified -> {args.out} ({summary})")
+    return 0
+
+
+def _iter_results(generator, desc: str):
+    """Drive an iter_predict-style generator: statuses move a bar, the final item is the result."""
+    from tqdm.auto import tqdm
+
+    bar = None
+    try:
+        for item in generator:
+            if hasattr(item, "n_steps"):
+                if bar is None:
+                    bar = tqdm(total=item.n_steps, desc=desc, unit="batch", disable=None)
+                bar.n = item.step
+                bar.refresh()
+            else:
+                yield item
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def cmd_gradcam(args: argparse.Namespace) -> int:
+    from napari_cryossl.saliency import gradcam_for_set
+
+    data = _load_set(args)
+    written = gradcam_for_set(
+        args.classifier,
+        data,
+        args.out,
+        target_class=args.target_class,
+        layer=args.layer,
+        device=args.device,
+        batch_size=args.batch_size or 16,
+    )
+    print(f"{len(written)} heatmap file(s) -> {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from napari_cryossl.demo import run_demo
+
+    run_demo(args.out, preset=args.preset, device=args.device, seed=args.seed, gui=args.gui)
+    return 0
+
+
+_COMMANDS = {
+    "simulate": cmd_simulate,
+    "pick": cmd_pick,
+    "pretrain": cmd_pretrain,
+    "finetune": cmd_finetune,
+    "predict": cmd_predict,
+    "gradcam": cmd_gradcam,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `cryossl` with `argv` (default: sys.argv[1:]); return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from napari_cryossl.io import InputError
+
+    try:
+        return int(_COMMANDS[args.command](args) or 0)
+    except InputError as err:
+        print(f"cryossl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"cryossl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
