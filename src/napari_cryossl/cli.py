@@ -390,7 +390,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_cryossl.io import write_table_like
     from napari_cryossl.predict import iter_predict
 
     data = _load_set(args)
@@ -406,18 +405,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
         result = item
     if result is None or not _rank0():
         return 0
-    write_table_like(
-        args.particles,
-        args.out,
-        data.table,
-        {"rlnClassNumber": result.class_numbers, "rlnMaxValueProbDistribution": result.confidence},
-    )
+    _write_predictions(args.particles, args.out, data.table, result)
     if args.embeddings is not None:
         np.save(args.embeddings, result.embeddings)
     counts = np.bincount(result.class_numbers)
     summary = ", ".join(f"class {c}: {n}" for c, n in enumerate(counts) if n)
     print(f"{len(result.class_numbers)} particles classified -> {args.out} ({summary})")
     return 0
+
+
+def _write_predictions(source: Path, out: Path, table, result) -> None:
+    """Write predictions with the same rows, in the same order, as the input file.
+
+    A STAR output keeps every column of the input STAR (angles, optics groups, ...) and
+    sets rlnClassNumber / rlnMaxValueProbDistribution; a CSV output is written from the
+    particle table.
+    """
+    from napari_cryossl.io import replace_star_columns, write_particles
+
+    if Path(out).suffix.lower() == ".star" and Path(source).suffix.lower() == ".star":
+        replace_star_columns(
+            source,
+            out,
+            {
+                "rlnClassNumber": result.class_numbers,
+                "rlnMaxValueProbDistribution": result.confidence,
+            },
+        )
+    else:
+        table = table.copy()
+        table["class_number"] = result.class_numbers
+        table["probability"] = result.confidence
+        write_particles(table, out)
 
 
 def _iter_results(generator, desc: str):

@@ -1,0 +1,278 @@
+"""Reproduce the experiment of Gupta et al. 2022 (Table 1, Fig. 8) on simulated data.
+
+Random init vs MoCo vs SimCLR vs SwAV pretraining, then fine-tuning on 25/50/75/100 % of
+the training labels, several runs each; mean ± std of test accuracy and a two-tailed
+t-test of each method against random init.
+
+Data as in the paper: 10 classes x 500 subtomograms of 32^3, crowded, missing wedge, CTF,
+at SNR 0.05 and 0.03 (and an easier level for reference), split 60:20:20 (stratified).
+Pretraining sees the whole training split without labels; fine-tuning sees the chosen
+fraction of its labels; the validation split picks the best epoch; the test split is
+only used for the reported accuracy.
+
+Two configurations:
+  paper    rb3d, 200 pretraining / 50 fine-tuning epochs, 5 runs (needs a GPU)
+  reduced  rb3d-small, fewer subtomograms, epochs and runs: finishes on a 2-core CPU
+  smoke    a tiny run that only proves the script works (CI)
+
+Resumable: every run's result is appended to results.jsonl as it completes and skipped
+when the script is started again. Outputs (in --out): results.jsonl, table.md,
+accuracy_vs_labels_snr*.png, confusion_*.png, gradcam_*.png.
+
+    python benchmarks/reproduce_paper.py --config reduced --out benchmarks/out/reduced
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+METHODS = ("random", "moco", "simclr", "swav")
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    snrs: tuple[float, ...]
+    n_classes: int
+    per_class: int
+    box_size: int
+    preset: str
+    pretrain_epochs: int
+    finetune_epochs: int
+    fractions: tuple[float, ...]
+    runs: int
+    batch_size: int = 16
+    methods: tuple[str, ...] = METHODS
+
+
+CONFIGS = {
+    "paper": Config("paper", (0.05, 0.03, 0.5), 10, 500, 32, "rb3d", 200, 50, (0.25, 0.5, 0.75, 1.0), 5),
+    "reduced": Config("reduced", (0.05, 0.5), 10, 100, 32, "rb3d-small", 20, 20, (0.25, 1.0), 3),
+    "smoke": Config("smoke", (0.5,), 3, 12, 16, "rb3d-small", 1, 1, (1.0,), 1, batch_size=8),
+}
+
+
+def split_indices(labels: np.ndarray, seed: int, fractions=(0.6, 0.2, 0.2)):
+    """Stratified 60:20:20 split of indices into train, validation, test."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_train = int(round(fractions[0] * len(idx)))
+        n_val = int(round(fractions[1] * len(idx)))
+        parts[0] += idx[:n_train].tolist()
+        parts[1] += idx[n_train : n_train + n_val].tolist()
+        parts[2] += idx[n_train + n_val :].tolist()
+    return tuple(np.sort(np.array(p, dtype=np.int64)) for p in parts)
+
+
+def label_subset(train_idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified `fraction` of the training indices (at least one per class)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels[train_idx]):
+        idx = train_idx[labels[train_idx] == c]
+        k = max(1, int(round(fraction * len(idx))))
+        chosen += rng.choice(idx, size=k, replace=False).tolist()
+    return np.sort(np.array(chosen, dtype=np.int64))
+
+
+def _done(results_path: Path) -> dict[str, dict]:
+    if not results_path.exists():
+        return {}
+    rows = [json.loads(line) for line in results_path.read_text().splitlines() if line.strip()]
+    return {row["key"]: row for row in rows}
+
+
+def _append(results_path: Path, row: dict) -> None:
+    with open(results_path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+
+
+def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) -> list[dict]:
+    """Run (or resume) every pretraining and fine-tuning run of `cfg`; return all rows."""
+    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.predict import predict
+    from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
+    from napari_cryossl.train import FinetuneConfig, PretrainConfig, iter_finetune, iter_pretrain, run
+
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.jsonl"
+    done = _done(results_path)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    for snr in cfg.snrs:
+        sim = SimulationConfig(n_classes=cfg.n_classes, box_size=cfg.box_size, snr=snr)
+        volumes, labels = simulate_subtomograms(cfg.per_class, sim, seed=seed)
+        all_data = SubtomogramSet.from_arrays(volumes, labels, voxel_size=sim.voxel_size)
+        train_idx, val_idx, test_idx = split_indices(labels, seed)
+        unlabelled_train = SubtomogramSet.from_arrays(volumes[train_idx], None, voxel_size=sim.voxel_size)
+        val = all_data.subset(val_idx)
+        test = all_data.subset(test_idx)
+
+        for method in cfg.methods:
+            for run_i in range(cfg.runs):
+                encoder = None
+                if method != "random":
+                    encoder = out / f"encoder_snr{snr}_{method}_run{run_i}.pt"
+                    if not encoder.exists() or f"pretrain|{snr}|{method}|{run_i}" not in done:
+                        t0 = time.perf_counter()
+                        p_cfg = PretrainConfig(
+                            method=method,
+                            preset=cfg.preset,
+                            epochs=cfg.pretrain_epochs,
+                            batch_size=cfg.batch_size,
+                            device=device,
+                            seed=seed + run_i,
+                        )
+                        last = run(iter_pretrain(unlabelled_train, p_cfg, encoder, resume=encoder.exists()))
+                        row = {
+                            "key": f"pretrain|{snr}|{method}|{run_i}",
+                            "stage": "pretrain",
+                            "snr": snr,
+                            "method": method,
+                            "run": run_i,
+                            "final_loss": None if last is None else last.loss,
+                            "seconds": time.perf_counter() - t0,
+                        }
+                        _append(results_path, row)
+                        done[row["key"]] = row
+                for fraction in cfg.fractions:
+                    key = f"finetune|{snr}|{method}|{fraction}|{run_i}"
+                    if key in done:
+                        continue
+                    t0 = time.perf_counter()
+                    chosen = label_subset(train_idx, labels, fraction, seed=seed + 1000 * run_i + int(100 * fraction))
+                    f_cfg = FinetuneConfig(
+                        preset=cfg.preset,
+                        epochs=cfg.finetune_epochs,
+                        batch_size=cfg.batch_size,
+                        device=device,
+                        seed=seed + run_i,
+                    )
+                    clf = out / f"classifier_snr{snr}_{method}_{fraction}_run{run_i}.pt"
+                    run(iter_finetune(all_data.subset(chosen), f_cfg, clf, init=encoder, val_data=val))
+                    pred = predict(clf, test, device=device)
+                    truth = labels[test_idx]
+                    acc = float((pred.class_numbers == truth).mean())
+                    confusion = np.zeros((cfg.n_classes, cfg.n_classes), dtype=int)
+                    np.add.at(confusion, (truth - 1, pred.class_numbers - 1), 1)
+                    row = {
+                        "key": key,
+                        "stage": "finetune",
+                        "snr": snr,
+                        "method": method,
+                        "fraction": fraction,
+                        "run": run_i,
+                        "n_labels": int(len(chosen)),
+                        "test_accuracy": acc,
+                        "confusion": confusion.tolist(),
+                        "seconds": time.perf_counter() - t0,
+                    }
+                    _append(results_path, row)
+                    done[key] = row
+                    print(f"snr {snr} {method:>6} {fraction:.0%} run {run_i}: test accuracy {acc:.3f}", flush=True)
+    return list(done.values())
+
+
+def summarise(rows: list[dict], out: Path) -> str:
+    """Table like the paper's (mean ± std, p-value vs random init) and plots."""
+    from scipy import stats
+
+    fin = [r for r in rows if r.get("stage") == "finetune"]
+    snrs = sorted({r["snr"] for r in fin}, reverse=True)
+    fractions = sorted({r["fraction"] for r in fin})
+    methods = [m for m in METHODS if any(r["method"] == m for r in fin)]
+
+    def accs(snr, method, fraction):
+        return np.array([r["test_accuracy"] for r in fin if (r["snr"], r["method"], r["fraction"]) == (snr, method, fraction)])
+
+    lines = []
+    for snr in snrs:
+        lines.append(f"\n**SNR {snr}** (test accuracy %, mean ± std over runs; p: two-tailed Welch t-test vs random init)\n")
+        lines.append("| init | " + " | ".join(f"{f:.0%} labels" for f in fractions) + " |")
+        lines.append("|---|" + "---|" * len(fractions))
+        for method in methods:
+            cells = []
+            for f in fractions:
+                a = accs(snr, method, f)
+                if len(a) == 0:
+                    cells.append("–")
+                    continue
+                cell = f"{100 * a.mean():.1f} ± {100 * a.std(ddof=1) if len(a) > 1 else 0:.1f}"
+                base = accs(snr, "random", f)
+                if method != "random" and len(a) > 1 and len(base) > 1:
+                    p = stats.ttest_ind(a, base, equal_var=False).pvalue
+                    cell += f" (p={p:.3f})"
+                cells.append(cell)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    (out / "table.md").write_text(table + "\n")
+    _plot(fin, snrs, fractions, methods, accs, out)
+    return table
+
+
+def _plot(fin, snrs, fractions, methods, accs, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for snr in snrs:
+        fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+        for method in methods:
+            means = [100 * accs(snr, method, f).mean() if len(accs(snr, method, f)) else np.nan for f in fractions]
+            stds = [100 * accs(snr, method, f).std() if len(accs(snr, method, f)) else np.nan for f in fractions]
+            ax.errorbar([100 * f for f in fractions], means, yerr=stds, marker="o", capsize=3, label=method)
+        ax.set_xlabel("labelled fraction of the training split (%)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"SNR {snr}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"accuracy_vs_labels_snr{snr}.png")
+        plt.close(fig)
+        # confusion matrix of the best method at 100 % labels (summed over runs)
+        best = max(methods, key=lambda m: accs(snr, m, max(fractions)).mean() if len(accs(snr, m, max(fractions))) else -1)
+        mats = [np.array(r["confusion"]) for r in fin if (r["snr"], r["method"], r["fraction"]) == (snr, best, max(fractions))]
+        if mats:
+            mat = np.sum(mats, axis=0)
+            fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
+            im = ax.imshow(mat / np.maximum(mat.sum(1, keepdims=True), 1), cmap="viridis", vmin=0, vmax=1)
+            ax.set_xlabel("predicted class")
+            ax.set_ylabel("true class")
+            ax.set_title(f"{best}, SNR {snr}, {max(fractions):.0%} labels")
+            fig.colorbar(im, ax=ax, fraction=0.046)
+            fig.tight_layout()
+            fig.savefig(out / f"confusion_snr{snr}.png")
+            plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="reduced")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=None, help="override the number of runs")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None)
+    args = parser.parse_args(argv)
+    cfg = CONFIGS[args.config]
+    if args.runs:
+        cfg = replace(cfg, runs=args.runs)
+    if args.methods:
+        cfg = replace(cfg, methods=tuple(args.methods))
+    out = args.out or Path("benchmarks/out") / cfg.name
+    rows = run_experiment(cfg, out, device=args.device, seed=args.seed)
+    print(summarise(rows, out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

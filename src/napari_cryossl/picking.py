@@ -1,0 +1,284 @@
+"""Difference-of-Gaussians particle picking in a tomogram, chunked so it works from a memmap.
+
+The picker answers "where are blobs of about this diameter?", nothing more: it is the
+candidate step that classification then sorts out (the paper's real data set was built the
+same way, DoG candidates then classification; Pei et al. 2016). Steps:
+
+1. **DoG matched to the diameter.** For a uniform ball of radius r the DoG response at its
+   centre, ``F(r/σ1) - F(r/σ2)`` with ``F`` the χ(3) CDF (Gaussian mass inside the ball), is
+   largest over σ (with ``σ2 = k σ1`` fixed) at ``σ1 = r · sqrt((1 - 1/k²) / (6 ln k))``;
+   with ``k = 1.6`` this gives ``σ1 ≈ 0.465 r`` and ``σ2 ≈ 0.744 r``, whose geometric mean
+   ``≈ 0.59 r`` is close to the Laplacian-of-Gaussian scale ``r/√3`` of a ball. See
+   `dog_sigmas`.
+2. **Polarity.** Protein is dark in cryo-ET, so the default score is ``G(σ2) - G(σ1)``
+   (positive at dark blobs); ``polarity="bright"`` flips it.
+3. **Robust standardisation.** Scores are reported in noise units:
+   ``(DoG - median) / (1.4826 · MAD)`` over the whole tomogram (from a fixed, strided grid
+   of voxels, so the statistics do not depend on chunking). This makes a threshold mean the
+   same thing on every tomogram, whatever its grey scale.
+4. **Non-maximum suppression.** Local maxima of the score in a cube of half-width
+   ``max(1, floor(min_distance/2))`` (`scipy.ndimage.maximum_filter`, separable and fast).
+5. **Threshold.** Candidates below ``threshold`` (noise units) are dropped;
+   ``threshold=None`` uses `AUTO_THRESHOLD`, i.e. ``median + AUTO_THRESHOLD · 1.4826 · MAD``
+   of the raw DoG response.
+6. **Minimum distance.** Greedy by score (`scipy.spatial.cKDTree`): the best candidate is
+   kept, every candidate closer than ``min_distance_px`` to a kept one is dropped.
+
+Chunking: the volume is processed in cubes of ``chunk_size`` voxels with a halo of
+Gaussian support + NMS half-width, so each chunk's core is exactly what the whole-volume
+computation gives there (and the border of the volume is handled the same way in both).
+Only one chunk (plus halo) is in memory at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from napari_cryossl.extract import _volume_and_name
+from napari_cryossl.io import InputError, make_particle_table
+
+__all__ = [
+    "AUTO_THRESHOLD",
+    "DOG_RATIO",
+    "dog_response",
+    "dog_sigmas",
+    "pick_particles",
+]
+
+#: Ratio σ2/σ1 of the two Gaussians (the classic DoG ratio that approximates a LoG).
+DOG_RATIO = 1.6
+#: Automatic threshold in robust noise units (median + AUTO_THRESHOLD · 1.4826 · MAD).
+AUTO_THRESHOLD = 3.0
+#: Gaussian kernels are cut at this many σ (scipy's default), which sets the chunk halo.
+_TRUNCATE = 4.0
+#: At most about this many voxels feed the median/MAD estimate (a strided global grid).
+_MAX_STAT_SAMPLES = 2_000_000
+_MAD_TO_SIGMA = 1.4826
+
+
+def dog_sigmas(diameter_px: float, ratio: float = DOG_RATIO) -> tuple[float, float]:
+    """The two Gaussian widths (voxels) whose difference responds best to a ball of this diameter.
+
+    Maximises the DoG response at the centre of a uniform ball of radius ``r = d/2`` with
+    ``σ2 = ratio · σ1`` (closed form, see the module docstring).
+
+    Args:
+        diameter_px: particle diameter in voxels (> 0).
+        ratio: σ2/σ1 (> 1).
+
+    Returns:
+        ``(sigma1, sigma2)`` in voxels.
+    """
+    diameter_px = _check_diameter(diameter_px)
+    if not ratio > 1.0:
+        raise InputError(f"DoG ratio must be > 1, got {ratio}")
+    radius = diameter_px / 2.0
+    sigma1 = radius * math.sqrt((1.0 - 1.0 / ratio**2) / (6.0 * math.log(ratio)))
+    return sigma1, ratio * sigma1
+
+
+def dog_response(volume, diameter_px: float, *, polarity: str = "dark") -> np.ndarray:
+    """Raw DoG response of a whole (small) volume, positive at particles of the given polarity.
+
+    Meant for display and for tests; `pick_particles` computes the same thing chunk by chunk.
+
+    Args:
+        volume: ZYX array (or `Tomogram`).
+        diameter_px: particle diameter in voxels.
+        polarity: "dark" (protein is dark, the cryo-ET default) or "bright".
+
+    Returns:
+        float32 array of the volume's shape.
+    """
+    data, name = _volume_and_name(volume)
+    _check_polarity(polarity)
+    sigma1, sigma2 = dog_sigmas(diameter_px)
+    block = _read_block(data, (slice(None),) * 3, name)
+    return _dog(block, sigma1, sigma2, polarity)
+
+
+def pick_particles(
+    volume,
+    diameter_px: float,
+    *,
+    threshold: float | None = None,
+    min_distance_px: float | None = None,
+    polarity: str = "dark",
+    chunk_size: int = 128,
+    max_particles: int | None = None,
+    exclude_border: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Find particle candidates of a given diameter (DoG + NMS + minimum distance).
+
+    Callers with a diameter in Å pass ``diameter_A / voxel_size``.
+
+    Args:
+        volume: ZYX tomogram: a (memory-mapped) array or a `Tomogram`. Only one chunk plus
+            its halo is read into memory at a time.
+        diameter_px: particle diameter in voxels (> 0); sets the DoG widths.
+        threshold: minimum score in robust noise units (see module docstring); None picks
+            `AUTO_THRESHOLD`.
+        min_distance_px: minimum distance between picks in voxels; default 0.75 · diameter
+            (particles in crowded cytoplasm touch, so centres are about one diameter apart,
+            and the DoG peak of a touching neighbour is shifted towards its partner).
+        polarity: "dark" (default; protein is dark in cryo-ET) or "bright".
+        chunk_size: edge of the cubic chunks, voxels; the result does not depend on it.
+        max_particles: keep at most this many (the best scores).
+        exclude_border: drop picks whose centre is closer than the particle radius to the
+            tomogram border (their box would be mostly padding).
+        progress: called as ``progress(done_chunks, n_chunks)`` after each chunk.
+
+    Returns:
+        Particle table (`napari_cryossl.io.PARTICLE_COLUMNS`): x, y, z in voxels, score,
+        source "auto", class_number 0; sorted by score, best first.
+
+    Raises:
+        InputError: non-positive diameter, bad options, a non-3D volume or non-finite voxels.
+    """
+    data, name = _volume_and_name(volume)
+    diameter_px = _check_diameter(diameter_px, name)
+    _check_polarity(polarity, name)
+    if min_distance_px is None:
+        min_distance_px = 0.75 * diameter_px
+    if not (np.isfinite(min_distance_px) and min_distance_px >= 0):
+        raise InputError(f"{name}: min_distance_px must be >= 0, got {min_distance_px}")
+    if int(chunk_size) != chunk_size or chunk_size < 8:
+        raise InputError(f"{name}: chunk_size must be an integer >= 8, got {chunk_size}")
+    chunk_size = int(chunk_size)
+    if max_particles is not None and (int(max_particles) != max_particles or max_particles < 1):
+        raise InputError(f"{name}: max_particles must be a positive integer, got {max_particles}")
+    if threshold is None:
+        threshold = AUTO_THRESHOLD
+    if not np.isfinite(threshold):
+        raise InputError(f"{name}: threshold must be a finite number, got {threshold}")
+
+    shape = tuple(int(n) for n in data.shape)
+    sigma1, sigma2 = dog_sigmas(diameter_px)
+    nms_half = max(1, int(min_distance_px // 2))
+    halo = int(_TRUNCATE * sigma2 + 0.5) + nms_half
+    stride = max(1, math.ceil((math.prod(shape) / _MAX_STAT_SAMPLES) ** (1 / 3)))
+    radius = diameter_px / 2.0 if exclude_border else 0.0
+
+    starts = [range(0, n, chunk_size) for n in shape]
+    n_chunks = math.prod(len(s) for s in starts)
+    samples: list[np.ndarray] = []
+    cand_zyx: list[np.ndarray] = []
+    cand_dog: list[np.ndarray] = []
+    done = 0
+    for z0 in starts[0]:
+        for y0 in starts[1]:
+            for x0 in starts[2]:
+                core = [
+                    (s, min(s + chunk_size, n)) for s, n in zip((z0, y0, x0), shape, strict=True)
+                ]
+                outer = [(max(a - halo, 0), min(b + halo, n)) for (a, b), n in zip(core, shape, strict=True)]
+                block = _read_block(data, tuple(slice(a, b) for a, b in outer), name, outer)
+                dog = _dog(block, sigma1, sigma2, polarity)
+                del block
+                inner = tuple(
+                    slice(a - oa, b - oa) for (a, b), (oa, _) in zip(core, outer, strict=True)
+                )
+                # Statistics from the global grid (every `stride`-th voxel), chunk-independent.
+                grid = tuple(
+                    slice(-(-a // stride) * stride - oa, b - oa, stride)
+                    for (a, b), (oa, _) in zip(core, outer, strict=True)
+                )
+                samples.append(dog[grid].ravel())
+                local_max = dog == ndimage.maximum_filter(dog, size=2 * nms_half + 1, mode="nearest")
+                peaks = np.argwhere(local_max[inner])
+                if len(peaks):
+                    values = dog[inner][tuple(peaks.T)]
+                    peaks = peaks + np.array([a for a, _ in core])
+                    cand_zyx.append(peaks)
+                    cand_dog.append(values)
+                done += 1
+                if progress is not None:
+                    progress(done, n_chunks)
+
+    empty = make_particle_table(np.zeros((0, 3)), source="auto", score=np.zeros(0))
+    all_samples = np.concatenate(samples)
+    median = float(np.median(all_samples))
+    noise = _MAD_TO_SIGMA * float(np.median(np.abs(all_samples - median)))
+    if not noise > 0:
+        noise = float(np.std(all_samples))
+    if not noise > 0 or not cand_zyx:
+        return empty  # a constant volume has no particles
+
+    zyx = np.concatenate(cand_zyx).astype(np.float64)
+    score = (np.concatenate(cand_dog).astype(np.float64) - median) / noise
+    keep = score >= threshold
+    if radius > 0:
+        upper = np.array(shape, dtype=np.float64) - 1.0 - radius
+        keep &= np.all((zyx >= radius) & (zyx <= upper), axis=1)
+    zyx, score = zyx[keep], score[keep]
+    if len(score) == 0:
+        return empty
+
+    # Best first; ties broken by position so the result is deterministic.
+    order = np.lexsort((zyx[:, 2], zyx[:, 1], zyx[:, 0], -score))
+    zyx, score = zyx[order], score[order]
+    kept = _greedy_min_distance(zyx, min_distance_px)
+    zyx, score = zyx[kept], score[kept]
+    if max_particles is not None:
+        zyx, score = zyx[:max_particles], score[:max_particles]
+    return make_particle_table(zyx, source="auto", score=score)
+
+
+def _greedy_min_distance(zyx: np.ndarray, min_distance: float) -> np.ndarray:
+    """Indices (into score-sorted `zyx`) kept by greedy suppression within `min_distance`.
+
+    Hand-written because scipy/scikit-image offer no greedy, score-ordered point
+    suppression for arbitrary point sets.
+    """
+    n = len(zyx)
+    if n == 0 or min_distance <= 0:
+        return np.arange(n)
+    pairs = cKDTree(zyx).query_pairs(min_distance, output_type="ndarray")
+    if len(pairs) == 0:
+        return np.arange(n)
+    # pairs (i, j) with i < j: j has the lower score. Neighbour lists as CSR over i.
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    offsets = np.searchsorted(pairs[:, 0], np.arange(n + 1))
+    suppressed = np.zeros(n, dtype=bool)
+    for i in range(n):
+        if not suppressed[i]:
+            suppressed[pairs[offsets[i] : offsets[i + 1], 1]] = True
+    return np.flatnonzero(~suppressed)
+
+
+def _dog(block: np.ndarray, sigma1: float, sigma2: float, polarity: str) -> np.ndarray:
+    fine = ndimage.gaussian_filter(block, sigma1, output=np.float32, mode="reflect", truncate=_TRUNCATE)
+    coarse = ndimage.gaussian_filter(block, sigma2, output=np.float32, mode="reflect", truncate=_TRUNCATE)
+    return coarse - fine if polarity == "dark" else fine - coarse
+
+
+def _read_block(data, index: tuple[slice, ...], name: str, bounds=None) -> np.ndarray:
+    block = np.asarray(data[index], dtype=np.float32)
+    if not np.isfinite(block).all():
+        bad = np.argwhere(~np.isfinite(block))[0]
+        offset = [a for a, _ in bounds] if bounds is not None else [0, 0, 0]
+        z, y, x = (int(b + o) for b, o in zip(bad, offset, strict=True))
+        raise InputError(f"{name}: non-finite voxel (NaN or Inf) at z={z}, y={y}, x={x}")
+    return block
+
+
+def _check_diameter(diameter_px: float, name: str = "picking") -> float:
+    try:
+        value = float(diameter_px)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: particle diameter must be a number, got {diameter_px!r}") from None
+    if not (np.isfinite(value) and value > 0):
+        raise InputError(f"{name}: particle diameter must be positive, got {diameter_px}")
+    return value
+
+
+def _check_polarity(polarity: str, name: str = "picking") -> None:
+    if polarity not in ("dark", "bright"):
+        raise InputError(f"{name}: polarity must be 'dark' or 'bright', got {polarity!r}")
