@@ -27,6 +27,7 @@ in RAM.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator
 
 import numpy as np
@@ -76,10 +77,13 @@ def extract_subtomograms(
     boxes = np.zeros((n, box_size, box_size, box_size), dtype=np.float32)
     inside = np.zeros(n, dtype=bool)
     voxels = _nearest_voxel(centers)
+    pages = _MappedPages(data)
     for i in _z_order(voxels):
         inside[i] = _extract_one(
             data, voxels[i], box_size, binning, normalise, edge, boxes[i], name, int(i)
         )
+        pages.touched((box_size * binning) ** 2)
+    pages.release()
     return boxes, inside
 
 
@@ -121,6 +125,7 @@ def iter_subtomogram_batches(
         raise InputError(f"{name}: order must be 'z' or 'input', got {order!r}")
     voxels = _nearest_voxel(centers)
     visit = _z_order(voxels) if order == "z" else np.arange(len(voxels))
+    pages = _MappedPages(data)
     for start in range(0, len(visit), int(batch_size)):
         indices = visit[start : start + int(batch_size)].astype(np.int64)
         boxes = np.zeros((len(indices), box_size, box_size, box_size), dtype=np.float32)
@@ -131,7 +136,9 @@ def iter_subtomogram_batches(
             inside[j] = _extract_one(
                 data, voxels[i], box_size, binning, normalise, edge, boxes[j], name, i
             )
+            pages.touched((box_size * binning) ** 2)
         yield indices, boxes, inside
+    pages.release()
 
 
 def normalise_subtomograms(boxes) -> np.ndarray:
@@ -163,6 +170,61 @@ def normalise_subtomograms(boxes) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+class _MappedPages:
+    """Keeps a memory-mapped tomogram from filling this process's resident memory.
+
+    Every page read through a memmap stays mapped into the process (and counts in its RSS)
+    until unmapped, so reading boxes all over a 20 GB tomogram would make the process look
+    20 GB large, although those pages are clean page cache the kernel may drop. Every
+    `budget_bytes` of (estimated) mapped data this calls ``madvise(MADV_DONTNEED)`` on the
+    mapping: the pages leave the process but stay in the page cache, so a re-read is cheap.
+    numpy and mrcfile offer no such release, hence this small helper.
+
+    Only read-only or shared mappings are released (a copy-on-write ``mode="c"`` memmap
+    could hold private changes); anything else (RAM arrays, zarr...) is left alone.
+    """
+
+    #: Linux maps up to 64 KiB around each page fault (fault_around_bytes).
+    FAULT_AROUND_BYTES = 65536
+
+    def __init__(self, data, budget_bytes: int = 256 * 1024**2) -> None:
+        self._mmap = _shared_mmap_of(data)
+        self._budget = budget_bytes
+        self._pending = 0
+
+    def touched(self, n_rows: int) -> None:
+        """Record that `n_rows` rows (contiguous runs along x) were read; release if due."""
+        if self._mmap is None:
+            return
+        self._pending += n_rows * self.FAULT_AROUND_BYTES
+        if self._pending >= self._budget:
+            self.release()
+
+    def release(self) -> None:
+        if self._mmap is None:
+            return
+        self._pending = 0
+        try:
+            self._mmap.madvise(mmap.MADV_DONTNEED)
+        except (AttributeError, OSError, ValueError):  # no madvise here, or a closed mapping
+            self._mmap = None
+
+
+def _shared_mmap_of(data) -> mmap.mmap | None:
+    """The `mmap.mmap` behind a read-only/shared numpy memmap (following views), else None."""
+    mode = None
+    base = data
+    for _ in range(16):
+        if isinstance(base, np.memmap):
+            mode = base.mode
+        if isinstance(base, mmap.mmap):
+            return base if mode in ("r", "r+", "w+") else None
+        base = getattr(base, "base", None)
+        if base is None:
+            return None
+    return None
 
 
 def _extract_one(

@@ -27,7 +27,9 @@ same way, DoG candidates then classification; Pei et al. 2016). Steps:
 Chunking: the volume is processed in cubes of ``chunk_size`` voxels with a halo of
 Gaussian support + NMS half-width, so each chunk's core is exactly what the whole-volume
 computation gives there (and the border of the volume is handled the same way in both).
-Only one chunk (plus halo) is in memory at a time.
+Only one chunk (plus halo) is in memory at a time, and the memmap's pages are unmapped from
+the process after each chunk (they stay in the page cache), so the resident size stays near
+one chunk however large the tomogram.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from napari_cryossl.extract import _volume_and_name
+from napari_cryossl.extract import _MappedPages, _volume_and_name
 from napari_cryossl.io import InputError, make_particle_table
 
 __all__ = [
@@ -171,6 +173,7 @@ def pick_particles(
     samples: list[np.ndarray] = []
     cand_zyx: list[np.ndarray] = []
     cand_dog: list[np.ndarray] = []
+    pages = _MappedPages(data)
     done = 0
     for z0 in starts[0]:
         for y0 in starts[1]:
@@ -180,6 +183,7 @@ def pick_particles(
                 ]
                 outer = [(max(a - halo, 0), min(b + halo, n)) for (a, b), n in zip(core, shape, strict=True)]
                 block = _read_block(data, tuple(slice(a, b) for a, b in outer), name, outer)
+                pages.release()  # the chunk is copied; its pages need not stay mapped
                 dog = _dog(block, sigma1, sigma2, polarity)
                 del block
                 inner = tuple(
@@ -260,7 +264,7 @@ def _dog(block: np.ndarray, sigma1: float, sigma2: float, polarity: str) -> np.n
 
 
 def _read_block(data, index: tuple[slice, ...], name: str, bounds=None) -> np.ndarray:
-    block = np.asarray(data[index], dtype=np.float32)
+    block = np.array(data[index], dtype=np.float32)  # a copy: the mapped pages can go
     if not np.isfinite(block).all():
         bad = np.argwhere(~np.isfinite(block))[0]
         offset = [a for a, _ in bounds] if bounds is not None else [0, 0, 0]

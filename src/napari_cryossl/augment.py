@@ -1,0 +1,248 @@
+"""Batched 3D augmentation of subtomograms on the training device.
+
+The pipeline of Gupta et al. (2022, section 3.3), applied independently to each
+subtomogram of a batch:
+
+1. random resized crop with probability 0.5: a sub-box holding 50-100 % of the
+   volume is cut out and resampled (trilinear) back to the box size;
+2. random affine with probability 0.5: rotation by -45..45 degrees about the
+   beam axis z, translation by up to 10 % of the box in x and y, isotropic
+   scaling by 0.9..1.1.
+
+Arrays are ZYX (``(N, 1, D, H, W)`` tensors, D = z = the beam axis), so a
+rotation "about z" turns every YX slice in-plane and keeps each voxel in its
+z-plane; the missing wedge, which is symmetric about z, is left where it is.
+
+kornia 0.9 provides the geometry: ``kornia.geometry.transform.crop_and_resize3d``
+(per-sample crop boxes + trilinear resampling) and ``get_affine_matrix3d`` +
+``warp_affine3d``, the functions behind ``kornia.augmentation.RandomAffine3D``.
+kornia has no 3D *random resized* crop (``RandomResizedCrop`` is 2D only), so the
+crop-box sampling is written here; the affine parameters are also sampled here
+(a few lines) so that ``affine_3d`` -- the deterministic transform the tests pin
+down -- is exactly what training applies. ``tests/test_augment.py`` checks that
+``affine_3d`` agrees with ``RandomAffine3D`` given the same parameters.
+
+Random numbers come from torch's CPU generator (or the ``generator`` passed in),
+so ``torch.manual_seed`` makes the augmentation reproducible on any device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["SubtomogramAugment", "affine_3d", "resized_crop_3d"]
+
+
+def _per_sample(value: float | Sequence[float] | torch.Tensor, n: int, like: torch.Tensor):
+    """Broadcast a scalar or per-sample value to a float tensor of shape (n,)."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        t = t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"expected a scalar or {n} per-sample values, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_volumes(x: torch.Tensor) -> None:
+    if x.ndim != 5:
+        raise ValueError(f"expected volumes of shape (N, C, D, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"expected a floating-point tensor, got {x.dtype}")
+
+
+def affine_3d(
+    x: torch.Tensor,
+    angle_z_deg: float | Sequence[float] | torch.Tensor = 0.0,
+    translate_yx: Sequence[float] | torch.Tensor = (0.0, 0.0),
+    scale: float | Sequence[float] | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """Rotate about z, translate in y/x and scale volumes about their centre.
+
+    Conventions (checked by tests): the centre is ``((D-1)/2, (H-1)/2, (W-1)/2)``;
+    a positive angle turns each YX slice counter-clockwise *as napari shows it*
+    (y pointing down), i.e. a voxel at +x from the centre moves towards -y, and
+    90 degrees takes offset (dy, dx) to (-dx, dy); translations are in voxels and
+    move the content towards +y / +x; scale > 1 enlarges the content. Voxels
+    brought in from outside the box are 0, the mean of a normalised subtomogram.
+    Interpolation is trilinear.
+
+    Args:
+        x: (N, C, D, H, W) float volumes, ZYX.
+        angle_z_deg: rotation about z in degrees, a scalar or (N,) values.
+        translate_yx: (dy, dx) in voxels, or an (N, 2) tensor.
+        scale: isotropic scale factor, a scalar or (N,) values.
+
+    Returns:
+        (N, C, D, H, W) transformed volumes on the same device and dtype.
+    """
+    from kornia.geometry.transform import get_affine_matrix3d, warp_affine3d
+
+    _check_volumes(x)
+    n, _, d, h, w = x.shape
+    if n == 0:
+        return x.clone()
+    params = x.new_zeros(n)  # dtype/device template
+    angle = _per_sample(angle_z_deg, n, params)
+    scale_t = _per_sample(scale, n, params)
+    if torch.any(scale_t <= 0):
+        raise ValueError("scale factors must be positive")
+    shift = torch.as_tensor(translate_yx, dtype=x.dtype, device=x.device)
+    if shift.ndim == 1:
+        shift = shift.expand(n, 2)
+    if shift.shape != (n, 2):
+        raise ValueError(f"translate_yx must be (dy, dx) or (N, 2), got {tuple(shift.shape)}")
+    zeros = x.new_zeros(n)
+    # kornia's geometry works in (x, y, z) voxel coordinates; a z-only axis-angle
+    # vector is its "roll", a rotation of each (y, x) slice.
+    translations = torch.stack([shift[:, 1], shift[:, 0], zeros], dim=1)
+    center = x.new_tensor([(w - 1) / 2, (h - 1) / 2, (d - 1) / 2]).expand(n, 3)
+    angles = torch.stack([zeros, zeros, angle], dim=1)
+    matrix = get_affine_matrix3d(translations, center, scale_t[:, None].expand(n, 3), angles)
+    # align_corners=True: kornia resamples exactly along the voxel-coordinate matrix.
+    return warp_affine3d(x, matrix[:, :3, :], (d, h, w), "bilinear", align_corners=True)
+
+
+def resized_crop_3d(
+    x: torch.Tensor,
+    origin_zyx: torch.Tensor,
+    size_zyx: torch.Tensor,
+) -> torch.Tensor:
+    """Cut a sub-box out of each volume and resample it (trilinear) to the full box.
+
+    Args:
+        x: (N, C, D, H, W) float volumes.
+        origin_zyx: (N, 3) voxel coordinate of each crop's first voxel centre.
+        size_zyx: (N, 3) crop edge lengths in voxels (may be fractional); a crop
+            of the whole box is ``origin 0, size (D, H, W)`` and returns ``x``.
+
+    Returns:
+        (N, C, D, H, W) resampled crops.
+    """
+    from kornia.geometry.transform import crop_and_resize3d
+
+    _check_volumes(x)
+    n, _, d, h, w = x.shape
+    if n == 0:
+        return x.clone()
+    origin = origin_zyx.to(device=x.device, dtype=x.dtype)
+    # kornia boxes are inclusive voxel-centre corners in (x, y, z) order.
+    last = origin + size_zyx.to(device=x.device, dtype=x.dtype) - 1
+    z0, y0, x0 = origin.unbind(1)
+    z1, y1, x1 = last.unbind(1)
+    corners = [
+        (x0, y0, z0),
+        (x1, y0, z0),
+        (x1, y1, z0),
+        (x0, y1, z0),
+        (x0, y0, z1),
+        (x1, y0, z1),
+        (x1, y1, z1),
+        (x0, y1, z1),
+    ]
+    boxes = torch.stack([torch.stack(c, dim=1) for c in corners], dim=1)  # (N, 8, 3)
+    return crop_and_resize3d(x, boxes, (d, h, w), interpolation="bilinear", align_corners=True)
+
+
+class SubtomogramAugment(nn.Module):
+    """Random resized crop + random z-rotation/translation/scale, per subtomogram.
+
+    Defaults are the paper's (Gupta et al. 2022, section 3.3). The module has no
+    weights; it runs on whatever device the input is on.
+
+    Args:
+        crop_p: probability of the random resized crop.
+        crop_scale: (min, max) fraction of the *volume* kept by the crop. Crops
+            keep the box's aspect ratio (each edge is scaled by fraction^(1/3)),
+            so a particle is zoomed isotropically, never stretched.
+        affine_p: probability of the random affine transform.
+        rotate_z_deg: rotation about z drawn from [-rotate_z_deg, rotate_z_deg].
+        translate: shift in y and x drawn from [-t, t] x the box's height / width.
+        scale: scale factor drawn from [1 - scale, 1 + scale].
+        generator: optional ``torch.Generator`` (CPU) for the random draws;
+            defaults to torch's global generator so ``torch.manual_seed`` works.
+    """
+
+    def __init__(
+        self,
+        crop_p: float = 0.5,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        affine_p: float = 0.5,
+        rotate_z_deg: float = 45.0,
+        translate: float = 0.1,
+        scale: float = 0.1,
+        *,
+        generator: torch.Generator | None = None,
+    ):
+        super().__init__()
+        for name, p in (("crop_p", crop_p), ("affine_p", affine_p)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        lo, hi = crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
+        if rotate_z_deg < 0 or translate < 0 or not 0 <= scale < 1:
+            raise ValueError(
+                "rotate_z_deg and translate must be >= 0 and scale in [0, 1), got "
+                f"{rotate_z_deg}, {translate}, {scale}"
+            )
+        self.crop_p = float(crop_p)
+        self.crop_scale = (float(lo), float(hi))
+        self.affine_p = float(affine_p)
+        self.rotate_z_deg = float(rotate_z_deg)
+        self.translate = float(translate)
+        self.scale = float(scale)
+        self.generator = generator
+
+    def extra_repr(self) -> str:
+        return (
+            f"crop_p={self.crop_p}, crop_scale={self.crop_scale}, affine_p={self.affine_p}, "
+            f"rotate_z_deg={self.rotate_z_deg}, translate={self.translate}, scale={self.scale}"
+        )
+
+    def _uniform(self, n: int, lo: float, hi: float, dims: int = 1) -> torch.Tensor:
+        u = torch.rand(n, dims, generator=self.generator)
+        return (lo + (hi - lo) * u).squeeze(1) if dims == 1 else lo + (hi - lo) * u
+
+    def sample_crop(self, n: int, shape_dhw: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random crop boxes: (origin_zyx, size_zyx), each (n, 3) on the CPU."""
+        full = torch.tensor([float(s) for s in shape_dhw])
+        fraction = self._uniform(n, *self.crop_scale)
+        size = full[None, :] * fraction[:, None] ** (1.0 / 3.0)
+        origin = (full[None, :] - size) * torch.rand(n, 3, generator=self.generator)
+        return origin, size
+
+    def sample_affine(
+        self, n: int, shape_dhw: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Random (angle_z_deg (n,), translate_yx (n, 2) voxels, scale (n,)) on the CPU."""
+        _, h, w = shape_dhw
+        angle = self._uniform(n, -self.rotate_z_deg, self.rotate_z_deg)
+        shift = self._uniform(n, -self.translate, self.translate, dims=2)
+        shift = shift * torch.tensor([float(h), float(w)])
+        scale = self._uniform(n, 1.0 - self.scale, 1.0 + self.scale)
+        return angle, shift, scale
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, D, H, W) -> augmented copy of the same shape, device and dtype."""
+        _check_volumes(x)
+        n = x.shape[0]
+        shape = x.shape[2:]
+        out = x.clone()
+        # Draw every random number up front, in a fixed order, so the result
+        # depends only on the seed and the batch size.
+        do_crop = torch.rand(n, generator=self.generator) < self.crop_p
+        origin, size = self.sample_crop(n, shape)
+        do_affine = torch.rand(n, generator=self.generator) < self.affine_p
+        angle, shift, scale = self.sample_affine(n, shape)
+        if do_crop.any():
+            idx = do_crop.nonzero().squeeze(1)
+            out[idx.to(x.device)] = resized_crop_3d(out[idx.to(x.device)], origin[idx], size[idx])
+        if do_affine.any():
+            idx = do_affine.nonzero().squeeze(1)
+            dev_idx = idx.to(x.device)
+            out[dev_idx] = affine_3d(out[dev_idx], angle[idx], shift[idx], scale[idx])
+        return out

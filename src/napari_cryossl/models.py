@@ -1,0 +1,613 @@
+"""RB3D encoder, classifier head and checkpoints.
+
+RB3D is the 3D residual-block network of Che et al. (2018), "Improved deep
+learning-based macromolecules structure classification from electron
+cryo-tomograms", Machine Vision and Applications 29:1227-1236, used as the
+encoder by Gupta et al. (2022, Fig. 3). The published figure is not in our text
+of either paper, so the network is reconstructed from the Fig. 3 caption of
+Gupta et al. and the authors' released Keras code (``xulabs/projects``,
+``improved_classification/subdivide.py``, function ``Cresnet``); every
+assumption is listed in ``docs/model.md``. In short::
+
+    input (N, 1, B, B, B)
+    stem:   3x3x3 conv, W filters, ReLU
+    pool:   max-pool, kernel 3, stride 2, padding 1          -> ceil(B / 2)
+    4 x residual block (spatial size kept):
+        shortcut branch: 3x3x3 conv, W/2, ReLU
+        bottleneck:      1x1x1 conv, W/2, ReLU -> 3x3x3 conv, W, ReLU -> 1x1x1 conv, W/2
+        concatenate the two branches (W channels), ReLU
+    [adaptive max-pool to max_grid^3, only when ceil(B / 2) > max_grid]
+    flatten -> FC-F, ReLU          (the embedding; F = 1024 for ``rb3d``)
+    classifier head: dropout -> FC-L
+
+All arrays are ZYX; the network is isotropic so the axis order only matters to
+the augmentation (``augment.py``) and to Grad-CAM, which maps the feature grid
+of ``cam_layer`` back onto the input box.
+
+Checkpoints hold only tensors and plain Python values so that they load with
+``torch.load(weights_only=True)``: a checkpoint from someone else cannot run
+code on the user's machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+try:
+    from napari_cryossl.io import InputError
+except ImportError:  # pragma: no cover - io.py is written in parallel; fallback until it lands
+
+    class InputError(ValueError):  # type: ignore[no-redef]
+        """Bad input file; the message names the file and the problem."""
+
+
+__all__ = [
+    "CHECKPOINT_VERSION",
+    "PRESETS",
+    "Classifier",
+    "EncoderPreset",
+    "InputError",
+    "RB3DEncoder",
+    "ResidualConcatBlock",
+    "build_encoder",
+    "checkpoint_state",
+    "classifier_from_checkpoint",
+    "count_flops",
+    "count_parameters",
+    "encoder_from_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+#: Format version of the checkpoint dictionary; bump when keys change meaning.
+CHECKPOINT_VERSION = 1
+
+#: Keys every checkpoint must carry (others are optional).
+_REQUIRED_KEYS = ("kind", "preset", "box_size", "model")
+_KINDS = ("encoder", "classifier")
+
+
+@dataclass(frozen=True)
+class EncoderPreset:
+    """Architecture of one RB3D variant.
+
+    Attributes:
+        width: filters of the stem and of each block's 3x3x3 bottleneck conv
+            (64 in the paper); the shortcut and 1x1x1 convs use ``width // 2``
+            so that the concatenation has ``width`` channels again.
+        fc_dim: size of the fully connected embedding layer (FC-1024 in the paper).
+        n_blocks: residual blocks after the pooling layer (4 in the authors' code).
+        max_grid: largest feature grid fed to the FC layer. The paper's 32^3
+            box gives a 16^3 grid; bigger boxes are max-pooled adaptively down to
+            this size so the FC layer stays a sane size (64^3 boxes would
+            otherwise need a 2-billion-weight FC-1024).
+        batch_norm: BatchNorm3d after every convolution. Not in the paper or the
+            authors' code; off by default, offered for large-batch GPU runs.
+        block_dropout: dropout on the bottleneck branch before concatenation
+            (0.7 in the authors' Keras code, not mentioned in either paper).
+    """
+
+    width: int
+    fc_dim: int
+    n_blocks: int = 4
+    max_grid: int = 16
+    batch_norm: bool = False
+    block_dropout: float = 0.0
+
+
+#: Named architectures. ``rb3d`` is the published size (for a GPU);
+#: ``rb3d-small`` is 4x narrower with a 256-wide embedding, ~16x fewer FLOPs,
+#: which makes CPU pretraining and the tests practical.
+PRESETS: Mapping[str, EncoderPreset] = {
+    "rb3d": EncoderPreset(width=64, fc_dim=1024),
+    "rb3d-small": EncoderPreset(width=16, fc_dim=256),
+}
+
+
+def _conv(
+    in_ch: int, out_ch: int, kernel: int, *, relu: bool, batch_norm: bool
+) -> nn.Sequential:
+    """Stride-1 'same' 3D convolution, optionally followed by BatchNorm and ReLU."""
+    layers: list[nn.Module] = [
+        nn.Conv3d(in_ch, out_ch, kernel, padding=kernel // 2, bias=not batch_norm)
+    ]
+    if batch_norm:
+        layers.append(nn.BatchNorm3d(out_ch))
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class ResidualConcatBlock(nn.Module):
+    """RB3D residual block: a 3x3x3 shortcut branch and a bottleneck branch, concatenated.
+
+    Unlike a ResNet block the two branches are concatenated along channels
+    rather than added (Gupta et al. 2022, Fig. 3: "concatenation of the filters of
+    the same dimensions"; the authors' code concatenates a 3x3x3 conv shortcut
+    with a 1-3-1 bottleneck). Spatial size is unchanged.
+
+    Args:
+        channels: input and output channels (must be even).
+        batch_norm: BatchNorm after each convolution.
+        dropout: dropout probability on the bottleneck branch.
+    """
+
+    def __init__(self, channels: int, *, batch_norm: bool = False, dropout: float = 0.0):
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"ResidualConcatBlock needs an even channel count, got {channels}")
+        half = channels // 2
+        self.shortcut = _conv(channels, half, 3, relu=True, batch_norm=batch_norm)
+        self.bottleneck = nn.Sequential(
+            _conv(channels, half, 1, relu=True, batch_norm=batch_norm),
+            _conv(half, channels, 3, relu=True, batch_norm=batch_norm),
+            _conv(channels, half, 1, relu=False, batch_norm=batch_norm),
+            nn.Dropout3d(dropout) if dropout > 0 else nn.Identity(),
+        )
+        self.relu = nn.ReLU(inplace=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, D, H, W) -> (N, C, D, H, W)."""
+        return self.relu(torch.cat([self.shortcut(x), self.bottleneck(x)], dim=1))
+
+
+class RB3DEncoder(nn.Module):
+    """RB3D up to and including FC-F + ReLU: subtomograms -> embeddings.
+
+    Args:
+        preset: name of the preset (kept for checkpoints and messages).
+        box_size: edge length B of the cubic input boxes, in voxels. The FC
+            layer's input size depends on it, so one encoder serves one box size.
+        arch: the architecture.
+
+    Attributes:
+        feature_dim: embedding size F.
+        preset, box_size, arch: as given.
+        grid_size: edge of the feature grid flattened into the FC layer.
+        cam_layer: module name (relative to this encoder) of the last residual
+            block, whose output feature maps Grad-CAM uses.
+    """
+
+    def __init__(self, preset: str, box_size: int, arch: EncoderPreset):
+        super().__init__()
+        self.preset = preset
+        self.box_size = int(box_size)
+        self.arch = arch
+        self.feature_dim = arch.fc_dim
+        w = arch.width
+        self.stem = _conv(1, w, 3, relu=True, batch_norm=arch.batch_norm)
+        # Gupta et al. Fig. 3 caption: max-pooling "with kernel size 3x3x3 and stride of 2".
+        self.pool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+        self.blocks = nn.Sequential(
+            *(
+                ResidualConcatBlock(w, batch_norm=arch.batch_norm, dropout=arch.block_dropout)
+                for _ in range(arch.n_blocks)
+            )
+        )
+        pooled = (self.box_size - 1) // 2 + 1  # output size of the kernel-3/stride-2/pad-1 pool
+        if pooled > arch.max_grid:
+            self.reduce: nn.Module = nn.AdaptiveMaxPool3d(arch.max_grid)
+            self.grid_size = arch.max_grid
+        else:
+            self.reduce = nn.Identity()
+            self.grid_size = pooled
+        self.fc = nn.Linear(w * self.grid_size**3, arch.fc_dim)
+        self.fc_relu = nn.ReLU(inplace=True)
+        self.cam_layer = f"blocks.{arch.n_blocks - 1}" if arch.n_blocks else "stem"
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        b = self.box_size
+        if x.ndim != 5 or x.shape[1] != 1 or tuple(x.shape[2:]) != (b, b, b):
+            raise ValueError(
+                f"{self.preset} encoder built for boxes of {b}^3 voxels expects input of shape "
+                f"(N, 1, {b}, {b}, {b}), got {tuple(x.shape)}"
+            )
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the last residual block, (N, width, G', G', G') with G' = ceil(B/2)."""
+        self._check_input(x)
+        return self.blocks(self.pool(self.stem(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, B, B, B) float -> (N, feature_dim) embedding (after ReLU)."""
+        h = self.reduce(self.feature_maps(x))
+        return self.fc_relu(self.fc(torch.flatten(h, 1)))
+
+    def extra_repr(self) -> str:
+        return f"preset={self.preset!r}, box_size={self.box_size}, feature_dim={self.feature_dim}"
+
+
+def build_encoder(preset: str = "rb3d", box_size: int = 32, **overrides: Any) -> RB3DEncoder:
+    """Build an RB3D encoder for cubic boxes of ``box_size`` voxels.
+
+    Args:
+        preset: a key of ``PRESETS`` (``"rb3d"`` paper size, ``"rb3d-small"`` for CPUs).
+        box_size: box edge in voxels (28 and 32 in the paper; any size >= 8 works).
+        **overrides: ``EncoderPreset`` fields to change, e.g. ``batch_norm=True``.
+
+    Returns:
+        The encoder; forward (N, 1, B, B, B) -> (N, feature_dim).
+
+    Raises:
+        ValueError: unknown preset or override, or a box that is too small.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+    valid = {f.name for f in fields(EncoderPreset)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown encoder option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    box_size = int(box_size)
+    if box_size < 8:
+        raise ValueError(f"box size must be at least 8 voxels, got {box_size}")
+    arch = replace(PRESETS[preset], **overrides)
+    if arch.width < 2 or arch.width % 2 or arch.fc_dim < 1 or arch.n_blocks < 0:
+        raise ValueError(f"invalid architecture {arch}")
+    return RB3DEncoder(preset, box_size, arch)
+
+
+class Classifier(nn.Module):
+    """Encoder + FC-L head, producing class logits.
+
+    The head's output index i corresponds to the i-th entry of the sorted
+    class-number list stored in the checkpoint (see ``checkpoint_state``);
+    mapping back to 1-based class numbers is the caller's job.
+
+    Args:
+        encoder: an ``RB3DEncoder`` (pretrained or fresh).
+        n_classes: number of output classes L (>= 2).
+        dropout: dropout before FC-L (0.5 as in the authors' Keras code).
+    """
+
+    def __init__(self, encoder: RB3DEncoder, n_classes: int, *, dropout: float = 0.5):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
+        self.encoder = encoder
+        self.n_classes = int(n_classes)
+        self.dropout = float(dropout)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(encoder.feature_dim, n_classes))
+
+    @property
+    def cam_layer(self) -> str:
+        """Module name (relative to this classifier) of the Grad-CAM layer."""
+        return f"encoder.{self.encoder.cam_layer}"
+
+    @property
+    def preset(self) -> str:
+        return self.encoder.preset
+
+    @property
+    def box_size(self) -> int:
+        return self.encoder.box_size
+
+    @property
+    def feature_dim(self) -> int:
+        return self.encoder.feature_dim
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, B, B, B) -> (N, feature_dim) embedding."""
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, B, B, B) -> (N, n_classes) logits (no softmax)."""
+        return self.head(self.encoder(x))
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
+    """Number of parameters (elements) of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops(model: nn.Module, box_size: int | None = None) -> int:
+    """Floating-point operations of one forward pass, per subtomogram.
+
+    Counts 2 x multiply-adds of every ``Conv3d`` and ``Linear`` layer (the
+    convention of most papers), measured with forward hooks on a dummy batch of
+    one box; pooling, activations and BatchNorm are ignored (<1 %).
+
+    Args:
+        model: an encoder, classifier or any module taking (N, 1, B, B, B).
+        box_size: box edge; defaults to ``model.box_size``.
+
+    Returns:
+        FLOPs per subtomogram (int).
+    """
+    if box_size is None:
+        box_size = getattr(model, "box_size", None)
+        if box_size is None:
+            raise ValueError("count_flops needs box_size for a model without a box_size attribute")
+    total = 0
+
+    def conv_hook(mod: nn.Conv3d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        per_output = (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
+        total += 2 * per_output * out[0].numel()
+
+    def linear_hook(mod: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += 2 * mod.in_features * mod.out_features * (out[0].numel() // mod.out_features)
+
+    handles = []
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv3d):
+            handles.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.Linear):
+            handles.append(mod.register_forward_hook(linear_hook))
+    was_training = model.training
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None else torch.float32
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 1, box_size, box_size, box_size, device=device, dtype=dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return total
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Temp file in the destination folder, moved onto ``path`` only on success.
+
+    Uses ``napari_cryossl.io.atomic_write`` when available (one implementation
+    for the whole package); this local copy covers the time before io.py exists.
+    """
+    try:
+        from napari_cryossl.io import atomic_write
+    except ImportError:
+        atomic_write = None
+    if atomic_write is not None:
+        with atomic_write(path) as tmp:
+            yield Path(tmp)
+        return
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _plain(value: Any, key: str = "state") -> Any:
+    """Convert ``value`` to what ``torch.load(weights_only=True)`` accepts.
+
+    numpy arrays become lists, numpy scalars Python numbers, paths strings;
+    tensors are detached and moved to the CPU. Anything else (an arbitrary
+    object) is refused here rather than producing an unloadable file.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, torch.device | torch.dtype):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v, f"{key}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    raise TypeError(
+        f"checkpoint value {key} of type {type(value).__name__} cannot be stored safely; "
+        "use tensors, numbers, strings, lists or dicts"
+    )
+
+
+def checkpoint_state(
+    model: nn.Module,
+    *,
+    voxel_size: float | None = None,
+    normalisation: str = "per-box zero mean, unit std",
+    class_numbers: list[int] | None = None,
+    class_names: list[str] | None = None,
+    method: str = "",
+    epoch: int = 0,
+    optimizer: dict | None = None,
+    config: dict | None = None,
+    **extra: Any,
+) -> dict:
+    """Assemble the checkpoint dictionary for an encoder or a classifier.
+
+    Fills ``kind``, ``preset``, ``box_size``, ``architecture`` and ``version``
+    from the model so that callers only provide what the model cannot know.
+
+    Args:
+        model: ``RB3DEncoder`` (kind "encoder") or ``Classifier`` (kind "classifier").
+        voxel_size: Å per voxel of the training boxes.
+        normalisation: how boxes were normalised before the network.
+        class_numbers: sorted 1-based class numbers, one per output (classifiers).
+        class_names: names for ``class_numbers``.
+        method: "moco", "simclr", "swav", "supervised", ...
+        epoch: epochs completed.
+        optimizer: ``optimizer.state_dict()`` to resume from, or None.
+        config: training configuration (plain values).
+        **extra: any further plain values.
+
+    Returns:
+        A dict ready for ``save_checkpoint``.
+    """
+    if isinstance(model, Classifier):
+        kind, encoder = "classifier", model.encoder
+        if class_numbers is not None and len(class_numbers) != model.n_classes:
+            raise ValueError(
+                f"{len(class_numbers)} class numbers given for a {model.n_classes}-class model"
+            )
+    elif isinstance(model, RB3DEncoder):
+        kind, encoder = "encoder", model
+    else:
+        raise TypeError(f"expected an RB3DEncoder or Classifier, got {type(model).__name__}")
+    state = {
+        "kind": kind,
+        "preset": encoder.preset,
+        "box_size": encoder.box_size,
+        "architecture": asdict(encoder.arch),
+        "voxel_size": voxel_size,
+        "normalisation": normalisation,
+        "class_numbers": [int(c) for c in class_numbers] if class_numbers is not None else None,
+        "class_names": list(class_names) if class_names is not None else None,
+        "method": method,
+        "epoch": int(epoch),
+        "model": model.state_dict(),
+        "optimizer": optimizer,
+        "config": config or {},
+        "version": CHECKPOINT_VERSION,
+    }
+    if kind == "classifier":
+        state["dropout"] = model.dropout
+    state.update(extra)
+    return state
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` atomically to ``path`` (temp file in the folder + os.replace).
+
+    A crash or a stopped run never leaves a half-written checkpoint: the old
+    file stays until the new one is complete.
+
+    Args:
+        path: destination, conventionally ``*.pt``.
+        state: dict with at least ``kind``, ``preset``, ``box_size`` and ``model``
+            (see ``checkpoint_state``). Values are converted to plain types.
+
+    Raises:
+        ValueError: a required key is missing or ``kind`` is unknown.
+        TypeError: a value cannot be stored in a weights-only checkpoint.
+    """
+    path = Path(path)
+    missing = [k for k in _REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint state for {path} lacks key(s) {missing}")
+    if state["kind"] not in _KINDS:
+        raise ValueError(f"checkpoint kind must be one of {_KINDS}, got {state['kind']!r}")
+    plain = _plain(dict(state))
+    plain.setdefault("version", CHECKPOINT_VERSION)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _atomic_path(path) as tmp:
+        torch.save(plain, tmp)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    kind: str | None = None,
+    preset: str | None = None,
+    box_size: int | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict:
+    """Read a checkpoint written by ``save_checkpoint``, safely and with checks.
+
+    Args:
+        path: checkpoint file.
+        kind: require "encoder" or "classifier" (None: either).
+            An encoder is needed to fine-tune; a classifier to predict.
+        preset: require this architecture preset (None: any).
+        box_size: require this box size in voxels (None: any).
+        map_location: where tensors are loaded.
+
+    Returns:
+        The state dictionary.
+
+    Raises:
+        InputError: missing or unreadable file, not a napari-cryossl checkpoint,
+            or a kind / preset / box size other than required. The message names
+            the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
+        raise InputError(
+            f"{path}: not a readable napari-cryossl checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+        ) from exc
+    if not isinstance(state, dict) or any(k not in state for k in _REQUIRED_KEYS):
+        raise InputError(
+            f"{path}: not a napari-cryossl checkpoint (expected a dict with keys "
+            f"{list(_REQUIRED_KEYS)})"
+        )
+    if state["kind"] not in _KINDS:
+        raise InputError(f"{path}: unknown checkpoint kind {state['kind']!r}")
+    version = state.get("version", CHECKPOINT_VERSION)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise InputError(
+            f"{path}: checkpoint format version {version!r} is newer than this napari-cryossl "
+            f"understands ({CHECKPOINT_VERSION}); update napari-cryossl"
+        )
+    if kind is not None and state["kind"] != kind:
+        hint = (
+            " (a pretrained encoder must be fine-tuned into a classifier before predicting)"
+            if kind == "classifier"
+            else ""
+        )
+        raise InputError(f"{path}: is a {state['kind']} checkpoint, expected a {kind}{hint}")
+    if preset is not None and state["preset"] != preset:
+        raise InputError(
+            f"{path}: was trained with model preset {state['preset']!r}, not {preset!r}"
+        )
+    if box_size is not None and int(state["box_size"]) != int(box_size):
+        raise InputError(
+            f"{path}: was trained on {state['box_size']}^3 boxes, not {int(box_size)}^3; "
+            "extract subtomograms with the checkpoint's box size"
+        )
+    return state
+
+
+def _arch_overrides(state: dict) -> dict:
+    arch = state.get("architecture") or {}
+    valid = {f.name for f in fields(EncoderPreset)}
+    return {k: v for k, v in arch.items() if k in valid}
+
+
+def encoder_from_checkpoint(state: dict) -> RB3DEncoder:
+    """Rebuild the encoder of an encoder or classifier checkpoint, with its weights."""
+    encoder = build_encoder(state["preset"], int(state["box_size"]), **_arch_overrides(state))
+    weights = state["model"]
+    if state["kind"] == "classifier":
+        weights = {k[len("encoder.") :]: v for k, v in weights.items() if k.startswith("encoder.")}
+    encoder.load_state_dict(weights)
+    return encoder
+
+
+def classifier_from_checkpoint(state: dict) -> Classifier:
+    """Rebuild a ``Classifier`` with its weights from a classifier checkpoint."""
+    if state["kind"] != "classifier":
+        raise ValueError(f"expected a classifier checkpoint, got kind {state['kind']!r}")
+    encoder = build_encoder(state["preset"], int(state["box_size"]), **_arch_overrides(state))
+    weight = state["model"].get("head.1.weight")
+    if weight is None:
+        raise ValueError("classifier checkpoint has no head weights ('head.1.weight')")
+    model = Classifier(encoder, int(weight.shape[0]), dropout=float(state.get("dropout", 0.5)))
+    model.load_state_dict(state["model"])
+    return model
