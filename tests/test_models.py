@@ -227,4 +227,8 @@ def test_load_errors_name_the_file(tmp_path):
         load_checkpoint(good, preset="rb3d")
     with pytest.raises(InputError, match="enc.pt.*16\\^3 boxes, not 32\\^3"):
         load_checkpoint(good, box_size=32)
+    future = tmp_path / "future.pt"
+    save_checkpoint(future, {**checkpoint_state(enc), "version": 99})
+    with pytest.raises(InputError, match="future.pt.*newer"):
+        load_checkpoint(future)
     assert issubclass(InputError, ValueError)

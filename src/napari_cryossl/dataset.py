@@ -128,9 +128,7 @@ class SubtomogramSet:
     # -- constructors ---------------------------------------------------------------------
 
     @classmethod
-    def from_arrays(
-        cls, volumes, class_numbers=None, voxel_size: float = 1.0
-    ) -> SubtomogramSet:
+    def from_arrays(cls, volumes, class_numbers=None, voxel_size: float = 1.0) -> SubtomogramSet:
         """Subtomograms already in memory (simulations, tests).
 
         Args:
@@ -148,9 +146,7 @@ class SubtomogramSet:
         n = len(arr)
         labels = _check_class_numbers(class_numbers, n, name)
         voxel_size = _check_voxel_size(voxel_size, name)
-        table = make_particle_table(
-            np.full((n, 3), np.nan), class_number=labels, source="imported"
-        )
+        table = make_particle_table(np.full((n, 3), np.nan), class_number=labels, source="imported")
         return cls(
             table,
             kind="arrays",
@@ -452,9 +448,7 @@ class SubtomogramSet:
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_tomograms"] = {
-            key: _picklable_tomogram(t) for key, t in self._tomograms.items()
-        }
+        state["_tomograms"] = {key: _picklable_tomogram(t) for key, t in self._tomograms.items()}
         return state
 
     def __setstate__(self, state: dict) -> None:

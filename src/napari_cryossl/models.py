@@ -115,9 +115,7 @@ PRESETS: Mapping[str, EncoderPreset] = {
 }
 
 
-def _conv(
-    in_ch: int, out_ch: int, kernel: int, *, relu: bool, batch_norm: bool
-) -> nn.Sequential:
+def _conv(in_ch: int, out_ch: int, kernel: int, *, relu: bool, batch_norm: bool) -> nn.Sequential:
     """Stride-1 'same' 3D convolution, optionally followed by BatchNorm and ReLU."""
     layers: list[nn.Module] = [
         nn.Conv3d(in_ch, out_ch, kernel, padding=kernel // 2, bias=not batch_norm)
@@ -401,14 +399,17 @@ def _plain(value: Any, key: str = "state") -> Any:
     tensors are detached and moved to the CPU. Anything else (an arbitrary
     object) is refused here rather than producing an unloadable file.
     """
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
+    if isinstance(value, np.generic):  # before float: np.float64 subclasses float
+        return value.item()
+    if value is None:
+        return None
+    for base in (bool, int, float, str):  # enums and other subclasses would pickle their class
+        if isinstance(value, base):
+            return base(value)
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     if isinstance(value, torch.device | torch.dtype):

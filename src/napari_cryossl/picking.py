@@ -62,6 +62,8 @@ _TRUNCATE = 4.0
 #: At most about this many voxels feed the median/MAD estimate (a strided global grid).
 _MAX_STAT_SAMPLES = 2_000_000
 _MAD_TO_SIGMA = 1.4826
+#: z-slices copied from the memmap between page releases.
+_READ_SLICES = 16
 
 
 def dog_sigmas(diameter_px: float, ratio: float = DOG_RATIO) -> tuple[float, float]:
@@ -181,9 +183,11 @@ def pick_particles(
                 core = [
                     (s, min(s + chunk_size, n)) for s, n in zip((z0, y0, x0), shape, strict=True)
                 ]
-                outer = [(max(a - halo, 0), min(b + halo, n)) for (a, b), n in zip(core, shape, strict=True)]
-                block = _read_block(data, tuple(slice(a, b) for a, b in outer), name, outer)
-                pages.release()  # the chunk is copied; its pages need not stay mapped
+                outer = [
+                    (max(a - halo, 0), min(b + halo, n))
+                    for (a, b), n in zip(core, shape, strict=True)
+                ]
+                block = _read_block(data, tuple(slice(a, b) for a, b in outer), name, outer, pages)
                 dog = _dog(block, sigma1, sigma2, polarity)
                 del block
                 inner = tuple(
@@ -195,7 +199,9 @@ def pick_particles(
                     for (a, b), (oa, _) in zip(core, outer, strict=True)
                 )
                 samples.append(dog[grid].ravel())
-                local_max = dog == ndimage.maximum_filter(dog, size=2 * nms_half + 1, mode="nearest")
+                local_max = dog == ndimage.maximum_filter(
+                    dog, size=2 * nms_half + 1, mode="nearest"
+                )
                 peaks = np.argwhere(local_max[inner])
                 if len(peaks):
                     values = dog[inner][tuple(peaks.T)]
@@ -258,13 +264,33 @@ def _greedy_min_distance(zyx: np.ndarray, min_distance: float) -> np.ndarray:
 
 
 def _dog(block: np.ndarray, sigma1: float, sigma2: float, polarity: str) -> np.ndarray:
-    fine = ndimage.gaussian_filter(block, sigma1, output=np.float32, mode="reflect", truncate=_TRUNCATE)
-    coarse = ndimage.gaussian_filter(block, sigma2, output=np.float32, mode="reflect", truncate=_TRUNCATE)
+    fine = ndimage.gaussian_filter(
+        block, sigma1, output=np.float32, mode="reflect", truncate=_TRUNCATE
+    )
+    coarse = ndimage.gaussian_filter(
+        block, sigma2, output=np.float32, mode="reflect", truncate=_TRUNCATE
+    )
     return coarse - fine if polarity == "dark" else fine - coarse
 
 
-def _read_block(data, index: tuple[slice, ...], name: str, bounds=None) -> np.ndarray:
-    block = np.array(data[index], dtype=np.float32)  # a copy: the mapped pages can go
+def _read_block(
+    data, index: tuple[slice, ...], name: str, bounds=None, pages: _MappedPages | None = None
+) -> np.ndarray:
+    """Copy a region to float32 RAM, a few z-slices at a time so mapped pages can go between."""
+    zs = range(*index[0].indices(data.shape[0]))
+    block = np.empty(
+        (
+            len(zs),
+            *(len(range(*s.indices(n))) for s, n in zip(index[1:], data.shape[1:], strict=True)),
+        ),
+        dtype=np.float32,
+    )
+    for k in range(0, len(zs), _READ_SLICES):
+        block[k : k + _READ_SLICES] = data[
+            (slice(zs.start + k, min(zs.start + k + _READ_SLICES, zs.stop)), *index[1:])
+        ]
+        if pages is not None:
+            pages.release()
     if not np.isfinite(block).all():
         bad = np.argwhere(~np.isfinite(block))[0]
         offset = [a for a, _ in bounds] if bounds is not None else [0, 0, 0]
@@ -277,7 +303,9 @@ def _check_diameter(diameter_px: float, name: str = "picking") -> float:
     try:
         value = float(diameter_px)
     except (TypeError, ValueError):
-        raise InputError(f"{name}: particle diameter must be a number, got {diameter_px!r}") from None
+        raise InputError(
+            f"{name}: particle diameter must be a number, got {diameter_px!r}"
+        ) from None
     if not (np.isfinite(value) and value > 0):
         raise InputError(f"{name}: particle diameter must be positive, got {diameter_px}")
     return value

@@ -1,0 +1,257 @@
+"""npe2 reader: tomograms (MRC) as Image layers, particle lists (STAR/CSV) as Points layers.
+
+A thin adapter over `napari_cryossl.io`: every unit and axis conversion happens there.
+Layers carry ``scale = voxel size`` (Å), so several tomograms, particle lists and
+heatmaps line up in Å in the viewer, whatever their binning. Points are ZYX in tomogram
+voxels (`architecture.md`), so ``layer.data`` is the same array the core functions take.
+
+Tomograms stay memory-mapped: napari reads only the slices it shows. The contrast limits
+come from robust percentiles of a small strided subsample, because a full pass over a
+multi-GB tomogram would stall the viewer and min/max of a noisy tomogram hides every
+particle in a few extreme voxels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+TOMOGRAM_SUFFIXES = (".mrc", ".rec", ".map")
+PARTICLE_SUFFIXES = (".star", ".csv")
+
+#: At most this many voxels are read to set the contrast limits.
+_CONTRAST_SAMPLES = 1_000_000
+#: Percentiles for the contrast limits: robust to hot pixels and gold beads.
+CONTRAST_PERCENTILES = (0.5, 99.5)
+
+# CSV headers this reader understands (lower-case); others are left to napari's builtins.
+_CSV_COORDINATE_NAMES = {"x", "rlncoordinatex", "rlncenteredcoordinatexangst"}
+
+
+def get_reader(path) -> Callable | None:
+    """npe2 reader hook: a function that reads `path`, or None if this plugin cannot.
+
+    Args:
+        path: a path or a list of paths; every path must be a tomogram or a particle file.
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths:
+        return None
+    for p in paths:
+        suffix = Path(p).suffix.lower()
+        if suffix not in TOMOGRAM_SUFFIXES + PARTICLE_SUFFIXES:
+            return None
+        if suffix == ".csv" and not _csv_has_coordinates(Path(p)):
+            return None  # e.g. napari's own points/shapes CSV: let its reader take it
+    return read_files
+
+
+def read_files(path) -> list[tuple]:
+    """Read tomograms and particle files into napari layer-data tuples.
+
+    Raises:
+        napari_cryossl.io.InputError: a file is missing, corrupt or has no coordinates
+            (napari shows the message as a notification).
+    """
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    layers: list[tuple] = []
+    for p in paths:
+        p = Path(p)
+        if p.suffix.lower() in TOMOGRAM_SUFFIXES:
+            layers.append(tomogram_layer_data(p))
+        else:
+            layers.append(particles_layer_data(p))
+    return layers
+
+
+def tomogram_layer_data(path) -> tuple:
+    """One tomogram as an Image layer tuple (memory-mapped data, scale in Å)."""
+    from napari_cryossl.io import open_tomogram
+
+    tomo = open_tomogram(path)
+    vs = float(tomo.voxel_size)
+    metadata = {
+        "napari_cryossl": "tomogram",
+        "path": str(Path(tomo.path).resolve()),
+        "voxel_size": vs,
+    }
+    kwargs = {
+        "name": Path(tomo.path).stem,
+        "scale": (vs, vs, vs),
+        "contrast_limits": robust_contrast_limits(tomo.data),
+        "colormap": "gray",
+        "metadata": metadata,
+    }
+    return (tomo.data, kwargs, "image")
+
+
+def robust_contrast_limits(data, percentiles=CONTRAST_PERCENTILES) -> tuple[float, float]:
+    """Contrast limits from percentiles of a strided subsample of a (memory-mapped) volume.
+
+    Reads at most about `_CONTRAST_SAMPLES` voxels, from whole Z slices spread over the
+    volume (contiguous reads from a memmap), so it is fast on a multi-GB tomogram.
+    """
+    shape = data.shape
+    n = math.prod(shape)
+    if n == 0:
+        return (0.0, 1.0)
+    # Slices through the middle 80 % of Z: the ends of a tomogram are often empty/masked.
+    z_lo, z_hi = int(shape[0] * 0.1), max(int(shape[0] * 0.9), int(shape[0] * 0.1) + 1)
+    plane = math.prod(shape[1:])
+    n_slices = max(1, min(z_hi - z_lo, 16))
+    zs = np.unique(np.linspace(z_lo, z_hi - 1, n_slices).round().astype(int))
+    step = max(1, int(math.sqrt(plane * len(zs) / _CONTRAST_SAMPLES)))
+    sample = np.concatenate([np.asarray(data[z, ::step, ::step], dtype=np.float32).ravel() for z in zs])
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return (0.0, 1.0)
+    lo, hi = np.percentile(sample, percentiles)
+    if not hi > lo:
+        lo, hi = float(sample.min()), float(sample.max())
+        if not hi > lo:
+            hi = lo + 1.0
+    return (float(lo), float(hi))
+
+
+def particles_layer_data(path, *, voxel_size: float | None = None, point_size: float | None = None) -> tuple:
+    """One particle file as a Points layer tuple (ZYX voxels, scale = voxel size in Å).
+
+    Args:
+        path: a STAR (RELION 3/4/5) or CSV particle file.
+        voxel_size: Å per voxel for the layer's scale; default: from the file, or from the
+            tomogram it names (rlnTomoName next to the STAR file), else 1.
+        point_size: marker diameter in voxels.
+    """
+    from napari_cryossl._widgets._style import DEFAULT_POINT_SIZE
+    from napari_cryossl.io import InputError, particle_zyx, read_particles
+
+    path = Path(path)
+    shape, tomo_vs = _named_tomogram_geometry(path)
+    table = read_particles(path, tomogram_shape=shape, voxel_size=voxel_size or tomo_vs)
+    if voxel_size is None:
+        voxel_size = _voxel_size_of(table) or tomo_vs or 1.0
+    if len(table) and not np.isfinite(particle_zyx(table)).all(axis=1).any():
+        raise InputError(
+            f"{path}: none of its {len(table)} particles has coordinates in a tomogram "
+            "(a list of subtomogram files cannot be shown as points)"
+        )
+    kwargs = points_kwargs(table, voxel_size=voxel_size, point_size=point_size or DEFAULT_POINT_SIZE)
+    data = kwargs.pop("data")
+    kwargs["name"] = path.stem
+    kwargs["metadata"] = {
+        "napari_cryossl": "particles",
+        "path": str(path.resolve()),
+        "voxel_size": float(voxel_size),
+        "tomo_name": _first_tomo_name(table),
+    }
+    return (data, kwargs, "points")
+
+
+def points_kwargs(
+    table,
+    *,
+    voxel_size: float,
+    point_size: float,
+    classes=None,
+) -> dict:
+    """Points layer keyword arguments (with "data") for a particle table.
+
+    Rows without coordinates (subtomogram files) are dropped.
+
+    Face colour by class (the store's class colours when `classes` is given), unlabelled
+    particles hollow with a grey rim; features keep every column the writer needs.
+    """
+    from napari_cryossl._widgets._style import point_colors
+    from napari_cryossl.io import particle_zyx
+
+    zyx = particle_zyx(table)
+    keep = np.isfinite(zyx).all(axis=1)
+    table = table.loc[keep].reset_index(drop=True)
+    zyx = zyx[keep]
+    classes_col = table["class_number"].to_numpy(dtype=np.int64)
+    face, border = point_colors(classes_col, classes)
+    features = table[[c for c in ("class_number", "probability", "score", "source") if c in table]]
+    vs = float(voxel_size)
+    return {
+        "data": zyx,
+        "features": features,
+        "face_color": face,
+        "border_color": border,
+        "border_width": 0.15,
+        "border_width_is_relative": True,
+        "size": point_size,
+        "scale": (vs, vs, vs),
+        "out_of_slice_display": True,
+        "ndim": 3,
+    }
+
+
+def _voxel_size_of(table) -> float | None:
+    """Voxel size recorded with a particle table by io.read_particles, if any."""
+    for key in ("voxel_size", "pixel_size"):
+        value = getattr(table, "attrs", {}).get(key)
+        if value is not None and np.isfinite(value) and value > 0:
+            return float(value)
+    return None
+
+
+def _first_tomo_name(table) -> str:
+    if "tomo_name" not in table or len(table) == 0:
+        return ""
+    names = [n for n in table["tomo_name"].astype(str).unique() if n]
+    return names[0] if names else ""
+
+
+def _named_tomogram_geometry(star_path: Path) -> tuple[tuple[int, int, int] | None, float | None]:
+    """Shape and voxel size of the tomogram a particle file names, if it lies beside it.
+
+    RELION-5 centred coordinates (Å from the tomogram centre) need both to become voxels;
+    RELION 3/4 pixel coordinates need the voxel size only for the layer's scale. Reads
+    only the MRC header. Returns (None, None) when no tomogram is found.
+    """
+    import mrcfile
+
+    if star_path.suffix.lower() != ".star":
+        return None, None
+    try:
+        import starfile
+
+        blocks = starfile.read(star_path, always_dict=True)
+    except Exception:  # a bad file is reported by io.read_particles with a proper message
+        return None, None
+    names: list[str] = []
+    for df in blocks.values():
+        for col in ("rlnTomoName", "rlnMicrographName"):
+            if hasattr(df, "columns") and col in df.columns:
+                names += [str(v) for v in df[col].unique()[:1]]
+    for name in names:
+        for candidate in _tomogram_candidates(star_path.parent, name):
+            if candidate.is_file():
+                try:
+                    with mrcfile.open(candidate, header_only=True, permissive=True) as mrc:
+                        nz, ny, nx = (int(mrc.header.nz), int(mrc.header.ny), int(mrc.header.nx))
+                        vs = float(mrc.voxel_size.x)
+                    return (nz, ny, nx), (vs if vs > 0 else None)
+                except Exception:
+                    continue
+    return None, None
+
+
+def _tomogram_candidates(folder: Path, name: str):
+    base = folder / name
+    yield base
+    for suffix in TOMOGRAM_SUFFIXES:
+        yield base.with_name(base.name + suffix)
+
+
+def _csv_has_coordinates(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline()
+    except OSError:
+        return True  # let read_particles report the problem with the file's name
+    names = {h.strip().strip('"').lower() for h in header.split(",")}
+    return bool(names & _CSV_COORDINATE_NAMES)
