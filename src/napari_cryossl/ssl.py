@@ -154,12 +154,11 @@ class SSLObjective(nn.Module):
         """Call once after every optimizer step.
 
         Args:
-            progress: fraction of training completed, in [0, 1] (e.g.
-                ``global_step / total_steps``); schedules depend on it.
+            progress: fraction of training completed (e.g. ``global_step /
+                total_steps``); schedules depend on it. Values outside [0, 1]
+                (extra warm-up or resumed steps) are clipped.
         """
-        if not 0.0 <= progress <= 1.0 + 1e-9:
-            raise ValueError(f"progress must be in [0, 1], got {progress}")
-        self.progress = float(progress)
+        self.progress = min(max(float(progress), 0.0), 1.0)
 
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Parameters the optimizer should update (momentum copies excluded)."""

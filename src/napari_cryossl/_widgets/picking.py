@@ -1,0 +1,317 @@
+"""Step 2, Picking: click particles, preview automatic DoG picks before accepting, import lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_cryossl._widgets._common import StatusLine, notify_error
+from napari_cryossl._widgets._session import Session
+
+PARTICLE_FILTER = "Particle lists (*.star *.csv);;All files (*)"
+_PREVIEW_COLOR = "#ffd400"
+
+
+class PickingWidget(QWidget):
+    """Manual picking on the particles layer, DoG auto-picking with a preview, STAR/CSV import."""
+
+    picking_progress = Signal(int, int)  # emitted from the worker thread, drawn in the GUI thread
+
+    def __init__(self, session: Session, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.preview_layer = None
+        self._preview_table = None
+        self.worker = None
+        layout = QVBoxLayout(self)
+
+        manual = QGroupBox("By hand")
+        m = QVBoxLayout(manual)
+        row = QHBoxLayout()
+        self.add_button = QPushButton("Add by clicking")
+        self.add_button.setToolTip("Click in the view to add a particle (napari's Points 'add' mode)")
+        self.select_button = QPushButton("Select / delete")
+        self.select_button.setToolTip("Click or drag a box to select particles; Delete removes them")
+        self.delete_button = QPushButton("Delete selected")
+        for b in (self.add_button, self.select_button, self.delete_button):
+            row.addWidget(b)
+        m.addLayout(row)
+        self.import_button = QPushButton("Import STAR / CSV…")
+        self.import_button.setToolTip("Add particles (and their classes) from a RELION STAR or CSV file")
+        m.addWidget(self.import_button)
+        layout.addWidget(manual)
+
+        auto = QGroupBox("Automatic (Difference of Gaussians)")
+        form = QFormLayout(auto)
+        self.diameter = QDoubleSpinBox()
+        self.diameter.setRange(5.0, 5000.0)
+        self.diameter.setDecimals(0)
+        self.diameter.setSuffix(" Å")
+        self.diameter.setValue(session.particle_diameter_a or 150.0)
+        self.diameter.setToolTip("Approximate particle diameter; sets the DoG filter widths")
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.0, 100.0)
+        self.threshold.setSingleStep(0.5)
+        self.threshold.setValue(3.0)
+        self.threshold.setToolTip(
+            "Minimum DoG score in robust noise units: lower finds more (and more false) picks"
+        )
+        self.max_picks = QSpinBox()
+        self.max_picks.setRange(0, 1_000_000)
+        self.max_picks.setSpecialValueText("no limit")
+        self.max_picks.setToolTip("Keep at most this many picks (best scores first)")
+        form.addRow("Particle diameter:", self.diameter)
+        form.addRow("Threshold:", self.threshold)
+        form.addRow("Max picks:", self.max_picks)
+        buttons = QHBoxLayout()
+        self.preview_button = QPushButton("Preview picks")
+        self.accept_button = QPushButton("Accept")
+        self.discard_button = QPushButton("Discard")
+        self.accept_button.setEnabled(False)
+        self.discard_button.setEnabled(False)
+        for b in (self.preview_button, self.accept_button, self.discard_button):
+            buttons.addWidget(b)
+        form.addRow(buttons)
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        form.addRow(self.progress)
+        layout.addWidget(auto)
+
+        self.count_label = QLabel("")
+        layout.addWidget(self.count_label)
+        self.status = StatusLine()
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.add_button.clicked.connect(lambda: self._set_mode("add"))
+        self.select_button.clicked.connect(lambda: self._set_mode("select"))
+        self.delete_button.clicked.connect(self.delete_selected)
+        self.import_button.clicked.connect(self._choose_import)
+        self.preview_button.clicked.connect(self.preview)
+        self.accept_button.clicked.connect(self.accept)
+        self.discard_button.clicked.connect(self.discard)
+        self.diameter.valueChanged.connect(self._diameter_changed)
+        self.picking_progress.connect(self._show_progress)
+        session.particles_changed.connect(self._update_count)
+        session.tomogram_changed.connect(self._on_tomogram)
+        self._update_count()
+
+    # manual ----------------------------------------------------------------
+    def _set_mode(self, mode: str) -> None:
+        try:
+            self.session.stop_labelling()
+            layer = self.session.ensure_particles_layer()
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return
+        self.session.viewer.layers.selection.active = layer
+        layer.mode = mode
+        self.status.info(
+            "click to add particles (new ones are unlabelled)"
+            if mode == "add"
+            else "click or drag to select; Delete (or the button) removes them"
+        )
+
+    def delete_selected(self) -> None:
+        layer = self.session.particles_layer
+        if layer is None or not layer.selected_data:
+            self.status.info("select particles first (Select / delete, then click or drag)")
+            return
+        n = len(layer.selected_data)
+        layer.remove_selected()  # the layer event updates the store
+        self.status.info(f"deleted {n} particle(s)")
+
+    def import_file(self, path) -> int:
+        """Add the particles of a STAR/CSV file; returns how many (0 on error)."""
+        try:
+            n = self.session.import_particles(path)
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return 0
+        self.status.info(f"imported {n} particles from {Path(path).name}")
+        return n
+
+    def _choose_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import particles", "", PARTICLE_FILTER)
+        if path:
+            self.import_file(path)
+
+    # automatic -----------------------------------------------------------------
+    def preview(self):
+        """Run DoG picking in a background thread; the picks appear in a preview layer.
+
+        Returns:
+            The worker (tests wait on its signals), or None if nothing was started.
+        """
+        from napari.qt.threading import create_worker
+
+        try:
+            self.session.require_tomogram()
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return None
+        if self.worker is not None:
+            return None
+        tomo = self.session.tomogram
+        diameter_px = self.diameter.value() / self.session.voxel_size
+        threshold = self.threshold.value()
+        max_picks = self.max_picks.value() or None
+        emit = self.picking_progress.emit
+
+        def pick():
+            from napari_cryossl.picking import pick_particles
+
+            return pick_particles(
+                tomo.data,
+                diameter_px,
+                threshold=threshold,
+                max_particles=max_picks,
+                progress=emit,
+            )
+
+        worker = create_worker(pick, _ignore_errors=True)
+        worker.returned.connect(self._show_preview)
+        worker.errored.connect(lambda exc: self.status.error(notify_error(exc)))
+        worker.finished.connect(self._picking_done)
+        self.worker = worker
+        self.preview_button.setEnabled(False)
+        self.progress.setVisible(True)
+        self.progress.setRange(0, 0)
+        self.status.info(f"picking blobs of {diameter_px:.1f} voxels…")
+        self.session.start_worker(worker)
+        return worker
+
+    def _show_progress(self, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+    def _picking_done(self) -> None:
+        self.worker = None
+        self.preview_button.setEnabled(True)
+        self.progress.setVisible(False)
+
+    def _show_preview(self, table) -> None:
+        from napari_cryossl.io import particle_zyx
+
+        self._preview_table = table
+        zyx = particle_zyx(table)
+        viewer = self.session.viewer
+        vs = self.session.voxel_size
+        size = self.diameter.value() / vs
+        if self.preview_layer is None or self.preview_layer not in viewer.layers:
+            self.preview_layer = viewer.add_points(
+                zyx,
+                ndim=3,
+                name="picking preview",
+                scale=(vs, vs, vs),
+                translate=tuple(self.session.image_layer.translate) if self.session.image_layer else (0, 0, 0),
+                size=size,
+                face_color="transparent",
+                border_color=_PREVIEW_COLOR,
+                border_width=0.12,
+                border_width_is_relative=True,
+                out_of_slice_display=True,
+                features={"score": table["score"].to_numpy()},
+                metadata={"napari_cryossl": "preview"},
+            )
+        else:
+            self.preview_layer.data = zyx
+            self.preview_layer.features = {"score": table["score"].to_numpy()}
+            self.preview_layer.size = size
+            self.preview_layer.border_color = _PREVIEW_COLOR
+        self.preview_layer.editable = False
+        self.accept_button.setEnabled(len(zyx) > 0)
+        self.discard_button.setEnabled(True)
+        self.accept_button.setText(f"Accept {len(zyx)}")
+        self.status.info(
+            f"{len(zyx)} candidate(s) in yellow; change the threshold and preview again, "
+            "or Accept to add them to the particles"
+        )
+
+    def accept(self) -> int:
+        """Add the previewed picks to the particles (skipping ones already there); returns how many."""
+        if self._preview_table is None:
+            return 0
+        from napari_cryossl.io import particle_zyx
+
+        table = self._preview_table
+        zyx = particle_zyx(table)
+        keep = self._not_duplicates(zyx, radius=0.5 * self.diameter.value() / self.session.voxel_size)
+        try:
+            if keep.any():
+                self.session.add_particles(
+                    zyx[keep], source="auto", score=table["score"].to_numpy()[keep]
+                )
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return 0
+        self.discard(message=False)
+        n_dup = int((~keep).sum())
+        self.status.info(
+            f"added {int(keep.sum())} picks"
+            + (f" ({n_dup} skipped: already a particle there)" if n_dup else "")
+        )
+        return int(keep.sum())
+
+    def discard(self, message: bool = True) -> None:
+        self._preview_table = None
+        if self.preview_layer is not None and self.preview_layer in self.session.viewer.layers:
+            self.session.viewer.layers.remove(self.preview_layer)
+        self.preview_layer = None
+        self.accept_button.setEnabled(False)
+        self.accept_button.setText("Accept")
+        self.discard_button.setEnabled(False)
+        if message:
+            self.status.info("preview discarded")
+
+    def _not_duplicates(self, zyx: np.ndarray, radius: float) -> np.ndarray:
+        """True for picks with no existing particle within `radius` voxels."""
+        from scipy.spatial import cKDTree
+
+        from napari_cryossl.io import particle_zyx
+
+        existing = particle_zyx(self.session.store.table)
+        if len(existing) == 0 or len(zyx) == 0:
+            return np.ones(len(zyx), dtype=bool)
+        dist, _ = cKDTree(existing).query(zyx, distance_upper_bound=radius)
+        return ~np.isfinite(dist)
+
+    # display -----------------------------------------------------------------------
+    def _diameter_changed(self, value: float) -> None:
+        self.session.particle_diameter_a = float(value)
+        if self.session.store is not None:
+            self.session.refresh_layers()
+
+    def _on_tomogram(self) -> None:
+        if self.session.particle_diameter_a:
+            self.diameter.blockSignals(True)
+            self.diameter.setValue(self.session.particle_diameter_a)
+            self.diameter.blockSignals(False)
+        else:
+            self.session.particle_diameter_a = self.diameter.value()
+        self.discard(message=False)
+        self._update_count()
+
+    def _update_count(self) -> None:
+        if self.session.store is None:
+            self.count_label.setText("no tomogram open")
+            return
+        table = self.session.store.table
+        by_source = table["source"].value_counts().to_dict() if len(table) else {}
+        detail = ", ".join(f"{n} {src}" for src, n in sorted(by_source.items()))
+        self.count_label.setText(f"{len(table)} particles" + (f" ({detail})" if detail else ""))
