@@ -9,59 +9,82 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from napari_cryossl.io import PARTICLE_COLUMNS, InputError
-from napari_cryossl.picking import AUTO_THRESHOLD, dog_response, dog_sigmas, pick_particles
+from napari_cryossl.picking import (
+    AUTO_THRESHOLD,
+    MIN_DISTANCE_FRACTION,
+    dog_response,
+    dog_sigmas,
+    pick_particles,
+)
 
-DIAMETER = 8.0
+DIAMETER = 10.0
 
 
-def blobs(shape, n, diameter=DIAMETER, noise=0.6, seed=0, sign=-1.0):
-    """Non-overlapping uniform balls (dark by default) plus Gaussian noise; returns (vol, zyx)."""
+def paint(volume, centre, diameter=DIAMETER, depth=-1.0, kind="blob"):
+    """Add one particle: a Gaussian blob with the radius of gyration of a ball of this
+    diameter (the picker's default model) or a uniform ball."""
+    grid = np.indices(volume.shape, dtype=np.float32)
+    r2 = sum((grid[i] - centre[i]) ** 2 for i in range(3))
+    if kind == "ball":
+        volume[r2 <= (diameter / 2) ** 2] += depth
+    else:
+        s2 = (diameter / (2 * np.sqrt(5))) ** 2
+        volume += depth * np.exp(-r2 / (2 * s2))
+
+
+def blobs(shape, n, diameter=DIAMETER, noise=0.3, seed=0, sign=-1.0, kind="blob"):
+    """Non-overlapping particles (dark by default) plus Gaussian noise; returns (vol, zyx)."""
     rng = np.random.default_rng(seed)
     centres: list[np.ndarray] = []
     margin = diameter / 2 + 1
     while len(centres) < n:
         c = rng.uniform(margin, np.array(shape) - 1 - margin)
-        if all(np.linalg.norm(c - o) >= 1.3 * diameter for o in centres):
+        if all(np.linalg.norm(c - o) >= 1.2 * diameter for o in centres):
             centres.append(c)
-    grid = np.indices(shape, dtype=np.float32)
     volume = np.zeros(shape, dtype=np.float32)
     for c in centres:
-        r2 = sum((grid[i] - c[i]) ** 2 for i in range(3))
-        volume[r2 <= (diameter / 2) ** 2] += sign
+        paint(volume, c, diameter, sign, kind)
     volume += rng.normal(0, noise, shape).astype(np.float32)
     return volume, np.array(centres)
 
 
 def matched(true_zyx, picked_zyx, radius):
-    """Fraction of true particles with a pick within `radius` and of picks near a true one."""
+    """(recall, precision) with one-to-one matching: a true particle counts once, for its
+    closest pick within `radius` (duplicate picks of one particle are false positives)."""
     if len(picked_zyx) == 0:
         return 0.0, 0.0
-    d_true, _ = cKDTree(picked_zyx).query(true_zyx)
-    d_pick, _ = cKDTree(true_zyx).query(picked_zyx)
-    return float((d_true <= radius).mean()), float((d_pick <= radius).mean())
+    dist, idx = cKDTree(true_zyx).query(picked_zyx, distance_upper_bound=radius)
+    found = {int(idx[i]) for i in np.argsort(dist) if np.isfinite(dist[i])}
+    return len(found) / len(true_zyx), len(found) / len(picked_zyx)
 
 
 def zyx_of(table):
     return table[["z", "y", "x"]].to_numpy(dtype=float)
 
 
-def test_sigmas_maximise_the_response_to_a_ball():
-    """The DoG at a ball's centre is larger at `dog_sigmas` than at smaller or larger scales."""
-    diameter = 12.0
-    shape = (41, 41, 41)
-    grid = np.indices(shape) - 20
-    ball = -(np.sum(grid**2, axis=0) <= (diameter / 2) ** 2).astype(np.float32)
-    s1, s2 = dog_sigmas(diameter)
+@pytest.mark.parametrize("profile", ["blob", "ball"])
+def test_sigmas_maximise_the_response_to_the_particle_model(profile):
+    """At `dog_sigmas`, the DoG at the particle model's centre beats smaller/larger scales."""
+    diameter = 16.0
+    model = np.zeros((41, 41, 41), dtype=np.float64)
+    paint(model, (20, 20, 20), diameter, kind=profile)
+    s1, s2 = dog_sigmas(diameter, profile=profile)
     assert s2 / s1 == pytest.approx(1.6)
 
     def centre_response(scale):
-        fine = ndimage.gaussian_filter(ball, s1 * scale)
-        coarse = ndimage.gaussian_filter(ball, s2 * scale)
+        fine = ndimage.gaussian_filter(model, s1 * scale)
+        coarse = ndimage.gaussian_filter(model, s2 * scale)
         return (coarse - fine)[20, 20, 20]
 
     best = centre_response(1.0)
     assert best > 0
-    assert best > centre_response(0.8) and best > centre_response(1.25)
+    assert best > centre_response(0.85) and best > centre_response(1.15)
+
+
+def test_blob_profile_is_finer_than_ball_profile():
+    blob, ball = dog_sigmas(20.0), dog_sigmas(20.0, profile="ball")
+    np.testing.assert_allclose(blob, (0.2875 * 10, 0.46 * 10), rtol=2e-3)
+    np.testing.assert_allclose(ball, (0.4649 * 10, 0.7438 * 10), rtol=2e-3)
 
 
 def test_finds_dark_blobs_with_the_canonical_table():
@@ -72,9 +95,10 @@ def test_finds_dark_blobs_with_the_canonical_table():
     assert (table["class_number"] == 0).all()
     assert table["score"].is_monotonic_decreasing
     assert (table["score"] >= AUTO_THRESHOLD).all()
-    recall, precision = matched(true, zyx_of(table), DIAMETER / 4)
+    recall, _ = matched(true, zyx_of(table), DIAMETER / 4)
     assert recall == 1.0
-    assert precision >= 0.9
+    # The particles outrank every noise peak: the best 25 picks are the 25 particles.
+    assert matched(true, zyx_of(table.head(25)), DIAMETER / 4) == (1.0, 1.0)
 
 
 def test_polarity():
@@ -85,6 +109,13 @@ def test_polarity():
     assert matched(true, zyx_of(dark), 2.0)[0] <= 0.2  # bright blobs are not dark particles
 
 
+def test_ball_profile_centres_solid_particles():
+    volume, true = blobs((32, 48, 48), 10, seed=6, kind="ball", noise=0.5)
+    table = pick_particles(volume, DIAMETER, profile="ball")
+    recall, precision = matched(true, zyx_of(table), 1.5)
+    assert recall == 1.0 and precision >= 0.9
+
+
 def reference_picks(volume, diameter, threshold, min_distance):
     """Whole-volume computation with a brute-force greedy suppression (no chunks, no tree)."""
     dog = dog_response(volume, diameter).astype(np.float64)
@@ -93,7 +124,7 @@ def reference_picks(volume, diameter, threshold, min_distance):
     med = np.median(dog)
     noise = 1.4826 * np.median(np.abs(dog - med))
     score = (dog[tuple(peaks.T)] - med) / noise
-    r = diameter / 2
+    r = diameter / 4  # exclude_border=True: a quarter diameter from the faces
     keep = (score >= threshold) & np.all((peaks >= r) & (peaks <= np.array(volume.shape) - 1 - r), axis=1)
     peaks, score = peaks[keep], score[keep]
     order = np.lexsort((peaks[:, 2], peaks[:, 1], peaks[:, 0], -score))
@@ -108,7 +139,7 @@ def test_matches_direct_reference_computation():
     """Small volume: the strided statistics grid is every voxel, so scores match exactly."""
     volume, _ = blobs((24, 30, 36), 6, noise=0.8, seed=5)
     table = pick_particles(volume, DIAMETER, threshold=2.0)
-    ref_zyx, ref_score = reference_picks(volume, DIAMETER, 2.0, 0.75 * DIAMETER)
+    ref_zyx, ref_score = reference_picks(volume, DIAMETER, 2.0, MIN_DISTANCE_FRACTION * DIAMETER)
     np.testing.assert_array_equal(zyx_of(table), ref_zyx)
     np.testing.assert_allclose(table["score"].to_numpy(), ref_score, rtol=1e-5)
 
@@ -144,14 +175,10 @@ def test_scores_do_not_depend_on_grey_scale():
 
 
 def test_min_distance_keeps_the_stronger_of_two_close_blobs():
-    shape = (24, 24, 40)
-    grid = np.indices(shape)
-    volume = np.zeros(shape, dtype=np.float32)
-    for centre, depth in (((12, 12, 14), -1.0), ((12, 12, 25), -0.7)):
-        r2 = sum((grid[i] - centre[i]) ** 2 for i in range(3))
-        volume[r2 <= 16] += depth
-    volume += np.random.default_rng(0).normal(0, 0.05, shape).astype(np.float32)
-    apart = pick_particles(volume, DIAMETER, min_distance_px=8)
+    volume = np.random.default_rng(0).normal(0, 0.02, (24, 24, 40)).astype(np.float32)
+    paint(volume, (12, 12, 14), depth=-1.0)
+    paint(volume, (12, 12, 25), depth=-0.7)
+    apart = pick_particles(volume, DIAMETER, min_distance_px=9)
     assert len(apart) == 2
     together = pick_particles(volume, DIAMETER, min_distance_px=12)
     assert len(together) == 1
@@ -159,17 +186,30 @@ def test_min_distance_keeps_the_stronger_of_two_close_blobs():
 
 
 def test_border_particles_are_excluded_by_default():
-    volume, _ = blobs((24, 32, 32), 1, seed=0, noise=0.05)
-    volume[:] = np.random.default_rng(1).normal(0, 0.05, volume.shape)
-    grid = np.indices(volume.shape)
-    r2 = (grid[0] - 2) ** 2 + (grid[1] - 16) ** 2 + (grid[2] - 16) ** 2
-    volume[r2 <= 16] -= 1.0
+    volume = np.random.default_rng(1).normal(0, 0.02, (24, 32, 32)).astype(np.float32)
+    paint(volume, (2, 16, 16))
+    paint(volume, (12, 16, 16))
     near_edge = pick_particles(volume, DIAMETER, exclude_border=False)
-    assert len(near_edge) >= 1
-    assert np.abs(zyx_of(near_edge)[0] - (2, 16, 16)).max() <= 1
+    assert len(near_edge) >= 2
+    top2 = zyx_of(near_edge)[:2]
+    assert np.abs(top2[np.argsort(top2[:, 0])] - [(2, 16, 16), (12, 16, 16)]).max() <= 1
     default = pick_particles(volume, DIAMETER)
-    assert (zyx_of(default)[:, 0] >= DIAMETER / 2).all()
-    assert len(default) < len(near_edge)
+    assert len(default) == 1
+    np.testing.assert_allclose(zyx_of(default)[0], (12, 16, 16), atol=1)
+    strict = pick_particles(volume, DIAMETER, exclude_border=DIAMETER / 2)
+    assert (zyx_of(strict) >= DIAMETER / 2).all()
+    assert (zyx_of(strict) <= np.array(volume.shape) - 1 - DIAMETER / 2).all()
+
+
+def test_faces_do_not_create_false_picks():
+    """Noise at the faces scores no higher than inside (the volume is continued by a
+    constant, not mirrored), so keeping border picks adds few false ones."""
+    volume = np.random.default_rng(12).normal(0, 1, (24, 64, 64)).astype(np.float32)
+    table = pick_particles(volume, DIAMETER, threshold=2.0, exclude_border=False)
+    zyx = zyx_of(table)
+    at_face = np.any((zyx < 1) | (zyx > np.array(volume.shape) - 2), axis=1)
+    face_fraction = 1 - np.prod(np.array(volume.shape) - 2) / volume.size
+    assert at_face.mean() <= face_fraction
 
 
 def test_threshold_and_max_particles_select_the_best():
@@ -183,11 +223,12 @@ def test_threshold_and_max_particles_select_the_best():
 
 
 def test_pure_noise_gives_few_picks():
-    """The automatic threshold rejects most noise: false picks per possible particle site."""
+    """The automatic threshold rejects most noise: in white noise (harder than a tomogram's
+    band-limited noise) about 7 % of particle-sized sites give a false pick."""
     volume = np.random.default_rng(11).normal(0, 1, (40, 64, 64)).astype(np.float32)
     table = pick_particles(volume, DIAMETER)
     sites = volume.size / (np.pi / 6 * DIAMETER**3)
-    assert len(table) / sites < 0.05
+    assert len(table) / sites < 0.1
 
 
 def test_constant_volume_has_no_particles():
@@ -204,9 +245,11 @@ def test_constant_volume_has_no_particles():
         (np.zeros((8, 8, 8)), {"diameter_px": "big"}, "number"),
         (np.zeros((8, 8)), {"diameter_px": 4}, "3D"),
         (np.zeros((8, 8, 8)), {"diameter_px": 4, "polarity": "black"}, "polarity"),
+        (np.zeros((8, 8, 8)), {"diameter_px": 4, "profile": "cube"}, "profile"),
         (np.zeros((8, 8, 8)), {"diameter_px": 4, "chunk_size": 4}, "chunk_size"),
         (np.zeros((8, 8, 8)), {"diameter_px": 4, "max_particles": 0}, "max_particles"),
         (np.zeros((8, 8, 8)), {"diameter_px": 4, "min_distance_px": -1}, "min_distance"),
+        (np.zeros((8, 8, 8)), {"diameter_px": 4, "exclude_border": -2.0}, "exclude_border"),
     ],
 )
 def test_bad_input(volume, kwargs, match):
@@ -222,3 +265,21 @@ def test_non_finite_voxel_is_located(tmp_path):
     tomo = Tomogram(path=tmp_path / "t1.mrc", data=volume, voxel_size=10.0)
     with pytest.raises(InputError, match=r"t1\.mrc.*z=3, y=17, x=5"):
         pick_particles(tomo, 4.0, chunk_size=8)
+
+
+@pytest.mark.parametrize("snr", [0.1, 0.05])
+def test_recall_on_a_simulated_crowded_tomogram(snr, record_property):
+    """>= 90 % of the simulator's particles are found within half a diameter (CTF, missing
+    wedge, crowding; SNR 0.05 is the paper's); precision is reported and kept sane."""
+    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
+
+    config = SimulationConfig(n_classes=4, box_size=24, snr=snr)
+    volume, truth = simulate_tomogram((48, 160, 160), 90, config, seed=0)
+    diameter = config.particle_diameter_px
+    table = pick_particles(volume, diameter, chunk_size=64)
+    recall, precision = matched(zyx_of(truth), zyx_of(table), diameter / 2)
+    record_property("recall", recall)
+    record_property("precision", precision)
+    print(f"SNR {snr}: {len(table)} picks, recall {recall:.1%}, precision {precision:.1%}")
+    assert recall >= 0.9
+    assert precision >= 0.6

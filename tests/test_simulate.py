@@ -215,8 +215,8 @@ def test_wedge_removes_signal_and_noise_in_the_missing_region():
     config = SimulationConfig(n_classes=3, box_size=32, snr=None)
     clean, _ = simulate_subtomograms(2, config, seed=8)
     noisy, _ = simulate_subtomograms(2, dataclasses.replace(config, snr=0.05), seed=8)
-    assert _wedge_power_fraction(clean) < 0.05
-    assert _wedge_power_fraction(noisy - clean) < 0.05
+    assert _wedge_power_fraction(clean) < 0.1
+    assert _wedge_power_fraction(noisy - clean) < 0.1
     full, _ = simulate_subtomograms(2, dataclasses.replace(config, tilt_range_deg=90.0), seed=8)
     assert _wedge_power_fraction(full) > 0.2
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import mmap
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +34,15 @@ import pandas as pd
 from napari_cryossl.extract import extract_subtomograms, normalise_subtomograms
 from napari_cryossl.io import (
     InputError,
+    InputWarning,
     Tomogram,
+    centred_to_voxels,
     make_particle_table,
     open_tomogram,
     particle_zyx,
     read_mrc,
     read_particles,
+    voxels_to_centred,
 )
 
 __all__ = ["DEFAULT_BOX_SIZE", "DEFAULT_CACHE_BYTES", "SubtomogramSet"]
@@ -246,15 +250,21 @@ class SubtomogramSet:
     def _from_files(cls, path, table, box_size, binning, cache_bytes) -> SubtomogramSet:
         names = table["image_name"].astype(str).tolist()
         file_box, voxel = None, None
-        for row, name in enumerate(names):
-            shape, vs = _mrc_shape(Path(name), path, row)
-            if file_box is None:
-                file_box, voxel, first = shape, vs, name
-            elif shape != file_box:
-                raise InputError(
-                    f"{path}: subtomograms differ in size: {name} (row {row}) is "
-                    f"{_fmt_shape(shape)}, {first} is {_fmt_shape(file_box)}"
-                )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InputWarning)
+            for row, name in enumerate(names):
+                shape, vs = _subtomogram_geometry(Path(name), path, row)
+                if file_box is None:
+                    file_box, voxel, first = shape, vs, name
+                elif shape != file_box:
+                    raise InputError(
+                        f"{path}: subtomograms differ in size: {name} (row {row + 1}) is "
+                        f"{_fmt_shape(shape)}, {first} is {_fmt_shape(file_box)}"
+                    )
+        notes = [w for w in caught if issubclass(w.category, InputWarning)]
+        if notes:  # one warning for the set, not one per file
+            more = f" (and {len(notes) - 1} more files)" if len(notes) > 1 else ""
+            warnings.warn(f"{notes[0].message}{more}", InputWarning, stacklevel=3)
         if len(set(file_box)) != 1:
             raise InputError(f"{path}: subtomogram {first} is not cubic: {_fmt_shape(file_box)}")
         edge = file_box[0]
@@ -306,7 +316,7 @@ class SubtomogramSet:
             keys = list(tomos)
             rows = names.map({n: keys.index(str(p)) for n, p in found.items()})
             rows = rows.to_numpy(dtype=np.int64)
-            table = _reread_if_needed(path, table, tomos, keys, rows)
+            table = _to_tomogram_voxels(path, table, tomos, keys, rows)
         sizes = {t.voxel_size for t in tomos.values()}
         if len(sizes) > 1:
             raise InputError(
@@ -522,28 +532,47 @@ def _picklable_tomogram(tomo: Tomogram | Path) -> Tomogram | Path:
     return tomo
 
 
+#: Geometry under which `read_particles` leaves RELION-5 centred Å values recoverable
+#: exactly: 1 Å per voxel and a centre at 2^30 (a power of two), inside which every real
+#: coordinate lies. Used only when the tomograms are not known yet.
+_NEUTRAL_SHAPE = (2**31, 2**31, 2**31)
+_NEUTRAL_VOXEL = 1.0
+
+
 def _read_table(path: Path, tomo: Tomogram | None) -> pd.DataFrame:
-    if tomo is None:
-        return read_particles(path)
-    return read_particles(path, tomogram_shape=tomo.shape, voxel_size=tomo.voxel_size)
+    """Read the particle file; with no tomogram yet, in a neutral geometry (see below).
 
-
-def _reread_if_needed(path, table, tomos, keys, rows) -> pd.DataFrame:
-    """RELION-5 centred Å coordinates need each tomogram's shape and voxel size to convert.
-
-    When the first read (without a tomogram) left coordinates undefined, read the file again
-    once per tomogram with its geometry and take that tomogram's rows.
+    RELION-5 centred Å coordinates need each tomogram's shape and voxel size, but which
+    tomogram a particle belongs to is in the file itself. Reading once with the neutral
+    geometry gives the tomogram names and keeps the Å values recoverable
+    (`_to_tomogram_voxels` converts them once the tomograms are found).
     """
-    zyx = particle_zyx(table)
-    if np.isfinite(zyx).all():
-        return table
+    if tomo is not None:
+        return read_particles(path, tomogram_shape=tomo.shape, voxel_size=tomo.voxel_size)
+    return read_particles(path, tomogram_shape=_NEUTRAL_SHAPE, voxel_size=_NEUTRAL_VOXEL)
+
+
+def _to_tomogram_voxels(path, table, tomos, keys, rows) -> pd.DataFrame:
+    """Finish a neutral-geometry read: RELION-5 Å -> each tomogram's voxels; check bounds."""
     table = table.copy()
+    xyz = table[["x", "y", "z"]].to_numpy(dtype=np.float64, copy=True)
+    relion5 = table.attrs.get("format") == "relion5"
     for t, key in enumerate(keys):
         tomo = tomos[key]
-        again = read_particles(path, tomogram_shape=tomo.shape, voxel_size=tomo.voxel_size)
         sel = rows == t
-        for col in ("x", "y", "z"):
-            table.loc[sel, col] = again.loc[sel, col].to_numpy()
+        if relion5:
+            angst = voxels_to_centred(xyz[sel], _NEUTRAL_SHAPE, _NEUTRAL_VOXEL)
+            xyz[sel] = centred_to_voxels(angst, tomo.shape, tomo.voxel_size)
+        limits = np.array(tomo.shape[::-1], dtype=np.float64) - 0.5
+        outside = np.flatnonzero(sel & ~np.all((xyz >= -0.5) & (xyz < limits), axis=1))
+        if len(outside):
+            i = int(outside[0])
+            raise InputError(
+                f"{path}: particle {i + 1} at x,y,z = {tuple(round(float(v), 2) for v in xyz[i])} "
+                f"px lies outside its tomogram {tomo.path} (shape z,y,x = {tomo.shape}); "
+                f"{len(outside)} such particles. Are the coordinates for another binning?"
+            )
+    table[["x", "y", "z"]] = xyz
     return table
 
 
@@ -563,20 +592,16 @@ def _find_tomogram(name: str, star_path: Path) -> Path:
     )
 
 
-def _mrc_shape(path: Path, star_path: Path, row: int) -> tuple[tuple[int, int, int], float]:
-    """ZYX shape and voxel size (Å) from an MRC header, without reading the voxels."""
-    import mrcfile
+def _subtomogram_geometry(path: Path, star_path: Path, row: int):
+    """ZYX shape and voxel size (Å) of a subtomogram file, reading only its header.
 
+    `open_tomogram` validates the header and maps the data without reading it, so this is
+    cheap even for thousands of files, and applies the same axis rules as reading does.
+    """
     if not path.is_file():
-        raise InputError(f"{star_path}: subtomogram {path} (row {row}) does not exist")
-    try:
-        with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-            h = mrc.header
-            shape = (int(h.nz), int(h.ny), int(h.nx))
-            voxel = float(mrc.voxel_size.x)
-    except Exception as exc:  # mrcfile raises ValueError/OSError for corrupt headers
-        raise InputError(f"{path}: not a readable MRC file ({exc})") from exc
-    return shape, voxel if voxel > 0 else 1.0
+        raise InputError(f"{star_path}: subtomogram {path} (row {row + 1}) does not exist")
+    tomo = open_tomogram(path)
+    return tomo.shape, tomo.voxel_size
 
 
 def _check_class_numbers(class_numbers, n: int, name: str) -> np.ndarray:

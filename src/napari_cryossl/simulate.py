@@ -88,6 +88,12 @@ class SimulationConfig:
         cs_mm: spherical aberration in mm.
         amplitude_contrast: fraction of amplitude contrast (0.07 for cryo samples).
         bfactor: B-factor of the CTF envelope exp(-B k²/4) in Å²; 0 = no envelope.
+        lowpass_a: band limit of the reconstruction in Å (signal and noise alike), as
+            tomograms are binned and filtered before subtomogram analysis and as Liu et
+            al.'s simulator band-passes its subtomograms. Noise is white inside the
+            measured band (wedge × band limit), so a narrower band puts more noise
+            where the particles' signal is: it sets how hard a given SNR is. None = no
+            band limit (white noise up to Nyquist).
         apply_ctf: False skips the CTF (the density is only negated and wedge-filtered).
         phase_flip: True applies |CTF| (a CTF-corrected tomogram by phase flipping);
             False keeps the contrast reversals of an uncorrected tomogram.
@@ -119,6 +125,7 @@ class SimulationConfig:
     cs_mm: float = 2.7
     amplitude_contrast: float = 0.07
     bfactor: float = 0.0
+    lowpass_a: float | None = 25.0
     apply_ctf: bool = True
     phase_flip: bool = False
     particle_diameter_a: float = 150.0
@@ -152,6 +159,8 @@ class SimulationConfig:
             problems.append(f"amplitude_contrast must be in [0, 1), got {self.amplitude_contrast}")
         if int(self.n_neighbors) != self.n_neighbors or self.n_neighbors < 0:
             problems.append(f"n_neighbors must be an integer >= 0, got {self.n_neighbors}")
+        if self.lowpass_a is not None and not (math.isfinite(self.lowpass_a) and self.lowpass_a > 0):
+            problems.append(f"lowpass_a must be positive (or None), got {self.lowpass_a}")
         for name in ("neighbor_gap", "tomogram_gap"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -487,20 +496,42 @@ def missing_wedge_mask(shape_zyx: tuple[int, int, int], tilt_range_deg: float) -
     return np.broadcast_to(keep, (len(kz), ky.shape[1], kx.shape[2])).copy()
 
 
+def _lowpass(k: np.ndarray, config: SimulationConfig) -> np.ndarray | float:
+    """The reconstruction's band limit: 1 below 0.8/lowpass_a, cos² roll-off to 0 at 1/lowpass_a."""
+    if config.lowpass_a is None:
+        return 1.0
+    cutoff = 1.0 / config.lowpass_a
+    t = np.clip((k - 0.8 * cutoff) / (0.2 * cutoff), 0.0, 1.0)
+    return np.cos(0.5 * np.pi * t) ** 2
+
+
+def _band(kz: np.ndarray, ky: np.ndarray, kx: np.ndarray, config: SimulationConfig) -> np.ndarray:
+    """What the reconstruction measures: missing wedge × band limit (broadcast float64)."""
+    wedge = _wedge_keep(kz, kx, config.tilt_range_deg)
+    return wedge * _lowpass(np.sqrt(kz**2 + ky**2 + kx**2), config)
+
+
 def _transfer(shape: tuple[int, int, int], config: SimulationConfig, defocus_um=None) -> np.ndarray:
-    """-(CTF × wedge) on the rfftn grid: density -> tomogram, protein dark.
+    """-(CTF × wedge × band limit) on the rfftn grid: density -> tomogram, protein dark.
 
     With `defocus_um` an array (n,), returns (n, Z, Y, X//2+1).
     """
     kz, ky, kx = _frequencies(shape, config.voxel_size)
-    wedge = missing_wedge_mask(shape, config.tilt_range_deg)
+    band = _band(kz, ky, kx, config)
     if not config.apply_ctf:
-        return -wedge.astype(np.float32)
+        return np.broadcast_to(-band, (len(kz), ky.shape[1], kx.shape[2])).astype(np.float32)
     k = np.sqrt(kz**2 + ky**2 + kx**2)
     if defocus_um is not None:
         df = np.asarray(defocus_um, float).reshape(-1, 1, 1, 1)
-        return (-contrast_transfer(k[None], config, df) * wedge).astype(np.float32)
-    return (-contrast_transfer(k, config) * wedge).astype(np.float32)
+        return (-contrast_transfer(k[None], config, df) * band).astype(np.float32)
+    return (-contrast_transfer(k, config) * band).astype(np.float32)
+
+
+def _noise_filter(shape: tuple[int, int, int], config: SimulationConfig) -> np.ndarray:
+    """Amplitude filter of the noise on the rfftn grid: the measured band (wedge × band limit)."""
+    kz, ky, kx = _frequencies(shape, config.voxel_size)
+    band = _band(kz, ky, kx, config)
+    return np.broadcast_to(band, (len(kz), ky.shape[1], kx.shape[2])).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -525,7 +556,15 @@ def _render(
     Returns:
         float32 (n, Z, Y, X) densities.
     """
-    n, k = weights.shape
+    # Move the zero-mass subunits (class padding, dropped neighbours) to the end and
+    # leave them out: the matrix product costs in proportion to K.
+    order = np.argsort(weights == 0, axis=1, kind="stable")
+    k = max(int((weights != 0).sum(axis=1).max(initial=0)), 1)
+    order = order[:, :k]
+    centres_zyx = np.take_along_axis(centres_zyx, order[..., None], axis=1)
+    sigmas = np.take_along_axis(sigmas, order, axis=1)
+    weights = np.take_along_axis(weights, order, axis=1)
+    n = len(weights)
     sig = sigmas.astype(np.float32)[..., None]
     amp = (weights / ((2 * np.pi) ** 1.5 * sigmas**3)).astype(np.float32)[..., None]
     axes = []
@@ -535,8 +574,9 @@ def _render(
         axes.append(np.exp(-0.5 * (d / sig) ** 2))
     gz, gy, gx = axes
     gz *= amp
-    plane = np.einsum("nkz,nky->nzyk", gz, gy).reshape(n, shape[0] * shape[1], k)
-    return np.matmul(plane, gx).reshape(n, *shape)
+    # (n, Z, 1, K) * (n, 1, Y, K) -> (n, Z*Y, K), contiguous for the matrix product
+    plane = gz.transpose(0, 2, 1)[:, :, None, :] * gy.transpose(0, 2, 1)[:, None, :, :]
+    return np.matmul(plane.reshape(n, shape[0] * shape[1], k), gx).reshape(n, *shape)
 
 
 def _random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -667,12 +707,17 @@ def simulate_subtomogram_details(
     noise_std = 0.0
     if config.noisy and n:
         noise_std = math.sqrt(signal_variance / config.snr)
-        wedge = missing_wedge_mask(shape, config.tilt_range_deg)
+        # Noise is stationary: a smaller padded box than the signal's gives the same
+        # crop statistics at a lower cost.
+        noise_size = sfft.next_fast_len(b + 2 * max(2, b // 8), real=True)
+        noise_shape = (noise_size,) * 3
+        band = _noise_filter(noise_shape, config)
+        crop = ((noise_size - b) // 2, b)
         chunk_seeds = noise_seed.spawn(math.ceil(n / _CHUNK))
         for i, start in enumerate(range(0, n, _CHUNK)):
             stop = min(start + _CHUNK, n)
-            volumes[start:stop] += _wedge_noise(
-                (stop - start, *shape), wedge, (lo, b), noise_std, chunk_seeds[i], workers
+            volumes[start:stop] += _band_noise(
+                (stop - start, *noise_shape), band, crop, noise_std, chunk_seeds[i], workers
             )
     return SimulatedSubtomograms(
         volumes=volumes,
@@ -685,26 +730,25 @@ def simulate_subtomogram_details(
     )
 
 
-def _wedge_noise(
+def _band_noise(
     shape: tuple[int, ...],
-    wedge: np.ndarray,
+    band: np.ndarray,
     crop: tuple[int, int],
     std: float,
     seed: np.random.SeedSequence,
     workers: int | None,
 ) -> np.ndarray:
-    """White Gaussian noise without the missing wedge, cropped, each box at exactly `std`.
+    """Gaussian noise, white inside the measured band, cropped, each box at exactly `std`.
 
-    A reconstructed tomogram has no Fourier coefficients in the wedge, noise
-    included; leaving noise there would give the network a cue real data lack.
-    Like the signal, the noise is filtered in the padded box and then cropped
-    (`crop` = (start, size) along each axis), as when a subtomogram is cut out of a
-    tomogram. Each box is rescaled to the exact standard deviation so the SNR is exact.
+    A reconstructed tomogram has no Fourier coefficients in the missing wedge (nor
+    beyond its band limit), noise included; noise there would be a cue real data
+    lack. Like the signal, the noise is filtered in a padded box and then cropped
+    (`crop` = (start, size) along each axis), as when a subtomogram is cut out of
+    a tomogram. Each box is rescaled to the exact standard deviation so the SNR is
+    exact.
     """
-    white = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
-    spectrum = sfft.rfftn(white, axes=(1, 2, 3), workers=workers)
-    del white
-    spectrum *= wedge
+    spectrum = _white_spectrum(np.random.default_rng(seed), shape)
+    spectrum *= band
     noise = sfft.irfftn(spectrum, s=shape[1:], axes=(1, 2, 3), workers=workers)
     del spectrum
     lo, b = crop
@@ -712,6 +756,26 @@ def _wedge_noise(
     for item in noise:
         item *= np.float32(std / max(math.sqrt(_variance(item)), 1e-30))
     return noise
+
+
+def _white_spectrum(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """`rfftn` (over the last 3 axes) of white Gaussian noise, drawn in Fourier space.
+
+    Saves the forward FFT of real noise. The half-spectrum's kx = 0 and Nyquist
+    planes must be Hermitian (X(-kz, -ky) = conj X(kz, ky)) for the spectrum to be
+    that of a real volume; they are made so by averaging with their mirror, which
+    halves their variance, so they are drawn with twice the variance. The overall
+    scale is arbitrary (callers normalise).
+    """
+    half = (*shape[:-1], shape[-1] // 2 + 1)
+    # (..., 2) float32 pairs viewed as complex64: one contiguous draw
+    spectrum = rng.standard_normal((*half, 2), dtype=np.float32).view(np.complex64)[..., 0]
+    planes = [0, -1] if shape[-1] % 2 == 0 else [0]
+    for p in planes:
+        plane = spectrum[..., p] * np.float32(math.sqrt(2))
+        mirror = np.conj(np.roll(np.flip(plane, axis=(-2, -1)), 1, axis=(-2, -1)))
+        spectrum[..., p] = (plane + mirror) * np.float32(0.5)
+    return spectrum
 
 
 def _variance(volume: np.ndarray) -> float:
@@ -885,11 +949,11 @@ def simulate_tomogram(
     kz, ky, kx = _frequencies(padded, config.voxel_size)
     for z0 in range(0, padded[0], _SLAB):  # slab by slab: no full-size frequency arrays
         kzs = kz[z0 : z0 + _SLAB]
-        wedge = _wedge_keep(kzs, kx, config.tilt_range_deg)
+        band = _band(kzs, ky, kx, config)
         if config.apply_ctf:
-            filt = -contrast_transfer(np.sqrt(kzs**2 + ky**2 + kx**2), config) * wedge
+            filt = -contrast_transfer(np.sqrt(kzs**2 + ky**2 + kx**2), config) * band
         else:
-            filt = -wedge.astype(np.float64)
+            filt = -band
         spectrum[z0 : z0 + _SLAB] *= filt.astype(np.float32)
     out = _irfft3(spectrum, padded, offset, shape, workers)
     del spectrum
@@ -897,7 +961,7 @@ def simulate_tomogram(
     if config.noisy:
         variance = _tomogram_signal_variance(out, zyx, config)
         if variance > 0:
-            _add_wedge_noise(out, math.sqrt(variance / config.snr), config, noise_seed, workers)
+            _add_band_noise(out, math.sqrt(variance / config.snr), config, noise_seed, workers)
     table = make_particle_table(zyx, class_number=classes + 1, source="simulated")
     return out, table
 
@@ -947,24 +1011,20 @@ def _spectrum_variance(spectrum: np.ndarray, n_x: int) -> float:
     return max(power / n / n - mean * mean, 0.0)
 
 
-def _add_wedge_noise(
+def _add_band_noise(
     out: np.ndarray, std: float, config: SimulationConfig, seed, workers: int | None
 ) -> None:
-    """Add wedge-restricted Gaussian noise of exactly `std` to a tomogram, in place.
+    """Add band-limited Gaussian noise of exactly `std` to a tomogram, in place.
 
-    Like `_wedge_noise`, but slab by slab: the white noise never exists as a whole
-    real volume, and the variance comes from the spectrum (Parseval).
+    Like `_band_noise`, but with one complex64 copy of the volume: the noise is
+    drawn in Fourier space, filtered and transformed back slab by slab, and its
+    variance comes from the spectrum (Parseval).
     """
-    rng = np.random.default_rng(seed)
     z, y, x = out.shape
-    spectrum = np.empty((z, y, x // 2 + 1), dtype=np.complex64)
+    spectrum = _white_spectrum(np.random.default_rng(seed), out.shape)
+    kz, ky, kx = _frequencies(out.shape, config.voxel_size)
     for z0 in range(0, z, _SLAB):
-        white = rng.standard_normal((min(_SLAB, z - z0), y, x), dtype=np.float32)
-        spectrum[z0 : z0 + _SLAB] = sfft.rfft(white, axis=2, workers=workers)
-    spectrum = sfft.fftn(spectrum, axes=(0, 1), overwrite_x=True, workers=workers)
-    kz, _, kx = _frequencies(out.shape, 1.0)
-    for z0 in range(0, z, _SLAB):
-        spectrum[z0 : z0 + _SLAB] *= _wedge_keep(kz[z0 : z0 + _SLAB], kx, config.tilt_range_deg)
+        spectrum[z0 : z0 + _SLAB] *= _band(kz[z0 : z0 + _SLAB], ky, kx, config).astype(np.float32)
     scale = np.float32(std / max(math.sqrt(_spectrum_variance(spectrum, x)), 1e-30))
     spectrum = sfft.ifftn(spectrum, axes=(0, 1), overwrite_x=True, workers=workers)
     for z0 in range(0, z, _SLAB):

@@ -79,6 +79,7 @@ class Session(QObject):
         self.current_class = 1
         self.label_on_click = False
         self.particle_diameter_a: float | None = None
+        self.box_size: int | None = None  # box of the last pretraining run
         self.encoder_path: Path | None = None
         self.classifier_path: Path | None = None
         self.min_confidence = 0.0

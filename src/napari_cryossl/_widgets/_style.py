@@ -12,20 +12,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-#: Distinct, colour-blind-aware colours for classes 1..10 (then generated hues).
-#: Chosen to stand out on a grey tomogram: saturated, no greys.
-CLASS_PALETTE: tuple[str, ...] = (
-    "#e6194b",  # red
-    "#3cb44b",  # green
-    "#4363d8",  # blue
-    "#ffe119",  # yellow
-    "#f58231",  # orange
-    "#911eb4",  # purple
-    "#42d4f4",  # cyan
-    "#f032e6",  # magenta
-    "#bfef45",  # lime
-    "#9a6324",  # brown
-)
+def _palette() -> tuple[str, ...]:
+    # The annotation store's palette, so that a class has the same colour in a file opened
+    # with the reader and in the workflow's layers.
+    from napari_cryossl.annotations import DEFAULT_PALETTE
+
+    return tuple(DEFAULT_PALETTE)
 
 #: Unlabelled particles: hollow (transparent face) with a grey rim.
 UNLABELLED_FACE = np.array([0.0, 0.0, 0.0, 0.0])
@@ -39,8 +31,9 @@ def default_class_color(class_number: int) -> str:
     """The default colour (hex) of a 1-based class number."""
     if class_number < 1:
         return "#bfbfbf"
-    if class_number <= len(CLASS_PALETTE):
-        return CLASS_PALETTE[class_number - 1]
+    palette = _palette()
+    if class_number <= len(palette):
+        return palette[class_number - 1]
     # Golden-ratio hue steps keep generated colours apart from each other.
     hue = (0.11 + 0.618034 * class_number) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)

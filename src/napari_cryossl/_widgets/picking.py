@@ -158,7 +158,7 @@ class PickingWidget(QWidget):
         Returns:
             The worker (tests wait on its signals), or None if nothing was started.
         """
-        from napari.qt.threading import create_worker
+        from napari_cryossl._widgets._workers import function_worker
 
         try:
             self.session.require_tomogram()
@@ -184,7 +184,7 @@ class PickingWidget(QWidget):
                 progress=emit,
             )
 
-        worker = create_worker(pick, _ignore_errors=True)
+        worker = function_worker(pick)
         worker.returned.connect(self._show_preview)
         worker.errored.connect(lambda exc: self.status.error(notify_error(exc)))
         worker.finished.connect(self._picking_done)

@@ -1,0 +1,67 @@
+"""The dock widget: the eight workflow steps as sections of one panel.
+
+*Plugins ▸ napari-cryossl ▸ Classify particles* opens it. Each section is its own
+widget class (in the modules beside this one) built on the viewer's `Session`, so the
+steps share the tomogram, annotations and models, and tests can build any one alone.
+Importing this module imports neither torch nor the training code.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import QScrollArea, QToolBox, QVBoxLayout, QWidget
+
+from napari_cryossl._widgets._session import get_session
+from napari_cryossl._widgets.data import DataWidget
+from napari_cryossl._widgets.export import ExportWidget
+from napari_cryossl._widgets.labelling import LabellingWidget
+from napari_cryossl._widgets.picking import PickingWidget
+from napari_cryossl._widgets.prediction import PredictionWidget
+from napari_cryossl._widgets.saliency import SaliencyWidget
+from napari_cryossl._widgets.training import FinetuneWidget, PretrainWidget
+
+if TYPE_CHECKING:
+    import napari
+
+#: (attribute, section title, widget class), in workflow order.
+SECTIONS = (
+    ("data", "1 · Data", DataWidget),
+    ("picking", "2 · Picking", PickingWidget),
+    ("labelling", "3 · Labelling", LabellingWidget),
+    ("pretrain", "4 · Pretraining (self-supervised)", PretrainWidget),
+    ("finetune", "5 · Fine-tuning", FinetuneWidget),
+    ("prediction", "6 · Prediction", PredictionWidget),
+    ("saliency", "7 · Saliency (Grad-CAM)", SaliencyWidget),
+    ("export", "8 · Export", ExportWidget),
+)
+
+
+class CryoSSLWidget(QWidget):
+    """All workflow steps in one dock, one collapsible section per step."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None) -> None:
+        super().__init__(parent)
+        # napari hands plugins a PublicOnlyProxy; the session keys on the viewer itself.
+        viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        self.viewer = viewer
+        self.session = get_session(viewer)
+        self.toolbox = QToolBox()
+        for attr, title, cls in SECTIONS:
+            section = cls(self.session)
+            setattr(self, attr, section)
+            self.toolbox.addItem(section, title)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.toolbox)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(scroll)
+        self.setMinimumWidth(340)
+        self.destroyed.connect(self.session.quit_workers)
+
+    def show_section(self, attr: str) -> QWidget:
+        """Open the section named `attr` (e.g. "labelling") and return its widget."""
+        section = getattr(self, attr)
+        self.toolbox.setCurrentWidget(section)
+        return section

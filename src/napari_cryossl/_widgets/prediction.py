@@ -1,0 +1,256 @@
+"""Step 6, Prediction: classify every particle, show class and confidence, jump to particles.
+
+The predictions layer colours each particle by its predicted class; confidence sets the
+marker's opacity and size, and a slider hides calls below a minimum confidence. The table
+lists the least confident particles first (the ones worth checking): a click centres the
+view on the particle and moves to its slice. A wrong call is fixed by labelling the
+particle (click it with the right class chosen) and fine-tuning again; labelled particles
+have a white rim in the predictions layer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSlider,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error
+from napari_cryossl._widgets._session import Session
+from napari_cryossl._widgets._workers import generator_worker
+from napari_cryossl._widgets.training import CHECKPOINT_FILTER
+
+#: Rows shown in the jump-to table (the least confident first).
+MAX_TABLE_ROWS = 500
+
+
+class PredictionWidget(QWidget):
+    """Run the classifier on all particles; colour, filter, count and browse the predictions."""
+
+    def __init__(self, session: Session, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.worker = None
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        row = QHBoxLayout()
+        self.classifier_label = QLabel("")
+        self.classifier_label.setWordWrap(True)
+        self.choose_button = QPushButton("Choose…")
+        row.addWidget(self.classifier_label, 1)
+        row.addWidget(self.choose_button)
+        form.addRow("Classifier:", row)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        form.addRow("Device:", self.device)
+        layout.addLayout(form)
+        self.panel = RunPanel("Predict all particles", resumable=False, plot=False)
+        layout.addWidget(self.panel)
+
+        slider_row = QHBoxLayout()
+        slider_row.addWidget(QLabel("Min. confidence:"))
+        self.min_conf = QSlider(Qt.Orientation.Horizontal)
+        self.min_conf.setRange(0, 100)
+        self.min_conf.setValue(0)
+        self.min_conf.setToolTip("Hide predictions less confident than this")
+        self.min_conf_label = QLabel("0%")
+        slider_row.addWidget(self.min_conf, 1)
+        slider_row.addWidget(self.min_conf_label)
+        layout.addLayout(slider_row)
+
+        self.counts_label = QLabel("")
+        self.counts_label.setWordWrap(True)
+        layout.addWidget(self.counts_label)
+        self.fix_button = QPushButton("Fix by clicking")
+        self.fix_button.setCheckable(True)
+        self.fix_button.setToolTip(
+            "Click a wrongly predicted particle to give it the current class (choose it in "
+            "step 3 or with keys 1-9), then fine-tune again"
+        )
+        layout.addWidget(self.fix_button)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["#", "predicted", "confidence", "label"])
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(160)
+        layout.addWidget(self.table, 1)
+        self.status = StatusLine()
+        layout.addWidget(self.status)
+
+        self.choose_button.clicked.connect(self._choose_classifier)
+        self.panel.start_requested.connect(self.start)
+        self.panel.cancel_requested.connect(self.cancel)
+        self.min_conf.valueChanged.connect(self._min_conf_changed)
+        self.fix_button.toggled.connect(self._toggle_fix)
+        self.table.cellClicked.connect(self._jump_to_row)
+        session.models_changed.connect(self._show_classifier)
+        session.particles_changed.connect(self.refresh)
+        session.classes_changed.connect(self.refresh)
+        session.tomogram_changed.connect(self.refresh)
+        self._show_classifier()
+        self.refresh()
+
+    # run ----------------------------------------------------------------------
+    def start(self):
+        """Predict every particle in a worker; returns it (None when refused)."""
+        from napari_cryossl.io import InputError
+
+        if self.worker is not None:
+            return None
+        try:
+            self.session.require_tomogram()
+            classifier = self.session.classifier_path
+            if classifier is None or not Path(classifier).is_file():
+                raise InputError("no classifier yet: fine-tune one in step 5 (or choose a checkpoint)")
+            table = self.session.store.table
+            if len(table) == 0:
+                raise InputError("no particles to classify: pick some in step 2")
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return None
+        tomo = self.session.tomogram
+        device = self.device.currentText()
+        n_rows = len(table)
+
+        def job():
+            from napari_cryossl.dataset import SubtomogramSet
+            from napari_cryossl.models import load_checkpoint
+            from napari_cryossl.predict import iter_predict
+
+            box = int(load_checkpoint(classifier, kind="classifier")["box_size"])
+            data = SubtomogramSet.from_table(table, tomo, box)
+            result = None
+            for item in iter_predict(classifier, data, device=device):
+                if hasattr(item, "n_steps"):
+                    yield item
+                else:
+                    result = item
+            return result
+
+        worker = generator_worker(job)
+        worker.yielded.connect(self.panel.update_status)
+        worker.returned.connect(lambda result: self._on_result(result, n_rows))
+        worker.errored.connect(lambda exc: self.status.error(notify_error(exc)))
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.panel.reset("extracting subtomograms…")
+        self.panel.set_running(True)
+        self.status.info("predicting in the background…")
+        self.session.start_worker(worker)
+        return worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _on_result(self, result, n_rows: int) -> None:
+        store = self.session.store
+        if result is None:
+            return
+        if len(store.table) != n_rows:
+            self.status.error(
+                notify_error("particles were added or removed while predicting: predict again")
+            )
+            return
+        store.set_predictions(
+            np.asarray(result.class_numbers, dtype=np.int64), np.asarray(result.confidence, dtype=np.float64)
+        )
+        self.session.show_predictions()
+        self.status.info(f"{n_rows} particles classified")
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.panel.set_running(False)
+
+    # display ----------------------------------------------------------------------
+    def _show_classifier(self) -> None:
+        path = self.session.classifier_path
+        self.classifier_label.setText(str(path) if path else "none yet")
+
+    def _choose_classifier(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Classifier checkpoint", "", CHECKPOINT_FILTER)
+        if path:
+            self.session.classifier_path = Path(path)
+            self.session.models_changed.emit()
+
+    def _min_conf_changed(self, value: int) -> None:
+        self.min_conf_label.setText(f"{value}%")
+        self.session.set_min_confidence(value / 100.0)
+        self.refresh()
+
+    def _toggle_fix(self, on: bool) -> None:
+        if on:
+            try:
+                self.session.start_labelling()
+            except Exception as exc:
+                self.status.error(notify_error(exc))
+                self.fix_button.setChecked(False)
+                return
+            self.status.info(
+                f"click a particle to make it {self.session.class_name(self.session.current_class)!r} "
+                "(keys 1-9 change the class)"
+            )
+        else:
+            self.session.stop_labelling()
+
+    def refresh(self) -> None:
+        """Per-class counts and the table of predictions (least confident first)."""
+        session = self.session
+        self.fix_button.blockSignals(True)
+        self.fix_button.setChecked(session.label_on_click)
+        self.fix_button.blockSignals(False)
+        if session.store is None or not session._has_predictions():
+            self.counts_label.setText("no predictions yet")
+            self.table.setRowCount(0)
+            return
+        predicted, prob = session.prediction_arrays()
+        conf = np.nan_to_num(prob, nan=0.0)
+        visible = (predicted > 0) & (conf >= session.min_confidence)
+        numbers, counts = np.unique(predicted[visible], return_counts=True)
+        parts = [f"{session.class_name(int(n))}: {int(c)}" for n, c in zip(numbers, counts, strict=True)]
+        self.counts_label.setText(
+            f"Predicted ({int(visible.sum())} of {len(predicted)} shown): " + ", ".join(parts)
+        )
+        labels = session.store.table["class_number"].to_numpy()
+        order = np.flatnonzero(visible)
+        order = order[np.argsort(conf[order], kind="stable")][:MAX_TABLE_ROWS]
+        self.table.setRowCount(len(order))
+        for row, i in enumerate(order):
+            cells = (
+                str(int(i)),
+                session.class_name(int(predicted[i])),
+                f"{100 * conf[i]:.0f}%",
+                session.class_name(int(labels[i])) if labels[i] > 0 else "",
+            )
+            for col, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setData(Qt.ItemDataRole.UserRole, int(i))
+                self.table.setItem(row, col, item)
+
+    def _jump_to_row(self, row: int, _col: int = 0) -> None:
+        item = self.table.item(row, 0)
+        if item is not None:
+            self.jump_to(int(item.data(Qt.ItemDataRole.UserRole)))
+
+    def jump_to(self, index: int) -> None:
+        """Centre the viewer on particle `index` and show its slice."""
+        try:
+            self.session.center_on(index)
+        except Exception as exc:
+            self.status.error(notify_error(exc))

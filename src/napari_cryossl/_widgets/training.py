@@ -1,0 +1,439 @@
+"""Steps 4 and 5: contrastive pretraining on every particle, fine-tuning on the labelled ones.
+
+Both run `train.iter_pretrain` / `train.iter_finetune` (the same generators the CLI
+drives) in a napari thread worker: each yielded `TrainStatus` moves the progress bar and
+the live loss plot; Cancel calls ``worker.quit()``, which stops the loop within one step
+and keeps a checkpoint (see `_workers.ClosingGeneratorWorker`); Resume continues it.
+torch is imported only inside the worker functions, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error, notify_info
+from napari_cryossl._widgets._session import Session
+from napari_cryossl._widgets._workers import function_worker, generator_worker
+
+#: Model presets (napari_cryossl.models.PRESETS; listed here so the widget needs no torch).
+MODEL_PRESETS = ("rb3d-small", "rb3d")
+SSL_METHODS = {"moco": "MoCo v2", "simclr": "SimCLR", "swav": "SwAV"}
+#: Fine-tuning needs at least this many labelled particles in each class it learns.
+MIN_LABELS_PER_CLASS = 2
+
+CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth);;All files (*)"
+
+
+def probe_environment() -> dict:
+    """Device description and the core's defaults; imports torch, so call it in a worker."""
+    import torch
+
+    from napari_cryossl.devices import describe
+    from napari_cryossl.models import PRESETS
+    from napari_cryossl.ssl import SSL_DEFAULTS
+
+    n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {
+        "describe": describe(),
+        "cuda": n_gpu > 0,
+        "devices": ["auto", "cpu"] + [f"cuda:{i}" for i in range(n_gpu)],
+        "presets": list(PRESETS),
+        "ssl_defaults": {m: dict(v) for m, v in SSL_DEFAULTS.items()},
+    }
+
+
+def suggested_box_size(diameter_px: float | None) -> int:
+    """A box that holds the particle with some context: 1.5 diameters, a multiple of 8, 16-64."""
+    if not diameter_px:
+        return 32
+    return int(np.clip(8 * np.ceil(1.5 * diameter_px / 8), 16, 64))
+
+
+def labelled_table(table):
+    """The rows of the particle table with a label (class_number > 0)."""
+    return table[table["class_number"].to_numpy() > 0].reset_index(drop=True)
+
+
+def check_labels(table, min_per_class: int = MIN_LABELS_PER_CLASS) -> None:
+    """Refuse to fine-tune on fewer than 2 classes or too few labels, with a message to act on.
+
+    Raises:
+        InputError: what is missing, and how many more labels are needed.
+    """
+    from napari_cryossl.io import InputError
+
+    labels = table["class_number"].to_numpy()
+    labels = labels[labels > 0]
+    numbers, counts = np.unique(labels, return_counts=True)
+    if len(numbers) < 2:
+        raise InputError(
+            f"fine-tuning needs labelled particles of at least 2 classes; "
+            f"found {len(numbers)} class(es) with labels ({len(labels)} labelled particle(s)). "
+            "Label some particles in step 3 first."
+        )
+    few = [(int(n), int(c)) for n, c in zip(numbers, counts, strict=True) if c < min_per_class]
+    if few:
+        detail = ", ".join(f"class {n}: {c}" for n, c in few)
+        raise InputError(
+            f"too few labels to fine-tune: every class needs at least {min_per_class} "
+            f"labelled particles ({detail})"
+        )
+
+
+class _TrainingSection(QWidget):
+    """Shared worker handling: start, progress, cancel, resume, errors."""
+
+    def __init__(self, session: Session, start_text: str, parent=None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.worker = None
+        self.cancelled = False
+        self.last_status = None
+        self.panel = RunPanel(start_text, resumable=True)
+        self.status = StatusLine()
+        self.panel.start_requested.connect(lambda: self.start(resume=False))
+        self.panel.resume_requested.connect(lambda: self.start(resume=True))
+        self.panel.cancel_requested.connect(self.cancel)
+
+    def output_path(self) -> Path:
+        raise NotImplementedError
+
+    def make_job(self, resume: bool):
+        """Return a generator function (no arguments) that yields TrainStatus; may raise InputError."""
+        raise NotImplementedError
+
+    def start(self, resume: bool = False):
+        """Start (or resume) the run in a thread worker; returns it, or None when refused."""
+        if self.worker is not None:
+            return None
+        try:
+            self.session.require_tomogram()
+            job = self.make_job(resume)
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return None
+        worker = generator_worker(job)
+        worker.yielded.connect(self._on_status)
+        worker.errored.connect(self._on_error)
+        worker.aborted.connect(self._on_aborted)
+        worker.returned.connect(lambda _r: self._on_success())
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.cancelled = False
+        self.last_status = None
+        self.panel.reset("resuming…" if resume else "preparing subtomograms…")
+        self.panel.set_running(True)
+        self.status.info("running in the background: napari stays usable")
+        self.session.start_worker(worker)
+        return worker
+
+    def cancel(self) -> None:
+        if self.worker is not None:
+            self.cancelled = True
+            self.status.info("cancelling after the current step…")
+            self.worker.quit()
+
+    def _on_status(self, status) -> None:
+        self.last_status = status
+        self.panel.update_status(status)
+
+    def _on_error(self, exc) -> None:
+        self.status.error(notify_error(exc))
+
+    def _on_aborted(self) -> None:
+        pass
+
+    def _on_success(self) -> None:
+        pass
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.panel.set_running(False)
+        out = self.output_path_or_none()
+        can_resume = self.cancelled and out is not None and out.is_file()
+        self.panel.resume_button.setEnabled(can_resume)
+        if self.cancelled:
+            message = "cancelled" + (f"; checkpoint kept in {out} (Resume continues)" if can_resume else "")
+            self.status.info(message)
+            notify_info(message)
+
+    def output_path_or_none(self) -> Path | None:
+        try:
+            return self.output_path()
+        except Exception:
+            return None
+
+
+class PretrainWidget(_TrainingSection):
+    """Self-supervised pretraining of the encoder on every particle (no labels needed)."""
+
+    def __init__(self, session: Session, parent=None) -> None:
+        super().__init__(session, "Start pretraining", parent)
+        self.env = None
+        self._probe_worker = None
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.method = QComboBox()
+        for key, label in SSL_METHODS.items():
+            self.method.addItem(label, key)
+        self.method.setToolTip("Contrastive objective: MoCo (the paper's best), SimCLR or SwAV")
+        self.preset = QComboBox()
+        self.preset.addItems(MODEL_PRESETS)
+        self.preset.setToolTip("rb3d: the published RB3D (use a GPU); rb3d-small: 4x narrower, for CPUs")
+        self.box_size = QSpinBox()
+        self.box_size.setRange(8, 128)
+        self.box_size.setSingleStep(8)
+        self.box_size.setValue(32)
+        self.box_size.setSuffix(" voxels")
+        self.box_size.setToolTip("Edge of the subtomogram cut around each particle")
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 10_000)
+        self.epochs.setValue(10)
+        self.epochs.setToolTip("Passes over all particles (the paper: 200 on a GPU)")
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(2, 4096)
+        self.batch_size.setValue(16)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu"])
+        self.device.setToolTip("auto: the GPU when CUDA is available, else the CPU")
+        self.device_label = QLabel("device: checking…")
+        self.device_label.setWordWrap(True)
+        form.addRow("Method:", self.method)
+        form.addRow("Model:", self.preset)
+        form.addRow("Box size:", self.box_size)
+        form.addRow("Epochs:", self.epochs)
+        form.addRow("Batch size:", self.batch_size)
+        form.addRow("Device:", self.device)
+        form.addRow(self.device_label)
+        layout.addLayout(form)
+        layout.addWidget(self.panel)
+        self.encoder_label = QLabel("")
+        self.encoder_label.setWordWrap(True)
+        layout.addWidget(self.encoder_label)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self.method.currentIndexChanged.connect(self._apply_defaults)
+        session.tomogram_changed.connect(self._on_tomogram)
+        session.models_changed.connect(self._show_encoder)
+        self._on_tomogram()
+
+    # environment ---------------------------------------------------------------
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt naming)
+        super().showEvent(event)
+        self.probe()
+
+    def probe(self):
+        """Find the device (imports torch) in a worker, the first time the section is shown."""
+        if self.env is not None or self._probe_worker is not None:
+            return self._probe_worker
+        worker = function_worker(probe_environment)
+        worker.returned.connect(self._on_probe)
+        worker.errored.connect(lambda exc: self.device_label.setText(f"device: unknown ({exc})"))
+        worker.finished.connect(lambda: setattr(self, "_probe_worker", None))
+        self._probe_worker = worker
+        self.session.start_worker(worker)
+        return worker
+
+    def _on_probe(self, env: dict) -> None:
+        self.env = env
+        self.device_label.setText(f"device: {env['describe']}")
+        current = self.device.currentText()
+        self.device.clear()
+        self.device.addItems(env["devices"])
+        if current in env["devices"]:
+            self.device.setCurrentText(current)
+        presets = [p for p in env["presets"] if p in MODEL_PRESETS] + [
+            p for p in env["presets"] if p not in MODEL_PRESETS
+        ]
+        current = self.preset.currentText()
+        self.preset.clear()
+        self.preset.addItems(presets)
+        self.preset.setCurrentText("rb3d" if env["cuda"] else (current or "rb3d-small"))
+        self._apply_defaults()
+
+    def _apply_defaults(self) -> None:
+        if self.env is None:
+            return
+        defaults = self.env["ssl_defaults"].get(self.method.currentData(), {})
+        if "batch_size" in defaults:
+            self.batch_size.setValue(int(defaults["batch_size"]))
+        if self.env["cuda"] and "epochs" in defaults:
+            self.epochs.setValue(int(defaults["epochs"]))
+
+    # run -------------------------------------------------------------------------
+    def output_path(self) -> Path:
+        return self.session.work_dir / "encoder.pt"
+
+    def make_job(self, resume: bool):
+        from napari_cryossl.io import InputError
+
+        table = self.session.store.table
+        if len(table) < 2:
+            raise InputError(
+                f"pretraining needs particles: {len(table)} in this tomogram. Pick some in step 2."
+            )
+        tomo = self.session.tomogram
+        out = self.output_path()
+        if resume and not out.is_file():
+            raise InputError(f"{out}: no checkpoint to resume; start a new run")
+        box = int(self.box_size.value())
+        settings = {
+            "method": self.method.currentData(),
+            "preset": self.preset.currentText(),
+            "epochs": int(self.epochs.value()),
+            "batch_size": min(int(self.batch_size.value()), len(table)),
+            "device": self.device.currentText(),
+        }
+
+        def job():
+            from napari_cryossl.dataset import SubtomogramSet
+            from napari_cryossl.train import PretrainConfig, iter_pretrain
+
+            data = SubtomogramSet.from_table(table, tomo, box)
+            yield from iter_pretrain(data, PretrainConfig(**settings), out, resume=resume)
+
+        return job
+
+    def _on_success(self) -> None:
+        self._adopt_encoder()
+
+    def _on_finished(self) -> None:
+        super()._on_finished()
+        out = self.output_path_or_none()
+        if self.cancelled and out is not None and out.is_file():
+            self._adopt_encoder()  # a cancelled run's checkpoint is a usable encoder too
+
+    def _adopt_encoder(self) -> None:
+        out = self.output_path()
+        if out.is_file():
+            self.session.encoder_path = out
+            self.session.box_size = int(self.box_size.value())
+            self.session.models_changed.emit()
+            if not self.cancelled:
+                self.status.info(f"encoder saved to {out}; continue with step 5 (Fine-tuning)")
+
+    def _on_tomogram(self) -> None:
+        if self.session.tomogram is not None:
+            self.box_size.setValue(suggested_box_size(self.session.point_size))
+        self._show_encoder()
+
+    def _show_encoder(self) -> None:
+        path = self.session.encoder_path
+        self.encoder_label.setText(f"Encoder: {path}" if path else "Encoder: none yet")
+
+
+class FinetuneWidget(_TrainingSection):
+    """Train a classifier on the labelled particles, starting from the pretrained encoder."""
+
+    def __init__(self, session: Session, parent=None) -> None:
+        super().__init__(session, "Start fine-tuning", parent)
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        row = QHBoxLayout()
+        self.init_label = QLabel("")
+        self.init_label.setWordWrap(True)
+        self.init_button = QPushButton("Choose…")
+        self.init_button.setToolTip("Use another encoder checkpoint (e.g. one pretrained with the CLI)")
+        row.addWidget(self.init_label, 1)
+        row.addWidget(self.init_button)
+        form.addRow("Encoder:", row)
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 10_000)
+        self.epochs.setValue(30)
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(2, 4096)
+        self.batch_size.setValue(16)
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        form.addRow("Epochs:", self.epochs)
+        form.addRow("Batch size:", self.batch_size)
+        form.addRow("Device:", self.device)
+        layout.addLayout(form)
+        self.labels_label = QLabel("")
+        self.labels_label.setWordWrap(True)
+        layout.addWidget(self.labels_label)
+        layout.addWidget(self.panel)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+        self.init_button.clicked.connect(self._choose_init)
+        session.models_changed.connect(self._show_state)
+        session.particles_changed.connect(self._show_state)
+        session.classes_changed.connect(self._show_state)
+        session.tomogram_changed.connect(self._show_state)
+        self._show_state()
+
+    def output_path(self) -> Path:
+        return self.session.work_dir / "classifier.pt"
+
+    def make_job(self, resume: bool):
+        from napari_cryossl.io import InputError
+
+        table = labelled_table(self.session.store.table)
+        check_labels(table)
+        tomo = self.session.tomogram
+        out = self.output_path()
+        if resume and not out.is_file():
+            raise InputError(f"{out}: no checkpoint to resume; start a new run")
+        init = self.session.encoder_path
+        box = int(getattr(self.session, "box_size", 0) or suggested_box_size(self.session.point_size))
+        settings = {
+            "epochs": int(self.epochs.value()),
+            "batch_size": min(int(self.batch_size.value()), len(table)),
+            "device": self.device.currentText(),
+        }
+
+        def job():
+            from napari_cryossl.dataset import SubtomogramSet
+            from napari_cryossl.train import FinetuneConfig, iter_finetune
+
+            box_size, preset = box, None
+            if init is not None:  # the classifier must match the encoder's box and architecture
+                from napari_cryossl.models import load_checkpoint
+
+                state = load_checkpoint(init, kind="encoder")
+                box_size, preset = int(state["box_size"]), state["preset"]
+            data = SubtomogramSet.from_table(table, tomo, box_size)
+            config = FinetuneConfig(**settings, **({"preset": preset} if preset else {}))
+            yield from iter_finetune(data, config, out, init=init, resume=resume)
+
+        return job
+
+    def _on_success(self) -> None:
+        out = self.output_path()
+        if out.is_file():
+            self.session.classifier_path = out
+            self.session.models_changed.emit()
+            acc = (self.last_status.metrics or {}).get("val_accuracy") if self.last_status else None
+            text = f"classifier saved to {out}"
+            if isinstance(acc, float):
+                text += f" (validation accuracy {acc:.1%})"
+            self.status.info(text + "; continue with step 6 (Prediction)")
+
+    def _choose_init(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Encoder checkpoint", "", CHECKPOINT_FILTER)
+        if path:
+            self.session.encoder_path = Path(path)
+            self.session.models_changed.emit()
+
+    def _show_state(self) -> None:
+        path = self.session.encoder_path
+        self.init_label.setText(str(path) if path else "none: training from scratch")
+        if self.session.store is None:
+            self.labels_label.setText("")
+            return
+        counts = {n: c for n, c in self.session.class_counts().items() if n > 0}
+        parts = [f"{self.session.class_name(n)}: {c}" for n, c in counts.items()]
+        self.labels_label.setText("Labelled: " + (", ".join(parts) if parts else "none"))

@@ -1,0 +1,397 @@
+"""Batched inference: class probabilities, predicted class numbers and embeddings.
+
+``predict(checkpoint, data)`` classifies every particle of a ``SubtomogramSet`` and
+returns the results in the set's row order. ``iter_predict`` is the same as a
+generator: it yields a ``train.TrainStatus`` (stage "predict") after every batch, for
+a progress bar or a napari ``thread_worker``, and the ``Predictions`` last.
+
+How the hardware is used (see ``devices.py``): batches are loaded by a ``DataLoader``
+(worker processes for file- or tomogram-backed sets when ``num_workers`` > 0), into
+pinned memory on CUDA, copied with ``non_blocking=True``, and run under
+``torch.inference_mode`` with autocast (bfloat16/float16) and the ``channels_last_3d``
+layout on GPUs. When the GPU runs out of memory the batch is split in halves and
+retried, down to one particle, before giving up with a clear message.
+
+Under torchrun each rank classifies a contiguous share of the particles (no padding,
+so nothing is counted twice) and rank 0 gathers them back into the input order; the
+other ranks get ``None``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Predictions",
+    "batch_loader",
+    "iter_predict",
+    "load_classifier",
+    "predict",
+]
+
+
+@dataclass
+class Predictions:
+    """Classifier output for every particle, in the input set's row order.
+
+    Attributes:
+        probabilities: float32 (N, C) softmax probabilities; column i is class
+            ``classes[i]``.
+        class_numbers: int64 (N,) predicted class number (RELION's 1-based numbering,
+            as stored in the checkpoint).
+        confidence: float32 (N,) probability of the predicted class.
+        embeddings: float32 (N, F) encoder features (input to the last layer).
+        classes: int64 (C,) the class number of each probability column.
+        class_names: names of ``classes`` (from the checkpoint; "class N" if unnamed).
+    """
+
+    probabilities: np.ndarray
+    class_numbers: np.ndarray
+    confidence: np.ndarray
+    embeddings: np.ndarray
+    classes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    class_names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.class_numbers)
+
+
+# --------------------------------------------------------------------------- data loading
+
+
+class _BatchDataset:
+    """Map-style dataset whose item k is the whole batch ``batches[k]``.
+
+    One ``SubtomogramSet.load`` call per batch (fast for every kind of set), and with
+    ``DataLoader(batch_size=None)`` each worker process loads whole batches.
+    Items are ``(boxes (n, 1, B, B, B) float32, class_numbers (n,) int64, rows (n,))``.
+    """
+
+    def __init__(self, data, batches: Sequence[np.ndarray]):
+        self.data = data
+        self.batches = [np.asarray(b, dtype=np.int64) for b in batches]
+        self.labels = np.asarray(data.class_numbers, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, k: int):
+        import torch
+
+        idx = self.batches[k]
+        boxes = np.ascontiguousarray(self.data.load(idx), dtype=np.float32)
+        return (
+            torch.from_numpy(boxes).unsqueeze(1),
+            torch.from_numpy(self.labels[idx]),
+            torch.from_numpy(idx),
+        )
+
+
+def batch_loader(
+    data,
+    batches: Sequence[np.ndarray],
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    seed: int = 0,
+):
+    """A ``DataLoader`` that yields the given batches of ``data`` in order.
+
+    Args:
+        data: a ``SubtomogramSet`` (anything with ``load(indices)`` and ``class_numbers``).
+        batches: row indices of each batch.
+        num_workers: loader processes; 0 loads in this process (best for sets in RAM).
+        pin_memory: page-locked host batches for asynchronous copies to a GPU.
+        seed: seed of the loader's own generator (it never touches torch's global RNG,
+            which the augmentation and dropout use; resumed runs stay reproducible).
+
+    Returns:
+        An iterable of ``(boxes (n, 1, B, B, B), class_numbers (n,), rows (n,))`` CPU tensors.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    num_workers = max(int(num_workers), 0)
+    return DataLoader(
+        _BatchDataset(data, batches),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(int(seed)),
+        prefetch_factor=2 if num_workers > 0 else None,
+    )
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_classifier(model_or_checkpoint, *, box_size: int | None = None, class_numbers=None):
+    """A ``Classifier`` and its class numbers and names from a path, a state or a model.
+
+    Args:
+        model_or_checkpoint: a checkpoint path (from ``cryossl finetune``), a state
+            dict from ``models.load_checkpoint``, or a ``models.Classifier``.
+        box_size: required box size (an ``InputError`` names the file on mismatch).
+        class_numbers: class number of each output, for a bare model (default 1..C).
+
+    Returns:
+        ``(model, classes int64 (C,), class_names list[str], state dict or None)``.
+    """
+    from napari_cryossl.devices import InputError
+    from napari_cryossl.models import Classifier, classifier_from_checkpoint, load_checkpoint
+
+    state = None
+    if isinstance(model_or_checkpoint, str | os.PathLike):
+        state = load_checkpoint(model_or_checkpoint, kind="classifier", box_size=box_size)
+        model = classifier_from_checkpoint(state)
+        where = str(model_or_checkpoint)
+    elif isinstance(model_or_checkpoint, dict):
+        state = model_or_checkpoint
+        if state.get("kind") != "classifier":
+            raise InputError(f"checkpoint is a {state.get('kind')!r}, expected a classifier")
+        model = classifier_from_checkpoint(state)
+        where = "checkpoint"
+    elif isinstance(model_or_checkpoint, Classifier):
+        model = model_or_checkpoint
+        where = "model"
+    else:
+        raise TypeError(
+            "expected a checkpoint path, a checkpoint dict or a Classifier, got "
+            f"{type(model_or_checkpoint).__name__}"
+        )
+    if box_size is not None and int(model.box_size) != int(box_size):
+        raise InputError(
+            f"{where}: was trained on {model.box_size}^3 boxes, not {int(box_size)}^3; "
+            "extract subtomograms with the checkpoint's box size"
+        )
+    if state is not None and state.get("class_numbers") is not None:
+        classes = np.asarray(state["class_numbers"], dtype=np.int64)
+    elif class_numbers is not None:
+        classes = np.asarray(class_numbers, dtype=np.int64)
+    else:
+        classes = np.arange(1, model.n_classes + 1, dtype=np.int64)
+    if classes.shape != (model.n_classes,):
+        raise InputError(
+            f"{where}: {len(classes)} class numbers for a {model.n_classes}-class model"
+        )
+    names = list(state.get("class_names") or []) if state is not None else []
+    if len(names) != len(classes):
+        names = [f"class {int(c)}" for c in classes]
+    return model, classes, names, state
+
+
+def _check_voxel_size(state: dict | None, data, where: str) -> None:
+    """Refuse data whose voxel size differs from training's by more than 2 %.
+
+    A network trained at 10 Å/voxel sees particles at the wrong scale at 5 Å/voxel and
+    predicts confidently wrong classes; an explicit error is kinder.
+    """
+    from napari_cryossl.devices import InputError
+
+    trained = None if state is None else state.get("voxel_size")
+    given = getattr(data, "voxel_size", None)
+    if not trained or not given:
+        return
+    if abs(float(given) - float(trained)) > 0.02 * float(trained):
+        raise InputError(
+            f"{where}: the classifier was trained at {float(trained):g} Å/voxel but the "
+            f"particles are {float(given):g} Å/voxel; bin or re-extract them to "
+            f"{float(trained):g} Å/voxel (or pass check_voxel_size=False)"
+        )
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def forward_in_chunks(fn, x, chunk: list[int], device) -> Any:
+    """Run ``fn`` on ``x`` in pieces of ``chunk[0]``, halving the piece on CUDA OOM.
+
+    ``chunk`` is a one-element list so the reduced size carries over to later batches.
+    Results (tensors, or tuples of tensors) are concatenated along dim 0.
+
+    Raises:
+        DeviceOutOfMemoryError: even a single particle does not fit.
+    """
+    import torch
+
+    from napari_cryossl.devices import DeviceOutOfMemoryError, empty_cache, is_out_of_memory
+
+    outputs = []
+    start = 0
+    n = x.shape[0]
+    while start < n:
+        size = min(chunk[0], n - start)
+        try:
+            outputs.append(fn(x[start : start + size]))
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            empty_cache(device)
+            if size <= 1:
+                raise DeviceOutOfMemoryError(
+                    f"{device}: out of GPU memory even for one subtomogram "
+                    f"({tuple(x.shape[1:])}); use a smaller model preset, a smaller box, "
+                    "or --device cpu"
+                ) from exc
+            chunk[0] = max(size // 2, 1)
+            continue
+        start += size
+    if isinstance(outputs[0], tuple):
+        return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
+    return torch.cat(outputs)
+
+
+def iter_predict(
+    model_or_checkpoint,
+    data,
+    *,
+    batch_size: int = 64,
+    device="auto",
+    num_workers: int = 0,
+    amp: bool = True,
+    class_numbers=None,
+    check_voxel_size: bool = True,
+    distributed=None,
+) -> Iterator[Any]:
+    """Classify every particle, yielding progress; the last item is the ``Predictions``.
+
+    Args:
+        model_or_checkpoint: classifier checkpoint path, state dict, or ``Classifier``.
+        data: a ``SubtomogramSet`` (boxes of the checkpoint's size).
+        batch_size: particles loaded per step (halved automatically on GPU OOM).
+        device: "auto", "cpu", "cuda", "cuda:N" or a ``torch.device``.
+        num_workers: DataLoader worker processes (useful for file- or tomogram-backed sets).
+        amp: autocast to bfloat16/float16 on CUDA (ignored on the CPU).
+        class_numbers: class number of each output for a bare ``Classifier``.
+        check_voxel_size: refuse data at another voxel size than the checkpoint's.
+        distributed: a ``distributed.DistributedContext``; None detects torchrun.
+
+    Yields:
+        ``train.TrainStatus(stage="predict", step=batches done, n_steps=batches)`` after
+        each batch, then one ``Predictions`` (rows in the order of ``data``). Under
+        torchrun only rank 0 yields the ``Predictions``.
+
+    Raises:
+        InputError: checkpoint for another box size or voxel size, unknown device.
+        DeviceOutOfMemoryError: a single particle does not fit on the GPU.
+    """
+    import torch
+
+    from napari_cryossl.devices import (
+        InputError,
+        amp_dtype,
+        autocast,
+        memory_format,
+        select_device,
+        to_device,
+    )
+    from napari_cryossl.distributed import DistributedContext
+    from napari_cryossl.train import TrainStatus
+
+    if int(batch_size) < 1:
+        raise InputError(f"batch size must be at least 1, got {batch_size}")
+    t0 = time.perf_counter()
+    dev = select_device(device)
+    ctx = distributed if distributed is not None else DistributedContext.from_environment(dev)
+    model, classes, names, state = load_classifier(
+        model_or_checkpoint, box_size=data.box_size, class_numbers=class_numbers
+    )
+    if check_voxel_size:
+        where = str(model_or_checkpoint) if isinstance(model_or_checkpoint, str | Path) else "classifier"
+        _check_voxel_size(state, data, where)
+    model = model.to(dev, memory_format=memory_format(dev)).eval()
+    dtype = amp_dtype(dev, amp)
+
+    rows = ctx.shard(len(data))
+    batches = [rows[i : i + int(batch_size)] for i in range(0, len(rows), int(batch_size))]
+    loader = batch_loader(
+        data, batches, num_workers=num_workers, pin_memory=dev.type == "cuda"
+    )
+    n_classes = len(classes)
+    feature_dim = int(model.feature_dim)
+    probs = np.zeros((len(rows), n_classes), dtype=np.float32)
+    emb = np.zeros((len(rows), feature_dim), dtype=np.float32)
+    chunk = [int(batch_size)]
+
+    def forward(x):
+        with autocast(dev, dtype):
+            e = model.encoder(x)
+            logits = model.head(e)
+        return torch.softmax(logits.float(), dim=1), e.float()
+
+    done = 0
+    with torch.inference_mode():
+        for k, (boxes, _labels, _idx) in enumerate(loader):
+            x = to_device(boxes, dev)
+            p, e = forward_in_chunks(forward, x, chunk, dev)
+            n = x.shape[0]
+            probs[done : done + n] = p.cpu().numpy()
+            emb[done : done + n] = e.cpu().numpy()
+            done += n
+            yield TrainStatus(
+                stage="predict",
+                epoch=0,
+                n_epochs=1,
+                step=k + 1,
+                n_steps=len(batches),
+                loss=None,
+                metrics={"particles": done, "batch_size": chunk[0]},
+                elapsed_s=time.perf_counter() - t0,
+            )
+    if ctx.enabled:
+        parts = ctx.gather_to_main((probs, emb))
+        if not ctx.is_main:
+            return
+        probs = np.concatenate([p for p, _ in parts])
+        emb = np.concatenate([e for _, e in parts])
+    best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=np.int64)
+    yield Predictions(
+        probabilities=probs,
+        class_numbers=classes[best].astype(np.int64),
+        confidence=probs[np.arange(len(probs)), best].astype(np.float32),
+        embeddings=emb,
+        classes=classes,
+        class_names=names,
+    )
+
+
+def predict(
+    model_or_checkpoint,
+    data,
+    *,
+    batch_size: int = 64,
+    device="auto",
+    num_workers: int = 0,
+    amp: bool = True,
+    class_numbers=None,
+    check_voxel_size: bool = True,
+    distributed=None,
+) -> Predictions | None:
+    """Classify every particle of ``data`` (see ``iter_predict`` for the arguments).
+
+    Returns:
+        ``Predictions`` in the row order of ``data``; None on torchrun ranks other than 0.
+    """
+    result = None
+    for item in iter_predict(
+        model_or_checkpoint,
+        data,
+        batch_size=batch_size,
+        device=device,
+        num_workers=num_workers,
+        amp=amp,
+        class_numbers=class_numbers,
+        check_voxel_size=check_voxel_size,
+        distributed=distributed,
+    ):
+        if isinstance(item, Predictions):
+            result = item
+    return result

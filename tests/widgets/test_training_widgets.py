@@ -1,0 +1,237 @@
+"""Steps 4-8 in a real viewer: pretraining, fine-tuning, prediction, Grad-CAM and export.
+
+Runs real (tiny) training on the CPU in napari thread workers, waits on the workers'
+signals with qtbot, and checks what a user sees and gets: progress, checkpoints, layers
+that line up with the tomogram, files with the right columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_cryossl.io import particle_zyx, read_particles
+
+TIMEOUT_MS = 180_000
+BENCH_OUT = Path(os.environ.get("CRYOSSL_BENCH_OUT", Path(__file__).parents[2] / "benchmarks" / "out"))
+
+
+def _session_with_particles(dock, tomogram, truth, labels_per_class: int | None = None):
+    """A dock whose tomogram has the ground-truth particles; `labels_per_class` of each
+    class keep their label (all when None), the rest are unlabelled."""
+    from napari_cryossl.io import write_particles
+
+    viewer, widget = dock()
+    assert widget.data.open_path(tomogram)
+    star = tomogram.with_name("truth.star")
+    write_particles(truth, star, voxel_size=10.0)
+    widget.picking.import_file(star)
+    session = widget.session
+    if labels_per_class is not None:
+        classes = session.store.table["class_number"].to_numpy()
+        unlabel = np.concatenate([np.flatnonzero(classes == c)[labels_per_class:] for c in (1, 2)])
+        session.store.set_class(unlabel, 0)
+    return viewer, widget, session
+
+
+def _small_settings(section, epochs: int = 1) -> None:
+    section.epochs.setValue(epochs)
+    section.batch_size.setValue(4)
+    section.device.setCurrentText("cpu")
+
+
+def _wait(qtbot, worker):
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+
+
+def test_pretraining_runs_in_a_worker_while_napari_stays_responsive(dock, tomogram, truth, qtbot):
+    viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=0)
+    pre = widget.show_section("pretrain")
+    if pre._probe_worker is not None:
+        _wait(qtbot, pre._probe_worker)
+    assert pre.device_label.text().startswith("device: ") and "checking" not in pre.device_label.text()
+    _small_settings(pre, epochs=2)
+    pre.method.setCurrentIndex(pre.method.findData("moco"))
+    pre.preset.setCurrentText("rb3d-small")
+    pre.box_size.setValue(16)
+
+    ticks: list[float] = []
+    yields: list[float] = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    worker = pre.start()
+    assert worker is not None
+    worker.yielded.connect(lambda _s: yields.append(time.perf_counter()))
+    _wait(qtbot, worker)
+    timer.stop()
+
+    assert yields, "the training loop reported no progress"
+    during = [t for t in ticks if yields[0] <= t <= yields[-1]]
+    gaps = np.diff(ticks) * 1000
+    record = {
+        "test": "pretrain moco rb3d-small, box 16, 12 particles, 2 epochs, CPU",
+        "max_event_loop_gap_ms": float(gaps.max()),
+        "p99_event_loop_gap_ms": float(np.percentile(gaps, 99)),
+        "timer_ticks": len(ticks),
+        "training_s": yields[-1] - yields[0],
+        "n_yields": len(yields),
+    }
+    print("GUI responsiveness while pretraining:", json.dumps(record))
+    BENCH_OUT.mkdir(parents=True, exist_ok=True)
+    (BENCH_OUT / "gui_event_loop.json").write_text(json.dumps(record, indent=2))
+    # the GUI's event loop kept running while the worker trained
+    assert len(during) >= 2 or len(yields) < 2
+
+    out = session.work_dir / "encoder.pt"
+    assert session.encoder_path == out and out.is_file()
+    assert pre.panel.progress.value() == pre.panel.progress.maximum()
+    assert pre.panel.plot.series.get("loss")
+    assert not pre.panel.cancel_button.isEnabled() and pre.panel.start_button.isEnabled()
+    assert str(out) in widget.finetune.init_label.text()
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_continues(dock, tomogram, truth, qtbot):
+    from napari_cryossl.models import load_checkpoint
+
+    viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=0)
+    pre = widget.pretrain
+    _small_settings(pre, epochs=200)
+    pre.box_size.setValue(16)
+    worker = pre.start()
+    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT_MS):
+        pass
+    with qtbot.waitSignals([worker.aborted, worker.finished], timeout=TIMEOUT_MS):
+        pre.panel.cancel_button.click()
+    out = session.work_dir / "encoder.pt"
+    state = load_checkpoint(out, kind="encoder")
+    assert state["epoch"] < 200
+    assert pre.panel.resume_button.isEnabled()
+    assert "cancelled" in pre.status.text()
+    assert len(session.store.table) == len(truth)  # the annotations are untouched
+
+    worker = pre.start(resume=True)
+    assert worker is not None
+    statuses = []
+    worker.yielded.connect(statuses.append)
+    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT_MS):
+        pass
+    pre.cancel()
+    _wait(qtbot, worker)
+    assert statuses and statuses[0].epoch >= state["epoch"]
+
+
+def test_finetuning_refuses_too_few_labels_with_a_message(dock, tomogram, truth):
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=0)
+    ft = widget.finetune
+    session.store.set_class([0, 1, 2], 1)  # one class only
+    assert ft.start() is None
+    assert ft.status.is_error and "at least 2 classes" in ft.status.text()
+    assert "at least 2 classes" in str(notification_manager.records[-1].message)
+    one_of_two = np.flatnonzero(session.store.table["class_number"].to_numpy() == 0)[0]
+    session.store.set_class([one_of_two], 2)  # two classes, but class 2 has one label
+    assert ft.start() is None
+    assert "too few labels" in ft.status.text()
+    assert ft.worker is None and not session.busy
+
+
+def test_finetune_predict_fix_gradcam_export(dock, tomogram, truth, qtbot, tmp_path, click, world_of):
+    viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
+    n = len(truth)
+    image = session.image_layer
+
+    # 5. fine-tune (from scratch: the encoder step is tested above)
+    ft = widget.show_section("finetune")
+    _small_settings(ft, epochs=2)
+    worker = ft.start()
+    assert worker is not None
+    _wait(qtbot, worker)
+    assert session.classifier_path == session.work_dir / "classifier.pt"
+    assert session.classifier_path.is_file()
+    assert "classifier saved" in ft.status.text()
+
+    # 6. predict every particle
+    pr = widget.show_section("prediction")
+    pr.device.setCurrentText("cpu")
+    _wait(qtbot, pr.start())
+    layer = session.predictions_layer
+    assert layer is not None and layer in viewer.layers
+    assert layer.data.shape == (n, 3)
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    predicted = layer.features["class_number"].to_numpy()
+    assert set(predicted) <= {1, 2}
+    confidence = session.store.table["probability"].to_numpy()
+    assert np.all((confidence >= 0.5 - 1e-6) & (confidence <= 1))
+    assert pr.table.rowCount() == n
+    # least confident first
+    shown = [float(pr.table.item(r, 2).text().rstrip("%")) for r in range(n)]
+    assert shown == sorted(shown)
+    # the filter hides calls below the threshold
+    pr.min_conf.setValue(int(np.floor(100 * np.median(confidence))) + 1)
+    assert layer.shown.sum() < n and pr.table.rowCount() == layer.shown.sum()
+    pr.min_conf.setValue(0)
+    assert layer.shown.all()
+    # jump to a particle: its slice and the view centre
+    target = int(pr.table.item(0, 0).text())
+    pr.jump_to(target)
+    world = world_of(image, particle_zyx(session.store.table)[target])
+    assert viewer.dims.point[0] == pytest.approx(world[0], abs=10.0)
+    np.testing.assert_allclose(viewer.camera.center[-2:], world[-2:], atol=1e-6)
+
+    # a wrong call is fixed with a click (current class 2 here) and kept as a label
+    unlabelled = np.flatnonzero(session.store.table["class_number"].to_numpy() == 0)
+    k = int(unlabelled[0])
+    session.set_current_class(2)
+    pr.fix_button.setChecked(True)
+    pr.jump_to(k)
+    click(viewer, world_of(image, particle_zyx(session.store.table)[k]))
+    assert session.store.table["class_number"].iloc[k] == 2
+    assert np.allclose(layer.border_color[k], [1, 1, 1, 1])  # labelled: white rim
+    pr.fix_button.setChecked(False)
+
+    # 7. Grad-CAM of the selected particle, lined up with the tomogram
+    sal = widget.show_section("saliency")
+    sal.device.setCurrentText("cpu")
+    layer.selected_data = {k}
+    _wait(qtbot, sal.start())
+    heat = sal.heatmap_layer
+    assert heat is not None and heat in viewer.layers
+    assert heat.colormap.name == "inferno" and heat.blending == "additive"
+    np.testing.assert_allclose(heat.scale, image.scale)
+    start = np.asarray(heat.metadata["block_start_zyx"])
+    np.testing.assert_allclose(heat.translate, np.asarray(image.translate) + start * image.scale)
+    data = np.asarray(heat.data)
+    assert data.ndim == 3 and 0 <= data.min() and data.max() <= 1 and data.max() > 0
+    # the hottest voxel lies inside the particle's box, in world coordinates
+    hottest = world_of(heat, np.unravel_index(np.argmax(data), data.shape))
+    particle = world_of(image, particle_zyx(session.store.table)[k])
+    assert np.all(np.abs(hottest - particle) <= 8 * 10.0 + 1e-6)
+    sal.opacity.setValue(30)
+    assert heat.opacity == pytest.approx(0.3)
+    sal.view_button.setChecked(True)  # 3D
+    assert viewer.dims.ndisplay == 3 and heat.visible
+    sal.view_button.setChecked(False)
+
+    # 8. export: STAR with classes and probabilities
+    ex = widget.show_section("export")
+    out = tmp_path / "classified.star"
+    assert ex.export(out) == n
+    back = read_particles(out)
+    labels = session.store.table["class_number"].to_numpy()
+    expected = np.where(labels > 0, labels, session.store.table["predicted_class"].to_numpy())
+    np.testing.assert_array_equal(back["class_number"].to_numpy(), expected)
+    assert np.isfinite(back["probability"]).all()
+    np.testing.assert_allclose(particle_zyx(back), particle_zyx(session.store.table), atol=1e-3)
+    csv = tmp_path / "classified.csv"
+    assert ex.export(csv) == n and len(read_particles(csv)) == n
