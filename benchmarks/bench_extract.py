@@ -107,7 +107,9 @@ def worker(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         picks = pick_particles(tomo, args.pick_diameter)
         result["pick_seconds"] = time.perf_counter() - t0
-        result["pick_mvoxels_per_second"] = float(np.prod(tomo.shape)) / 1e6 / result["pick_seconds"]
+        result["pick_mvoxels_per_second"] = (
+            float(np.prod(tomo.shape)) / 1e6 / result["pick_seconds"]
+        )
         result["picks"] = len(picks)
         result["peak_rss_after_pick_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
@@ -124,7 +126,9 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size-gb", type=float, default=2.0, help="tomogram file size (GiB, float32)")
     p.add_argument("--depth", type=int, default=128, help="tomogram z size (voxels)")
     p.add_argument("--particles", type=int, default=5000)

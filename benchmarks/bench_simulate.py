@@ -59,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), "
-          f"load {os.getloadavg()[0]:.2f}, threads env {threads}, python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s), "
+        f"load {os.getloadavg()[0]:.2f}, threads env {threads}, python {platform.python_version()}"
+    )
     config = SimulationConfig(n_classes=args.classes, box_size=args.box, snr=args.snr)
     n = args.classes * args.per_class
     simulate_subtomograms(1, config, seed=0, workers=args.workers)  # warm up (FFT plans)
@@ -86,12 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_tomograms:
         for z, y, x, count in args.tomogram or [(64, 256, 256, 160), (200, 512, 512, 1500)]:
             t0 = time.perf_counter()
-            volume, table = simulate_tomogram((z, y, x), count, config, seed=0, workers=args.workers)
+            volume, table = simulate_tomogram(
+                (z, y, x), count, config, seed=0, workers=args.workers
+            )
             dt = time.perf_counter() - t0
             del volume
             # memory in a separate, traced run (tracing slows allocations slightly)
             tracemalloc.start()
-            volume, table = simulate_tomogram((z, y, x), count, config, seed=0, workers=args.workers)
+            volume, table = simulate_tomogram(
+                (z, y, x), count, config, seed=0, workers=args.workers
+            )
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             print(

@@ -78,7 +78,7 @@ def subtomograms_figure(out: Path, seed: int = 4) -> None:
     b = base.box_size
     fig, axes = plt.subplots(2 * len(stages), base.n_classes, figsize=(13, 11.5))
     for col, j in enumerate(order):
-        for s, ((label, _), run) in enumerate(zip(stages, runs, strict=True)):
+        for s, run in enumerate(runs):
             vol = run.volumes[j]
             lo_hi = np.percentile(vol, [1, 99])
             _show(axes[2 * s, col], vol[b // 2], names[col] if s == 0 else None, lo_hi)
@@ -116,7 +116,9 @@ def optics_figure(out: Path) -> None:
 
     mask = missing_wedge_mask((64, 64, 64), config.tilt_range_deg)
     full = np.concatenate([mask[:, 0, :0:-1], mask[:, 0, :]], axis=1)  # kx from -31 to 32
-    axes[1].imshow(np.fft.fftshift(full, axes=0), cmap="gray", origin="lower", extent=(-32, 32, -32, 32))
+    axes[1].imshow(
+        np.fft.fftshift(full, axes=0), cmap="gray", origin="lower", extent=(-32, 32, -32, 32)
+    )
     axes[1].set_xlabel("kx")
     axes[1].set_ylabel("kz (beam)")
     axes[1].set_title("measured Fourier region (white), ky = 0: ±60° about Y", fontsize=9)
@@ -133,7 +135,9 @@ def optics_figure(out: Path) -> None:
     for data, label in ((run_clean.volumes, "signal"), (noise, "noise (SNR 0.05)")):
         power = (np.abs(np.fft.fftn(data, axes=(1, 2, 3))) ** 2).mean(axis=0)
         profile = np.bincount(shells.ravel(), power.ravel()) / np.bincount(shells.ravel())
-        axes[2].semilogy(np.arange(b // 2) / (b * config.voxel_size), profile[: b // 2], label=label)
+        axes[2].semilogy(
+            np.arange(b // 2) / (b * config.voxel_size), profile[: b // 2], label=label
+        )
     axes[2].set_xlabel("spatial frequency (1/Å)")
     axes[2].set_ylabel("power (shell average)")
     axes[2].legend(fontsize=7)
@@ -152,14 +156,16 @@ def tomogram_figure(out: Path) -> None:
     z = shape[0] // 2
     near = table[(table["z"] - z).abs() < config.particle_diameter_px / 2]
     colours = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(
-        2, 2, figsize=(11, 7.6), gridspec_kw={"height_ratios": [256, 64]}
-    )
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.6), gridspec_kw={"height_ratios": [256, 64]})
     for col, (vol, label) in enumerate(((clean, "noise-free"), (noisy, "SNR 0.05"))):
         _show(axes[0, col], vol[z], f"{label}: XY slice z = {z}, circles = ground truth")
         axes[0, col].scatter(
-            near["x"], near["y"], s=160, facecolors="none",
-            edgecolors=[colours((c - 1) % 10) for c in near["class_number"]], linewidths=1,
+            near["x"],
+            near["y"],
+            s=160,
+            facecolors="none",
+            edgecolors=[colours((c - 1) % 10) for c in near["class_number"]],
+            linewidths=1,
         )
         _show(axes[1, col], vol[:, shape[1] // 2], f"{label}: XZ slice y = {shape[1] // 2}")
     fig.tight_layout()
@@ -177,17 +183,27 @@ def honesty_table(n_per_class: int = 40) -> str:
     plain = SimulationConfig(snr=None, apply_ctf=False, tilt_range_deg=90.0, n_neighbors=0)
     run = simulate_subtomogram_details(n_per_class, plain, seed=0)
     grid = np.indices(run.volumes.shape[1:]).reshape(3, -1).T.astype(float)
-    rows = ["| class | name | total intensity | radius of gyration (voxels) |", "|---|---|---|---|"]
+    rows = [
+        "| class | name | total intensity | radius of gyration (voxels) | 95 %-mass diameter (voxels) |",
+        "|---|---|---|---|---|",
+    ]
     names = class_names(plain.n_classes)
     for c in range(1, plain.n_classes + 1):
         vols = -run.volumes[run.class_numbers == c]
         mass = vols.sum(axis=(1, 2, 3))
-        rgs = []
+        rgs, d95 = [], []
         for v in vols:
             w = v.ravel()
             com = grid.T @ w / w.sum()
-            rgs.append(math.sqrt((((grid - com) ** 2).sum(axis=1) * w).sum() / w.sum()))
-        rows.append(f"| {c} | {names[c - 1]} | {mass.mean():.1f} | {np.mean(rgs):.3f} |")
+            r2 = ((grid - com) ** 2).sum(axis=1)
+            rgs.append(math.sqrt((r2 * w).sum() / w.sum()))
+            order = np.argsort(r2)
+            inside = np.searchsorted(np.cumsum(w[order]) / w.sum(), 0.95)
+            d95.append(2 * math.sqrt(r2[order][inside]))
+        rows.append(
+            f"| {c} | {names[c - 1]} | {mass.mean():.1f} | {np.mean(rgs):.3f} | "
+            f"{np.mean(d95):.1f} |"
+        )
 
     noisy = simulate_subtomogram_details(n_per_class, SimulationConfig(), seed=0)
     v = noisy.volumes.reshape(len(noisy.volumes), -1)

@@ -233,7 +233,9 @@ def test_explicit_tomogram_and_missing_tomogram(tmp_path):
         SubtomogramSet.from_star(unnamed)
     data = SubtomogramSet.from_star(unnamed, tomogram=tmp_path / "t.mrc", box_size=4)
     assert data.tomogram.path == tmp_path / "t.mrc"
-    assert SubtomogramSet.from_star(unnamed, tomogram=open_tomogram(tmp_path / "t.mrc")).box_size == 32
+    assert (
+        SubtomogramSet.from_star(unnamed, tomogram=open_tomogram(tmp_path / "t.mrc")).box_size == 32
+    )
     lost = tmp_path / "lost.star"
     relion4_star(lost, xyz, ["TS_07"])
     with pytest.raises(InputError, match=r"tomogram 'TS_07' not found \(tried .*TS_07\.mrc"):

@@ -31,7 +31,11 @@ def reference_box(volume: np.ndarray, center, length: int, fill: float) -> np.nd
         for j in range(length):
             for k in range(length):
                 z, y, x = c - length // 2 + np.array([i, j, k])
-                if 0 <= z < volume.shape[0] and 0 <= y < volume.shape[1] and 0 <= x < volume.shape[2]:
+                if (
+                    0 <= z < volume.shape[0]
+                    and 0 <= y < volume.shape[1]
+                    and 0 <= x < volume.shape[2]
+                ):
                     out[i, j, k] = volume[z, y, x]
     return out
 

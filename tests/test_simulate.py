@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_cryossl.io import InputError
+from napari_cryossl.io import PARTICLE_COLUMNS, InputError
 from napari_cryossl.simulate import (
     SimulationConfig,
     class_names,
@@ -117,7 +117,9 @@ def test_rotations_are_uniform_and_shifts_move_the_particle():
     config = dataclasses.replace(PLAIN, n_classes=4, box_size=24, max_shift_px=3.0)
     sim = simulate_subtomogram_details(40, config, seed=3)
     r = sim.rotations
-    np.testing.assert_allclose(r @ r.transpose(0, 2, 1), np.broadcast_to(np.eye(3), r.shape), atol=1e-9)
+    np.testing.assert_allclose(
+        r @ r.transpose(0, 2, 1), np.broadcast_to(np.eye(3), r.shape), atol=1e-9
+    )
     np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-9)
     # E[R] = 0 for the uniform distribution on SO(3); each entry has variance 1/3.
     assert np.abs(r.mean(axis=0)).max() < 4 * math.sqrt(1 / 3 / len(r))
@@ -233,6 +235,23 @@ def test_measured_snr_matches_requested(snr):
     np.testing.assert_allclose(noise.std(axis=(1, 2, 3)), noise.std(), rtol=0.01)
 
 
+def test_band_limit_confines_signal_and_noise():
+    # Everything beyond 1/lowpass_a is gone; without a band limit the noise is white.
+    config = SimulationConfig(n_classes=2, box_size=24, snr=0.05, lowpass_a=30.0)
+    volume, _ = simulate_tomogram((32, 48, 48), 4, config, seed=13)
+    f = [np.fft.fftfreq(n, d=10.0) for n in volume.shape]
+    k = np.sqrt(f[0][:, None, None] ** 2 + f[1][None, :, None] ** 2 + f[2][None, None, :] ** 2)
+    power = np.abs(np.fft.fftn(volume)) ** 2
+    # (the signal is filtered in a padded volume and cropped: a trace leaks back)
+    assert power[k > 1 / 30.0].sum() < 1e-4 * power.sum()
+    white = dataclasses.replace(config, lowpass_a=None, snr=1e-3)  # noise-dominated
+    volume, _ = simulate_tomogram((32, 48, 48), 4, white, seed=13)
+    power = np.abs(np.fft.fftn(volume)) ** 2
+    # the wedge removes the same fraction of every shell, so shells compare directly
+    high, low = power[k > 1 / 30.0].mean(), power[(k < 1 / 60.0) & (k > 0)].mean()
+    assert 0.5 < high / low < 2.0
+
+
 def test_defocus_spread_changes_the_ctf_per_subtomogram():
     config = SimulationConfig(n_classes=2, box_size=24, snr=None)
     a, _ = simulate_subtomograms(2, config, seed=10)
@@ -250,6 +269,7 @@ def test_tomogram_places_particles_apart_and_dark():
     clean_config = dataclasses.replace(TOMO, snr=None)
     volume, table = simulate_tomogram((40, 96, 96), 20, clean_config, seed=11)
     assert volume.shape == (40, 96, 96) and volume.dtype == np.float32
+    assert list(table.columns) == PARTICLE_COLUMNS
     assert list(table["source"].unique()) == ["simulated"]
     assert sorted(table["class_number"].value_counts().tolist()) == [5, 5, 5, 5]
     zyx = table[["z", "y", "x"]].to_numpy()
@@ -272,7 +292,9 @@ def test_tomogram_snr_and_determinism():
     boxes = []
     for z, y, x in np.floor(table[["z", "y", "x"]].to_numpy() + 0.5).astype(int):
         lo = np.maximum([z - b // 2, y - b // 2, x - b // 2], 0)
-        boxes.append(clean[lo[0] : z - b // 2 + b, lo[1] : y - b // 2 + b, lo[2] : x - b // 2 + b].var())
+        boxes.append(
+            clean[lo[0] : z - b // 2 + b, lo[1] : y - b // 2 + b, lo[2] : x - b // 2 + b].var()
+        )
     assert np.mean(boxes) / noise.var() == pytest.approx(0.05, rel=0.03)
     # the noise of a tomogram also lacks the missing wedge
     power = np.abs(np.fft.rfftn(noise)) ** 2
@@ -315,7 +337,12 @@ def test_simulate_to_disk_round_trip(tmp_path):
 
     config = SimulationConfig(n_classes=3, box_size=16, voxel_size=20.0, snr=0.05)
     paths = simulate_to_disk(
-        tmp_path / "sim", config, n_per_class=2, tomogram_shape=(24, 48, 40), n_tomogram_particles=4, seed=3
+        tmp_path / "sim",
+        config,
+        n_per_class=2,
+        tomogram_shape=(24, 48, 40),
+        n_tomogram_particles=4,
+        seed=3,
     )
     assert set(paths) == {"particles_star", "tomogram", "tomogram_particles_star", "metadata"}
 
@@ -336,8 +363,12 @@ def test_simulate_to_disk_round_trip(tmp_path):
     assert voxel_size == pytest.approx(20.0)
     np.testing.assert_array_equal(tomo, volume)
     table = read_particles(paths["tomogram_particles_star"])
-    np.testing.assert_allclose(table[["x", "y", "z"]].to_numpy(), truth[["x", "y", "z"]].to_numpy(), atol=1e-3)
-    np.testing.assert_array_equal(table["class_number"].to_numpy(), truth["class_number"].to_numpy())
+    np.testing.assert_allclose(
+        table[["x", "y", "z"]].to_numpy(), truth[["x", "y", "z"]].to_numpy(), atol=1e-3
+    )
+    np.testing.assert_array_equal(
+        table["class_number"].to_numpy(), truth["class_number"].to_numpy()
+    )
     assert set(table["tomo_name"]) == {"tomogram.mrc"}
 
 

@@ -164,7 +164,7 @@ def points_kwargs(
     Face colour by class (the store's class colours when `classes` is given), unlabelled
     particles hollow with a grey rim; features keep every column the writer needs.
     """
-    from napari_cryossl._widgets._style import point_colors
+    from napari_cryossl._widgets._style import UNLABELLED_BORDER, point_colors
     from napari_cryossl.io import particle_zyx
 
     zyx = particle_zyx(table)
@@ -175,6 +175,8 @@ def points_kwargs(
     face, border = point_colors(classes_col, classes)
     features = table[[c for c in ("class_number", "probability", "score", "source") if c in table]]
     vs = float(voxel_size)
+    if len(zyx) == 0:  # napari cannot take (0, 4) colour arrays; these apply to new points
+        face, border = "transparent", UNLABELLED_BORDER
     return {
         "data": zyx,
         "features": features,
@@ -184,7 +186,9 @@ def points_kwargs(
         "border_width_is_relative": True,
         "size": point_size,
         "scale": (vs, vs, vs),
-        "out_of_slice_display": True,
+        # A particle shows as the disc where its sphere cuts the slice, over the slices it
+        # spans (within the dims' slice margins, which the workflow sets to its radius).
+        "projection_mode": "rescale_spherical",
         "ndim": 3,
     }
 
@@ -205,39 +209,49 @@ def _first_tomo_name(table) -> str:
     return names[0] if names else ""
 
 
-def _named_tomogram_geometry(star_path: Path) -> tuple[tuple[int, int, int] | None, float | None]:
+def _named_tomogram_geometry(path: Path) -> tuple[tuple[int, int, int] | None, float | None]:
     """Shape and voxel size of the tomogram a particle file names, if it lies beside it.
 
     RELION-5 centred coordinates (Å from the tomogram centre) need both to become voxels;
-    RELION 3/4 pixel coordinates need the voxel size only for the layer's scale. Reads
-    only the MRC header. Returns (None, None) when no tomogram is found.
+    RELION 3/4 pixel coordinates and CSV need the voxel size for the layer's scale (the
+    files do not record it). Reads only the MRC header. (None, None) when not found.
     """
     import mrcfile
 
-    if star_path.suffix.lower() != ".star":
-        return None, None
-    try:
-        import starfile
-
-        blocks = starfile.read(star_path, always_dict=True)
-    except Exception:  # a bad file is reported by io.read_particles with a proper message
-        return None, None
-    names: list[str] = []
-    for df in blocks.values():
-        for col in ("rlnTomoName", "rlnMicrographName"):
-            if hasattr(df, "columns") and col in df.columns:
-                names += [str(v) for v in df[col].unique()[:1]]
-    for name in names:
-        for candidate in _tomogram_candidates(star_path.parent, name):
-            if candidate.is_file():
-                try:
-                    with mrcfile.open(candidate, header_only=True, permissive=True) as mrc:
-                        nz, ny, nx = (int(mrc.header.nz), int(mrc.header.ny), int(mrc.header.nx))
-                        vs = float(mrc.voxel_size.x)
-                    return (nz, ny, nx), (vs if vs > 0 else None)
-                except Exception:
-                    continue
+    for name in _tomo_names(path):
+        for candidate in _tomogram_candidates(path.parent, name):
+            if not candidate.is_file():
+                continue
+            try:
+                with mrcfile.open(candidate, header_only=True, permissive=True) as mrc:
+                    nz, ny, nx = (int(mrc.header.nz), int(mrc.header.ny), int(mrc.header.nx))
+                    vs = float(mrc.voxel_size.x)
+            except (OSError, ValueError):
+                continue
+            return (nz, ny, nx), (vs if vs > 0 else None)
     return None, None
+
+
+def _tomo_names(path: Path) -> list[str]:
+    """Tomogram names (rlnTomoName, rlnMicrographName, CSV tomo_name) a particle file uses."""
+    import pandas as pd
+
+    frames = []
+    try:
+        if path.suffix.lower() == ".star":
+            import starfile
+
+            frames = [df for df in starfile.read(path, always_dict=True).values() if isinstance(df, pd.DataFrame)]
+        else:
+            frames = [pd.read_csv(path, usecols=lambda c: str(c).strip().lower() == "tomo_name", dtype=str)]
+    except Exception:  # a bad file is reported by io.read_particles with a proper message
+        return []
+    names: list[str] = []
+    for df in frames:
+        for col in df.columns:
+            if str(col).strip().lower() in ("rlntomoname", "rlnmicrographname", "tomo_name"):
+                names += [str(v) for v in df[col].dropna().unique()[:4] if str(v)]
+    return names
 
 
 def _tomogram_candidates(folder: Path, name: str):

@@ -58,6 +58,9 @@ from napari_cryossl.io import (
     _read_star_blocks as read_star_blocks,
 )
 from napari_cryossl.io import (
+    _read_text as read_text,
+)
+from napari_cryossl.io import (
     _star_float as star_float,
 )
 from napari_cryossl.io import (
@@ -110,6 +113,7 @@ _TEXT = ("source", "tomo_name", "image_name")
 # but quotes and control characters are not, and these tokens read back as missing values.
 _STORE_BAD_CHARS = re.compile(r"[\"'\x00-\x1f\x7f]")
 _NA_TOKENS = frozenset({"nan", "NaN", "<NA>"})
+_CHECKSUM_PREFIX = "# napari-cryossl annotations; sha256 of the lines below: "
 
 
 @dataclass(frozen=True)
@@ -523,18 +527,42 @@ def _save(path: Path, table: pd.DataFrame, classes: list[dict]) -> None:
         for value in table[column].unique():
             _check_store_text(str(value), column, path)
     particles = pd.DataFrame({label: table[col] for col, label in _PARTICLE_LABELS.items()})
-    with atomic_write(path) as tmp:
-        starfile.write(
-            {"classes": class_frame, "particles": particles},
-            tmp,
-            float_format=None,
-            na_rep="nan",
-            quote_all_strings=True,  # colours start with '#', which would otherwise comment
+    text = starfile.to_string(
+        {"classes": class_frame, "particles": particles},
+        float_format=None,  # shortest exact repr: coordinates survive bit for bit
+        na_rep="nan",
+        quote_all_strings=True,  # colours start with '#', which would otherwise comment
+    )
+    with atomic_write(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write(f"{_CHECKSUM_PREFIX}{_digest(text)}\n{text}")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _verify_checksum(path: Path) -> None:
+    """Reject a store whose content no longer matches the checksum in its first line.
+
+    Atomic saves never leave a torn file, but a copy cut short, a bad disk or a careless
+    edit can; without this a row cut after a complete field would load silently. A file
+    without the checksum line (written by hand or by another tool) is accepted as is.
+    """
+    text = read_text(path, "STAR")
+    first, _, rest = text.partition("\n")
+    if not first.startswith(_CHECKSUM_PREFIX):
+        return
+    if first[len(_CHECKSUM_PREFIX) :].strip() != _digest(rest):
+        raise InputError(
+            f"{path}: damaged annotation file (its content does not match the checksum in its "
+            "first line: truncated or changed outside napari-cryossl). Restore it from a "
+            "backup, or delete that first line to accept the file as it is"
         )
 
 
 def _load(path: Path) -> tuple[pd.DataFrame, list[dict]]:
     """Read and validate a store file; any problem is an InputError naming it."""
+    _verify_checksum(path)
     blocks = read_star_blocks(path)
     if not {"classes", "particles"} <= set(blocks):
         raise InputError(
@@ -568,6 +596,7 @@ def _load_classes(block, where: str) -> list[dict]:
     missing = [c for c in _CLASS_COLUMNS if c not in frame.columns]
     if missing:
         raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
+    _check_complete(frame, list(_CLASS_COLUMNS[1:]), where)
     numbers = star_float(frame, "rlnClassNumber", where)
     names = star_text(frame, "cryosslClassName", len(frame))
     colors = star_text(frame, "cryosslClassColor", len(frame))
@@ -593,6 +622,7 @@ def _load_particles(block, where: str) -> pd.DataFrame:
     if missing:
         raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
     n = len(frame)
+    _check_complete(frame, [_PARTICLE_LABELS[c] for c in _TEXT], where)
     values = {}
     for col in ("x", "y", "z", "score", "probability", "class_number", "predicted_class"):
         values[col] = star_float(frame, _PARTICLE_LABELS[col], where)
@@ -621,6 +651,15 @@ def _load_particles(block, where: str) -> pd.DataFrame:
     )
     table["predicted_class"] = values["predicted_class"].astype(np.int64)
     return table
+
+
+def _check_complete(frame: pd.DataFrame, labels: list[str], where: str) -> None:
+    """Text fields are always written quoted, so a missing one means a damaged row."""
+    for label in labels:
+        missing = frame[label].isna().to_numpy()
+        if missing.any():
+            i = int(np.flatnonzero(missing)[0])
+            raise InputError(f"{where}: row {i + 1} is incomplete ({label} is missing)")
 
 
 def _hex_color(color, where: Any) -> str:

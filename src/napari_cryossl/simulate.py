@@ -14,8 +14,9 @@ classifier that works here has learnt shape, not a shortcut:
 - the noise-free volume is filtered by a missing wedge (tilt axis Y, beam Z)
   and a contrast transfer function (CTF), with protein **dark** as in real
   tomograms;
-- Gaussian noise, restricted to the same wedge as the signal (a tomogram has no
-  information there at all), is added at a signal-to-noise ratio
+- the reconstruction is band-limited (`lowpass_a`), and Gaussian noise, white
+  inside the measured band (missing wedge × band limit: a tomogram has no
+  information outside it, noise included), is added at a signal-to-noise ratio
   SNR = var(signal) / var(noise).
 
 Everything is vectorised: densities are evaluated on the grid for all subunits
@@ -28,16 +29,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from scipy import fft as sfft
 from scipy.spatial.transform import Rotation
 
-from napari_cryossl.io import InputError, make_particle_table, write_mrc, write_particles
+from napari_cryossl.io import (
+    InputError,
+    atomic_write,
+    make_particle_table,
+    write_mrc,
+    write_particles,
+)
 
 __all__ = [
     "SimulationConfig",
@@ -57,8 +67,9 @@ __all__ = [
 _CHUNK = 32
 # Tomograms are Fourier-filtered in slabs of this many Z planes (bounded temporaries).
 _SLAB = 8
-# A uniform sphere of diameter D has a radius of gyration of sqrt(3/5) * D/2 = 0.387 D.
-# Every class is scaled to this Rg so that the nominal diameter matches a sphere's.
+# Every class is scaled to the radius of gyration 0.35 D (D: nominal diameter). A uniform
+# sphere of diameter D has 0.387 D; a little more compact lets elongated classes (rod,
+# L-shape, helix) stay within about 1.3 D.
 _RG_PER_DIAMETER = 0.35
 # Subunit width for a subunit carrying the whole mass, as a fraction of Rg/sqrt(3)
 # (the width of the single Gaussian with that Rg). Smaller keeps the arrangement visible.
@@ -78,7 +89,7 @@ class SimulationConfig:
         voxel_size: voxel edge in Å; sets the CTF's frequency scale and, with
             `particle_diameter_a`, the particle size in voxels.
         snr: var(signal) / var(noise), with the signal the noise-free volume after
-            missing wedge and CTF. None (or inf) gives noise-free volumes.
+            missing wedge, CTF and band limit. None (or inf) gives noise-free volumes.
         tilt_range_deg: the tilt series covers ±tilt_range_deg about the Y axis;
             90 means no missing wedge.
         defocus_um: defocus in µm, positive = underfocus (as usual in cryo-ET).
@@ -97,8 +108,9 @@ class SimulationConfig:
         apply_ctf: False skips the CTF (the density is only negated and wedge-filtered).
         phase_flip: True applies |CTF| (a CTF-corrected tomogram by phase flipping);
             False keeps the contrast reversals of an uncorrected tomogram.
-        particle_diameter_a: nominal particle diameter in Å; every class has the
-            radius of gyration of a sphere of about this diameter.
+        particle_diameter_a: nominal particle diameter D in Å; every class has the
+            radius of gyration 0.35 D (a uniform sphere of diameter D: 0.39 D) and
+            the same total mass.
         max_shift_px: the particle centre moves by up to this many voxels along
             each axis from the box centre (uniform).
         n_neighbors: crowding neighbours tried per subtomogram (fewer are kept
@@ -133,7 +145,7 @@ class SimulationConfig:
     n_neighbors: int = 4
     neighbor_gap: float = 0.85
     tomogram_gap: float = 0.9
-    tomogram_snr_reference: str = "particles"
+    tomogram_snr_reference: Literal["particles", "volume"] = "particles"
 
     def __post_init__(self) -> None:
         problems = []
@@ -159,7 +171,9 @@ class SimulationConfig:
             problems.append(f"amplitude_contrast must be in [0, 1), got {self.amplitude_contrast}")
         if int(self.n_neighbors) != self.n_neighbors or self.n_neighbors < 0:
             problems.append(f"n_neighbors must be an integer >= 0, got {self.n_neighbors}")
-        if self.lowpass_a is not None and not (math.isfinite(self.lowpass_a) and self.lowpass_a > 0):
+        if self.lowpass_a is not None and not (
+            math.isfinite(self.lowpass_a) and self.lowpass_a > 0
+        ):
             problems.append(f"lowpass_a must be positive (or None), got {self.lowpass_a}")
         for name in ("neighbor_gap", "tomogram_gap"):
             value = getattr(self, name)
@@ -354,7 +368,9 @@ def class_names(n_classes: int) -> list[str]:
         One name per class number, in order (index 0 is class 1).
     """
     if int(n_classes) != n_classes or n_classes < 1:
-        raise InputError(f"simulation settings: n_classes must be a positive integer, got {n_classes}")
+        raise InputError(
+            f"simulation settings: n_classes must be a positive integer, got {n_classes}"
+        )
     names = list(_TEMPLATES)
     return [names[i] if i < len(names) else f"assembly{i + 1}" for i in range(int(n_classes))]
 
@@ -365,14 +381,14 @@ class _Assembly:
 
     centres_xyz: np.ndarray  # (K, 3) about the centre of mass
     sigmas: np.ndarray  # (K,) Gaussian standard deviations
-    weights: np.ndarray  # (K,) integrated masses, summing to `_MASS`
+    weights: np.ndarray  # (K,) integrated masses, summing to `_class_mass(config)`
     radius: float  # bounding radius: max |centre| + 2 sigma
 
 
 def _class_mass(config: SimulationConfig) -> float:
-    """Total mass of every particle: the voxel count of a sphere of the nominal diameter.
-
-    With this choice the density is of order 1 inside a particle, whatever its size.
+    """Total mass of every particle (arbitrary units): the voxel count of a sphere of
+    the nominal diameter, so the mean density over that sphere is about 1, whatever
+    the particle size.
     """
     return math.pi / 6 * config.particle_diameter_px**3
 
@@ -623,7 +639,9 @@ def _plan_subtomograms(
     for j in range(m):
         for i in range(j):
             gap = np.linalg.norm(pos[:, j] - pos[:, i], axis=1)
-            clash = keep[:, i] & (gap < config.neighbor_gap * (radii[ncls[:, i]] + radii[ncls[:, j]]))
+            clash = keep[:, i] & (
+                gap < config.neighbor_gap * (radii[ncls[:, i]] + radii[ncls[:, j]])
+            )
             keep[:, j] &= ~clash
     defocus = config.defocus_um + config.defocus_spread_um * rng.normal(size=n)
     return {
@@ -646,9 +664,10 @@ def simulate_subtomogram_details(
     particles of other classes around it (partly inside the box); the density is
     built in a padded box (so neighbours outside still contribute CTF fringes and
     the FFT filtering does not wrap around), multiplied in Fourier space by
-    -(CTF × missing wedge), and cropped. Noise: white Gaussian noise restricted to
-    the same missing wedge, with one standard deviation for the whole set chosen so
-    that mean_i var(signal_i) / var(noise) = snr.
+    -(CTF × missing wedge × band limit), and cropped. Noise: Gaussian, white inside
+    the same measured band (also filtered in a padded box and cropped), with one
+    standard deviation for the whole set, as in a tomogram, chosen so that
+    mean_i var(signal_i) / var(noise) = snr.
 
     Args:
         n_per_class: subtomograms per class (0 gives empty arrays).
@@ -891,8 +910,9 @@ def simulate_tomogram(
     Particles of balanced random classes are placed at random without heavy overlap
     (centre distance >= `tomogram_gap` × the sum of bounding radii, about a
     diameter), in uniform random orientations. The whole volume is then filtered
-    by -(CTF × missing wedge) in Fourier space (padded, so nothing wraps around)
-    and wedge-restricted Gaussian noise is added: with
+    by -(CTF × missing wedge × band limit) in Fourier space (padded, so nothing
+    wraps around; one defocus for the whole tomogram) and Gaussian noise, white
+    inside the same measured band, is added: with
     `tomogram_snr_reference="particles"` its variance is the mean over particles of
     the signal variance in a `box_size` box around each, divided by snr, so the
     subtomograms one extracts have the same SNR as `simulate_subtomograms`.
@@ -914,7 +934,9 @@ def simulate_tomogram(
     """
     shape = tuple(int(s) for s in shape_zyx)
     if len(shape) != 3 or min(shape) < 1:
-        raise InputError(f"simulation settings: tomogram shape must be 3 positive sizes, got {shape_zyx}")
+        raise InputError(
+            f"simulation settings: tomogram shape must be 3 positive sizes, got {shape_zyx}"
+        )
     if int(n_particles) != n_particles or n_particles < 0:
         raise InputError(f"simulation settings: n_particles must be >= 0, got {n_particles}")
     n = int(n_particles)
@@ -992,7 +1014,9 @@ def _irfft3(
     out = np.empty(crop, dtype=np.float32)
     for s0 in range(0, cz, _SLAB):
         rows = spectrum[z0 + s0 : z0 + min(s0 + _SLAB, cz), y0 : y0 + cy]
-        out[s0 : s0 + _SLAB] = sfft.irfft(rows, n=shape[2], axis=2, workers=workers)[..., x0 : x0 + cx]
+        out[s0 : s0 + _SLAB] = sfft.irfft(rows, n=shape[2], axis=2, workers=workers)[
+            ..., x0 : x0 + cx
+        ]
     return out
 
 
@@ -1006,7 +1030,12 @@ def _spectrum_variance(spectrum: np.ndarray, n_x: int) -> float:
     power = 0.0
     for z0 in range(0, spectrum.shape[0], _SLAB):
         slab = spectrum[z0 : z0 + _SLAB]
-        power += float((np.square(slab.real, dtype=np.float64) + np.square(slab.imag, dtype=np.float64)).sum(axis=(0, 1)) @ weight)
+        power += float(
+            (np.square(slab.real, dtype=np.float64) + np.square(slab.imag, dtype=np.float64)).sum(
+                axis=(0, 1)
+            )
+            @ weight
+        )
     mean = float(spectrum[0, 0, 0].real) / n
     return max(power / n / n - mean * mean, 0.0)
 
@@ -1033,7 +1062,9 @@ def _add_band_noise(
         out[z0 : z0 + _SLAB] += noise
 
 
-def _tomogram_signal_variance(signal: np.ndarray, zyx: np.ndarray, config: SimulationConfig) -> float:
+def _tomogram_signal_variance(
+    signal: np.ndarray, zyx: np.ndarray, config: SimulationConfig
+) -> float:
     """Signal variance the tomogram's SNR refers to (see `tomogram_snr_reference`)."""
     if config.tomogram_snr_reference == "volume" or len(zyx) == 0:
         return _variance(signal)
@@ -1089,20 +1120,19 @@ def simulate_to_disk(
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if n_per_class:
-        volumes, labels = simulate_subtomograms(
-            n_per_class, config, seed=seed, workers=workers
-        )
+        volumes, labels = simulate_subtomograms(n_per_class, config, seed=seed, workers=workers)
         folder = out / "subtomograms"
         folder.mkdir(exist_ok=True)
-        names = []
-        for i, vol in enumerate(volumes):
-            name = f"subtomograms/subtomo_{i + 1:06d}.mrc"
-            write_mrc(out / name, vol, config.voxel_size)
-            names.append(name)
+        names = [os.path.abspath(folder / f"subtomo_{i + 1:06d}.mrc") for i in range(len(volumes))]
+        # write_mrc is atomic (fsync per file): a few threads overlap the waits on disk
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(
+                pool.map(
+                    lambda i: write_mrc(names[i], volumes[i], config.voxel_size), range(len(names))
+                )
+            )
         del volumes
-        table = make_particle_table(
-            None, class_number=labels, image_name=names, source="simulated"
-        )
+        table = make_particle_table(None, class_number=labels, image_name=names, source="simulated")
         paths["particles_star"] = out / "particles.star"
         write_particles(table, paths["particles_star"], voxel_size=config.voxel_size)
     if tomogram_shape is not None:
@@ -1130,6 +1160,6 @@ def simulate_to_disk(
         "n_tomogram_particles": n_tomogram_particles,
     }
     paths["metadata"] = out / "simulation.json"
-    paths["metadata"].write_text(json.dumps(meta, indent=2))
+    with atomic_write(paths["metadata"]) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
     return paths
-

@@ -116,8 +116,8 @@ def _click(viewer, world_position, *, button=1):
         "view_direction": np.asarray(viewer.camera.view_direction) if viewer.dims.ndisplay == 3 else None,
         "dims_displayed": list(viewer.dims.displayed),
         "dims_point": list(viewer.dims.point),
-        "pos": (0, 0),
-        "delta": (0, 0),
+        "pos": np.zeros(2),  # screen position: same for press and release (a click, no drag)
+        "delta": np.zeros(2),
     }
     press = ReadOnlyWrapper(Event(type="mouse_press", **common), exceptions=("handled",))
     mouse_press_callbacks(viewer, press)

@@ -104,7 +104,9 @@ def test_points_round_trip_through_star_and_csv(make_napari_viewer, tmp_path, to
         metadata={"tomo_name": tomogram.name},
     )
     for suffix in (".star", ".csv"):
-        out = tmp_path / f"particles{suffix}"
+        # beside the tomogram its rlnTomoName / tomo_name names: the reader takes the
+        # voxel size (the layer's scale) from that tomogram's header
+        out = tomogram.parent / f"particles{suffix}"
         viewer.layers.selection = {points}
         written = viewer.layers.save(str(out), selected=True, plugin="napari-cryossl")
         assert written == [str(out)]

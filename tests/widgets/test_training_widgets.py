@@ -54,8 +54,9 @@ def _wait(qtbot, worker):
 def test_pretraining_runs_in_a_worker_while_napari_stays_responsive(dock, tomogram, truth, qtbot):
     viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=0)
     pre = widget.show_section("pretrain")
-    if pre._probe_worker is not None:
-        _wait(qtbot, pre._probe_worker)
+    probe = pre.probe()  # also runs when the section is first shown on screen
+    if probe is not None:
+        _wait(qtbot, probe)
     assert pre.device_label.text().startswith("device: ") and "checking" not in pre.device_label.text()
     _small_settings(pre, epochs=2)
     pre.method.setCurrentIndex(pre.method.findData("moco"))

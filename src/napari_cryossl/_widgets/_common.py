@@ -219,53 +219,52 @@ class RunPanel(QWidget):
             self.plot.clear()
 
     def update_status(self, status) -> None:
-        """Show one `TrainStatus` (or anything with the same fields)."""
+        """Show one `train.TrainStatus` (or anything with its stage/step/n_steps fields)."""
         frac = status_fraction(status)
         self.progress.setValue(int(round(1000 * frac)))
         elapsed = float(getattr(status, "elapsed_s", 0.0) or 0.0)
         eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
-        stage = getattr(status, "stage", "")
-        epoch = getattr(status, "epoch", None)
-        n_epochs = getattr(status, "n_epochs", None)
-        parts = [str(stage)] if stage else []
-        if epoch is not None and n_epochs:
-            parts.append(f"epoch {min(int(epoch) + 1, int(n_epochs)) if not getattr(status, 'done', False) else int(n_epochs)}/{n_epochs}")
+        done = bool(getattr(status, "done", False))
+        event = getattr(status, "event", "step")
+        n_epochs = int(getattr(status, "n_epochs", 0) or 0)
+        parts = [str(getattr(status, "stage", "") or "")]
+        if n_epochs:
+            # `epoch` counts completed epochs: the one running is epoch + 1
+            running = int(getattr(status, "epoch", 0) or 0) + (0 if event in ("epoch", "done") else 1)
+            parts.append(f"epoch {min(max(running, 1), n_epochs)}/{n_epochs}")
         parts.append(f"{100 * frac:.0f}%")
-        parts.append("done" if getattr(status, "done", False) else f"ETA {format_duration(eta)}")
-        self.progress.setFormat(" · ".join(parts))
+        parts.append("done" if done else f"ETA {format_duration(eta)}")
+        self.progress.setFormat(" · ".join(p for p in parts if p))
+
         loss = getattr(status, "loss", None)
         metrics = dict(getattr(status, "metrics", {}) or {})
-        shown = []
-        if loss is not None and math.isfinite(float(loss)):
-            shown.append(f"loss {float(loss):.4g}")
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and math.isfinite(float(value)):
-                shown.append(f"{key.replace('_', ' ')} {float(value):.3g}")
-        self.metrics.setText(" · ".join(shown) + (f" · {format_duration(elapsed)} elapsed" if elapsed else ""))
+        if event in ("epoch", "done") or not self.metrics.text():
+            shown = []
+            if loss is not None and math.isfinite(float(loss)):
+                shown.append(f"{'mean ' if event == 'epoch' else ''}loss {float(loss):.4g}")
+            for key in ("train_accuracy", "val_accuracy", "best_val_accuracy"):
+                value = metrics.get(key)
+                if isinstance(value, (int, float)) and math.isfinite(float(value)):
+                    shown.append(f"{key.replace('_', ' ')} {100 * float(value):.0f}%")
+            if metrics.get("note"):
+                shown.append(str(metrics["note"]))
+            if shown:
+                self.metrics.setText(" · ".join(shown))
         if self.plot is not None:
-            self._x += 1
-            if loss is not None:
-                self.plot.add_point("loss", self._x, float(loss))
-            for key in ("val_accuracy", "accuracy", "train_accuracy"):
-                if key in metrics:
-                    self.plot.add_point(key.replace("_", " "), self._x, float(metrics[key]))
-                    break
+            step = float(getattr(status, "step", 0) or 0)
+            if event == "step" and loss is not None:
+                self.plot.add_point("loss", step, float(loss))
+            if event == "epoch" and "val_accuracy" in metrics:
+                self.plot.add_point("val accuracy", step, float(metrics["val_accuracy"]))
 
 
 def status_fraction(status) -> float:
-    """Fraction of the run done, from a TrainStatus's epoch/step counters."""
+    """Fraction of the run done: `TrainStatus.fraction`, or step / n_steps."""
     if getattr(status, "done", False):
         return 1.0
-    n_epochs = int(getattr(status, "n_epochs", 0) or 0)
+    frac = getattr(status, "fraction", None)
+    if frac is not None:
+        return float(frac)
     n_steps = int(getattr(status, "n_steps", 0) or 0)
-    epoch = int(getattr(status, "epoch", 0) or 0)
     step = int(getattr(status, "step", 0) or 0)
-    if n_epochs > 0 and n_steps > 0:
-        if step > n_steps:  # a global step counter
-            return min(1.0, step / (n_steps * n_epochs))
-        return min(1.0, (epoch + step / n_steps) / n_epochs)
-    if n_steps > 0:
-        return min(1.0, step / n_steps)
-    if n_epochs > 0:
-        return min(1.0, epoch / n_epochs)
-    return 0.0
+    return min(1.0, step / n_steps) if n_steps > 0 else 0.0

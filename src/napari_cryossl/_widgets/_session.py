@@ -201,10 +201,10 @@ class Session(QObject):
 
     # ------------------------------------------------------------------ classes
     def class_numbers(self) -> list[int]:
-        return [int(c["number"]) for c in (self.store.classes if self.store else [])]
+        return [int(c["number"]) for c in (self.store.classes if self.store is not None else [])]
 
     def class_name(self, number: int) -> str:
-        for c in self.store.classes if self.store else []:
+        for c in self.store.classes if self.store is not None else []:
             if int(c["number"]) == number:
                 return str(c["name"])
         return "unlabelled" if number == 0 else f"class {number}"
@@ -341,15 +341,30 @@ class Session(QObject):
                     **kwargs,
                 )
             self._n_known = len(data)
+            self.update_slice_margins()
             layer.events.data.connect(self._on_layer_data)
             self._bind_class_keys(layer)
             self.particles_layer = layer
         return layer
 
+    def update_slice_margins(self) -> None:
+        """Make the viewer's slices as thick as a particle, so each particle shows (as the
+        disc where its sphere cuts the plane) on every slice it spans, not only on its centre.
+
+        Image layers ignore the margins (their projection mode is "none"); Points layers
+        with projection_mode "rescale_spherical" use them.
+        """
+        dims = self.viewer.dims
+        radius = 0.5 * self.point_size * self.voxel_size  # world units (Å)
+        if dims.ndim >= 3:
+            dims.margin_left = (radius,) * dims.ndim
+            dims.margin_right = (radius,) * dims.ndim
+
     def refresh_layers(self) -> None:
         """Redraw the particles (and predictions) layers from the store."""
         if self.store is None:
             return
+        self.update_slice_margins()
         layer = self.particles_layer
         if layer is not None and layer in self.viewer.layers:
             table = self.store.table
@@ -473,7 +488,7 @@ class Session(QObject):
                     name=f"predictions · {Path(self.tomogram.path).stem}",
                     scale=(vs, vs, vs),
                     translate=tuple(self.image_layer.translate) if self.image_layer else (0, 0, 0),
-                    out_of_slice_display=True,
+                    projection_mode="rescale_spherical",
                     border_width=0.2,
                     border_width_is_relative=True,
                     metadata={

@@ -225,7 +225,7 @@ class PickingWidget(QWidget):
                 border_color=_PREVIEW_COLOR,
                 border_width=0.12,
                 border_width_is_relative=True,
-                out_of_slice_display=True,
+                projection_mode="rescale_spherical",
                 features={"score": table["score"].to_numpy()},
                 metadata={"napari_cryossl": "preview"},
             )

@@ -111,6 +111,10 @@ class _TrainingSection(QWidget):
     def output_path(self) -> Path:
         raise NotImplementedError
 
+    def resume_path(self) -> Path:
+        """The checkpoint Resume continues from."""
+        return self.output_path()
+
     def make_job(self, resume: bool):
         """Return a generator function (no arguments) that yields TrainStatus; may raise InputError."""
         raise NotImplementedError
@@ -163,7 +167,7 @@ class _TrainingSection(QWidget):
         self.worker = None
         self.panel.set_running(False)
         out = self.output_path_or_none()
-        can_resume = self.cancelled and out is not None and out.is_file()
+        can_resume = self.cancelled and out is not None and self.resume_path().is_file()
         self.panel.resume_button.setEnabled(can_resume)
         if self.cancelled:
             message = "cancelled" + (f"; checkpoint kept in {out} (Resume continues)" if can_resume else "")
@@ -378,6 +382,11 @@ class FinetuneWidget(_TrainingSection):
     def output_path(self) -> Path:
         return self.session.work_dir / "classifier.pt"
 
+    def resume_path(self) -> Path:
+        from napari_cryossl.train import last_checkpoint_path  # numpy-only at import
+
+        return last_checkpoint_path(self.output_path())
+
     def make_job(self, resume: bool):
         from napari_cryossl.io import InputError
 
@@ -385,14 +394,16 @@ class FinetuneWidget(_TrainingSection):
         check_labels(table)
         tomo = self.session.tomogram
         out = self.output_path()
-        if resume and not out.is_file():
-            raise InputError(f"{out}: no checkpoint to resume; start a new run")
+        if resume and not self.resume_path().is_file():
+            raise InputError(f"{self.resume_path()}: no checkpoint to resume; start a new run")
         init = self.session.encoder_path
         box = int(getattr(self.session, "box_size", 0) or suggested_box_size(self.session.point_size))
         settings = {
             "epochs": int(self.epochs.value()),
             "batch_size": min(int(self.batch_size.value()), len(table)),
             "device": self.device.currentText(),
+            # names travel in the checkpoint, so predictions elsewhere (CLI) keep them
+            "class_names": {n: self.session.class_name(n) for n in self.session.class_numbers()},
         }
 
         def job():

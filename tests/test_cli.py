@@ -1,0 +1,188 @@
+"""The `cryossl` command line: the contract for batch users and scripts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import starfile
+
+from napari_cryossl.cli import main
+from napari_cryossl.io import read_particles
+
+
+def test_help_names_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("simulate", "pick", "pretrain", "finetune", "predict", "gradcam", "demo"):
+        assert command in text
+
+
+def test_help_does_not_import_torch():
+    """`cryossl --help` must answer at once: no torch, no Qt at parse time."""
+    code = (
+        "import sys\n"
+        "from napari_cryossl.cli import build_parser\n"
+        "build_parser().format_help()\n"
+        "bad = [m for m in ('torch', 'lightly', 'qtpy', 'napari') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not an mrc file at all" * 3, b"\x00" * 1100],
+    ids=["empty", "text", "zeros"],
+)
+def test_bad_tomogram_is_one_line_exit_2(tmp_path, capsys, content):
+    bad = tmp_path / "broken.mrc"
+    bad.write_bytes(content)
+    code = main(["pick", str(bad), "--diameter-px", "8", "--out", str(tmp_path / "p.star")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "broken.mrc" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "p.star").exists()
+
+
+def test_empty_star_is_one_line_exit_2(tmp_path, capsys):
+    empty = tmp_path / "empty.star"
+    empty.write_text("")
+    code = main(["pretrain", str(empty), "--out", str(tmp_path / "enc.pt"), "--epochs", "1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "empty.star" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "enc.pt").exists()
+
+
+def test_bad_input_exit_code_from_a_real_process(tmp_path):
+    """The installed entry point, as a shell script would see it."""
+    bad = tmp_path / "broken.mrc"
+    bad.write_bytes(b"garbage")
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_cryossl", "pick", str(bad), "--diameter-px", "8", "--out", str(tmp_path / "p.star")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "broken.mrc" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("sim")
+    code = main(
+        [
+            "simulate",
+            "--out",
+            str(out),
+            "--classes",
+            "3",
+            "--per-class",
+            "8",
+            "--box-size",
+            "16",
+            "--snr",
+            "1.0",
+            "--tomogram-shape",
+            "32",
+            "96",
+            "96",
+            "--tomogram-particles",
+            "12",
+            "--seed",
+            "3",
+        ]
+    )
+    assert code == 0
+    return {
+        "particles": out / "particles.star",
+        "tomogram": out / "tomogram.mrc",
+        "tomogram_particles": out / "tomogram_particles.star",
+    }
+
+
+def test_simulate_writes_readable_ground_truth(simulated):
+    table = read_particles(simulated["particles"])
+    assert len(table) == 24
+    assert sorted(np.unique(table["class_number"])) == [1, 2, 3]
+    assert all(Path(p).exists() for p in table["image_name"])
+    tomo_table = read_particles(simulated["tomogram_particles"])
+    assert len(tomo_table) == 12
+
+
+def test_pick_finds_the_simulated_particles(simulated, tmp_path, capsys):
+    out = tmp_path / "picks.star"
+    code = main(["pick", str(simulated["tomogram"]), "--diameter", "150", "--out", str(out)])
+    assert code == 0
+    picks = read_particles(out)
+    assert len(picks) >= 10
+    assert "picked" in capsys.readouterr().out
+
+
+def test_pretrain_finetune_predict_gradcam_end_to_end(simulated, tmp_path):
+    """The batch contract: each command consumes the previous one's output."""
+    particles = simulated["particles"]
+    encoder = tmp_path / "encoder.pt"
+    classifier = tmp_path / "classifier.pt"
+    predictions = tmp_path / "predictions.star"
+    common = ["--preset", "rb3d-small", "--device", "cpu", "--batch-size", "8"]
+    assert main(["pretrain", str(particles), "--method", "simclr", "--out", str(encoder), "--epochs", "1", *common]) == 0
+    assert encoder.exists()
+    assert main(["finetune", str(particles), "--init", str(encoder), "--out", str(classifier), "--epochs", "2", *common]) == 0
+    assert classifier.exists()
+    assert main(["predict", str(classifier), str(particles), "--out", str(predictions), "--device", "cpu"]) == 0
+
+    source = starfile.read(particles)
+    result = starfile.read(predictions)
+    source = source["particles"] if isinstance(source, dict) else source
+    result = result["particles"] if isinstance(result, dict) else result
+    # same rows, same order, every input column kept, class and probability set
+    assert list(result["rlnImageName"]) == list(source["rlnImageName"])
+    assert set(source.columns) <= set(result.columns)
+    assert set(np.unique(result["rlnClassNumber"])) <= {1, 2, 3}
+    prob = result["rlnMaxValueProbDistribution"].to_numpy()
+    assert np.all((prob >= 1 / 3 - 1e-6) & (prob <= 1))
+
+    heat_dir = tmp_path / "heat"
+    assert main(["gradcam", str(classifier), str(particles), "--out", str(heat_dir), "--device", "cpu"]) == 0
+    maps = sorted(heat_dir.glob("*.mrc"))
+    assert len(maps) == len(source)
+
+
+def test_gradcam_on_tomogram_coordinates_writes_one_volume(simulated, tmp_path):
+    import mrcfile
+
+    particles = simulated["tomogram_particles"]
+    classifier = tmp_path / "classifier.pt"
+    args = ["--preset", "rb3d-small", "--device", "cpu", "--box-size", "16", "--batch-size", "4"]
+    assert main(["finetune", str(particles), "--out", str(classifier), "--epochs", "1", *args]) == 0
+    heat_dir = tmp_path / "heat"
+    assert main(["gradcam", str(classifier), str(particles), "--out", str(heat_dir), "--device", "cpu", "--box-size", "16"]) == 0
+    maps = sorted(heat_dir.glob("*.mrc"))
+    assert len(maps) == 1
+    with mrcfile.open(maps[0]) as heat, mrcfile.open(simulated["tomogram"]) as tomo:
+        assert heat.data.shape == tomo.data.shape
+        assert float(heat.voxel_size.x) == pytest.approx(float(tomo.voxel_size.x))
+        assert heat.data.max() > 0
+
+
+def test_finetune_refuses_a_single_class(simulated, tmp_path, capsys):
+    table = starfile.read(simulated["particles"])
+    table = table["particles"] if isinstance(table, dict) else table
+    one = table[table["rlnClassNumber"] == 1].copy()
+    one["rlnImageName"] = [str((simulated["particles"].parent / p).resolve()) for p in one["rlnImageName"]]
+    path = tmp_path / "one_class.star"
+    starfile.write(one, path)
+    code = main(["finetune", str(path), "--out", str(tmp_path / "c.pt"), "--epochs", "1", "--preset", "rb3d-small"])
+    assert code == 2
+    assert "class" in capsys.readouterr().err
