@@ -78,12 +78,15 @@ def test_pretraining_runs_in_a_worker_while_napari_stays_responsive(dock, tomogr
     assert yields, "the training loop reported no progress"
     during = [t for t in ticks if yields[0] <= t <= yields[-1]]
     gaps = np.diff(ticks) * 1000
+    train_gaps = np.diff(during) * 1000 if len(during) > 1 else np.zeros(1)
     record = {
-        "test": "pretrain moco rb3d-small, box 16, 12 particles, 2 epochs, CPU",
+        "test": "pretrain moco rb3d-small, box 16, 12 particles, 2 epochs, CPU, 10 ms QTimer",
         "max_event_loop_gap_ms": float(gaps.max()),
+        "max_gap_while_training_steps_ms": float(train_gaps.max()),
         "p99_event_loop_gap_ms": float(np.percentile(gaps, 99)),
         "timer_ticks": len(ticks),
         "training_s": yields[-1] - yields[0],
+        "worker_s": ticks[-1] - ticks[0],
         "n_yields": len(yields),
     }
     print("GUI responsiveness while pretraining:", json.dumps(record))
