@@ -7,9 +7,10 @@ through `napari_cryossl.io.open_tomogram` (memory-mapped) and
 `napari_cryossl.extract.iter_subtomogram_batches`, and reports:
 
 - subtomograms per second (cold page cache: every page read from disk once);
-- the subprocess's peak resident size (``ru_maxrss``, includes the mapped file pages that
-  are resident at the worst moment) and its peak anonymous memory (``RssAnon``: what the
-  process really owns), both to compare with the file size.
+- the subprocess's peak resident size (``VmHWM``, includes the mapped file pages that are
+  resident at the worst moment; not ``ru_maxrss``, which Linux carries over from the parent
+  through fork + exec) and its peak anonymous memory (``RssAnon``: what the process really
+  owns), both to compare with the file size.
 
 ``RLIMIT_AS`` is not used to prove the point: the memory map alone takes the whole file's
 size of address space, so the limit would have to exceed the file anyway.
@@ -58,6 +59,14 @@ def write_tomogram(path: Path, shape: tuple[int, int, int], voxel_size: float, s
         os.close(fd)
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident size since exec (``VmHWM``; ru_maxrss elsewhere)."""
+    peak = _memory_mb().get("VmHWM")
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak
+
+
 def _memory_mb() -> dict[str, float]:
     out = {}
     try:
@@ -98,7 +107,7 @@ def worker(args: argparse.Namespace) -> dict:
         "seconds": seconds,
         "per_second": args.particles / seconds,
         "peak_anon_mb": peak_anon,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _peak_rss_mb(),
         "start_rss_mb": start_mem.get("VmRSS", float("nan")),
     }
     if args.pick:
@@ -111,7 +120,7 @@ def worker(args: argparse.Namespace) -> dict:
             float(np.prod(tomo.shape)) / 1e6 / result["pick_seconds"]
         )
         result["picks"] = len(picks)
-        result["peak_rss_after_pick_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_after_pick_mb"] = _peak_rss_mb()
     return result
 
 

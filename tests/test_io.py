@@ -384,6 +384,38 @@ def test_relion5_centred_angstrom_coordinates(tmp_path, shape):
         read_particles(path, tomogram_shape=(10, 10), voxel_size=1.0)
 
 
+def test_relion5_file_spanning_several_tomograms(tmp_path):
+    path = tmp_path / "multi.star"
+    path.write_text(
+        "data_particles\nloop_\n_rlnTomoName\n_rlnCenteredCoordinateXAngst\n"
+        "_rlnCenteredCoordinateYAngst\n_rlnCenteredCoordinateZAngst\n"
+        "TS_01 10.0 0 0\nTS_02 10.0 0 0\n"
+    )
+    shapes = {"TS_01": (10, 20, 30), "TS_02": (100, 200, 300)}
+    table = read_particles(path, tomogram_shape=shapes, voxel_size={"TS_01": 5.0, "TS_02": 10.0})
+    np.testing.assert_allclose(table["x"], [15.0 + 2.0, 150.0 + 1.0])
+    np.testing.assert_allclose(table["z"], [5.0, 50.0])
+    assert "voxel_size" not in table.attrs  # two different voxel sizes
+    with pytest.raises(InputError, match="need the shape and voxel size of tomogram 'TS_02'"):
+        read_particles(path, tomogram_shape={"TS_01": (10, 20, 30)}, voxel_size=5.0)
+    # A first pass that only wants the tomogram names:
+    names_only = read_particles(path, allow_missing_geometry=True)
+    assert names_only["tomo_name"].tolist() == ["TS_01", "TS_02"]
+    assert np.isnan(particle_zyx(names_only)).all()
+    # Each particle is checked against its own tomogram:
+    pixels = tmp_path / "multi4.star"
+    pixels.write_text(
+        "data_particles\nloop_\n_rlnTomoName\n_rlnCoordinateX\n_rlnCoordinateY\n"
+        "_rlnCoordinateZ\nTS_01 25 5 5\nTS_02 250 5 5\n"
+    )
+    read_particles(pixels, tomogram_shape=shapes)
+    swapped = {"TS_01": shapes["TS_02"], "TS_02": shapes["TS_01"]}
+    with pytest.raises(
+        InputError, match=r"1 of 2 particles .* 30 x 20 x 10 .* particle 2 at x=250"
+    ):
+        read_particles(pixels, tomogram_shape=swapped)
+
+
 def test_relion5_write_read_round_trip(tmp_path):
     table = make_particle_table([[10.0, 20.5, 30.25], [0.0, 0.0, 0.0]], class_number=[1, 2])
     path = tmp_path / "out5.star"

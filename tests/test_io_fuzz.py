@@ -194,22 +194,65 @@ def test_random_star_text(tmp_path, tokens, sep):
         assert str(path) in str(err)
 
 
+CELL_VALUES = [
+    "1",
+    "-2",
+    "3.5",
+    "0",
+    "1e308",
+    "-1e308",
+    "nan",
+    "inf",
+    "<NA>",
+    "TS_01",
+    "1@s.mrcs",
+    "sub/a.mrc",
+    '"a b"',
+    "abc",
+]
+EXTRA_LABELS = [
+    "rlnImageName",
+    "rlnTomoName",
+    "rlnMicrographName",
+    "rlnClassNumber",
+    "rlnMaxValueProbDistribution",
+    "rlnAutopickFigureOfMerit",
+    "rlnOriginXAngst",
+    "rlnAngleRot",
+]
+
+
+@st.composite
+def structured_star(draw):
+    """Well-formed blocks of random cells: they get past the parser to the column checks."""
+    base = draw(
+        st.sampled_from(
+            [
+                [],
+                ["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"],
+                [
+                    "rlnCenteredCoordinateXAngst",
+                    "rlnCenteredCoordinateYAngst",
+                    "rlnCenteredCoordinateZAngst",
+                ],
+            ]
+        )
+    )
+    extras = draw(st.lists(st.sampled_from(EXTRA_LABELS), unique=True, max_size=4))
+    labels = base + extras or ["rlnImageName"]
+    n = draw(st.integers(0, 5))
+    rows = [" ".join(draw(st.sampled_from(CELL_VALUES)) for _ in labels) for _ in range(n)]
+    header = "\n".join(f"_{label}" for label in labels)
+    optics = draw(
+        st.sampled_from(["", "data_optics\nloop_\n_rlnOpticsGroup\n_rlnImagePixelSize\n1 abc\n\n"])
+    )
+    return f"{optics}data_particles\nloop_\n{header}\n" + "\n".join(rows) + "\n"
+
+
 @pytest.mark.timeout(120)
 @FUZZ
-@given(
-    rows=st.lists(st.lists(st.sampled_from(STAR_TOKENS[18:]), max_size=5), max_size=6),
-    header=st.lists(st.sampled_from(STAR_TOKENS[5:17]), min_size=1, max_size=5),
-)
-def test_structured_star_with_random_values(tmp_path, rows, header):
-    """Well-formed blocks with random cells reach the column conversions, not just the parser."""
-    body = "\n".join(" ".join(r) for r in rows)
-    text = (
-        "data_optics\nloop_\n_rlnOpticsGroup\n1\n\ndata_particles\nloop_\n"
-        + "\n".join(header)
-        + "\n"
-        + body
-        + "\n"
-    )
+@given(text=structured_star())
+def test_structured_star_with_random_values(tmp_path, text):
     path = tmp_path / "s.star"
     path.write_text(text, encoding="utf-8", newline="")
     _check_particles(path)

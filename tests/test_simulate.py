@@ -129,6 +129,19 @@ def test_rotations_are_uniform_and_shifts_move_the_particle():
     for vol, shift in zip(sim.volumes[:10], sim.shifts_zyx[:10], strict=True):
         _, _, com = _mass_and_rg(-vol)
         np.testing.assert_allclose(com, 24 // 2 + shift, atol=0.05)
+    # and the volume is the class template moved by (R, shift): x_particle = R x_template
+    # in xyz, i.e. template index (zyx) = P R^T P (index - centre - shift) + centre
+    from scipy.ndimage import affine_transform
+
+    templates = class_templates(config)
+    flip = np.eye(3)[::-1]
+    centre = np.full(3, 24 // 2)
+    for vol, c, rot, shift in list(
+        zip(sim.volumes, sim.class_numbers, r, sim.shifts_zyx, strict=True)
+    )[:8]:
+        m = flip @ rot.T @ flip
+        moved = affine_transform(templates[c - 1], m, offset=centre - m @ (centre + shift), order=3)
+        assert np.corrcoef(moved.ravel(), -vol.ravel())[0, 1] > 0.97
 
 
 def test_neighbours_crowd_the_box_without_covering_the_particle():
@@ -327,6 +340,16 @@ def test_tomogram_too_small_for_its_particles():
 def test_bad_settings_are_input_errors(change, word):
     with pytest.raises(InputError, match=word):
         SimulationConfig(**change)
+
+
+def test_bad_arguments_are_input_errors():
+    config = SimulationConfig(n_classes=2, box_size=16)
+    with pytest.raises(InputError, match="seed"):
+        simulate_subtomograms(1, config, seed=-1)
+    with pytest.raises(InputError, match="n_per_class"):
+        simulate_subtomograms(-2, config)
+    with pytest.raises(InputError, match="tomogram shape"):
+        simulate_tomogram((16, 16), 1, config)
 
 
 # --------------------------------------------------------------------------- files

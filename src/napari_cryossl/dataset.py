@@ -124,6 +124,7 @@ class SubtomogramSet:
         self.binning = int(binning)
         self.source_path = None if source_path is None else Path(source_path)
         self._volumes = volumes
+        # Per particle: its row in `volumes` ("arrays") or its tomogram's index ("tomogram").
         self._rows = rows
         self._tomograms: dict[str, Tomogram | Path] = dict(tomograms or {})
         self._tomogram_keys: list[str] = list(self._tomograms)
@@ -186,8 +187,11 @@ class SubtomogramSet:
                 f"{tomo.path}: particle {int(np.flatnonzero(bad)[0])} of the table has no "
                 "coordinates; cannot extract it from the tomogram"
             )
+        table = table.copy()
+        if "class_number" not in table.columns:
+            table["class_number"] = np.zeros(len(table), dtype=np.int64)
         return cls(
-            table.copy(),
+            table,
             kind="tomogram",
             box_size=box_size,
             voxel_size=tomo.voxel_size * binning,

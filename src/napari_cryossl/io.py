@@ -754,8 +754,9 @@ def read_particles(
     path: str | os.PathLike,
     *,
     tomogram_shape=None,
-    voxel_size: float | None = None,
+    voxel_size=None,
     source: str = "imported",
+    allow_missing_geometry: bool = False,
 ) -> pd.DataFrame:
     """Read a particle file (RELION 3/4/5 STAR, subtomogram STAR, CSV) into a particle table.
 
@@ -764,7 +765,8 @@ def read_particles(
     - RELION 3/4: ``rlnCoordinateX/Y/Z`` in pixels, ``rlnTomoName`` or
       ``rlnMicrographName`` naming the tomogram.
     - RELION 5: ``rlnCenteredCoordinateX/Y/ZAngst`` (Å from the tomogram centre), converted
-      with `tomogram_shape` and `voxel_size` (both required; see `centred_to_voxels`).
+      with `tomogram_shape` and `voxel_size` (both required; see `centred_to_voxels`). When
+      a file has both kinds, the centred ones are used if the geometry is known.
     - Subtomogram lists: ``rlnImageName`` per particle, one MRC file each; relative names are
       resolved against the STAR file's folder (or, as in a RELION project, the nearest
       parent folder where the first one exists) and stored as absolute paths.
@@ -782,10 +784,15 @@ def read_particles(
 
     Args:
         path: ``.star`` or ``.csv`` file.
-        tomogram_shape: (nz, ny, nx) of the tomogram the coordinates refer to: needed for
-            RELION-5 files; when given, every coordinate must lie inside it.
-        voxel_size: Å per voxel of that tomogram (needed for RELION-5 files).
+        tomogram_shape: (nz, ny, nx) of the tomogram the coordinates refer to, or a mapping
+            tomogram name -> (nz, ny, nx) for files that span several tomograms (names as
+            in ``rlnTomoName`` / ``rlnMicrographName``). Needed for RELION-5 files; every
+            particle whose tomogram shape is known must lie inside it.
+        voxel_size: Å per voxel of that tomogram, or a mapping tomogram name -> Å.
         source: the `source` recorded for every particle.
+        allow_missing_geometry: give NaN coordinates (instead of raising) to RELION-5
+            particles whose tomogram geometry is not given; for callers that first read a
+            file to learn which tomograms it names.
 
     Returns:
         The particle table (`PARTICLE_COLUMNS`); ``attrs["format"]`` names the flavour read
@@ -801,20 +808,66 @@ def read_particles(
     suffix = path.suffix.lower()
     if suffix not in PARTICLE_SUFFIXES:
         raise _fail(path, f"unsupported particle file type {suffix!r}; expected .star or .csv")
-    shape = None if tomogram_shape is None else _tomogram_shape(tomogram_shape, path)
-    vs = None if voxel_size is None else _positive_float(voxel_size, "voxel_size", path)
+    geometry = _Geometry(tomogram_shape, voxel_size, path)
     if source not in PARTICLE_SOURCES:
         raise _fail(path, f"unknown source {source!r}; expected one of {PARTICLE_SOURCES}")
     if suffix == ".star":
-        table, attrs = _read_star_particles(path, shape, vs, source)
+        table, attrs = _read_star_particles(path, geometry, source, allow_missing_geometry)
     else:
         table, attrs = _read_csv_particles(path, source)
-    if shape is not None:
-        _check_inside(table, shape, path)
-    if vs is not None:
-        attrs["voxel_size"] = vs
+    _check_inside(table, geometry, path)
+    if geometry.single_voxel_size is not None:
+        attrs["voxel_size"] = geometry.single_voxel_size
     table.attrs.update(attrs)
     return table
+
+
+class _Geometry:
+    """Tomogram shape and voxel size: one for every particle, or per tomogram name."""
+
+    def __init__(self, shape, voxel_size, path: Path) -> None:
+        if isinstance(shape, Mapping):
+            self.shapes = {str(k): _tomogram_shape(v, path) for k, v in shape.items()}
+        else:
+            self.shapes = None if shape is None else _tomogram_shape(shape, path)
+        if isinstance(voxel_size, Mapping):
+            self.sizes = {
+                str(k): _positive_float(v, f"voxel_size[{k!r}]", path)
+                for k, v in voxel_size.items()
+            }
+        else:
+            self.sizes = (
+                None if voxel_size is None else _positive_float(voxel_size, "voxel_size", path)
+            )
+
+    @property
+    def given(self) -> bool:
+        return self.shapes is not None or self.sizes is not None
+
+    @property
+    def single_voxel_size(self) -> float | None:
+        if isinstance(self.sizes, dict):
+            values = set(self.sizes.values())
+            return values.pop() if len(values) == 1 else None
+        return self.sizes
+
+    def per_row(self, names: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 3) tomogram sizes as X, Y, Z and (n,) voxel sizes; NaN where unknown."""
+        n = len(names)
+        sizes = np.full((n, 3), np.nan)
+        voxel = np.full(n, np.nan)
+        if isinstance(self.shapes, dict):
+            for key, (nz, ny, nx) in self.shapes.items():
+                sizes[names == key] = (nx, ny, nz)
+        elif self.shapes is not None:
+            nz, ny, nx = self.shapes
+            sizes[:] = (nx, ny, nz)
+        if isinstance(self.sizes, dict):
+            for key, value in self.sizes.items():
+                voxel[names == key] = value
+        elif self.sizes is not None:
+            voxel[:] = self.sizes
+        return sizes, voxel
 
 
 def _read_text(path: Path, kind: str) -> str:
@@ -900,7 +953,9 @@ def _particle_block_name(blocks: Mapping[str, Any], path: Path) -> str:
     )
 
 
-def _read_star_particles(path: Path, shape, vs, source: str) -> tuple[pd.DataFrame, dict]:
+def _read_star_particles(
+    path: Path, geometry: _Geometry, source: str, allow_missing: bool
+) -> tuple[pd.DataFrame, dict]:
     blocks = _read_star_blocks(path)
     name = _particle_block_name(blocks, path)
     frame = _block_frame(blocks[name])
@@ -914,22 +969,32 @@ def _read_star_particles(path: Path, shape, vs, source: str) -> tuple[pd.DataFra
     has_a = [c in frame.columns for c in _CENTRED]
     for labels, present in ((_COORD, has_px), (_CENTRED, has_a)):
         if any(present) and not all(present):
-            missing = [c for c, p in zip(labels, present, strict=True) if not p]
-            raise _fail(
-                where,
-                f"has {', '.join(c for c, p in zip(labels, present, strict=True) if p)} but not {', '.join(missing)}: 3D coordinates need all three",
-            )
+            have = ", ".join(c for c, p in zip(labels, present, strict=True) if p)
+            lack = ", ".join(c for c, p in zip(labels, present, strict=True) if not p)
+            raise _fail(where, f"has {have} but not {lack}: 3D coordinates need all three")
     images = _star_text(frame, _IMAGE, n)
-    if all(has_a) and (shape is not None and vs is not None or not all(has_px)):
-        if shape is None or vs is None:
+    tomo = _star_text(frame, _TOMO if _TOMO in frame.columns else _MICROGRAPH, n)
+    sizes, voxel = geometry.per_row(tomo)
+    known = np.isfinite(sizes).all(axis=1) & np.isfinite(voxel)
+    unresolved = np.zeros(n, dtype=bool)
+    if all(has_a) and (known.all() or not all(has_px)):
+        if not known.all() and not allow_missing:
+            i = int(np.flatnonzero(~known)[0])
+            if not geometry.given:
+                problem = "need the tomogram's shape and voxel size to become voxels: open or "
+                problem += "pass the tomogram (tomogram_shape=..., voxel_size=...)"
+            else:
+                problem = f"need the shape and voxel size of tomogram {tomo[i]!r} (particle "
+                problem += f"{i + 1}), which were not given"
             raise _fail(
                 where,
                 "RELION-5 coordinates (rlnCenteredCoordinateX/Y/ZAngst, Å from the tomogram "
-                "centre) need the tomogram's shape and voxel size to become voxels: open or "
-                "pass the tomogram (tomogram_shape=..., voxel_size=...)",
+                f"centre) {problem}",
             )
         xyz_a = np.column_stack([_star_float(frame, c, where) for c in _CENTRED]).reshape(n, 3)
-        xyz = centred_to_voxels(xyz_a, shape, vs)
+        # Same arithmetic as centred_to_voxels (RELION 5: Å / pixel size + size / 2).
+        xyz = xyz_a / voxel[:, None] + sizes / 2.0
+        unresolved = ~known  # NaN coordinates, kept only with allow_missing_geometry
         attrs["format"] = "relion5"
     elif all(has_px):
         xyz = np.column_stack([_star_float(frame, c, where) for c in _COORD]).reshape(n, 3)
@@ -937,7 +1002,7 @@ def _read_star_particles(path: Path, shape, vs, source: str) -> tuple[pd.DataFra
     else:
         xyz = np.full((n, 3), np.nan)
         attrs["format"] = "subtomograms"
-    missing = ~np.isfinite(xyz).all(axis=1) & (images == "")
+    missing = ~np.isfinite(xyz).all(axis=1) & (images == "") & ~unresolved
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
         raise _fail(where, f"particle {i + 1} has no finite coordinates and no rlnImageName")
@@ -950,9 +1015,6 @@ def _read_star_particles(path: Path, shape, vs, source: str) -> tuple[pd.DataFra
                 InputWarning,
                 stacklevel=4,
             )
-    tomo = (
-        _star_text(frame, _TOMO, n) if _TOMO in frame.columns else _star_text(frame, _MICROGRAPH, n)
-    )
     classes = _star_class(frame, where)
     table = make_particle_table(
         xyz[:, ::-1],
@@ -1053,16 +1115,22 @@ def _resolve_images(names: np.ndarray, path: Path, where: Any) -> list[str]:
     return out
 
 
-def _check_inside(table: pd.DataFrame, shape, path: Path) -> None:
-    """Every finite centre must round to a voxel of the tomogram (-0.5 <= c < n - 0.5)."""
-    nz, ny, nx = shape
+def _check_inside(table: pd.DataFrame, geometry: _Geometry, path: Path) -> None:
+    """Every centre whose tomogram shape is known must round to one of its voxels.
+
+    Voxel i covers [i - 0.5, i + 0.5), so inside means -0.5 <= c < n - 0.5 on every axis.
+    """
+    if geometry.shapes is None or len(table) == 0:
+        return
     xyz = table[["x", "y", "z"]].to_numpy(dtype=np.float64, na_value=np.nan)
-    limits = np.array([nx, ny, nz], dtype=np.float64)
-    finite = np.isfinite(xyz).all(axis=1)
-    outside = finite & ((xyz < -0.5) | (xyz >= limits - 0.5)).any(axis=1)
+    limits, _ = geometry.per_row(table["tomo_name"].to_numpy(dtype=object))
+    checkable = np.isfinite(xyz).all(axis=1) & np.isfinite(limits).all(axis=1)
+    with np.errstate(invalid="ignore"):
+        outside = checkable & ((xyz < -0.5) | (xyz >= limits - 0.5)).any(axis=1)
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         x, y, z = xyz[i]
+        nx, ny, nz = (int(v) for v in limits[i])
         raise _fail(
             path,
             f"{int(outside.sum())} of {len(table)} particles lie outside the tomogram "

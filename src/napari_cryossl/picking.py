@@ -254,8 +254,8 @@ def pick_particles(
                 if len(peaks):
                     values = dog[inner][tuple(peaks.T)]
                     peaks = peaks + np.array([a for a, _ in core])
-                    cand_zyx.append(peaks)
-                    cand_dog.append(values)
+                    cand_zyx.append(peaks.astype(np.int32))  # every local maximum is kept
+                    cand_dog.append(values)  # until the global threshold is known: 16 B each
                 done += 1
                 if progress is not None:
                     progress(done, n_chunks)

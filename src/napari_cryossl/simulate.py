@@ -595,6 +595,13 @@ def _render(
     return np.matmul(plane.reshape(n, shape[0] * shape[1], k), gx).reshape(n, *shape)
 
 
+def _seeds(seed: int) -> list[np.random.SeedSequence]:
+    """Independent geometry and noise streams, so the SNR never changes the particles."""
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise InputError(f"simulation settings: seed must be an integer >= 0, got {seed!r}")
+    return np.random.SeedSequence(int(seed)).spawn(2)
+
+
 def _random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
     """Uniform random rotations of SO(3) as (n, 3, 3) matrices."""
     if n == 0:
@@ -681,7 +688,7 @@ def simulate_subtomogram_details(
     """
     if int(n_per_class) != n_per_class or n_per_class < 0:
         raise InputError(f"simulation settings: n_per_class must be >= 0, got {n_per_class}")
-    geometry_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
+    geometry_seed, noise_seed = _seeds(seed)
     rng = np.random.default_rng(geometry_seed)
     b = config.box_size
     labels = np.repeat(np.arange(1, config.n_classes + 1, dtype=np.int64), int(n_per_class))
@@ -940,7 +947,7 @@ def simulate_tomogram(
     if int(n_particles) != n_particles or n_particles < 0:
         raise InputError(f"simulation settings: n_particles must be >= 0, got {n_particles}")
     n = int(n_particles)
-    geometry_seed, noise_seed = np.random.SeedSequence(seed).spawn(2)
+    geometry_seed, noise_seed = _seeds(seed)
     rng = np.random.default_rng(geometry_seed)
     assemblies = _assemblies(config)
     centres, sigmas, weights, radii = _stack_assemblies(assemblies)
@@ -1115,6 +1122,7 @@ def simulate_to_disk(
         (those written) and ``metadata``.
     """
     out = Path(out_dir)
+    _seeds(seed)  # bad seeds fail before anything is written
     if n_per_class == 0 and tomogram_shape is None:
         raise InputError(f"{out}: nothing to simulate (n_per_class is 0 and no tomogram_shape)")
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ torch is imported only inside the worker functions, never when this module is im
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +39,23 @@ CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth);;All files (*)"
 
 
 def probe_environment() -> dict:
-    """Device description and the core's defaults; imports torch, so call it in a worker."""
+    """Device description and the core's defaults; imports torch, so call it in a worker.
+
+    It also imports the training stack (torch, lightly, kornia): each of those imports
+    holds the GIL for up to a few hundred ms, so doing them here, when the Pretraining
+    section opens, keeps those pauses out of the moment the user presses Start.
+    """
     import torch
 
+    import napari_cryossl.augment  # noqa: F401  (kornia)
+    import napari_cryossl.train  # noqa: F401
     from napari_cryossl.devices import describe
     from napari_cryossl.models import PRESETS
     from napari_cryossl.ssl import SSL_DEFAULTS
+
+    with contextlib.suppress(ImportError):  # what ssl.build_ssl imports lazily
+        import lightly.loss  # noqa: F401
+        import lightly.models.modules  # noqa: F401
 
     n_gpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
     return {
