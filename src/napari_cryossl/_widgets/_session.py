@@ -572,12 +572,18 @@ class Session(QObject):
 
     # ------------------------------------------------------------------ workers
     def start_worker(self, worker) -> None:
-        """Start a napari thread worker, keeping a reference until it finishes."""
+        """Start a napari thread worker at the next event-loop turn; keep it until it ends.
+
+        The deferred start lets the caller connect the worker's signals first (a worker
+        that fails at once would otherwise emit ``finished`` before anyone listens).
+        """
+        from qtpy.QtCore import QTimer
+
         self._workers.add(worker)
         worker.finished.connect(lambda w=worker: self._worker_done(w))
         if len(self._workers) == 1:
             self.busy_changed.emit(True)
-        worker.start()
+        QTimer.singleShot(0, worker.start)
 
     def _worker_done(self, worker) -> None:
         self._workers.discard(worker)
