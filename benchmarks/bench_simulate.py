@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     n = args.classes * args.per_class
     simulate_subtomograms(1, config, seed=0, workers=args.workers)  # warm up (FFT plans)
     best = float("inf")
+    volumes = None
     for _ in range(args.repeats):
+        volumes = None  # free the previous run's array first
         t0 = time.perf_counter()
         volumes, _ = simulate_subtomograms(args.per_class, config, seed=0, workers=args.workers)
         best = min(best, time.perf_counter() - t0)

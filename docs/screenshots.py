@@ -103,12 +103,18 @@ def main(argv: list[str] | None = None) -> int:
     for name in class_names(n_classes):
         labelling.add_class(name)
     picks = particle_zyx(session.store.table)
-    match = match_picks(truth_layer.data, picks, radius=0.5 * SAMPLE_DIAMETER_A / session.voxel_size)
-    true_class = np.where(match >= 0, truth_layer.features["class_number"].to_numpy()[np.maximum(match, 0)], 0)
+    match = match_picks(
+        truth_layer.data, picks, radius=0.5 * SAMPLE_DIAMETER_A / session.voxel_size
+    )
+    true_class = np.where(
+        match >= 0, truth_layer.features["class_number"].to_numpy()[np.maximum(match, 0)], 0
+    )
     rng = np.random.default_rng(0)
     for c in range(1, n_classes + 1):
         candidates = np.flatnonzero(true_class == c)
-        chosen = rng.choice(candidates, size=min(args.labels_per_class, len(candidates)), replace=False)
+        chosen = rng.choice(
+            candidates, size=min(args.labels_per_class, len(candidates)), replace=False
+        )
         session.set_current_class(c)
         session.label_particles(chosen)  # what clicking each of them does
     session.set_current_class(1)

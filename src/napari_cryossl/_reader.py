@@ -104,7 +104,9 @@ def robust_contrast_limits(data, percentiles=CONTRAST_PERCENTILES) -> tuple[floa
     n_slices = max(1, min(z_hi - z_lo, 16))
     zs = np.unique(np.linspace(z_lo, z_hi - 1, n_slices).round().astype(int))
     step = max(1, int(math.sqrt(plane * len(zs) / _CONTRAST_SAMPLES)))
-    sample = np.concatenate([np.asarray(data[z, ::step, ::step], dtype=np.float32).ravel() for z in zs])
+    sample = np.concatenate(
+        [np.asarray(data[z, ::step, ::step], dtype=np.float32).ravel() for z in zs]
+    )
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return (0.0, 1.0)
@@ -116,7 +118,9 @@ def robust_contrast_limits(data, percentiles=CONTRAST_PERCENTILES) -> tuple[floa
     return (float(lo), float(hi))
 
 
-def particles_layer_data(path, *, voxel_size: float | None = None, point_size: float | None = None) -> tuple:
+def particles_layer_data(
+    path, *, voxel_size: float | None = None, point_size: float | None = None
+) -> tuple:
     """One particle file as a Points layer tuple (ZYX voxels, scale = voxel size in Å).
 
     Args:
@@ -138,7 +142,9 @@ def particles_layer_data(path, *, voxel_size: float | None = None, point_size: f
             f"{path}: none of its {len(table)} particles has coordinates in a tomogram "
             "(a list of subtomogram files cannot be shown as points)"
         )
-    kwargs = points_kwargs(table, voxel_size=voxel_size, point_size=point_size or DEFAULT_POINT_SIZE)
+    kwargs = points_kwargs(
+        table, voxel_size=voxel_size, point_size=point_size or DEFAULT_POINT_SIZE
+    )
     data = kwargs.pop("data")
     kwargs["name"] = path.stem
     kwargs["metadata"] = {
@@ -241,9 +247,17 @@ def _tomo_names(path: Path) -> list[str]:
         if path.suffix.lower() == ".star":
             import starfile
 
-            frames = [df for df in starfile.read(path, always_dict=True).values() if isinstance(df, pd.DataFrame)]
+            frames = [
+                df
+                for df in starfile.read(path, always_dict=True).values()
+                if isinstance(df, pd.DataFrame)
+            ]
         else:
-            frames = [pd.read_csv(path, usecols=lambda c: str(c).strip().lower() == "tomo_name", dtype=str)]
+            frames = [
+                pd.read_csv(
+                    path, usecols=lambda c: str(c).strip().lower() == "tomo_name", dtype=str
+                )
+            ]
     except Exception:  # a bad file is reported by io.read_particles with a proper message
         return []
     names: list[str] = []

@@ -19,12 +19,12 @@ from pathlib import Path
 SAMPLE_SHAPE = (48, 160, 160)
 SAMPLE_PARTICLES = 60
 SAMPLE_CLASSES = 4
-SAMPLE_SNR = 0.1
+SAMPLE_SNR = 0.5  # particles visible by eye, still noisy
 SAMPLE_SEED = 0
 SAMPLE_DIAMETER_A = 150.0
 SAMPLE_VOXEL_SIZE = 10.0
 # Bump when the sample's parameters (or the simulator's output) change, to regenerate.
-_SAMPLE_VERSION = 1
+_SAMPLE_VERSION = 2
 
 
 def sample_folder() -> Path:

@@ -86,4 +86,3 @@ def _voxel_size(attributes: dict) -> float | None:
         if scale is not None and len(scale):
             vs = float(scale[-1])
     return float(vs) if vs is not None and float(vs) > 0 else None
-

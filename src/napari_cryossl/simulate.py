@@ -10,7 +10,7 @@ classifier that works here has learnt shape, not a shortcut:
   barrels, ...) with the **same total mass and radius of gyration**, so total
   intensity or size alone cannot tell the classes apart;
 - each particle gets a uniform random 3D rotation and a sub-box shift, and
-  neighbours of other classes crowd the box;
+  neighbours (randomly posed particles of any class) crowd the box;
 - the noise-free volume is filtered by a missing wedge (tilt axis Y, beam Z)
   and a contrast transfer function (CTF), with protein **dark** as in real
   tomograms;
@@ -115,6 +115,9 @@ class SimulationConfig:
             each axis from the box centre (uniform).
         n_neighbors: crowding neighbours tried per subtomogram (fewer are kept
             when they would overlap each other).
+        neighbor_classes: "any" draws neighbours from all classes; "other" excludes
+            the particle's own class, which leaks a little label information (a
+            network that recognises a neighbour's class can rule that class out).
         neighbor_gap: neighbours sit at a centre distance between
             `neighbor_gap * (r_centre + r_neighbour)` and the point where they leave
             the box, r being each class's bounding radius; below 1 they touch.
@@ -143,6 +146,7 @@ class SimulationConfig:
     particle_diameter_a: float = 150.0
     max_shift_px: float = 3.0
     n_neighbors: int = 4
+    neighbor_classes: Literal["any", "other"] = "any"
     neighbor_gap: float = 0.85
     tomogram_gap: float = 0.9
     tomogram_snr_reference: Literal["particles", "volume"] = "particles"
@@ -179,6 +183,10 @@ class SimulationConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 problems.append(f"{name} must be positive, got {value}")
+        if self.neighbor_classes not in ("any", "other"):
+            problems.append(
+                f"neighbor_classes must be 'any' or 'other', got {self.neighbor_classes!r}"
+            )
         if self.tomogram_snr_reference not in ("particles", "volume"):
             problems.append(
                 "tomogram_snr_reference must be 'particles' or 'volume', "
@@ -580,7 +588,6 @@ def _render(
     centres_zyx = np.take_along_axis(centres_zyx, order[..., None], axis=1)
     sigmas = np.take_along_axis(sigmas, order, axis=1)
     weights = np.take_along_axis(weights, order, axis=1)
-    n = len(weights)
     sig = sigmas.astype(np.float32)[..., None]
     amp = (weights / ((2 * np.pi) ** 1.5 * sigmas**3)).astype(np.float32)[..., None]
     axes = []
@@ -590,9 +597,12 @@ def _render(
         axes.append(np.exp(-0.5 * (d / sig) ** 2))
     gz, gy, gx = axes
     gz *= amp
-    # (n, Z, 1, K) * (n, 1, Y, K) -> (n, Z*Y, K), contiguous for the matrix product
+    # (n, Z, 1, K) * (n, 1, Y, K) -> (n, Z, Y, K), then one (Y, K) @ (K, X) product per
+    # z plane. Small products run on one BLAS thread: one large product per volume
+    # wakes OpenBLAS's threads, which then spin and slow the FFTs on a busy machine
+    # (measured 3x slower overall on 2 shared cores).
     plane = gz.transpose(0, 2, 1)[:, :, None, :] * gy.transpose(0, 2, 1)[:, None, :, :]
-    return np.matmul(plane.reshape(n, shape[0] * shape[1], k), gx).reshape(n, *shape)
+    return np.matmul(plane, gx[:, None])
 
 
 def _seeds(seed: int) -> list[np.random.SeedSequence]:
@@ -622,7 +632,8 @@ def _plan_subtomograms(
 ) -> dict[str, np.ndarray]:
     """Draw every random geometric choice up front (rotations, shifts, neighbours).
 
-    Neighbours of other classes sit at a random direction from the particle, at a
+    Neighbours (of any class, or of other classes only) sit at a random direction
+    from the particle, at a
     centre distance between `neighbor_gap * (r_i + r_j)` (touching, little overlap)
     and the distance where they leave the box; a candidate that would overlap an
     already placed neighbour is dropped.
@@ -633,11 +644,11 @@ def _plan_subtomograms(
     cls = class_numbers - 1
     shifts = rng.uniform(-config.max_shift_px, config.max_shift_px, size=(n, 3))
     rotations = _random_rotations(n * (1 + m), rng).reshape(n, 1 + m, 3, 3)
-    if config.n_classes > 1:
+    if config.neighbor_classes == "other" and config.n_classes > 1:
         offset = rng.integers(1, config.n_classes, size=(n, m))
         ncls = (cls[:, None] + offset) % config.n_classes
     else:
-        ncls = np.zeros((n, m), dtype=np.int64)
+        ncls = rng.integers(0, config.n_classes, size=(n, m))
     dmin = config.neighbor_gap * (radii[cls][:, None] + radii[ncls])
     dmax = np.maximum(b / 2 + radii[ncls] * 0.5, dmin + 1.0)
     dist = rng.uniform(dmin, dmax)
@@ -668,7 +679,7 @@ def simulate_subtomogram_details(
 
     Per subtomogram: a particle of its class at the box centre plus a uniform shift
     of up to `max_shift_px`, in a uniform random orientation; up to `n_neighbors`
-    particles of other classes around it (partly inside the box); the density is
+    particles around it, each partly inside the box; the density is
     built in a padded box (so neighbours outside still contribute CTF fringes and
     the FFT filtering does not wrap around), multiplied in Fourier space by
     -(CTF × missing wedge × band limit), and cropped. Noise: Gaussian, white inside

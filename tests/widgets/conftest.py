@@ -113,7 +113,9 @@ def _click(viewer, world_position, *, button=1):
         "is_dragging": False,
         "modifiers": [],
         "position": position,
-        "view_direction": np.asarray(viewer.camera.view_direction) if viewer.dims.ndisplay == 3 else None,
+        "view_direction": np.asarray(viewer.camera.view_direction)
+        if viewer.dims.ndisplay == 3
+        else None,
         "dims_displayed": list(viewer.dims.displayed),
         "dims_point": list(viewer.dims.point),
         "pos": np.zeros(2),  # screen position: same for press and release (a click, no drag)

@@ -45,11 +45,15 @@ def test_widget_modules_do_not_import_torch():
         "heavy = [m for m in ('torch', 'lightly', 'kornia', 'monai') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_reader_opens_a_tomogram_with_scale_and_visible_contrast(make_napari_viewer, tomogram, truth):
+def test_reader_opens_a_tomogram_with_scale_and_visible_contrast(
+    make_napari_viewer, tomogram, truth
+):
     from napari_cryossl.io import open_tomogram
 
     viewer = make_napari_viewer()

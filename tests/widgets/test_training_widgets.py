@@ -19,7 +19,9 @@ from qtpy.QtCore import QTimer
 from napari_cryossl.io import particle_zyx, read_particles
 
 TIMEOUT_MS = 180_000
-BENCH_OUT = Path(os.environ.get("CRYOSSL_BENCH_OUT", Path(__file__).parents[2] / "benchmarks" / "out"))
+BENCH_OUT = Path(
+    os.environ.get("CRYOSSL_BENCH_OUT", Path(__file__).parents[2] / "benchmarks" / "out")
+)
 
 
 def _session_with_particles(dock, tomogram, truth, labels_per_class: int | None = None):
@@ -57,7 +59,9 @@ def test_pretraining_runs_in_a_worker_while_napari_stays_responsive(dock, tomogr
     probe = pre.probe()  # also runs when the section is first shown on screen
     if probe is not None:
         _wait(qtbot, probe)
-    assert pre.device_label.text().startswith("device: ") and "checking" not in pre.device_label.text()
+    assert (
+        pre.device_label.text().startswith("device: ") and "checking" not in pre.device_label.text()
+    )
     _small_settings(pre, epochs=2)
     pre.method.setCurrentIndex(pre.method.findData("moco"))
     pre.preset.setCurrentText("rb3d-small")
@@ -149,7 +153,9 @@ def test_finetuning_refuses_too_few_labels_with_a_message(dock, tomogram, truth)
     assert ft.worker is None and not session.busy
 
 
-def test_finetune_predict_fix_gradcam_export(dock, tomogram, truth, qtbot, tmp_path, click, world_of):
+def test_finetune_predict_fix_gradcam_export(
+    dock, tomogram, truth, qtbot, tmp_path, click, world_of
+):
     viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
     n = len(truth)
     image = session.image_layer

@@ -171,7 +171,9 @@ class RunPanel(QWidget):
     cancel_requested = Signal()
     resume_requested = Signal()
 
-    def __init__(self, start_text: str = "Start", *, resumable: bool = True, plot: bool = True, parent=None) -> None:
+    def __init__(
+        self, start_text: str = "Start", *, resumable: bool = True, plot: bool = True, parent=None
+    ) -> None:
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -230,7 +232,9 @@ class RunPanel(QWidget):
         parts = [str(getattr(status, "stage", "") or "")]
         if n_epochs:
             # `epoch` counts completed epochs: the one running is epoch + 1
-            running = int(getattr(status, "epoch", 0) or 0) + (0 if event in ("epoch", "done") else 1)
+            running = int(getattr(status, "epoch", 0) or 0) + (
+                0 if event in ("epoch", "done") else 1
+            )
             parts.append(f"epoch {min(max(running, 1), n_epochs)}/{n_epochs}")
         parts.append(f"{100 * frac:.0f}%")
         parts.append("done" if done else f"ETA {format_duration(eta)}")

@@ -59,6 +59,7 @@ class Session(QObject):
         current_class_changed(int): the class that clicks assign (0 = unlabel).
         models_changed: a new encoder or classifier checkpoint is available.
         busy_changed(bool): a background job started or every job finished.
+        labelling_changed(bool): click-to-label was switched on or off.
     """
 
     tomogram_changed = Signal()
@@ -67,6 +68,7 @@ class Session(QObject):
     current_class_changed = Signal(int)
     models_changed = Signal()
     busy_changed = Signal(bool)
+    labelling_changed = Signal(bool)
 
     def __init__(self, viewer: napari.Viewer) -> None:
         super().__init__()
@@ -230,13 +232,17 @@ class Session(QObject):
     def label_particles(self, indices, class_number: int | None = None) -> None:
         """Label particles (store indices) with `class_number` (default: the current class)."""
         self.require_tomogram()
-        indices = np.atleast_1d(np.asarray(list(indices) if isinstance(indices, set) else indices, dtype=np.int64))
+        indices = np.atleast_1d(
+            np.asarray(list(indices) if isinstance(indices, set) else indices, dtype=np.int64)
+        )
         if indices.size == 0:
             return
         number = self.current_class if class_number is None else int(class_number)
         self.store.set_class(indices, number)
 
-    def particle_at(self, position_world, *, view_direction=None, dims_displayed=None) -> int | None:
+    def particle_at(
+        self, position_world, *, view_direction=None, dims_displayed=None
+    ) -> int | None:
         """Index of the particle drawn at a world position (what a click there hits), or None."""
         for layer in (self.predictions_layer, self.particles_layer):
             if layer is None or not layer.visible or len(layer.data) == 0:
@@ -301,7 +307,9 @@ class Session(QObject):
         for number in np.unique(classes):
             rows = classes == number
             score = table["score"].to_numpy()[keep][rows] if "score" in table else None
-            self.store.add_particles(zyx[keep][rows], source="imported", class_number=int(number), score=score)
+            self.store.add_particles(
+                zyx[keep][rows], source="imported", class_number=int(number), score=score
+            )
             added += int(rows.sum())
         return added
 
@@ -326,7 +334,9 @@ class Session(QObject):
                 classes=self.store.classes,
             )
             data = kwargs.pop("data")
-            kwargs["translate"] = tuple(self.image_layer.translate) if self.image_layer else (0, 0, 0)
+            kwargs["translate"] = (
+                tuple(self.image_layer.translate) if self.image_layer else (0, 0, 0)
+            )
             with self._syncing_layers():
                 layer = self.viewer.add_points(
                     data,
@@ -418,7 +428,9 @@ class Session(QObject):
             elif action == "changed":
                 indices = np.asarray(sorted(int(i) for i in event.data_indices), dtype=np.int64)
                 if indices.size and len(layer.data) == len(self.store.table):
-                    self.store.move_particles(indices, np.asarray(layer.data[indices], dtype=np.float64))
+                    self.store.move_particles(
+                        indices, np.asarray(layer.data[indices], dtype=np.float64)
+                    )
         except Exception as exc:  # keep the viewer usable; the store is unchanged on error
             from napari_cryossl._widgets._common import notify_error
 
@@ -456,13 +468,20 @@ class Session(QObject):
         """Clicks on particles now assign the current class; the particles layer is activated."""
         self.require_tomogram()
         self.label_on_click = True
-        layer = self.predictions_layer if self.predictions_layer in self.viewer.layers else None
-        layer = layer or self.ensure_particles_layer()
+        predictions = self.predictions_layer
+        if predictions is not None and predictions in self.viewer.layers and predictions.visible:
+            layer = predictions  # correcting predictions: click the coloured calls
+        else:
+            layer = self.ensure_particles_layer()
+            layer.visible = True
         self.viewer.layers.selection.active = layer
         layer.mode = "pan_zoom"
+        self.labelling_changed.emit(True)
 
     def stop_labelling(self) -> None:
-        self.label_on_click = False
+        if self.label_on_click:
+            self.label_on_click = False
+            self.labelling_changed.emit(False)
 
     # ------------------------------------------------------------------ predictions
     def _has_predictions(self) -> bool:
@@ -502,6 +521,10 @@ class Session(QObject):
             self._bind_class_keys(layer)
             self.predictions_layer = layer
         self._draw_predictions()
+        # One view of the particles at a time: labels show as white rims in this layer.
+        if self.particles_layer is not None and self.particles_layer in self.viewer.layers:
+            self.particles_layer.visible = False
+        layer.visible = True
         return layer
 
     def prediction_arrays(self):
@@ -513,7 +536,11 @@ class Session(QObject):
             if "predicted_class" in table
             else np.zeros(n, dtype=np.int64)
         )
-        prob = table["probability"].to_numpy(dtype=np.float64) if "probability" in table else np.full(n, np.nan)
+        prob = (
+            table["probability"].to_numpy(dtype=np.float64)
+            if "probability" in table
+            else np.full(n, np.nan)
+        )
         return predicted, prob
 
     def _draw_predictions(self) -> None:
@@ -546,7 +573,9 @@ class Session(QObject):
                 layer.border_color = border
                 layer.size = sizes
                 # Particles without a prediction stay visible (grey) unless a filter is set.
-                layer.shown = np.where(predicted > 0, conf >= self.min_confidence, self.min_confidence <= 0)
+                layer.shown = np.where(
+                    predicted > 0, conf >= self.min_confidence, self.min_confidence <= 0
+                )
             layer.refresh()
 
     def set_min_confidence(self, value: float) -> None:

@@ -12,12 +12,14 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+
 def _palette() -> tuple[str, ...]:
     # The annotation store's palette, so that a class has the same colour in a file opened
     # with the reader and in the workflow's layers.
     from napari_cryossl.annotations import DEFAULT_PALETTE
 
     return tuple(DEFAULT_PALETTE)
+
 
 #: Unlabelled particles: hollow (transparent face) with a grey rim.
 UNLABELLED_FACE = np.array([0.0, 0.0, 0.0, 0.0])

@@ -34,7 +34,9 @@ class DataWidget(QWidget):
 
         row = QHBoxLayout()
         self.layer_combo = QComboBox()
-        self.layer_combo.setToolTip("A tomogram layer already open in napari (File ▸ Open, or the sample)")
+        self.layer_combo.setToolTip(
+            "A tomogram layer already open in napari (File ▸ Open, or the sample)"
+        )
         self.use_button = QPushButton("Use layer")
         row.addWidget(self.layer_combo, 1)
         row.addWidget(self.use_button)
@@ -45,10 +47,10 @@ class DataWidget(QWidget):
         self.shape_label = QLabel("–")
         self.voxel_label = QLabel("–")
         self.store_label = QLabel("–")
-        for label in (self.file_label, self.store_label):
+        for label in (self.file_label, self.shape_label, self.store_label):
             label.setWordWrap(True)
         form.addRow("File:", self.file_label)
-        form.addRow("Shape (Z, Y, X):", self.shape_label)
+        form.addRow("Shape:", self.shape_label)
         form.addRow("Voxel size:", self.voxel_label)
         form.addRow("Annotations:", self.store_label)
         layout.addLayout(form)
@@ -120,7 +122,10 @@ class DataWidget(QWidget):
         z, y, x = (int(s) for s in tomo.shape)
         vs = self.session.voxel_size
         self.file_label.setText(str(tomo.path))
-        self.shape_label.setText(f"{z} × {y} × {x} voxels ({z * vs / 10:.0f} × {y * vs / 10:.0f} × {x * vs / 10:.0f} nm)")
+        self.shape_label.setText(
+            f"{z} × {y} × {x} voxels (Z, Y, X) = "
+            f"{z * vs / 10:.0f} × {y * vs / 10:.0f} × {x * vs / 10:.0f} nm"
+        )
         self.voxel_label.setText(f"{vs:.4g} Å")
         n = len(self.session.store.table)
         self.store_label.setText(f"{n} particles, autosaved to {self.session.store.path}")

@@ -32,7 +32,9 @@ CLASS_SOURCES = {
 }
 
 
-def export_table(table, *, classes: str = "merged", min_confidence: float = 0.0, tomo_name: str = ""):
+def export_table(
+    table, *, classes: str = "merged", min_confidence: float = 0.0, tomo_name: str = ""
+):
     """The particle table to write, with class_number and probability chosen by `classes`.
 
     Args:
@@ -44,9 +46,15 @@ def export_table(table, *, classes: str = "merged", min_confidence: float = 0.0,
     out = table.copy()
     labels = out["class_number"].to_numpy(dtype=np.int64)
     predicted = (
-        out["predicted_class"].to_numpy(dtype=np.int64) if "predicted_class" in out else np.zeros(len(out), np.int64)
+        out["predicted_class"].to_numpy(dtype=np.int64)
+        if "predicted_class" in out
+        else np.zeros(len(out), np.int64)
     )
-    prob = out["probability"].to_numpy(dtype=np.float64) if "probability" in out else np.full(len(out), np.nan)
+    prob = (
+        out["probability"].to_numpy(dtype=np.float64)
+        if "probability" in out
+        else np.full(len(out), np.nan)
+    )
     if classes == "predicted":
         out["class_number"] = predicted
     elif classes == "merged":

@@ -93,6 +93,7 @@ class LabellingWidget(QWidget):
         session.particles_changed.connect(self.refresh)
         session.tomogram_changed.connect(self.refresh)
         session.current_class_changed.connect(lambda _n: self.refresh())
+        session.labelling_changed.connect(lambda _on: self.refresh())
         self.refresh()
 
     # class list -------------------------------------------------------------
@@ -169,7 +170,9 @@ class LabellingWidget(QWidget):
         except Exception as exc:
             self.status.error(notify_error(exc))
             return 0
-        self.status.info(f"{len(selected)} particle(s) → {self.session.class_name(self.session.current_class)}")
+        self.status.info(
+            f"{len(selected)} particle(s) → {self.session.class_name(self.session.current_class)}"
+        )
         return len(selected)
 
     # display ---------------------------------------------------------------
@@ -184,7 +187,9 @@ class LabellingWidget(QWidget):
         for cls in session.store.classes if session.store is not None else []:
             number = int(cls["number"])
             color = cls.get("color") or default_class_color(number)
-            item = QListWidgetItem(_swatch(color), f"{number} · {cls['name']} ({counts.get(number, 0)})")
+            item = QListWidgetItem(
+                _swatch(color), f"{number} · {cls['name']} ({counts.get(number, 0)})"
+            )
             item.setData(_NUMBER_ROLE, number)
             self.class_list.addItem(item)
             if number == session.current_class:

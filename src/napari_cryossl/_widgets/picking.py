@@ -44,15 +44,21 @@ class PickingWidget(QWidget):
         m = QVBoxLayout(manual)
         row = QHBoxLayout()
         self.add_button = QPushButton("Add by clicking")
-        self.add_button.setToolTip("Click in the view to add a particle (napari's Points 'add' mode)")
+        self.add_button.setToolTip(
+            "Click in the view to add a particle (napari's Points 'add' mode)"
+        )
         self.select_button = QPushButton("Select / delete")
-        self.select_button.setToolTip("Click or drag a box to select particles; Delete removes them")
+        self.select_button.setToolTip(
+            "Click or drag a box to select particles; Delete removes them"
+        )
         self.delete_button = QPushButton("Delete selected")
         for b in (self.add_button, self.select_button, self.delete_button):
             row.addWidget(b)
         m.addLayout(row)
         self.import_button = QPushButton("Import STAR / CSV…")
-        self.import_button.setToolTip("Add particles (and their classes) from a RELION STAR or CSV file")
+        self.import_button.setToolTip(
+            "Add particles (and their classes) from a RELION STAR or CSV file"
+        )
         m.addWidget(self.import_button)
         layout.addWidget(manual)
 
@@ -119,6 +125,7 @@ class PickingWidget(QWidget):
         except Exception as exc:
             self.status.error(notify_error(exc))
             return
+        layer.visible = True  # it may be hidden behind the predictions
         self.session.viewer.layers.selection.active = layer
         layer.mode = mode
         self.status.info(
@@ -219,7 +226,9 @@ class PickingWidget(QWidget):
                 ndim=3,
                 name="picking preview",
                 scale=(vs, vs, vs),
-                translate=tuple(self.session.image_layer.translate) if self.session.image_layer else (0, 0, 0),
+                translate=tuple(self.session.image_layer.translate)
+                if self.session.image_layer
+                else (0, 0, 0),
                 size=size,
                 face_color="transparent",
                 border_color=_PREVIEW_COLOR,
@@ -251,7 +260,9 @@ class PickingWidget(QWidget):
 
         table = self._preview_table
         zyx = particle_zyx(table)
-        keep = self._not_duplicates(zyx, radius=0.5 * self.diameter.value() / self.session.voxel_size)
+        keep = self._not_duplicates(
+            zyx, radius=0.5 * self.diameter.value() / self.session.voxel_size
+        )
         try:
             if keep.any():
                 self.session.add_particles(

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QSlider,
@@ -88,6 +89,9 @@ class PredictionWidget(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
         self.table.setMinimumHeight(160)
         layout.addWidget(self.table, 1)
         self.status = StatusLine()
@@ -103,6 +107,7 @@ class PredictionWidget(QWidget):
         session.particles_changed.connect(self.refresh)
         session.classes_changed.connect(self.refresh)
         session.tomogram_changed.connect(self.refresh)
+        session.labelling_changed.connect(self._show_labelling)
         self._show_classifier()
         self.refresh()
 
@@ -117,7 +122,9 @@ class PredictionWidget(QWidget):
             self.session.require_tomogram()
             classifier = self.session.classifier_path
             if classifier is None or not Path(classifier).is_file():
-                raise InputError("no classifier yet: fine-tune one in step 5 (or choose a checkpoint)")
+                raise InputError(
+                    "no classifier yet: fine-tune one in step 5 (or choose a checkpoint)"
+                )
             table = self.session.store.table
             if len(table) == 0:
                 raise InputError("no particles to classify: pick some in step 2")
@@ -169,7 +176,8 @@ class PredictionWidget(QWidget):
             )
             return
         store.set_predictions(
-            np.asarray(result.class_numbers, dtype=np.int64), np.asarray(result.confidence, dtype=np.float64)
+            np.asarray(result.class_numbers, dtype=np.int64),
+            np.asarray(result.confidence, dtype=np.float64),
         )
         self.session.show_predictions()
         self.status.info(f"{n_rows} particles classified")
@@ -177,6 +185,7 @@ class PredictionWidget(QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self.panel.set_running(False)
+        self.panel.progress.setFormat("done" if self.session._has_predictions() else "idle")
 
     # display ----------------------------------------------------------------------
     def _show_classifier(self) -> None:
@@ -209,12 +218,15 @@ class PredictionWidget(QWidget):
         else:
             self.session.stop_labelling()
 
+    def _show_labelling(self, on: bool) -> None:
+        self.fix_button.blockSignals(True)
+        self.fix_button.setChecked(on)
+        self.fix_button.blockSignals(False)
+
     def refresh(self) -> None:
         """Per-class counts and the table of predictions (least confident first)."""
         session = self.session
-        self.fix_button.blockSignals(True)
-        self.fix_button.setChecked(session.label_on_click)
-        self.fix_button.blockSignals(False)
+        self._show_labelling(session.label_on_click)
         if session.store is None or not session._has_predictions():
             self.counts_label.setText("no predictions yet")
             self.table.setRowCount(0)
@@ -223,7 +235,9 @@ class PredictionWidget(QWidget):
         conf = np.nan_to_num(prob, nan=0.0)
         visible = (predicted > 0) & (conf >= session.min_confidence)
         numbers, counts = np.unique(predicted[visible], return_counts=True)
-        parts = [f"{session.class_name(int(n))}: {int(c)}" for n, c in zip(numbers, counts, strict=True)]
+        parts = [
+            f"{session.class_name(int(n))}: {int(c)}" for n, c in zip(numbers, counts, strict=True)
+        ]
         self.counts_label.setText(
             f"Predicted ({int(visible.sum())} of {len(predicted)} shown): " + ", ".join(parts)
         )

@@ -33,7 +33,9 @@ HEATMAP_LAYER = "Grad-CAM"
 _BATCH = 16
 
 
-def heatmap_block(shape_zyx, centers_zyx: np.ndarray, box_size: int) -> tuple[np.ndarray, np.ndarray]:
+def heatmap_block(
+    shape_zyx, centers_zyx: np.ndarray, box_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The block of the tomogram covering every particle's box: (start_zyx, shape_zyx), voxels."""
     centers = np.asarray(centers_zyx, dtype=np.float64).reshape(-1, 3)
     shape = np.asarray(shape_zyx, dtype=np.int64)
@@ -81,7 +83,9 @@ class SaliencyWidget(QWidget):
         self.panel.start_requested.connect(self.start)
         self.panel.cancel_requested.connect(self.cancel)
         self.opacity.valueChanged.connect(self._set_opacity)
-        self.view_button.toggled.connect(lambda on: setattr(session.viewer.dims, "ndisplay", 3 if on else 2))
+        self.view_button.toggled.connect(
+            lambda on: setattr(session.viewer.dims, "ndisplay", 3 if on else 2)
+        )
         session.classes_changed.connect(self._fill_targets)
         session.tomogram_changed.connect(self._fill_targets)
         self._fill_targets()
@@ -118,7 +122,9 @@ class SaliencyWidget(QWidget):
             table = self.session.store.table
             if indices is None:
                 indices = (
-                    np.arange(len(table)) if self.scope.currentData() == "all" else self.selected_indices()
+                    np.arange(len(table))
+                    if self.scope.currentData() == "all"
+                    else self.selected_indices()
                 )
             indices = np.asarray(indices, dtype=np.int64)
             if indices.size == 0:
@@ -179,6 +185,7 @@ class SaliencyWidget(QWidget):
     def _on_finished(self) -> None:
         self.worker = None
         self.panel.set_running(False)
+        self.panel.progress.setFormat("done" if self.heatmap_layer is not None else "idle")
 
     def _show_heatmap(self, result) -> None:
         if result is None:
@@ -201,7 +208,10 @@ class SaliencyWidget(QWidget):
                 blending="additive",
                 opacity=self.opacity.value() / 100.0,
                 contrast_limits=(0.0, 1.0),
-                metadata={"napari_cryossl": "gradcam", "block_start_zyx": tuple(int(v) for v in lo)},
+                metadata={
+                    "napari_cryossl": "gradcam",
+                    "block_start_zyx": tuple(int(v) for v in lo),
+                },
             )
             self.heatmap_layer = layer
         else:

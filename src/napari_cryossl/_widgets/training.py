@@ -182,7 +182,9 @@ class _TrainingSection(QWidget):
         can_resume = self.cancelled and out is not None and self.resume_path().is_file()
         self.panel.resume_button.setEnabled(can_resume)
         if self.cancelled:
-            message = "cancelled" + (f"; checkpoint kept in {out} (Resume continues)" if can_resume else "")
+            message = "cancelled" + (
+                f"; checkpoint kept in {out} (Resume continues)" if can_resume else ""
+            )
             self.status.info(message)
             notify_info(message)
 
@@ -208,7 +210,9 @@ class PretrainWidget(_TrainingSection):
         self.method.setToolTip("Contrastive objective: MoCo (the paper's best), SimCLR or SwAV")
         self.preset = QComboBox()
         self.preset.addItems(MODEL_PRESETS)
-        self.preset.setToolTip("rb3d: the published RB3D (use a GPU); rb3d-small: 4x narrower, for CPUs")
+        self.preset.setToolTip(
+            "rb3d: the published RB3D (use a GPU); rb3d-small: 4x narrower, for CPUs"
+        )
         self.box_size = QSpinBox()
         self.box_size.setRange(8, 128)
         self.box_size.setSingleStep(8)
@@ -362,7 +366,9 @@ class FinetuneWidget(_TrainingSection):
         self.init_label = QLabel("")
         self.init_label.setWordWrap(True)
         self.init_button = QPushButton("Choose…")
-        self.init_button.setToolTip("Use another encoder checkpoint (e.g. one pretrained with the CLI)")
+        self.init_button.setToolTip(
+            "Use another encoder checkpoint (e.g. one pretrained with the CLI)"
+        )
         row.addWidget(self.init_label, 1)
         row.addWidget(self.init_button)
         form.addRow("Encoder:", row)
@@ -409,7 +415,9 @@ class FinetuneWidget(_TrainingSection):
         if resume and not self.resume_path().is_file():
             raise InputError(f"{self.resume_path()}: no checkpoint to resume; start a new run")
         init = self.session.encoder_path
-        box = int(getattr(self.session, "box_size", 0) or suggested_box_size(self.session.point_size))
+        box = int(
+            getattr(self.session, "box_size", 0) or suggested_box_size(self.session.point_size)
+        )
         settings = {
             "epochs": int(self.epochs.value()),
             "batch_size": min(int(self.batch_size.value()), len(table)),
