@@ -13,6 +13,7 @@ only used for the reported accuracy.
 Two configurations:
   paper    rb3d, 200 pretraining / 50 fine-tuning epochs, 5 runs (needs a GPU)
   reduced  rb3d-small, fewer subtomograms, epochs and runs: finishes on a 2-core CPU
+  quick    random vs MoCo only, one SNR, 2 runs: a first answer in well under an hour on a CPU
   smoke    a tiny run that only proves the script works (CI)
 
 Resumable: every run's result is appended to results.jsonl as it completes and skipped
@@ -54,6 +55,7 @@ class Config:
 CONFIGS = {
     "paper": Config("paper", (0.05, 0.03, 0.5), 10, 500, 32, "rb3d", 200, 50, (0.25, 0.5, 0.75, 1.0), 5),
     "reduced": Config("reduced", (0.05, 0.5), 10, 100, 32, "rb3d-small", 20, 20, (0.25, 1.0), 3),
+    "quick": Config("quick", (0.1,), 10, 60, 32, "rb3d-small", 10, 15, (0.25, 1.0), 2, methods=("random", "moco")),
     "smoke": Config("smoke", (0.5,), 3, 12, 16, "rb3d-small", 1, 1, (1.0,), 1, batch_size=8),
 }
 
@@ -114,7 +116,6 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
         all_data = SubtomogramSet.from_arrays(volumes, labels, voxel_size=sim.voxel_size)
         train_idx, val_idx, test_idx = split_indices(labels, seed)
         unlabelled_train = SubtomogramSet.from_arrays(volumes[train_idx], None, voxel_size=sim.voxel_size)
-        val = all_data.subset(val_idx)
         test = all_data.subset(test_idx)
 
         for method in cfg.methods:
@@ -150,15 +151,20 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
                         continue
                     t0 = time.perf_counter()
                     chosen = label_subset(train_idx, labels, fraction, seed=seed + 1000 * run_i + int(100 * fraction))
+                    # The labelled training subset and the validation split go in together;
+                    # fine-tuning holds out a stratified validation part of the same size
+                    # as the validation split for choosing the best epoch.
+                    pool = np.concatenate([chosen, val_idx])
                     f_cfg = FinetuneConfig(
                         preset=cfg.preset,
                         epochs=cfg.finetune_epochs,
                         batch_size=cfg.batch_size,
+                        val_fraction=len(val_idx) / len(pool),
                         device=device,
                         seed=seed + run_i,
                     )
                     clf = out / f"classifier_snr{snr}_{method}_{fraction}_run{run_i}.pt"
-                    run(iter_finetune(all_data.subset(chosen), f_cfg, clf, init=encoder, val_data=val))
+                    run(iter_finetune(all_data.subset(pool), f_cfg, clf, init=encoder))
                     pred = predict(clf, test, device=device)
                     truth = labels[test_idx]
                     acc = float((pred.class_numbers == truth).mean())

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     print("2. picking", flush=True)
     picking = dock.show_section("picking")
     picking.diameter.setValue(SAMPLE_DIAMETER_A)
+    picking.threshold.setValue(5.0)  # stricter than the default: what the preview is for
     wait(picking.preview(), "DoG picking")
     shot("picking_preview")
     picking.accept()
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     truth_layer.visible = False
     shot("prediction")
 
-    # 7. Grad-CAM: the least confident particle, in 2D and 3D ----------------------------------
+    # 7. Grad-CAM: the most confident particle in 2D, then all particles in 3D ----------------------------------
     print("7. saliency", flush=True)
     sal = dock.show_section("saliency")
     target = int(np.argmax(session.store.table["probability"].to_numpy()))

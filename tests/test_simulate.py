@@ -335,6 +335,8 @@ def test_tomogram_too_small_for_its_particles():
         ({"n_classes": 0}, "n_classes"),
         ({"amplitude_contrast": 1.0}, "amplitude_contrast"),
         ({"tomogram_snr_reference": "box"}, "tomogram_snr_reference"),
+        ({"neighbor_classes": "same"}, "neighbor_classes"),
+        ({"lowpass_a": 0.0}, "lowpass_a"),
     ],
 )
 def test_bad_settings_are_input_errors(change, word):

@@ -25,10 +25,7 @@ from collections.abc import Iterator
 
 import torch
 
-try:
-    from napari_cryossl.io import InputError
-except ImportError:  # pragma: no cover - io.py is written in parallel
-    from napari_cryossl.models import InputError
+from napari_cryossl.io import InputError
 
 __all__ = [
     "DeviceOutOfMemoryError",

@@ -173,7 +173,9 @@ class DistributedContext:
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([float(value)], dtype=torch.float64, device=self._collective_device(device))
+        t = torch.tensor(
+            [float(value)], dtype=torch.float64, device=self._collective_device(device)
+        )
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return float(t.item()) / self.world_size
 

@@ -211,11 +211,12 @@ def _check_voxel_size(state: dict | None, data, where: str) -> None:
 # --------------------------------------------------------------------------- inference
 
 
-def forward_in_chunks(fn, x, chunk: list[int], device) -> Any:
-    """Run ``fn`` on ``x`` in pieces of ``chunk[0]``, halving the piece on CUDA OOM.
+def forward_in_chunks(fn, x, chunk: list[int], device, *others) -> Any:
+    """Run ``fn(x_part, *other_parts)`` on pieces of ``chunk[0]`` rows, halving on CUDA OOM.
 
-    ``chunk`` is a one-element list so the reduced size carries over to later batches.
-    Results (tensors, or tuples of tensors) are concatenated along dim 0.
+    ``chunk`` is a one-element list so that a reduced size carries over to later
+    batches. ``others`` are tensors sliced along dim 0 like ``x``. Results (tensors, or
+    tuples of tensors) are concatenated along dim 0.
 
     Raises:
         DeviceOutOfMemoryError: even a single particle does not fit.
@@ -229,8 +230,9 @@ def forward_in_chunks(fn, x, chunk: list[int], device) -> Any:
     n = x.shape[0]
     while start < n:
         size = min(chunk[0], n - start)
+        part = slice(start, start + size)
         try:
-            outputs.append(fn(x[start : start + size]))
+            outputs.append(fn(x[part], *(t[part] for t in others)))
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -305,16 +307,18 @@ def iter_predict(
         model_or_checkpoint, box_size=data.box_size, class_numbers=class_numbers
     )
     if check_voxel_size:
-        where = str(model_or_checkpoint) if isinstance(model_or_checkpoint, str | Path) else "classifier"
+        where = (
+            str(model_or_checkpoint)
+            if isinstance(model_or_checkpoint, str | Path)
+            else "classifier"
+        )
         _check_voxel_size(state, data, where)
     model = model.to(dev, memory_format=memory_format(dev)).eval()
     dtype = amp_dtype(dev, amp)
 
     rows = ctx.shard(len(data))
     batches = [rows[i : i + int(batch_size)] for i in range(0, len(rows), int(batch_size))]
-    loader = batch_loader(
-        data, batches, num_workers=num_workers, pin_memory=dev.type == "cuda"
-    )
+    loader = batch_loader(data, batches, num_workers=num_workers, pin_memory=dev.type == "cuda")
     n_classes = len(classes)
     feature_dim = int(model.feature_dim)
     probs = np.zeros((len(rows), n_classes), dtype=np.float32)

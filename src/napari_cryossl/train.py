@@ -156,7 +156,11 @@ def run(generator: Iterator[TrainStatus], callbacks: TrainingCallbacks | None = 
                 cb.on_step(status)
             elif status.event == "epoch" and cb.on_epoch is not None:
                 cb.on_epoch(status)
-            if status.event in ("step", "epoch") and cb.should_stop is not None and cb.should_stop():
+            if (
+                status.event in ("step", "epoch")
+                and cb.should_stop is not None
+                and cb.should_stop()
+            ):
                 generator.close()  # runs the loop's cleanup: the checkpoint is written
                 last = dataclasses.replace(status, event="stopped")
                 break
@@ -545,7 +549,9 @@ def _train_epochs(job: _Job, should_stop: Callable[[], bool] | None) -> Iterator
                 if job.ctx.any(should_stop is not None and bool(should_stop()), job.device):
                     path = job.save(reason="stop")
                     dirty, saved = False, True
-                    yield status(losses[-1] if losses else None, {}, checkpoint=path, event="stopped")
+                    yield status(
+                        losses[-1] if losses else None, {}, checkpoint=path, event="stopped"
+                    )
                     return
                 loss = job.train_step(boxes, labels)
                 job.global_step += 1
@@ -606,7 +612,7 @@ class _PretrainJob(_Job):
             select_device,
         )
         from napari_cryossl.distributed import DistributedContext
-        from napari_cryossl.models import build_encoder, load_checkpoint
+        from napari_cryossl.models import load_checkpoint
         from napari_cryossl.ssl import build_ssl
 
         self.config = config
@@ -616,7 +622,11 @@ class _PretrainJob(_Job):
         self.method = str(config.method).lower()
         self.hp = hp
         self.device = select_device(config.device)
-        self.ctx = distributed if distributed is not None else DistributedContext.from_environment(self.device)
+        self.ctx = (
+            distributed
+            if distributed is not None
+            else DistributedContext.from_environment(self.device)
+        )
         self.seed = int(config.seed)
         self.n_epochs = int(hp["epochs"])
         self.save_every = max(int(config.save_every), 1)
@@ -662,7 +672,10 @@ class _PretrainJob(_Job):
             )
         if resume and self.out.is_file():
             state = load_checkpoint(
-                self.out, kind="encoder", preset=config.preset, box_size=data.box_size,
+                self.out,
+                kind="encoder",
+                preset=config.preset,
+                box_size=data.box_size,
                 map_location=self.device,
             )
             if state.get("method") != self.method:
@@ -854,7 +867,11 @@ class _FinetuneJob(_Job):
         self.out = Path(out)
         self.last_path = last_checkpoint_path(self.out)
         self.device = select_device(config.device)
-        self.ctx = distributed if distributed is not None else DistributedContext.from_environment(self.device)
+        self.ctx = (
+            distributed
+            if distributed is not None
+            else DistributedContext.from_environment(self.device)
+        )
         self.seed = int(config.seed)
         self.n_epochs = int(config.epochs)
         self.save_every = max(int(config.save_every), 1)
@@ -866,7 +883,10 @@ class _FinetuneJob(_Job):
         resume_state = None
         if resume and self.last_path.is_file():
             resume_state = load_checkpoint(
-                self.last_path, kind="classifier", preset=config.preset, box_size=data.box_size,
+                self.last_path,
+                kind="classifier",
+                preset=config.preset,
+                box_size=data.box_size,
                 map_location="cpu",
             )
         labels = np.asarray(data.class_numbers, dtype=np.int64)
@@ -906,7 +926,11 @@ class _FinetuneJob(_Job):
             preset = init_state["preset"]
             self.method = f"finetune from {init_state.get('method') or 'checkpoint'}"
             trained_vs = init_state.get("voxel_size")
-            if trained_vs and data.voxel_size and abs(trained_vs - data.voxel_size) > 0.02 * trained_vs:
+            if (
+                trained_vs
+                and data.voxel_size
+                and abs(trained_vs - data.voxel_size) > 0.02 * trained_vs
+            ):
                 self.notes.append(
                     f"{self.init} was pretrained at {trained_vs:g} Å/voxel, the particles are "
                     f"{data.voxel_size:g} Å/voxel"
@@ -1131,9 +1155,7 @@ class _FinetuneJob(_Job):
             split={
                 "train_rows": self.train_rows,
                 "val_rows": self.val_rows,
-                "info": {
-                    k: v for k, v in self.split_info.items() if k != "counts"
-                },
+                "info": {k: v for k, v in self.split_info.items() if k != "counts"},
             },
             stopped=reason != "epoch",
         )

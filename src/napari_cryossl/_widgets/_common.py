@@ -123,7 +123,7 @@ class LossPlot(QWidget):
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt naming)
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        rect = QRectF(self.rect()).adjusted(34, 6, -6, -16)
+        rect = QRectF(self.rect()).adjusted(46, 6, -6, -16)
         painter.setPen(QPen(QColor("#888888"), 1))
         painter.drawRect(rect)
         points = [p for s in self.series.values() for p in s]

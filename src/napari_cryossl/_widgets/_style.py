@@ -25,6 +25,10 @@ def _palette() -> tuple[str, ...]:
 UNLABELLED_FACE = np.array([0.0, 0.0, 0.0, 0.0])
 UNLABELLED_BORDER = np.array([0.75, 0.75, 0.75, 1.0])
 
+#: Labelled particles: filled with the class colour, half transparent so the density
+#: underneath stays visible, with an opaque rim in the same colour.
+LABELLED_FACE_ALPHA = 0.5
+
 #: Default point size (voxels) when the particle diameter is unknown.
 DEFAULT_POINT_SIZE = 12.0
 
@@ -83,5 +87,6 @@ def point_colors(class_numbers, classes: Sequence[Mapping] | None = None):
     for n, rgba in class_color_table(classes, numbers).items():
         mask = numbers == n
         face[mask] = rgba
+        face[mask, 3] = LABELLED_FACE_ALPHA * rgba[3]
         border[mask] = rgba
     return face, border

@@ -143,19 +143,20 @@ class SaliencyWidget(QWidget):
 
         def job():
             from napari_cryossl.dataset import SubtomogramSet
-            from napari_cryossl.models import classifier_from_checkpoint, load_checkpoint
+            from napari_cryossl.predict import load_classifier
             from napari_cryossl.saliency import gradcam, paste_heatmaps
 
             t0 = time.perf_counter()
-            state = load_checkpoint(classifier, kind="classifier")
-            model = classifier_from_checkpoint(state)
-            box = int(state["box_size"])
+            model, classes, _names, _state = load_classifier(classifier)
+            box = int(model.box_size)
             data = SubtomogramSet.from_table(sub, tomo, box)
             n_steps = (len(data) + _BATCH - 1) // _BATCH
             maps = []
             for step, start in enumerate(range(0, len(data), _BATCH)):
                 idx = np.arange(start, min(start + _BATCH, len(data)))
-                maps.append(gradcam(model, data.load(idx), target=target, device=device))
+                maps.append(
+                    gradcam(model, data.load(idx), target=target, device=device, class_numbers=classes)
+                )
                 yield SimpleNamespace(
                     stage="Grad-CAM",
                     step=step + 1,
