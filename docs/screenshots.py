@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "img", help="folder for gui_*.png")
     parser.add_argument("--fast", action="store_true", help="1 epoch each (checks the script)")
-    parser.add_argument("--labels-per-class", type=int, default=4)
+    parser.add_argument("--labels-per-class", type=int, default=6)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     # 5. Fine-tuning on the labels --------------------------------------------------------------
     print("5. fine-tuning", flush=True)
     ft = dock.show_section("finetune")
-    ft.epochs.setValue(1 if args.fast else 40)
+    ft.epochs.setValue(1 if args.fast else 30)
     ft.batch_size.setValue(8)
     wait(ft.start(), "fine-tuning")
     shot("finetuning")
@@ -161,15 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     shot("saliency")
     sal.scope.setCurrentIndex(sal.scope.findData("all"))
     wait(sal.start(), "Grad-CAM (all particles)")
-    session.particles_layer.visible = False
     viewer.dims.ndisplay = 3
-    viewer.camera.angles = (15, -30, 60)
+    # In 3D the tomogram is drawn as a minimum projection (protein is dark), the heatmaps
+    # as a maximum projection over it; the faint halo of every box is cut off.
+    session.image_layer.rendering = "minip"
+    sal.heatmap_layer.contrast_limits = (0.3, 1.0)
     viewer.reset_view()
-    session.image_layer.visible = False
+    viewer.camera.angles = (10, -25, 70)
     shot("saliency_3d")
-    session.image_layer.visible = True
+    session.image_layer.rendering = "mip"
     viewer.dims.ndisplay = 2
-    session.particles_layer.visible = True
+    session.predictions_layer.visible = True
 
     # 8. Export ------------------------------------------------------------------------------------
     print("8. export", flush=True)

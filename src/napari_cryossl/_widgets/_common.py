@@ -69,6 +69,21 @@ def notify_info(message: str) -> None:
     show_info(message)
 
 
+def set_path_label(label, path, empty: str = "none yet") -> None:
+    """Show a path as its last two parts (the whole path in the tooltip): long paths
+    without spaces cannot wrap and would widen the dock."""
+    from pathlib import Path
+
+    if path is None:
+        label.setText(empty)
+        label.setToolTip("")
+        return
+    path = Path(path)
+    parts = path.parts
+    label.setText(str(path) if len(parts) <= 3 else "…/" + "/".join(parts[-2:]))
+    label.setToolTip(str(path))
+
+
 def format_duration(seconds: float) -> str:
     """'1:05' / '1:02:03' for a progress line."""
     if not math.isfinite(seconds) or seconds < 0:

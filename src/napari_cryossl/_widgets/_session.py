@@ -552,15 +552,18 @@ class Session(QObject):
         predicted, prob = self.prediction_arrays()
         conf = np.nan_to_num(prob, nan=0.0)
         face, _ = point_colors(predicted, self.store.classes)
-        # Confidence -> opacity and size, so doubtful calls recede and confident ones stand out.
-        face[:, 3] = np.where(predicted > 0, 0.25 + 0.75 * conf, 0.0)
+        # Confidence -> opacity and size, so doubtful calls recede and confident ones stand
+        # out. Measured from chance (1/classes), where a call means nothing, to certainty.
+        chance = 1.0 / max(len(self.store.classes), 2)
+        rel = np.clip((conf - chance) / (1.0 - chance), 0.0, 1.0)
+        face[:, 3] = np.where(predicted > 0, 0.3 + 0.7 * rel, 0.0)
         labelled = table["class_number"].to_numpy() > 0
         colors = class_color_table(self.store.classes, predicted)
         border = np.tile(np.array([0.75, 0.75, 0.75, 1.0]), (len(zyx), 1))
         for number, rgba in colors.items():
             border[predicted == number] = rgba
         border[labelled] = _LABELLED_RIM
-        sizes = self.point_size * np.where(predicted > 0, 0.6 + 0.4 * conf, 0.6)
+        sizes = self.point_size * np.where(predicted > 0, 0.5 + 0.5 * rel, 0.6)
         features = _features(table)
         features["class_number"] = predicted  # the writer saves predictions as classes
         features["label"] = table["class_number"].to_numpy(dtype=np.int64)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QScrollArea, QToolBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QSizePolicy, QToolBox, QVBoxLayout, QWidget
 
 from napari_cryossl._widgets._session import get_session
 from napari_cryossl._widgets.data import DataWidget
@@ -51,13 +51,13 @@ class CryoSSLWidget(QWidget):
             section = cls(self.session)
             setattr(self, attr, section)
             self.toolbox.addItem(section, title)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(self.toolbox)
+        # (QToolBox puts each section in its own scroll area: tall sections scroll.)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(scroll)
-        self.setMinimumWidth(340)
+        layout.addWidget(self.toolbox)
+        self.setMinimumWidth(360)
+        # Expanding: napari's dock then gives the sections the whole height.
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
         self.destroyed.connect(self.session.quit_workers)
 
     def show_section(self, attr: str) -> QWidget:

@@ -10,6 +10,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -42,24 +43,21 @@ class PickingWidget(QWidget):
 
         manual = QGroupBox("By hand")
         m = QVBoxLayout(manual)
-        row = QHBoxLayout()
         self.add_button = QPushButton("Add by clicking")
-        self.add_button.setToolTip(
-            "Click in the view to add a particle (napari's Points 'add' mode)"
-        )
-        self.select_button = QPushButton("Select / delete")
+        self.add_button.setToolTip("Click in the view to add a particle (napari's 'add' mode)")
+        self.select_button = QPushButton("Select")
         self.select_button.setToolTip(
             "Click or drag a box to select particles; Delete removes them"
         )
         self.delete_button = QPushButton("Delete selected")
-        for b in (self.add_button, self.select_button, self.delete_button):
-            row.addWidget(b)
-        m.addLayout(row)
         self.import_button = QPushButton("Import STAR / CSV…")
-        self.import_button.setToolTip(
-            "Add particles (and their classes) from a RELION STAR or CSV file"
-        )
-        m.addWidget(self.import_button)
+        self.import_button.setToolTip("Add particles (and their classes) from a STAR or CSV file")
+        grid = QGridLayout()
+        grid.addWidget(self.add_button, 0, 0)
+        grid.addWidget(self.select_button, 0, 1)
+        grid.addWidget(self.delete_button, 1, 0)
+        grid.addWidget(self.import_button, 1, 1)
+        m.addLayout(grid)
         layout.addWidget(manual)
 
         auto = QGroupBox("Automatic (Difference of Gaussians)")
@@ -137,7 +135,7 @@ class PickingWidget(QWidget):
     def delete_selected(self) -> None:
         layer = self.session.particles_layer
         if layer is None or not layer.selected_data:
-            self.status.info("select particles first (Select / delete, then click or drag)")
+            self.status.info("select particles first (Select, then click or drag)")
             return
         n = len(layer.selected_data)
         layer.remove_selected()  # the layer event updates the store

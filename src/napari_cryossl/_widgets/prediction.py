@@ -30,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error
+from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error, set_path_label
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import generator_worker
 from napari_cryossl._widgets.training import CHECKPOINT_FILTER
@@ -50,7 +50,6 @@ class PredictionWidget(QWidget):
         form = QFormLayout()
         row = QHBoxLayout()
         self.classifier_label = QLabel("")
-        self.classifier_label.setWordWrap(True)
         self.choose_button = QPushButton("Choose…")
         row.addWidget(self.classifier_label, 1)
         row.addWidget(self.choose_button)
@@ -189,8 +188,7 @@ class PredictionWidget(QWidget):
 
     # display ----------------------------------------------------------------------
     def _show_classifier(self) -> None:
-        path = self.session.classifier_path
-        self.classifier_label.setText(str(path) if path else "none yet")
+        set_path_label(self.classifier_label, self.session.classifier_path)
 
     def _choose_classifier(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Classifier checkpoint", "", CHECKPOINT_FILTER)

@@ -155,7 +155,9 @@ class SaliencyWidget(QWidget):
             for step, start in enumerate(range(0, len(data), _BATCH)):
                 idx = np.arange(start, min(start + _BATCH, len(data)))
                 maps.append(
-                    gradcam(model, data.load(idx), target=target, device=device, class_numbers=classes)
+                    gradcam(
+                        model, data.load(idx), target=target, device=device, class_numbers=classes
+                    )
                 )
                 yield SimpleNamespace(
                     stage="Grad-CAM",
@@ -221,8 +223,15 @@ class SaliencyWidget(QWidget):
             layer.scale = scale
             layer.contrast_limits = (0.0, 1.0)
             layer.metadata["block_start_zyx"] = tuple(int(v) for v in lo)
+        # The particle markers would cover the heatmap: hide them (the layer list brings
+        # them back).
+        for points in (self.session.predictions_layer, self.session.particles_layer):
+            if points is not None and points in viewer.layers:
+                points.visible = False
+        viewer.layers.selection.active = layer
         self.status.info(
-            "heatmap in inferno over the tomogram (bright = what the network used); "
+            "heatmap in inferno over the tomogram (bright = what the network used); the "
+            "particle layers are hidden (tick them in the layer list to show them again); "
             "'3D view' shows it in 3D"
         )
 

@@ -25,7 +25,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error, notify_info
+from napari_cryossl._widgets._common import (
+    RunPanel,
+    StatusLine,
+    notify_error,
+    notify_info,
+    set_path_label,
+)
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import function_worker, generator_worker
 
@@ -240,9 +246,11 @@ class PretrainWidget(_TrainingSection):
         form.addRow(self.device_label)
         layout.addLayout(form)
         layout.addWidget(self.panel)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Encoder:"))
         self.encoder_label = QLabel("")
-        self.encoder_label.setWordWrap(True)
-        layout.addWidget(self.encoder_label)
+        row.addWidget(self.encoder_label, 1)
+        layout.addLayout(row)
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.method.currentIndexChanged.connect(self._apply_defaults)
@@ -351,8 +359,7 @@ class PretrainWidget(_TrainingSection):
         self._show_encoder()
 
     def _show_encoder(self) -> None:
-        path = self.session.encoder_path
-        self.encoder_label.setText(f"Encoder: {path}" if path else "Encoder: none yet")
+        set_path_label(self.encoder_label, self.session.encoder_path)
 
 
 class FinetuneWidget(_TrainingSection):
@@ -364,7 +371,6 @@ class FinetuneWidget(_TrainingSection):
         form = QFormLayout()
         row = QHBoxLayout()
         self.init_label = QLabel("")
-        self.init_label.setWordWrap(True)
         self.init_button = QPushButton("Choose…")
         self.init_button.setToolTip(
             "Use another encoder checkpoint (e.g. one pretrained with the CLI)"
@@ -460,8 +466,7 @@ class FinetuneWidget(_TrainingSection):
             self.session.models_changed.emit()
 
     def _show_state(self) -> None:
-        path = self.session.encoder_path
-        self.init_label.setText(str(path) if path else "none: training from scratch")
+        set_path_label(self.init_label, self.session.encoder_path, "none: training from scratch")
         if self.session.store is None:
             self.labels_label.setText("")
             return
