@@ -329,9 +329,12 @@ def easy_subtomograms(n_per_class, seed):
 def test_learning_is_real_pretrain_then_finetune_beats_chance_on_held_out_particles(tmp_path):
     """Randomly oriented shapes, 16 labels per class, held-out test set: chance is 1/3.
 
-    Measured on the 2-core CPU (seeds 0-2, 30 epochs): 0.77-0.90 from a random start
-    and similar from the MoCo encoder. The margin (>= 0.6) leaves room for BLAS and
-    platform differences.
+    MoCo with the paper's settings (Adam, lr 1e-4) for 15 epochs on 60 unlabelled
+    particles, then SGD fine-tuning (lr 5e-4, cosine) for 30 epochs. Measured on the
+    2-core CPU: held-out accuracy 0.85 from random weights (0.77-0.90 over seeds 0-2)
+    and 0.78 from the MoCo encoder; the threshold 0.6 leaves room for BLAS and platform
+    differences. Pretraining does *not* beat random weights at this size (see
+    docs/training.md), so that is not asserted.
     """
     torch.set_num_threads(2)
     unlabelled = easy_subtomograms(20, seed=10)
@@ -343,18 +346,19 @@ def test_learning_is_real_pretrain_then_finetune_beats_chance_on_held_out_partic
     statuses = list(
         iter_pretrain(
             unlabelled,
-            pretrain_config(epochs=15, batch_size=16, lr=1e-3, ssl_options={"queue_size": 32}),
+            pretrain_config(epochs=15, batch_size=16, ssl_options={"queue_size": 32}),
             encoder_path,
         )
     )
     # From the second epoch on the MoCo queue holds real keys (in the first, random ones
     # make an easy task): the loss must fall from there.
     epoch_losses = [s.loss for s in statuses if s.event == "epoch"]
-    assert np.mean(epoch_losses[-3:]) < 0.9 * np.mean(epoch_losses[1:4]), epoch_losses
+    assert np.mean(epoch_losses[-3:]) < 0.93 * np.mean(epoch_losses[1:4]), epoch_losses
 
     for init in (None, encoder_path):
         out = tmp_path / f"classifier_{'random' if init is None else 'pretrained'}.pt"
-        run(iter_finetune(labelled, finetune_config(epochs=30), out, init=init))
+        config = finetune_config(epochs=30, val_fraction=0.0)  # otherwise the paper's settings
+        run(iter_finetune(labelled, config, out, init=init))
         accuracy = float((predict(out, test, device="cpu").class_numbers == truth).mean())
         print(f"held-out accuracy from {init or 'random weights'}: {accuracy:.3f}")
         assert accuracy >= 0.6, (init, accuracy)

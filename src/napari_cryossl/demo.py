@@ -32,6 +32,8 @@ class DemoPreset:
     finetune_epochs: int
     labels_per_class: int
     batch_size: int
+    method: str = "moco"
+    ssl_options: dict | None = None
 
 
 PRESETS = {
@@ -201,7 +203,8 @@ def run_demo(
     with stage("pretrain"):
         data = SubtomogramSet.from_table(picks, tomo, cfg.box_size)
         p_cfg = PretrainConfig(
-            method="moco",
+            method=cfg.method,
+            ssl_options=cfg.ssl_options,
             preset=cfg.model_preset,
             epochs=cfg.pretrain_epochs,
             batch_size=cfg.batch_size,

@@ -104,7 +104,7 @@ def test_pretraining_runs_in_a_worker_while_napari_stays_responsive(dock, tomogr
     assert pre.panel.progress.value() == pre.panel.progress.maximum()
     assert pre.panel.plot.series.get("loss")
     assert not pre.panel.cancel_button.isEnabled() and pre.panel.start_button.isEnabled()
-    assert str(out) in widget.finetune.init_label.text()
+    assert widget.finetune.init_label.toolTip() == str(out)  # the next step uses it
 
 
 def test_cancel_keeps_a_checkpoint_and_resume_continues(dock, tomogram, truth, qtbot):
@@ -245,3 +245,55 @@ def test_finetune_predict_fix_gradcam_export(
     np.testing.assert_allclose(particle_zyx(back), particle_zyx(session.store.table), atol=1e-3)
     csv = tmp_path / "classified.csv"
     assert ex.export(csv) == n and len(read_particles(csv)) == n
+
+
+def test_an_error_in_a_worker_is_a_notification_and_keeps_the_annotations(
+    dock, tomogram, truth, qtbot
+):
+    """A bad encoder checkpoint fails inside the worker: the user gets a message naming the
+    file, the GUI is ready for another try, and the labels are untouched."""
+    from napari.utils.notifications import notification_manager
+
+    viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
+    bad = tomogram.with_name("not_a_checkpoint.pt")
+    bad.write_bytes(b"this is not a torch checkpoint")
+    session.encoder_path = bad
+    before = session.store.table.copy()
+    ft = widget.finetune
+    _small_settings(ft)
+    worker = ft.start()
+    assert worker is not None
+    errors = []
+    worker.errored.connect(errors.append)
+    _wait(qtbot, worker)
+    assert errors and ft.status.is_error and "not_a_checkpoint.pt" in ft.status.text()
+    assert "not_a_checkpoint.pt" in str(notification_manager.records[-1].message)
+    assert ft.panel.start_button.isEnabled() and not ft.panel.cancel_button.isEnabled()
+    assert not session.busy and session.classifier_path is None
+    assert session.store.table.equals(before)
+    assert len(viewer.layers) >= 2 and session.particles_layer in viewer.layers
+
+
+def test_training_libraries_import_after_a_viewer_exists():
+    """Regression: with Mesa's software OpenGL (Xvfb, VMs, remote desktops), importing
+    triton after napari made its GL context killed the process (segfault), and lightly
+    imports it through torchvision. The widgets' guard must make that import safe. Runs in
+    a fresh process so that nothing imported here hides the problem."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, napari\n"
+        "v = napari.Viewer(show=False)\n"
+        "v.add_image(np.zeros((4, 8, 8)))\n"
+        "from napari_cryossl._widgets._workers import prevent_triton_gl_crash\n"
+        "prevent_triton_gl_crash()\n"
+        "import lightly.loss, torch\n"
+        "torch.nn.Conv3d(1, 1, 3)(torch.zeros(1, 1, 4, 4, 4)).sum().backward()\n"
+        "v.close()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]

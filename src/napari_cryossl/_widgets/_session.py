@@ -178,14 +178,19 @@ class Session(QObject):
         self.models_changed.emit()
 
     def use_layer(self, layer) -> None:
-        """Start the workflow on an Image layer that napari-cryossl opened (it knows its file)."""
+        """Start the workflow on an Image layer opened from an MRC file (by any reader)."""
+        from napari_cryossl._reader import TOMOGRAM_SUFFIXES
         from napari_cryossl.io import InputError
 
-        path = (layer.metadata or {}).get("path")
-        if not path or (layer.metadata or {}).get(_ROLE) != "tomogram":
+        meta = layer.metadata or {}
+        path = meta.get("path") if meta.get(_ROLE) == "tomogram" else None
+        source = getattr(getattr(layer, "source", None), "path", None)
+        if path is None and source and Path(source).suffix.lower() in TOMOGRAM_SUFFIXES:
+            path, layer = source, None  # another reader's layer: open ours (with Å scale)
+        if not path:
             raise InputError(
-                f"layer {layer.name!r} was not opened from an MRC file by napari-cryossl; "
-                "open the tomogram with 'Open tomogram…' (or File ▸ Open with this plugin)"
+                f"layer {layer.name!r} was not opened from an MRC file; open the tomogram "
+                "with 'Open tomogram…' (or File ▸ Open)"
             )
         self.open_tomogram(path, layer=layer)
 

@@ -102,11 +102,7 @@ class DataWidget(QWidget):
     # display -------------------------------------------------------------
     def _refresh_layers(self, event=None) -> None:
         current = self.layer_combo.currentText()
-        names = [
-            layer.name
-            for layer in self.session.viewer.layers
-            if (layer.metadata or {}).get("napari_cryossl") == "tomogram"
-        ]
+        names = [layer.name for layer in self.session.viewer.layers if _is_tomogram(layer)]
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         self.layer_combo.addItems(names)
@@ -129,3 +125,13 @@ class DataWidget(QWidget):
         self.voxel_label.setText(f"{vs:.4g} Å")
         n = len(self.session.store.table)
         self.store_label.setText(f"{n} particles, autosaved to {self.session.store.path}")
+
+
+def _is_tomogram(layer) -> bool:
+    """An Image layer read from an MRC file (by this plugin or another reader)."""
+    from napari_cryossl._reader import TOMOGRAM_SUFFIXES
+
+    if (layer.metadata or {}).get("napari_cryossl") == "tomogram":
+        return True
+    source = getattr(getattr(layer, "source", None), "path", None)
+    return bool(source) and Path(source).suffix.lower() in TOMOGRAM_SUFFIXES and layer.ndim == 3
