@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     from napari_cryossl.models import Classifier, build_encoder, count_flops
     from napari_cryossl.predict import predict
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="rb3d-small")
     parser.add_argument("--box", type=int, default=32)
     parser.add_argument("--n", type=int, default=512, help="subtomograms")
@@ -74,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         centres = (grid[: args.n] * spacing + spacing // 2).astype(float)
         table = make_particle_table(centres, source="imported")
         data = SubtomogramSet.from_table(table, open_tomogram(path), args.box)
-        predict(model, data.subset(np.arange(min(len(data), args.batch_size))), batch_size=args.batch_size, device=device)
+        predict(
+            model,
+            data.subset(np.arange(min(len(data), args.batch_size))),
+            batch_size=args.batch_size,
+            device=device,
+        )
         t0 = time.perf_counter()
         predict(model, data, batch_size=args.batch_size, device=device, num_workers=args.workers)
         e2e_rate = len(data) / (time.perf_counter() - t0)
@@ -83,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {describe()} ({platform.processor() or platform.machine()})")
     print(f"preset {args.preset}, box {args.box}^3, batch {args.batch_size}, n {args.n}")
     print(f"FLOPs per subtomogram: {flops / 1e9:.2f} GFLOP")
-    print(f"model alone: {model_rate:.1f} subtomograms/s ({model_rate * flops / 1e12:.3f} TFLOP/s achieved)")
+    print(
+        f"model alone: {model_rate:.1f} subtomograms/s ({model_rate * flops / 1e12:.3f} TFLOP/s achieved)"
+    )
     print(f"end to end from mmap'd tomogram: {e2e_rate:.1f} subtomograms/s")
     print(f"ratio end-to-end / model-only: {ratio:.1%}")
     print(f"1 M subtomograms: {1e6 / e2e_rate / 3600:.2f} h end to end")

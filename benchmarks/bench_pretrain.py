@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
     from napari_cryossl.ssl import SSL_DEFAULTS, build_ssl
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--method", default="moco", choices=["moco", "simclr", "swav"])
     parser.add_argument("--preset", default="rb3d-small")
     parser.add_argument("--box", type=int, default=32)
@@ -48,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         data = SubtomogramSet.from_table(truth, open_tomogram(path), args.box)
         model = build_ssl(args.method, build_encoder(args.preset, args.box)).to(device)
         defaults = SSL_DEFAULTS[args.method]
-        opt = torch.optim.Adam(model.parameters(), lr=defaults["lr"], weight_decay=defaults["weight_decay"])
+        opt = torch.optim.Adam(
+            model.parameters(), lr=defaults["lr"], weight_decay=defaults["weight_decay"]
+        )
         augment = SubtomogramAugment().to(device)
         rng = np.random.default_rng(0)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -78,10 +82,14 @@ def main(argv: list[str] | None = None) -> int:
                 times["compute"] += t3 - t2
     total = sum(times.values())
     print(f"device: {describe()}")
-    print(f"{args.method}, preset {args.preset}, box {args.box}^3, batch {args.batch_size}, {args.steps} steps")
+    print(
+        f"{args.method}, preset {args.preset}, box {args.box}^3, batch {args.batch_size}, {args.steps} steps"
+    )
     for key, value in times.items():
         print(f"  {key:<8} {1000 * value / args.steps:8.1f} ms/step  {value / total:6.1%}")
-    print(f"  data loading + augmentation: {(times['load'] + times['augment']) / total:.1%} of each step")
+    print(
+        f"  data loading + augmentation: {(times['load'] + times['augment']) / total:.1%} of each step"
+    )
     return 0
 
 

@@ -24,12 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
     from napari_cryossl.train import FinetuneConfig, iter_finetune, run
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="rb3d-small")
     parser.add_argument("--box", type=int, default=32)
     parser.add_argument("--labels-per-class", type=int, default=20)
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--particles", type=int, default=2000, help="particles to predict afterwards")
+    parser.add_argument(
+        "--particles", type=int, default=2000, help="particles to predict afterwards"
+    )
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
@@ -57,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.labels_per_class} labels x {args.classes} classes, preset {args.preset}, box {args.box}^3, "
         f"{args.epochs} epochs"
     )
-    print(f"  fine-tune: {t1 - t0:.1f} s (best validation accuracy {last.metrics.get('best_val_accuracy', float('nan')):.3f})")
+    print(
+        f"  fine-tune: {t1 - t0:.1f} s (best validation accuracy {last.metrics.get('best_val_accuracy', float('nan')):.3f})"
+    )
     print(f"  predict {len(pred.class_numbers)} particles: {t2 - t1:.1f} s")
     print(f"  time to first model (fine-tune + predict): {t2 - t0:.1f} s")
     print(f"  predicted class counts: {np.bincount(pred.class_numbers).tolist()}")

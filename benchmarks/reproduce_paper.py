@@ -53,9 +53,23 @@ class Config:
 
 
 CONFIGS = {
-    "paper": Config("paper", (0.05, 0.03, 0.5), 10, 500, 32, "rb3d", 200, 50, (0.25, 0.5, 0.75, 1.0), 5),
+    "paper": Config(
+        "paper", (0.05, 0.03, 0.5), 10, 500, 32, "rb3d", 200, 50, (0.25, 0.5, 0.75, 1.0), 5
+    ),
     "reduced": Config("reduced", (0.05, 0.5), 10, 100, 32, "rb3d-small", 20, 20, (0.25, 1.0), 3),
-    "quick": Config("quick", (0.1,), 10, 60, 32, "rb3d-small", 10, 15, (0.25, 1.0), 2, methods=("random", "moco")),
+    "quick": Config(
+        "quick",
+        (0.1,),
+        10,
+        60,
+        32,
+        "rb3d-small",
+        10,
+        15,
+        (0.25, 1.0),
+        2,
+        methods=("random", "moco"),
+    ),
     "smoke": Config("smoke", (0.5,), 3, 12, 16, "rb3d-small", 1, 1, (1.0,), 1, batch_size=8),
 }
 
@@ -74,7 +88,9 @@ def split_indices(labels: np.ndarray, seed: int, fractions=(0.6, 0.2, 0.2)):
     return tuple(np.sort(np.array(p, dtype=np.int64)) for p in parts)
 
 
-def label_subset(train_idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+def label_subset(
+    train_idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> np.ndarray:
     """A stratified `fraction` of the training indices (at least one per class)."""
     rng = np.random.default_rng(seed)
     chosen = []
@@ -103,7 +119,13 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
     from napari_cryossl.dataset import SubtomogramSet
     from napari_cryossl.predict import predict
     from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
-    from napari_cryossl.train import FinetuneConfig, PretrainConfig, iter_finetune, iter_pretrain, run
+    from napari_cryossl.train import (
+        FinetuneConfig,
+        PretrainConfig,
+        iter_finetune,
+        iter_pretrain,
+        run,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
@@ -115,7 +137,9 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
         volumes, labels = simulate_subtomograms(cfg.per_class, sim, seed=seed)
         all_data = SubtomogramSet.from_arrays(volumes, labels, voxel_size=sim.voxel_size)
         train_idx, val_idx, test_idx = split_indices(labels, seed)
-        unlabelled_train = SubtomogramSet.from_arrays(volumes[train_idx], None, voxel_size=sim.voxel_size)
+        unlabelled_train = SubtomogramSet.from_arrays(
+            volumes[train_idx], None, voxel_size=sim.voxel_size
+        )
         test = all_data.subset(test_idx)
 
         for method in cfg.methods:
@@ -133,7 +157,9 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
                             device=device,
                             seed=seed + run_i,
                         )
-                        last = run(iter_pretrain(unlabelled_train, p_cfg, encoder, resume=encoder.exists()))
+                        last = run(
+                            iter_pretrain(unlabelled_train, p_cfg, encoder, resume=encoder.exists())
+                        )
                         row = {
                             "key": f"pretrain|{snr}|{method}|{run_i}",
                             "stage": "pretrain",
@@ -150,7 +176,9 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
                     if key in done:
                         continue
                     t0 = time.perf_counter()
-                    chosen = label_subset(train_idx, labels, fraction, seed=seed + 1000 * run_i + int(100 * fraction))
+                    chosen = label_subset(
+                        train_idx, labels, fraction, seed=seed + 1000 * run_i + int(100 * fraction)
+                    )
                     # The labelled training subset and the validation split go in together;
                     # fine-tuning holds out a stratified validation part of the same size
                     # as the validation split for choosing the best epoch.
@@ -184,7 +212,10 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
                     }
                     _append(results_path, row)
                     done[key] = row
-                    print(f"snr {snr} {method:>6} {fraction:.0%} run {run_i}: test accuracy {acc:.3f}", flush=True)
+                    print(
+                        f"snr {snr} {method:>6} {fraction:.0%} run {run_i}: test accuracy {acc:.3f}",
+                        flush=True,
+                    )
     return list(done.values())
 
 
@@ -198,11 +229,19 @@ def summarise(rows: list[dict], out: Path) -> str:
     methods = [m for m in METHODS if any(r["method"] == m for r in fin)]
 
     def accs(snr, method, fraction):
-        return np.array([r["test_accuracy"] for r in fin if (r["snr"], r["method"], r["fraction"]) == (snr, method, fraction)])
+        return np.array(
+            [
+                r["test_accuracy"]
+                for r in fin
+                if (r["snr"], r["method"], r["fraction"]) == (snr, method, fraction)
+            ]
+        )
 
     lines = []
     for snr in snrs:
-        lines.append(f"\n**SNR {snr}** (test accuracy %, mean ± std over runs; p: two-tailed Welch t-test vs random init)\n")
+        lines.append(
+            f"\n**SNR {snr}** (test accuracy %, mean ± std over runs; p: two-tailed Welch t-test vs random init)\n"
+        )
         lines.append("| init | " + " | ".join(f"{f:.0%} labels" for f in fractions) + " |")
         lines.append("|---|" + "---|" * len(fractions))
         for method in methods:
@@ -234,9 +273,17 @@ def _plot(fin, snrs, fractions, methods, accs, out: Path) -> None:
     for snr in snrs:
         fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
         for method in methods:
-            means = [100 * accs(snr, method, f).mean() if len(accs(snr, method, f)) else np.nan for f in fractions]
-            stds = [100 * accs(snr, method, f).std() if len(accs(snr, method, f)) else np.nan for f in fractions]
-            ax.errorbar([100 * f for f in fractions], means, yerr=stds, marker="o", capsize=3, label=method)
+            means = [
+                100 * accs(snr, method, f).mean() if len(accs(snr, method, f)) else np.nan
+                for f in fractions
+            ]
+            stds = [
+                100 * accs(snr, method, f).std() if len(accs(snr, method, f)) else np.nan
+                for f in fractions
+            ]
+            ax.errorbar(
+                [100 * f for f in fractions], means, yerr=stds, marker="o", capsize=3, label=method
+            )
         ax.set_xlabel("labelled fraction of the training split (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"SNR {snr}")
@@ -245,12 +292,23 @@ def _plot(fin, snrs, fractions, methods, accs, out: Path) -> None:
         fig.savefig(out / f"accuracy_vs_labels_snr{snr}.png")
         plt.close(fig)
         # confusion matrix of the best method at 100 % labels (summed over runs)
-        best = max(methods, key=lambda m: accs(snr, m, max(fractions)).mean() if len(accs(snr, m, max(fractions))) else -1)
-        mats = [np.array(r["confusion"]) for r in fin if (r["snr"], r["method"], r["fraction"]) == (snr, best, max(fractions))]
+        best = max(
+            methods,
+            key=lambda m: (
+                accs(snr, m, max(fractions)).mean() if len(accs(snr, m, max(fractions))) else -1
+            ),
+        )
+        mats = [
+            np.array(r["confusion"])
+            for r in fin
+            if (r["snr"], r["method"], r["fraction"]) == (snr, best, max(fractions))
+        ]
         if mats:
             mat = np.sum(mats, axis=0)
             fig, ax = plt.subplots(figsize=(4.2, 3.8), dpi=120)
-            im = ax.imshow(mat / np.maximum(mat.sum(1, keepdims=True), 1), cmap="viridis", vmin=0, vmax=1)
+            im = ax.imshow(
+                mat / np.maximum(mat.sum(1, keepdims=True), 1), cmap="viridis", vmin=0, vmax=1
+            )
             ax.set_xlabel("predicted class")
             ax.set_ylabel("true class")
             ax.set_title(f"{best}, SNR {snr}, {max(fractions):.0%} labels")
@@ -261,7 +319,9 @@ def _plot(fin, snrs, fractions, methods, accs, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", choices=sorted(CONFIGS), default="reduced")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="auto")

@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 8. Export ------------------------------------------------------------------------------------
     print("8. export", flush=True)
+    sal.heatmap_layer.visible = False
     ex = dock.show_section("export")
     n = ex.export(work / "particles.star")
     print(f"  exported {n} particles to {work / 'particles.star'}", flush=True)

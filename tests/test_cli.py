@@ -68,7 +68,17 @@ def test_bad_input_exit_code_from_a_real_process(tmp_path):
     bad = tmp_path / "broken.mrc"
     bad.write_bytes(b"garbage")
     proc = subprocess.run(
-        [sys.executable, "-m", "napari_cryossl", "pick", str(bad), "--diameter-px", "8", "--out", str(tmp_path / "p.star")],
+        [
+            sys.executable,
+            "-m",
+            "napari_cryossl",
+            "pick",
+            str(bad),
+            "--diameter-px",
+            "8",
+            "--out",
+            str(tmp_path / "p.star"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -136,11 +146,54 @@ def test_pretrain_finetune_predict_gradcam_end_to_end(simulated, tmp_path):
     classifier = tmp_path / "classifier.pt"
     predictions = tmp_path / "predictions.star"
     common = ["--preset", "rb3d-small", "--device", "cpu", "--batch-size", "8"]
-    assert main(["pretrain", str(particles), "--method", "simclr", "--out", str(encoder), "--epochs", "1", *common]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                str(particles),
+                "--method",
+                "simclr",
+                "--out",
+                str(encoder),
+                "--epochs",
+                "1",
+                *common,
+            ]
+        )
+        == 0
+    )
     assert encoder.exists()
-    assert main(["finetune", str(particles), "--init", str(encoder), "--out", str(classifier), "--epochs", "2", *common]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                str(particles),
+                "--init",
+                str(encoder),
+                "--out",
+                str(classifier),
+                "--epochs",
+                "2",
+                *common,
+            ]
+        )
+        == 0
+    )
     assert classifier.exists()
-    assert main(["predict", str(classifier), str(particles), "--out", str(predictions), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(classifier),
+                str(particles),
+                "--out",
+                str(predictions),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
 
     source = starfile.read(particles)
     result = starfile.read(predictions)
@@ -154,7 +207,12 @@ def test_pretrain_finetune_predict_gradcam_end_to_end(simulated, tmp_path):
     assert np.all((prob >= 1 / 3 - 1e-6) & (prob <= 1))
 
     heat_dir = tmp_path / "heat"
-    assert main(["gradcam", str(classifier), str(particles), "--out", str(heat_dir), "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["gradcam", str(classifier), str(particles), "--out", str(heat_dir), "--device", "cpu"]
+        )
+        == 0
+    )
     maps = sorted(heat_dir.glob("*.mrc"))
     assert len(maps) == len(source)
 
@@ -167,7 +225,22 @@ def test_gradcam_on_tomogram_coordinates_writes_one_volume(simulated, tmp_path):
     args = ["--preset", "rb3d-small", "--device", "cpu", "--box-size", "16", "--batch-size", "4"]
     assert main(["finetune", str(particles), "--out", str(classifier), "--epochs", "1", *args]) == 0
     heat_dir = tmp_path / "heat"
-    assert main(["gradcam", str(classifier), str(particles), "--out", str(heat_dir), "--device", "cpu", "--box-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "gradcam",
+                str(classifier),
+                str(particles),
+                "--out",
+                str(heat_dir),
+                "--device",
+                "cpu",
+                "--box-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     maps = sorted(heat_dir.glob("*.mrc"))
     assert len(maps) == 1
     with mrcfile.open(maps[0]) as heat, mrcfile.open(simulated["tomogram"]) as tomo:
@@ -180,9 +253,22 @@ def test_finetune_refuses_a_single_class(simulated, tmp_path, capsys):
     table = starfile.read(simulated["particles"])
     table = table["particles"] if isinstance(table, dict) else table
     one = table[table["rlnClassNumber"] == 1].copy()
-    one["rlnImageName"] = [str((simulated["particles"].parent / p).resolve()) for p in one["rlnImageName"]]
+    one["rlnImageName"] = [
+        str((simulated["particles"].parent / p).resolve()) for p in one["rlnImageName"]
+    ]
     path = tmp_path / "one_class.star"
     starfile.write(one, path)
-    code = main(["finetune", str(path), "--out", str(tmp_path / "c.pt"), "--epochs", "1", "--preset", "rb3d-small"])
+    code = main(
+        [
+            "finetune",
+            str(path),
+            "--out",
+            str(tmp_path / "c.pt"),
+            "--epochs",
+            "1",
+            "--preset",
+            "rb3d-small",
+        ]
+    )
     assert code == 2
     assert "class" in capsys.readouterr().err

@@ -145,7 +145,13 @@ def run_demo(
     from napari_cryossl.predict import predict
     from napari_cryossl.saliency import gradcam, paste_heatmaps
     from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
-    from napari_cryossl.train import FinetuneConfig, PretrainConfig, iter_finetune, iter_pretrain, run
+    from napari_cryossl.train import (
+        FinetuneConfig,
+        PretrainConfig,
+        iter_finetune,
+        iter_pretrain,
+        run,
+    )
 
     torch_device = select_device(device)
     if preset is None:
@@ -219,7 +225,9 @@ def run_demo(
     labels = np.zeros(len(picks), dtype=np.int64)
     for c in range(1, cfg.n_classes + 1):
         candidates = np.flatnonzero(true_class == c)
-        chosen = rng.choice(candidates, size=min(cfg.labels_per_class, len(candidates)), replace=False)
+        chosen = rng.choice(
+            candidates, size=min(cfg.labels_per_class, len(candidates)), replace=False
+        )
         labels[chosen] = c
     result.n_labelled = int((labels > 0).sum())
     labelled_table = picks.copy()

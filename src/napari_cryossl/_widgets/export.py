@@ -84,7 +84,10 @@ class ExportWidget(QWidget):
         for label, key in CLASS_SOURCES.items():
             self.classes.addItem(label, key)
         self.classes.setToolTip("What to write as rlnClassNumber (0 = unlabelled)")
-        self.use_filter = QCheckBox("only predictions above the minimum confidence (step 6)")
+        self.use_filter = QCheckBox("skip doubtful predictions")
+        self.use_filter.setToolTip(
+            "Leave out predicted particles below step 6's minimum confidence (labels are kept)"
+        )
         form.addRow("Class:", self.classes)
         form.addRow(self.use_filter)
         layout.addLayout(form)
@@ -122,7 +125,8 @@ class ExportWidget(QWidget):
         except Exception as exc:
             self.status.error(notify_error(exc))
             return 0
-        self.status.info(f"{len(table)} particles saved to {path}")
+        self.status.info(f"{len(table)} particles saved to {Path(path).name}")
+        self.status.setToolTip(str(path))
         return len(table)
 
     def _ask(self, suffix: str) -> None:

@@ -1,0 +1,45 @@
+"""Tiny runs proving the benchmark scripts still work (figures come from full runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"benchmarks_{name}"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_paper_smoke_writes_results_table_and_plot_and_resumes(tmp_path):
+    repro = _load("reproduce_paper")
+    out = tmp_path / "smoke"
+    assert repro.main(["--config", "smoke", "--out", str(out), "--device", "cpu", "--methods", "random", "moco"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    finetunes = [r for r in rows if r["stage"] == "finetune"]
+    assert {r["method"] for r in finetunes} == {"random", "moco"}
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in finetunes)
+    assert "| moco |" in (out / "table.md").read_text()
+    assert list(out.glob("accuracy_vs_labels_snr*.png"))
+    # a second start finds every run done and adds nothing
+    repro.main(["--config", "smoke", "--out", str(out), "--device", "cpu", "--methods", "random", "moco"])
+    assert len((out / "results.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_split_is_stratified_60_20_20():
+    import numpy as np
+
+    repro = _load("reproduce_paper")
+    labels = np.repeat(np.arange(1, 11), 50)
+    train, val, test = repro.split_indices(labels, seed=0)
+    assert len(train) == 300 and len(val) == 100 and len(test) == 100
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    for part, n in ((train, 30), (val, 10), (test, 10)):
+        assert np.all(np.bincount(labels[part])[1:] == n)
