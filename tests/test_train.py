@@ -83,7 +83,9 @@ def test_pretrain_yields_a_status_per_step_and_epoch_and_a_loadable_checkpoint(t
 
 def test_pretrain_drops_the_partial_batch_but_handles_sets_smaller_than_a_batch(tmp_path):
     big = list(iter_pretrain(random_set(20), pretrain_config(epochs=1), tmp_path / "a.pt"))
-    assert big[-1].n_steps == 2  # 20 particles, batch 8: the last 4 are dropped (re-drawn each epoch)
+    assert (
+        big[-1].n_steps == 2
+    )  # 20 particles, batch 8: the last 4 are dropped (re-drawn each epoch)
     small = list(
         iter_pretrain(random_set(5), pretrain_config(method="simclr", epochs=2), tmp_path / "b.pt")
     )
@@ -249,7 +251,9 @@ def test_a_class_with_too_few_labels_stays_in_training_and_is_reported():
 )
 def test_fewer_than_two_classes_is_refused_with_a_clear_message(tmp_path, labels, found):
     data = random_set(3, np.array(labels))
-    with pytest.raises(InputError, match=f"need labelled particles of at least 2 classes; found {found}"):
+    with pytest.raises(
+        InputError, match=f"need labelled particles of at least 2 classes; found {found}"
+    ):
         iter_finetune(data, finetune_config(), tmp_path / "c.pt")
 
 
@@ -295,12 +299,16 @@ def test_init_checkpoint_for_another_box_size_or_preset_is_refused(tmp_path):
     run(iter_pretrain(random_set(8), pretrain_config(epochs=1), encoder_path))
     with pytest.raises(InputError, match="encoder.pt.*20\\^3"):
         iter_finetune(
-            random_set(8, labels_for(8), box=20), finetune_config(), tmp_path / "c.pt",
+            random_set(8, labels_for(8), box=20),
+            finetune_config(),
+            tmp_path / "c.pt",
             init=encoder_path,
         )
     with pytest.raises(InputError, match="encoder.pt.*rb3d-small"):
         iter_finetune(
-            random_set(8, labels_for(8)), finetune_config(preset="rb3d"), tmp_path / "c.pt",
+            random_set(8, labels_for(8)),
+            finetune_config(preset="rb3d"),
+            tmp_path / "c.pt",
             init=encoder_path,
         )
 

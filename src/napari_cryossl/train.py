@@ -1113,7 +1113,7 @@ class _FinetuneJob(_Job):
 
     # -- checkpoints ------------------------------------------------------------------------
     def _names(self) -> list[str]:
-        names = dict(self.config.class_names or {})
+        names = {int(k): v for k, v in (self.config.class_names or {}).items()}
         return [str(names.get(int(c), f"class {int(c)}")) for c in self.classes]
 
     def _state(self, **extra):

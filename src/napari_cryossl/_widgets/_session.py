@@ -141,17 +141,17 @@ class Session(QObject):
         """
         from napari_cryossl._reader import tomogram_layer_data
         from napari_cryossl.annotations import AnnotationStore
+        from napari_cryossl.io import open_tomogram
 
         path = Path(path).resolve()
+        # Everything that can fail comes first, so a bad file changes nothing.
+        tomo = open_tomogram(path)
+        store = AnnotationStore.for_tomogram(path)
         if layer is None:
             layer = self._find_image_layer(path)
         if layer is None:
             data, kwargs, _ = tomogram_layer_data(path)
             layer = self.viewer.add_image(data, **kwargs)
-        from napari_cryossl.io import open_tomogram
-
-        tomo = open_tomogram(path)
-        store = AnnotationStore.for_tomogram(path)
         self._detach_store()
         self.tomogram = tomo
         self.image_layer = layer
