@@ -26,6 +26,17 @@ from napari_cryossl.train import (
 BOX = 16
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a busy 2-core machine two OpenMP threads that wait for
+    each other made these 3D convolutions ~50x slower (measured: 1.7 s vs 0.03 s for a
+    training step); restored afterwards for other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def random_set(n=24, labels=None, box=BOX, seed=0, voxel_size=10.0):
     volumes = np.random.default_rng(seed).normal(size=(n, box, box, box)).astype(np.float32)
     return SubtomogramSet.from_arrays(volumes, labels, voxel_size=voxel_size)
@@ -339,12 +350,11 @@ def test_learning_is_real_pretrain_then_finetune_beats_chance_on_held_out_partic
 
     MoCo with the paper's settings (Adam, lr 1e-4) for 15 epochs on 60 unlabelled
     particles, then SGD fine-tuning (lr 5e-4, cosine) for 30 epochs. Measured on the
-    2-core CPU: held-out accuracy 0.85 from random weights (0.77-0.90 over seeds 0-2)
-    and 0.78 from the MoCo encoder; the threshold 0.6 leaves room for BLAS and platform
-    differences. Pretraining does *not* beat random weights at this size (see
+    2-core CPU: held-out accuracy 0.75-0.90 from random weights (seeds 0-2, 1 or 2
+    threads) and 0.78-0.80 from the MoCo encoder; the threshold 0.6 leaves room for
+    BLAS and platform differences. Pretraining does *not* beat random weights at this size (see
     docs/training.md), so that is not asserted.
     """
-    torch.set_num_threads(2)
     unlabelled = easy_subtomograms(20, seed=10)
     labelled = easy_subtomograms(16, seed=0)
     test = easy_subtomograms(20, seed=100)

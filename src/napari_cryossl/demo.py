@@ -41,13 +41,16 @@ PRESETS = {
         tomogram_shape=(64, 256, 256),
         n_particles=160,
         n_classes=4,
-        snr=0.1,
+        snr=0.5,
         box_size=24,
         model_preset="rb3d-small",
         pretrain_epochs=8,
-        finetune_epochs=30,
-        labels_per_class=5,
+        finetune_epochs=100,
+        labels_per_class=10,
         batch_size=16,
+        # A short CPU run has ~120 pretraining steps: with the paper's m = 0.999 the key
+        # encoder would barely leave its random start, so the demo uses m = 0.99.
+        ssl_options={"momentum": 0.99},
     ),
     "gpu": DemoPreset(
         tomogram_shape=(128, 512, 512),

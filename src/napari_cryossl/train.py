@@ -939,7 +939,7 @@ class _FinetuneJob(_Job):
             preset = preset or "rb3d"
             encoder = _fresh_encoder(preset, data.box_size, config.encoder_options)
             self.method = "supervised"
-        if config.freeze_encoder:
+        if config.freeze_encoder and "(linear probe)" not in self.method:
             self.method += " (linear probe)"
         self.preset = preset
         self.model = Classifier(encoder, len(self.classes), dropout=config.dropout)
