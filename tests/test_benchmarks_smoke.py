@@ -21,7 +21,22 @@ def _load(name: str):
 def test_reproduce_paper_smoke_writes_results_table_and_plot_and_resumes(tmp_path):
     repro = _load("reproduce_paper")
     out = tmp_path / "smoke"
-    assert repro.main(["--config", "smoke", "--out", str(out), "--device", "cpu", "--methods", "random", "moco"]) == 0
+    assert (
+        repro.main(
+            [
+                "--config",
+                "smoke",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--methods",
+                "random",
+                "moco",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     finetunes = [r for r in rows if r["stage"] == "finetune"]
     assert {r["method"] for r in finetunes} == {"random", "moco"}
@@ -29,7 +44,9 @@ def test_reproduce_paper_smoke_writes_results_table_and_plot_and_resumes(tmp_pat
     assert "| moco |" in (out / "table.md").read_text()
     assert list(out.glob("accuracy_vs_labels_snr*.png"))
     # a second start finds every run done and adds nothing
-    repro.main(["--config", "smoke", "--out", str(out), "--device", "cpu", "--methods", "random", "moco"])
+    repro.main(
+        ["--config", "smoke", "--out", str(out), "--device", "cpu", "--methods", "random", "moco"]
+    )
     assert len((out / "results.jsonl").read_text().splitlines()) == len(rows)
 
 
