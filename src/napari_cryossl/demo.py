@@ -146,7 +146,7 @@ def run_demo(
     from napari_cryossl.io import open_tomogram, particle_zyx, write_mrc, write_particles
     from napari_cryossl.picking import pick_particles
     from napari_cryossl.predict import predict
-    from napari_cryossl.saliency import gradcam, paste_heatmaps
+    from napari_cryossl.saliency import gradcam_for_set
     from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
     from napari_cryossl.train import (
         FinetuneConfig,
@@ -266,16 +266,7 @@ def run_demo(
 
     # 7. Grad-CAM, pasted into the tomogram ---------------------------------------------------
     with stage("gradcam"):
-        from napari_cryossl.models import classifier_from_checkpoint, load_checkpoint
-
-        model = classifier_from_checkpoint(load_checkpoint(classifier_path, kind="classifier"))
-        heat = []
-        for start in range(0, len(data), 64):
-            idx = np.arange(start, min(start + 64, len(data)))
-            heat.append(gradcam(model, data.load(idx), device=device))
-        heatmap = paste_heatmaps(tomo.shape, particle_zyx(picks), np.concatenate(heat))
-        heat_path = out / "gradcam.mrc"
-        write_mrc(heat_path, heatmap, tomo.voxel_size)
+        (heat_path,) = gradcam_for_set(classifier_path, data, out, device=device)
         result.files["gradcam"] = heat_path
 
     if verbose:
