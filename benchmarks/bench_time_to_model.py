@@ -19,7 +19,7 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.devices import describe
+    from napari_cryossl.devices import describe, select_device
     from napari_cryossl.predict import predict
     from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
     from napari_cryossl.train import FinetuneConfig, iter_finetune, run
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         t1 = time.perf_counter()
         pred = predict(out, unlabelled, device=args.device)
         t2 = time.perf_counter()
-    print(f"device: {describe(args.device)}")
+    print(f"device: {describe(select_device(args.device))}")
     print(
         f"{args.labels_per_class} labels x {args.classes} classes, preset {args.preset}, box {args.box}^3, "
         f"{args.epochs} epochs"
