@@ -410,6 +410,7 @@ class _Job:
     local_batch: int
     drop_last: bool
     num_workers: int
+    optimizer: Any
     epoch = 0
     step_in_epoch = 0
     global_step = 0
@@ -445,7 +446,8 @@ class _Job:
         raise NotImplementedError
 
     def step_metrics(self) -> dict:
-        return {}
+        """Shown with every step: the current learning rate (schedules change it)."""
+        return {"lr": float(self.optimizer.param_groups[0]["lr"])}
 
     def end_epoch(self, mean_loss: float) -> dict:
         return {"train_loss": mean_loss}
@@ -761,9 +763,6 @@ class _PretrainJob(_Job):
             )
         return value
 
-    def step_metrics(self) -> dict:
-        return {"lr": float(self.optimizer.param_groups[0]["lr"])}
-
     def save(self, *, reason: str) -> Path | None:
         from napari_cryossl.models import checkpoint_state, save_checkpoint
 
@@ -1053,9 +1052,6 @@ class _FinetuneJob(_Job):
                 "learning rate (--lr)"
             )
         return value
-
-    def step_metrics(self) -> dict:
-        return {"lr": float(self.optimizer.param_groups[0]["lr"])}
 
     def evaluate(self) -> dict:
         """Validation loss and accuracy of the current weights (no augmentation, eval mode)."""
