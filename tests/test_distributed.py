@@ -11,7 +11,6 @@ import textwrap
 
 import numpy as np
 import pytest
-import torch
 
 from napari_cryossl.dataset import SubtomogramSet
 from napari_cryossl.distributed import DistributedContext, is_main_process, shard_range
@@ -19,16 +18,7 @@ from napari_cryossl.models import load_checkpoint
 from napari_cryossl.predict import predict
 from napari_cryossl.train import FinetuneConfig, iter_finetune, run
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads that wait for
-    each other made these 3D convolutions ~50x slower (measured: 1.7 s vs 0.03 s for a
-    training step); restored afterwards for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(("n", "world"), [(10, 2), (11, 3), (2, 4), (0, 2), (7, 1)])

@@ -23,15 +23,7 @@ BOX = 16
 CLASSES = [3, 4, 9]  # sparse, as after deleting classes in the GUI
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a busy 2-core machine two OpenMP threads that wait for
-    each other made these 3D convolutions ~50x slower (measured: 1.7 s vs 0.03 s for a
-    training step); restored afterwards for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
