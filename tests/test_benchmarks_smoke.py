@@ -43,6 +43,7 @@ def test_reproduce_paper_smoke_writes_results_table_and_plot_and_resumes(tmp_pat
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in finetunes)
     assert "| moco |" in (out / "table.md").read_text()
     assert list(out.glob("accuracy_vs_labels_snr*.png"))
+    assert list(out.glob("gradcam_snr*.png"))  # random init vs pretrained, as the paper's Fig. 8
     # a second start finds every run done and adds nothing
     repro.main(
         ["--config", "smoke", "--out", str(out), "--device", "cpu", "--methods", "random", "moco"]

@@ -203,6 +203,26 @@ class RB3DEncoder(nn.Module):
         self.fc = nn.Linear(w * self.grid_size**3, arch.fc_dim)
         self.fc_relu = nn.ReLU(inplace=True)
         self.cam_layer = f"blocks.{arch.n_blocks - 1}" if arch.n_blocks else "stem"
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He (Kaiming) normal weights and zero biases for every convolution and the FC layer.
+
+        PyTorch's default layer initialisation (uniform, gain 1/sqrt(3)) shrinks the
+        signal by ~6x in variance per ReLU layer; RB3D has no BatchNorm, so after its 14
+        layers the embeddings of different subtomograms differ by ~0.1 % and SGD at the
+        paper's fine-tuning rate (5e-4) does not move. He-normal weights (fan-in, ReLU
+        gain) keep the activations' scale through the network. (Keras, which the
+        authors used, defaults to Glorot-uniform, which also keeps the scale far better
+        than PyTorch's default.)
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv3d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm3d):
+                module.reset_parameters()
 
     def _check_input(self, x: torch.Tensor) -> None:
         b = self.box_size

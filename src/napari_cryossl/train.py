@@ -614,7 +614,7 @@ class _PretrainJob(_Job):
             select_device,
         )
         from napari_cryossl.distributed import DistributedContext
-        from napari_cryossl.models import load_checkpoint
+        from napari_cryossl.models import build_encoder, load_checkpoint
         from napari_cryossl.ssl import build_ssl
 
         self.config = config
@@ -649,7 +649,7 @@ class _PretrainJob(_Job):
         self.drop_last = True
 
         torch.manual_seed(self.seed)
-        encoder = _fresh_encoder(config.preset, data.box_size, config.encoder_options)
+        encoder = build_encoder(config.preset, data.box_size, **(config.encoder_options or {}))
         ssl_overrides = {k: v for k, v in hp.items() if k in _ssl_keys(self.method)}
         self.objective = build_ssl(self.method, encoder, **ssl_overrides)
         self.objective.to(self.device, memory_format=memory_format(self.device))
@@ -936,7 +936,7 @@ class _FinetuneJob(_Job):
                 )
         else:
             preset = preset or "rb3d"
-            encoder = _fresh_encoder(preset, data.box_size, config.encoder_options)
+            encoder = build_encoder(preset, data.box_size, **(config.encoder_options or {}))
             self.method = "supervised"
         if config.freeze_encoder and "(linear probe)" not in self.method:
             self.method += " (linear probe)"
@@ -1238,28 +1238,6 @@ def _plain_loader(job: _Job, batches: list[np.ndarray]):
     from napari_cryossl.predict import batch_loader
 
     return batch_loader(job.data, batches, num_workers=0, pin_memory=job.device.type == "cuda")
-
-
-def _fresh_encoder(preset: str, box_size: int, options: dict | None):
-    """A randomly initialised encoder, with He (Kaiming) initialisation.
-
-    PyTorch's default layer initialisation (uniform, gain 1/sqrt(3)) shrinks the
-    signal by ~6x in variance per ReLU layer; RB3D has no BatchNorm, so after its 14
-    layers the embeddings of different subtomograms differ by ~0.1 % and SGD at the
-    paper's learning rate (5e-4) does not move at all. He-normal weights (fan-in, ReLU
-    gain) and zero biases keep the activations' scale through the network.
-    """
-    import torch
-
-    from napari_cryossl.models import build_encoder
-
-    encoder = build_encoder(preset, box_size, **(options or {}))
-    for module in encoder.modules():
-        if isinstance(module, torch.nn.Conv3d | torch.nn.Linear):
-            torch.nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-    return encoder
 
 
 def _arch(state: dict) -> dict:
