@@ -106,7 +106,8 @@ def test_classes_are_structurally_distinct():
 def test_class_templates_do_not_depend_on_the_number_of_classes():
     few = class_templates(dataclasses.replace(PLAIN, n_classes=3))
     many = class_templates(dataclasses.replace(PLAIN, n_classes=18))
-    np.testing.assert_array_equal(few, many[:3])
+    # equal up to float32 rounding (numpy's SIMD paths differ with the array's size)
+    np.testing.assert_allclose(few, many[:3], rtol=1e-6, atol=1e-9 * float(np.abs(many).max()))
     assert not np.allclose(many[16], many[17])  # procedural classes beyond the named ones
 
 
