@@ -118,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         pr = dock.show_section("prediction")
         pr.device.setCurrentText("cpu")
         results.append(_measure(app, pr.start, "predict"))
+        results.append(_measure(app, pr.start, "predict again (layer exists)"))
         sal = dock.show_section("saliency")
         sal.device.setCurrentText("cpu")
         session.predictions_layer.selected_data = set(range(min(10, len(classes))))
         results.append(_measure(app, sal.start, "Grad-CAM"))
+        results.append(_measure(app, sal.start, "Grad-CAM again (layer exists)"))
         viewer.close()
 
     import torch

@@ -525,7 +525,9 @@ class Session(QObject):
             layer.editable = False
             self._bind_class_keys(layer)
             self.predictions_layer = layer
-        self._draw_predictions()
+            # An existing layer is redrawn by every store change (refresh_layers), so
+            # only a new one needs drawing here: one redraw per prediction, not two.
+            self._draw_predictions()
         # One view of the particles at a time: labels show as white rims in this layer.
         if self.particles_layer is not None and self.particles_layer in self.viewer.layers:
             self.particles_layer.visible = False
