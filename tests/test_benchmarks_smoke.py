@@ -61,3 +61,15 @@ def test_split_is_stratified_60_20_20():
     assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
     for part, n in ((train, 30), (val, 10), (test, 10)):
         assert np.all(np.bincount(labels[part])[1:] == n)
+
+
+def test_linear_probe_benchmark_smoke_writes_curve_and_plot(tmp_path):
+    bench = _load("bench_linear_probe")
+    out = tmp_path / "probe"
+    args = ["--seeds", "0", "--epochs", "2", "--every", "1", "--unlabelled-per-class", "6"]
+    assert bench.main([*args, "--out", str(out)]) == 0
+    record = json.loads((out / "probe.json").read_text())
+    (run,) = record["runs"]
+    assert set(run["probe"]) == {"0", "1", "2"}  # the random start, then every epoch
+    assert all(0.0 <= a <= 1.0 for a in run["probe"].values())
+    assert (out / "probe.png").stat().st_size > 0

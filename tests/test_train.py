@@ -11,6 +11,7 @@ from napari_cryossl.devices import DeviceOutOfMemoryError
 from napari_cryossl.io import InputError
 from napari_cryossl.models import build_encoder, encoder_from_checkpoint, load_checkpoint
 from napari_cryossl.predict import predict
+from napari_cryossl.probe import linear_probe
 from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
 from napari_cryossl.train import (
     FinetuneConfig,
@@ -336,37 +337,6 @@ def easy_subtomograms(n_per_class, seed):
     return SubtomogramSet.from_arrays(volumes, labels, voxel_size=20.0)
 
 
-def linear_probe_accuracy(encoder, train, test) -> float:
-    """Standard SSL evaluation: L2-regularised logistic regression on standardised embeddings
-    of the frozen encoder, fitted on `train`'s labels, scored on `test`."""
-
-    def embed(data):
-        x = torch.from_numpy(np.stack([data.load(i) for i in range(len(data))]))
-        with torch.no_grad():
-            return encoder.eval()(x.reshape(len(data), 1, *x.shape[-3:]).float())
-
-    a, b = embed(train), embed(test)
-    mean, std = a.mean(0), a.std(0) + 1e-6
-    a, b = (a - mean) / std, (b - mean) / std
-    classes = np.unique(train.class_numbers)
-    y = torch.from_numpy(np.searchsorted(classes, train.class_numbers))
-    weights = torch.zeros(a.shape[1], len(classes), requires_grad=True)
-    bias = torch.zeros(len(classes), requires_grad=True)
-    optimiser = torch.optim.LBFGS([weights, bias], max_iter=200)
-
-    def closure():
-        optimiser.zero_grad()
-        loss = (
-            torch.nn.functional.cross_entropy(a @ weights + bias, y) + 1e-2 * weights.square().sum()
-        )
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    predicted = classes[(b @ weights + bias).argmax(1).numpy()]
-    return float((predicted == test.class_numbers).mean())
-
-
 @pytest.mark.slow
 def test_learning_is_real_a_linear_probe_on_the_moco_encoder_beats_one_on_random_weights(
     tmp_path,
@@ -394,8 +364,8 @@ def test_learning_is_real_a_linear_probe_on_the_moco_encoder_beats_one_on_random
     assert state["hyperparameters"]["queue_size"] == 128
     pretrained = encoder_from_checkpoint(state)
 
-    random_acc = linear_probe_accuracy(random_encoder, labelled, test)
-    pretrained_acc = linear_probe_accuracy(pretrained, labelled, test)
+    random_acc = linear_probe(random_encoder, labelled, test).accuracy
+    pretrained_acc = linear_probe(pretrained, labelled, test).accuracy
     print(f"linear probe: random weights {random_acc:.3f}, MoCo-pretrained {pretrained_acc:.3f}")
     assert pretrained_acc >= random_acc + 0.05, (random_acc, pretrained_acc)
 
