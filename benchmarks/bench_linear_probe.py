@@ -26,19 +26,9 @@ import numpy as np
 
 def shapes(n_per_class: int, seed: int, box: int):
     from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
+    from napari_cryossl.simulate import clean_shapes_config, simulate_subtomograms
 
-    config = SimulationConfig(
-        n_classes=3,
-        box_size=box,
-        voxel_size=20.0,
-        snr=None,
-        particle_diameter_a=240.0,
-        n_neighbors=0,
-        max_shift_px=1.0,
-        apply_ctf=False,
-        tilt_range_deg=90.0,
-    )
+    config = clean_shapes_config(n_classes=3, box_size=box)
     volumes, labels = simulate_subtomograms(n_per_class, config, seed=seed)
     return SubtomogramSet.from_arrays(volumes, labels, voxel_size=20.0)
 

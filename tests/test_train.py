@@ -12,7 +12,7 @@ from napari_cryossl.io import InputError
 from napari_cryossl.models import build_encoder, encoder_from_checkpoint, load_checkpoint
 from napari_cryossl.predict import predict
 from napari_cryossl.probe import linear_probe
-from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
+from napari_cryossl.simulate import clean_shapes_config, simulate_subtomograms
 from napari_cryossl.train import (
     FinetuneConfig,
     PretrainConfig,
@@ -322,17 +322,7 @@ def test_init_checkpoint_for_another_box_size_or_preset_is_refused(tmp_path):
 
 def easy_subtomograms(n_per_class, seed):
     """High-contrast particles of 3 shapes: no CTF, no missing wedge, no neighbours, no noise."""
-    config = SimulationConfig(
-        n_classes=3,
-        box_size=BOX,
-        voxel_size=20.0,
-        snr=None,
-        particle_diameter_a=240.0,
-        n_neighbors=0,
-        max_shift_px=1.0,
-        apply_ctf=False,
-        tilt_range_deg=90.0,
-    )
+    config = clean_shapes_config(n_classes=3, box_size=BOX)
     volumes, labels = simulate_subtomograms(n_per_class, config, seed=seed)
     return SubtomogramSet.from_arrays(volumes, labels, voxel_size=20.0)
 

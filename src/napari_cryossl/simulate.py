@@ -54,6 +54,7 @@ __all__ = [
     "SimulatedSubtomograms",
     "class_names",
     "class_templates",
+    "clean_shapes_config",
     "contrast_transfer",
     "missing_wedge_mask",
     "simulate_subtomogram_details",
@@ -826,6 +827,26 @@ def _variance(volume: np.ndarray) -> float:
         total_sq += float(np.square(slab).sum())
     mean = total / volume.size
     return max(total_sq / volume.size - mean * mean, 0.0)
+
+
+def clean_shapes_config(n_classes: int = 3, box_size: int = 16) -> SimulationConfig:
+    """Settings of a sanity-check set: the class shapes alone, large in the box.
+
+    Noise-free, no CTF, no missing wedge, no neighbours, shifts of at most 1 voxel, random
+    3D orientations, 240 Å particles at 20 Å/voxel. Any working method must learn these;
+    the tests and `benchmarks/bench_linear_probe.py` use it to check that learning is real.
+    """
+    return SimulationConfig(
+        n_classes=n_classes,
+        box_size=box_size,
+        voxel_size=20.0,
+        snr=None,
+        particle_diameter_a=240.0,
+        n_neighbors=0,
+        max_shift_px=1.0,
+        apply_ctf=False,
+        tilt_range_deg=90.0,
+    )
 
 
 def simulate_subtomograms(
