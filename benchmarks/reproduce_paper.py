@@ -183,16 +183,21 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
                             device=device,
                             seed=seed + pre_i,
                         )
-                        last = run(
-                            iter_pretrain(unlabelled_train, p_cfg, encoder, resume=encoder.exists())
-                        )
+                        epoch_losses = [
+                            status.loss
+                            for status in iter_pretrain(
+                                unlabelled_train, p_cfg, encoder, resume=encoder.exists()
+                            )
+                            if status.event == "epoch"
+                        ]
                         row = {
                             "key": f"pretrain|{snr}|{method}|{pre_i}",
                             "stage": "pretrain",
                             "snr": snr,
                             "method": method,
                             "run": pre_i,
-                            "final_loss": None if last is None else last.loss,
+                            "epoch_losses": epoch_losses,
+                            "final_loss": epoch_losses[-1] if epoch_losses else None,
                             "seconds": time.perf_counter() - t0,
                         }
                         _append(results_path, row)
