@@ -368,14 +368,14 @@ def _plot(fin, snrs, fractions, methods, accs, out: Path) -> None:
                 for f in fractions
             ]
             stds = [
-                100 * accs(snr, method, f).std() if len(accs(snr, method, f)) else np.nan
+                100 * accs(snr, method, f).std(ddof=1) if len(accs(snr, method, f)) > 1 else 0.0
                 for f in fractions
             ]
             ax.errorbar(
                 [100 * f for f in fractions], means, yerr=stds, marker="o", capsize=3, label=method
             )
         ax.set_xlabel("labelled fraction of the training split (%)")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel("test accuracy (%), mean ± std over runs")
         ax.set_title(f"SNR {snr}")
         ax.legend()
         fig.tight_layout()
