@@ -917,7 +917,7 @@ class _FinetuneJob(_Job):
         preset = config.preset
         if resume_state is not None:
             preset = resume_state["preset"]
-            encoder = build_encoder(preset, data.box_size, **_arch(resume_state))
+            encoder = encoder_from_checkpoint(resume_state)
             self.method = resume_state.get("method", "finetune")
         elif self.init is not None:
             init_state = load_checkpoint(self.init, preset=preset, box_size=data.box_size)
@@ -1238,16 +1238,6 @@ def _plain_loader(job: _Job, batches: list[np.ndarray]):
     from napari_cryossl.predict import batch_loader
 
     return batch_loader(job.data, batches, num_workers=0, pin_memory=job.device.type == "cuda")
-
-
-def _arch(state: dict) -> dict:
-    from dataclasses import fields
-
-    from napari_cryossl.models import EncoderPreset
-
-    arch = state.get("architecture") or {}
-    valid = {f.name for f in fields(EncoderPreset)}
-    return {k: v for k, v in arch.items() if k in valid}
 
 
 def _plain_config(config) -> dict:
