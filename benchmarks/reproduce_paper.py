@@ -247,40 +247,37 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
                         f"snr {snr} {method:>6} {fraction:.0%} run {run_i}: test accuracy {acc:.3f}",
                         flush=True,
                     )
-        gradcam_figure(cfg, out, snr, test, done)
-    return list(done.values())
+        gradcam_figure(cfg, out, snr, test)
+    # Every finished row on disk: processes that split the methods or SNRs between them
+    # (--methods/--snrs into one --out) each summarise all of them.
+    return list(_done(results_path).values())
 
 
-def gradcam_figure(cfg: Config, out: Path, snr: float, test, done: dict) -> Path | None:
+def gradcam_figure(cfg: Config, out: Path, snr: float, test) -> Path | None:
     """Grad-CAM central slices, random init vs the best pretraining (the paper's Fig. 8).
 
     One test particle per class (up to 5): the input's central XY slice, then the heatmap
     of its true class from the run-0 classifier fine-tuned on all labels from random
-    weights and from the pretrained encoder with the best mean accuracy.
+    weights and from the pretrained encoder with the best mean accuracy, among every
+    method with finished runs in ``out``'s results (not only this invocation's).
     """
     from napari_cryossl.saliency import gradcam
 
     top = max(cfg.fractions)
-
-    def mean_acc(method):
-        a = [
-            r["test_accuracy"]
-            for r in done.values()
-            if r.get("stage") == "finetune"
-            and (r["snr"], r["method"], r["fraction"]) == (snr, method, top)
-        ]
-        return float(np.mean(a)) if a else -1.0
-
-    pretrained = [m for m in cfg.methods if m != "random"]
-    if "random" not in cfg.methods or not pretrained:
+    accuracies: dict[str, list[float]] = {}
+    for r in _done(out / "results.jsonl").values():
+        if r.get("stage") == "finetune" and (r["snr"], r["fraction"]) == (snr, top):
+            accuracies.setdefault(r["method"], []).append(r["test_accuracy"])
+    pretrained = [m for m in METHODS if m != "random" and m in accuracies]
+    if "random" not in accuracies or not pretrained:
         return None
-    best = max(pretrained, key=mean_acc)
+    best = max(pretrained, key=lambda m: float(np.mean(accuracies[m])))
     paths = {m: out / f"classifier_snr{snr}_{m}_{top}_run0.pt" for m in ("random", best)}
     if not all(p.exists() for p in paths.values()):
         return None
     labels = test.class_numbers
     rows = [int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)[:5]]
-    volumes = np.stack([test.load(i) for i in rows]).reshape(len(rows), *(cfg.box_size,) * 3)
+    volumes = test.load(rows)
     cams = {m: gradcam(p, volumes, target=labels[rows], device="cpu") for m, p in paths.items()}
     import matplotlib
 

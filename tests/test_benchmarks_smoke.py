@@ -51,6 +51,20 @@ def test_reproduce_paper_smoke_writes_results_table_and_plot_and_resumes(tmp_pat
     assert len((out / "results.jsonl").read_text().splitlines()) == len(rows)
 
 
+def test_reproduce_paper_processes_splitting_the_methods_share_one_table_and_figure(tmp_path):
+    """Random init and MoCo run by two invocations into one folder (as two CPU processes
+    would): the second one's table and Grad-CAM figure cover both."""
+    repro = _load("reproduce_paper")
+    out = tmp_path / "split"
+    common = ["--config", "smoke", "--out", str(out), "--device", "cpu"]
+    assert repro.main([*common, "--methods", "random"]) == 0
+    assert not list(out.glob("gradcam_snr*.png"))  # nothing to compare yet
+    assert repro.main([*common, "--methods", "moco"]) == 0
+    table = (out / "table.md").read_text()
+    assert "| random |" in table and "| moco |" in table
+    assert list(out.glob("gradcam_snr*.png"))
+
+
 def test_split_is_stratified_60_20_20():
     import numpy as np
 
