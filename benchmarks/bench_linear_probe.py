@@ -55,12 +55,14 @@ def run_seed(seed: int, args) -> dict:
     torch.manual_seed(seed)
     curve = {0: linear_probe(build_encoder("rb3d-small", args.box), labelled, test).accuracy}
     losses = {}
+    steps_per_epoch = 0
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for status in iter_pretrain(unlabelled, config, Path(tmp) / "encoder.pt"):
             if status.event != "epoch":
                 continue
             losses[status.epoch] = status.loss
+            steps_per_epoch = status.step // status.epoch  # what the loop counted
             if status.epoch % args.every == 0 or status.epoch == args.epochs:
                 encoder = encoder_from_checkpoint(load_checkpoint(status.checkpoint))
                 curve[status.epoch] = linear_probe(encoder, labelled, test).accuracy
@@ -69,7 +71,7 @@ def run_seed(seed: int, args) -> dict:
         "seed": seed,
         "probe": curve,
         "loss": losses,
-        "steps_per_epoch": (3 * args.unlabelled_per_class) // 16,
+        "steps_per_epoch": steps_per_epoch,
         "seconds": time.perf_counter() - t0,
     }
 

@@ -85,5 +85,6 @@ def test_linear_probe_benchmark_smoke_writes_curve_and_plot(tmp_path):
     record = json.loads((out / "probe.json").read_text())
     (run,) = record["runs"]
     assert set(run["probe"]) == {"0", "1", "2"}  # the random start, then every epoch
+    assert run["steps_per_epoch"] == 1  # 18 particles, batch 16, the partial batch dropped
     assert all(0.0 <= a <= 1.0 for a in run["probe"].values())
     assert (out / "probe.png").stat().st_size > 0
