@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,8 @@ class Config:
     methods: tuple[str, ...] = METHODS
     voxel_size: float = 10.0  # Å; 20 with box 16 is the paper's 32^3 / 10 Å box binned by 2
     pretrain_runs: int | None = None  # independent pretrainings (None: one per run)
+    finetune_lr: float = 5e-4  # the paper's SGD learning rate
+    head_init: str = "random"  # "probe": LP-FT, the head starts at a linear probe
 
 
 CONFIGS = {
@@ -136,6 +138,28 @@ def _append(results_path: Path, row: dict) -> None:
         fh.flush()
 
 
+#: Config fields that may differ between processes sharing one --out folder.
+_SPLITTABLE = ("runs", "methods", "snrs")
+
+
+def _check_same_experiment(cfg: Config, path: Path) -> None:
+    """Refuse to add rows of another experiment (other epochs, lr, ...) to a results folder.
+
+    A field missing from an older config.json had its current default then.
+    """
+    if not path.exists():
+        return
+    before = json.loads(path.read_text())
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, like the file
+    defaults = {f.name: f.default for f in fields(Config) if f.default is not MISSING}
+    differ = [k for k in now if k not in _SPLITTABLE and before.get(k, defaults.get(k)) != now[k]]
+    if differ:
+        detail = ", ".join(f"{k} {before.get(k, defaults.get(k))!r} -> {now[k]!r}" for k in differ)
+        raise SystemExit(
+            f"{path}: this folder holds another experiment ({detail}); use a new --out"
+        )
+
+
 def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) -> list[dict]:
     """Run (or resume) every pretraining and fine-tuning run of `cfg`; return all rows."""
     from napari_cryossl.dataset import SubtomogramSet
@@ -152,6 +176,7 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.jsonl"
     done = _done(results_path)
+    _check_same_experiment(cfg, out / "config.json")
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     for snr in cfg.snrs:
@@ -219,6 +244,8 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
                         epochs=cfg.finetune_epochs,
                         batch_size=cfg.batch_size,
                         val_fraction=len(val_idx) / len(pool),
+                        lr=cfg.finetune_lr,
+                        head_init=cfg.head_init,
                         device=device,
                         seed=seed + run_i,
                     )
@@ -419,6 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--finetune-lr", type=float, default=None, help="override the fine-tuning learning rate"
+    )
+    parser.add_argument(
+        "--head-init",
+        choices=("random", "probe"),
+        default=None,
+        help="start the classifier's last layer at random (the paper) or at a linear probe "
+        "on the frozen encoder (LP-FT), for every method including random init",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -431,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, methods=tuple(args.methods))
     if args.snrs:
         cfg = replace(cfg, snrs=tuple(args.snrs))
+    if args.finetune_lr:
+        cfg = replace(cfg, finetune_lr=args.finetune_lr)
+    if args.head_init:
+        cfg = replace(cfg, head_init=args.head_init)
     out = args.out or Path("benchmarks/out") / cfg.name
     rows = run_experiment(cfg, out, device=args.device, seed=args.seed)
     print(summarise(rows, out))

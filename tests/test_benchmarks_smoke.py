@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -63,6 +65,20 @@ def test_reproduce_paper_processes_splitting_the_methods_share_one_table_and_fig
     table = (out / "table.md").read_text()
     assert "| random |" in table and "| moco |" in table
     assert list(out.glob("gradcam_snr*.png"))
+
+
+def test_reproduce_paper_keeps_other_fine_tuning_settings_out_of_a_results_folder(tmp_path):
+    """Rows fine-tuned with another learning rate or head start would corrupt the table:
+    the script refuses the folder; a new folder runs the LP-FT variant."""
+    repro = _load("reproduce_paper")
+    common = ["--config", "smoke", "--device", "cpu", "--methods", "random", "moco"]
+    assert repro.main([*common, "--out", str(tmp_path / "paper")]) == 0
+    with pytest.raises(SystemExit, match="another experiment.*head_init 'random' -> 'probe'"):
+        repro.main([*common, "--out", str(tmp_path / "paper"), "--head-init", "probe"])
+    lpft = tmp_path / "lpft"
+    assert repro.main([*common, "--out", str(lpft), "--head-init", "probe"]) == 0
+    assert json.loads((lpft / "config.json").read_text())["head_init"] == "probe"
+    assert "| moco |" in (lpft / "table.md").read_text()
 
 
 def test_split_is_stratified_60_20_20():

@@ -298,6 +298,34 @@ def test_freeze_encoder_trains_only_the_last_layer(tmp_path):
     assert "linear probe" in load_checkpoint(out)["method"]
 
 
+def test_head_init_probe_starts_fine_tuning_at_the_linear_probe(tmp_path):
+    """LP-FT: with head_init="probe" the last layer starts at the logistic regression on the
+    frozen embeddings, so a run whose learning rate cannot move it predicts what the linear
+    probe predicts, and better than the same run from a random head."""
+    train = easy_subtomograms(12, seed=0)
+    test = easy_subtomograms(10, seed=100)
+    encoder_path = tmp_path / "encoder.pt"
+    run(iter_pretrain(train, pretrain_config(epochs=1), encoder_path))
+    probe = linear_probe(encoder_from_checkpoint(load_checkpoint(encoder_path)), train, test)
+    predicted = {}
+    for head in ("random", "probe"):
+        config = finetune_config(
+            epochs=1, lr=1e-12, val_fraction=0.0, freeze_encoder=True, head_init=head
+        )
+        run(iter_finetune(train, config, tmp_path / f"{head}.pt", init=encoder_path))
+        predicted[head] = predict(tmp_path / f"{head}.pt", test, device="cpu").class_numbers
+    accuracy = {k: float((v == test.class_numbers).mean()) for k, v in predicted.items()}
+    assert (predicted["probe"] == probe.predicted).mean() >= 0.95
+    assert accuracy["probe"] == pytest.approx(probe.accuracy, abs=0.05)
+    assert accuracy["probe"] > accuracy["random"], accuracy
+    assert "head from linear probe" in load_checkpoint(tmp_path / "probe.pt")["method"]
+
+
+def test_unknown_head_init_is_refused():
+    with pytest.raises(InputError, match="head_init.*random, probe.*'lsq'"):
+        finetune_config(head_init="lsq").check()
+
+
 def test_init_checkpoint_for_another_box_size_or_preset_is_refused(tmp_path):
     encoder_path = tmp_path / "encoder.pt"
     run(iter_pretrain(random_set(8), pretrain_config(epochs=1), encoder_path))

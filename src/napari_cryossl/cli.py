@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--freeze-encoder", action="store_true", help="linear probe: train only the last layer"
     )
+    p.add_argument(
+        "--head-init",
+        choices=["random", "probe"],
+        default="random",
+        help="start the last layer at random, or at a linear probe on the --init encoder's "
+        "embeddings (LP-FT: helps with few labels)",
+    )
     p.add_argument("--no-augment", action="store_true", help="no augmentation while fine-tuning")
     p.add_argument(
         "--preset",
@@ -371,6 +378,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         label_fraction=args.label_fraction,
         val_fraction=args.val_fraction,
         freeze_encoder=args.freeze_encoder,
+        head_init=args.head_init,
         augment=not args.no_augment,
         device=args.device,
         seed=args.seed,

@@ -27,18 +27,67 @@ class ProbeResult:
 
 
 def embed(encoder, data, batch_size: int = 64) -> np.ndarray:
-    """(N, F) float32 embeddings of every subtomogram of `data`, on the CPU, in eval mode."""
+    """(N, F) float32 embeddings of every subtomogram of `data`, in eval mode.
+
+    Runs on the device the encoder's weights are on; returns a CPU array.
+    """
     import torch
 
     encoder = encoder.eval()
+    device = next(encoder.parameters()).device
     b = int(encoder.box_size)
     out = []
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             idx = np.arange(start, min(start + batch_size, len(data)))
             x = torch.from_numpy(np.asarray(data.load(idx), dtype=np.float32))
-            out.append(encoder(x.reshape(len(idx), 1, b, b, b)).numpy())
+            x = x.reshape(len(idx), 1, b, b, b).to(device)
+            out.append(encoder(x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, encoder.feature_dim), np.float32)
+
+
+def fit_logistic(
+    embeddings: np.ndarray,
+    targets: np.ndarray,
+    n_classes: int,
+    *,
+    l2: float = 1e-2,
+    max_iter: int = 200,
+):
+    """Multinomial logistic regression on standardised embeddings, full-batch L-BFGS.
+
+    Args:
+        embeddings: (N, F) features.
+        targets: (N,) class indices in [0, n_classes).
+
+    Returns:
+        (weight (n_classes, F), bias (n_classes,)) float32 arrays acting on the *raw*
+        embeddings (the standardisation is folded in), i.e. the parameters of an
+        ``nn.Linear(F, n_classes)``: a fine-tuning head can start from them.
+    """
+    import torch
+
+    a = torch.from_numpy(np.asarray(embeddings)).double()
+    mean, std = a.mean(0), a.std(0) + 1e-6
+    a = (a - mean) / std
+    y = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    weights = torch.zeros(a.shape[1], int(n_classes), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(int(n_classes), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weights, bias], max_iter=int(max_iter))
+
+    def closure():
+        optimiser.zero_grad()
+        logits = a @ weights + bias
+        loss = torch.nn.functional.cross_entropy(logits, y) + l2 * weights.square().sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        # ((x - mean) / std) @ W + b  ==  x @ (W / std) + (b - (mean / std) @ W)
+        raw_w = weights / std[:, None]
+        raw_b = bias - (mean / std) @ weights
+    return raw_w.T.float().numpy(), raw_b.float().numpy()
 
 
 def linear_probe(encoder, train, test, *, l2: float = 1e-2, max_iter: int = 200) -> ProbeResult:
@@ -56,32 +105,20 @@ def linear_probe(encoder, train, test, *, l2: float = 1e-2, max_iter: int = 200)
     Raises:
         ValueError: unlabelled rows, or fewer than two classes in `train`.
     """
-    import torch
-
     for name, data in (("train", train), ("test", test)):
         if data.class_numbers is None or np.any(np.asarray(data.class_numbers) <= 0):
             raise ValueError(f"linear probe: every {name} particle needs a class number")
     classes = np.unique(train.class_numbers)
     if len(classes) < 2:
         raise ValueError("linear probe: the training particles hold fewer than two classes")
-    a = torch.from_numpy(embed(encoder, train)).double()
-    b = torch.from_numpy(embed(encoder, test)).double()
-    mean, std = a.mean(0), a.std(0) + 1e-6
-    a, b = (a - mean) / std, (b - mean) / std
-    y = torch.from_numpy(np.searchsorted(classes, train.class_numbers))
-    weights = torch.zeros(a.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([weights, bias], max_iter=int(max_iter))
-
-    def closure():
-        optimiser.zero_grad()
-        logits = a @ weights + bias
-        loss = torch.nn.functional.cross_entropy(logits, y) + l2 * weights.square().sum()
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-    with torch.no_grad():
-        predicted = classes[(b @ weights + bias).argmax(1).numpy()]
+    weight, bias = fit_logistic(
+        embed(encoder, train),
+        np.searchsorted(classes, train.class_numbers),
+        len(classes),
+        l2=l2,
+        max_iter=max_iter,
+    )
+    logits = embed(encoder, test).astype(np.float64) @ weight.T.astype(np.float64) + bias
+    predicted = classes[logits.argmax(1)] if len(test) else np.zeros(0, np.int64)
     accuracy = float((predicted == np.asarray(test.class_numbers)).mean()) if len(test) else 0.0
     return ProbeResult(accuracy=accuracy, predicted=predicted, classes=classes)

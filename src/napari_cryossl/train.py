@@ -75,6 +75,9 @@ FINETUNE_AUGMENT: dict[str, Any] = {
     "scale": 0.05,
 }
 
+#: How a fine-tuning run starts its last layer (``FinetuneConfig.head_init``).
+HEAD_INITS = ("random", "probe")
+
 
 # --------------------------------------------------------------------------- status
 
@@ -252,6 +255,10 @@ class FinetuneConfig:
             too few labels keeps all of them for training (reported in ``metrics``).
         freeze_encoder: linear probe: the encoder is frozen (eval mode, no gradients)
             and only the last layer learns.
+        head_init: "random", or "probe": start the last layer at a logistic regression
+            fitted on the frozen encoder's embeddings of the training particles (LP-FT,
+            Kumar et al. 2022), so the first SGD steps refine the pretrained features
+            instead of back-propagating a random head's errors into them.
         augment: light augmentation (``FINETUNE_AUGMENT``) of the training batches.
         augment_options: ``SubtomogramAugment`` arguments replacing ``FINETUNE_AUGMENT``.
         dropout: dropout before the last layer.
@@ -269,6 +276,7 @@ class FinetuneConfig:
     label_fraction: float = 1.0
     val_fraction: float = 0.2
     freeze_encoder: bool = False
+    head_init: str = "random"
     augment: bool = True
     augment_options: dict[str, Any] | None = None
     dropout: float = 0.5
@@ -291,6 +299,10 @@ class FinetuneConfig:
             raise InputError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.head_init not in HEAD_INITS:
+            raise InputError(
+                f"head_init must be one of {', '.join(HEAD_INITS)}, got {self.head_init!r}"
+            )
 
 
 def _check_positive(values: dict, ints: tuple[str, ...], floats: tuple[str, ...]) -> None:
@@ -945,6 +957,8 @@ class _FinetuneJob(_Job):
         if config.freeze_encoder:
             self.model.encoder.requires_grad_(False)
         self.model.to(self.device, memory_format=memory_format(self.device))
+        if resume_state is None and config.head_init == "probe":
+            self._head_from_probe()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
@@ -971,6 +985,25 @@ class _FinetuneJob(_Job):
             torch.manual_seed(self.seed + 7919 * self.ctx.rank + self.global_step)
 
     # -- setup helpers ----------------------------------------------------------------------
+    def _head_from_probe(self) -> None:
+        """Set the last layer to the linear probe on the training particles (head_init="probe")."""
+        import torch
+
+        from napari_cryossl.probe import embed, fit_logistic
+
+        train = self.data.subset(self.train_rows)
+        labels = np.asarray(train.class_numbers, dtype=np.int64)
+        weight, bias = fit_logistic(
+            embed(self.model.encoder, train, batch_size=self.local_batch * 4),
+            np.searchsorted(self.classes, labels),
+            len(self.classes),
+        )
+        linear = self.model.head[-1]
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(weight))
+            linear.bias.copy_(torch.from_numpy(bias))
+        self.method += ", head from linear probe"
+
     def _resume_split(self, state: dict, labels: np.ndarray):
         from napari_cryossl.devices import InputError
 
