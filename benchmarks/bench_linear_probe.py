@@ -10,6 +10,12 @@ class. Epoch 0 is the random encoder pretraining starts from.
 
     python benchmarks/bench_linear_probe.py --seeds 0 1 2 --epochs 30 --out benchmarks/out/probe
 
+``--data paper`` uses the reduced paper experiment's data instead (reproduce_paper.py:
+10 classes x 500, crowded, wedge, CTF, 16^3 at 20 Å, at ``--snr``, the same simulation
+seed and 60:20:20 split): pretraining on the 3,000 training subtomograms without labels,
+the probe on ``--label-fraction`` of their labels, scored on the 1,000 test subtomograms.
+``--method``, ``--queue`` and ``--temperature`` vary the pretraining.
+
 Writes probe.json and probe.png (mean ± std over seeds) to --out.
 """
 
@@ -23,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+METHOD_NAMES = {"moco": "MoCo", "simclr": "SimCLR", "swav": "SwAV"}
+
 
 def shapes(n_per_class: int, seed: int, box: int):
     from napari_cryossl.dataset import SubtomogramSet
@@ -33,24 +41,59 @@ def shapes(n_per_class: int, seed: int, box: int):
     return SubtomogramSet.from_arrays(volumes, labels, voxel_size=20.0)
 
 
-def run_seed(seed: int, args) -> dict:
+def paper_data(args):
+    """(unlabelled train, labelled train, test) of the reduced paper experiment at --snr."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reproduce_paper import CONFIGS, label_subset, split_indices
+
+    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
+
+    cfg = CONFIGS["reduced"]
+    sim = SimulationConfig(
+        n_classes=cfg.n_classes, box_size=args.box, voxel_size=cfg.voxel_size, snr=args.snr
+    )
+    per_class = args.per_class or cfg.per_class
+    volumes, labels = simulate_subtomograms(per_class, sim, seed=0)
+    data = SubtomogramSet.from_arrays(volumes, labels, voxel_size=sim.voxel_size)
+    train_idx, _, test_idx = split_indices(labels, seed=0)
+    chosen = label_subset(train_idx, labels, args.label_fraction, seed=0)
+    unlabelled = SubtomogramSet.from_arrays(volumes[train_idx], None, voxel_size=sim.voxel_size)
+    return unlabelled, data.subset(chosen), data.subset(test_idx)
+
+
+def run_seed(seed: int, args, data=None) -> dict:
     import torch
 
     from napari_cryossl.models import build_encoder, encoder_from_checkpoint, load_checkpoint
     from napari_cryossl.probe import linear_probe
     from napari_cryossl.train import PretrainConfig, iter_pretrain
 
-    unlabelled = shapes(args.unlabelled_per_class, 10 + seed, args.box)
-    labelled = shapes(16, seed, args.box)
-    test = shapes(30, 100 + seed, args.box)
+    if data is not None:
+        unlabelled, labelled, test = data
+    else:
+        unlabelled = shapes(args.unlabelled_per_class, 10 + seed, args.box)
+        labelled = shapes(16, seed, args.box)
+        test = shapes(30, 100 + seed, args.box)
+    ssl_options = {
+        key: value
+        for key, value in (
+            ("momentum", args.momentum),
+            ("queue_size", args.queue),
+            ("temperature", args.temperature),
+        )
+        if value is not None
+    }
     config = PretrainConfig(
-        method="moco",
+        method=args.method,
         preset="rb3d-small",
         epochs=args.epochs,
         batch_size=16,
         device=args.device,
         seed=seed,
-        ssl_options={"momentum": args.momentum} if args.momentum else None,
+        ssl_options=ssl_options or None,
     )
     torch.manual_seed(seed)
     curve = {0: linear_probe(build_encoder("rb3d-small", args.box), labelled, test).accuracy}
@@ -76,7 +119,7 @@ def run_seed(seed: int, args) -> dict:
     }
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, n_classes: int = 3, method: str = "moco") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -88,8 +131,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     ax.errorbar(steps, 100 * acc.mean(0), yerr=100 * acc.std(0), marker="o", capsize=3)
     ax.axhline(100 * acc[:, 0].mean(), color="grey", ls="--", lw=1, label="random encoder")
-    ax.axhline(100 / 3, color="k", ls=":", lw=1, label="chance")
-    ax.set_xlabel("MoCo optimiser steps (paper settings)")
+    ax.axhline(100 / n_classes, color="k", ls=":", lw=1, label="chance")
+    ax.set_xlabel(f"{METHOD_NAMES.get(method, method)} optimiser steps")
     ax.set_ylabel("linear-probe accuracy (%)")
     ax.set_title(f"Linear probe on the pretrained encoder ({len(rows)} seeds)")
     ax.legend(loc="lower right")
@@ -108,6 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlabelled-per-class", type=int, default=100)
     parser.add_argument("--box", type=int, default=16)
     parser.add_argument("--momentum", type=float, default=None, help="MoCo m (default 0.999)")
+    parser.add_argument("--method", choices=sorted(METHOD_NAMES), default="moco")
+    parser.add_argument("--queue", type=int, default=None, help="MoCo queue (default 128)")
+    parser.add_argument("--temperature", type=float, default=None, help="default: the method's")
+    parser.add_argument(
+        "--data",
+        choices=("shapes", "paper"),
+        default="shapes",
+        help="noise-free 3-class shapes, or the reduced paper experiment's data",
+    )
+    parser.add_argument("--snr", type=float, default=0.5, help="--data paper: SNR")
+    parser.add_argument(
+        "--label-fraction", type=float, default=1.0, help="--data paper: labels for the probe"
+    )
+    parser.add_argument(
+        "--per-class", type=int, default=None, help="--data paper: subtomograms per class (500)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/probe"))
@@ -117,14 +176,17 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = [run_seed(s, args) for s in args.seeds]
+    data = paper_data(args) if args.data == "paper" else None
+    n_classes = len(np.unique(data[1].class_numbers)) if data else 3
+    rows = [run_seed(s, args, data) for s in args.seeds]
     rows = json.loads(json.dumps(rows))  # epoch keys as strings, as read back from the file
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     record = {"date": time.strftime("%Y-%m-%d"), "settings": settings, "runs": rows}
     (args.out / "probe.json").write_text(json.dumps(record, indent=2))
-    plot(rows, args.out / "probe.png")
+    plot(rows, args.out / "probe.png", n_classes, args.method)
     epochs = sorted({int(e) for r in rows for e in r["probe"]})
-    print("| epoch | MoCo steps | probe accuracy (mean ± std over seeds) |")
+    name = METHOD_NAMES[args.method]
+    print(f"| epoch | {name} steps | probe accuracy (mean ± std over seeds) |")
     print("|---|---|---|")
     for e in epochs:
         a = np.array([r["probe"][str(e)] for r in rows])

@@ -104,3 +104,15 @@ def test_linear_probe_benchmark_smoke_writes_curve_and_plot(tmp_path):
     assert run["steps_per_epoch"] == 1  # 18 particles, batch 16, the partial batch dropped
     assert all(0.0 <= a <= 1.0 for a in run["probe"].values())
     assert (out / "probe.png").stat().st_size > 0
+
+
+def test_linear_probe_benchmark_on_the_paper_data_probes_ten_classes(tmp_path):
+    bench = _load("bench_linear_probe")
+    out = tmp_path / "probe_paper"
+    args = ["--data", "paper", "--per-class", "10", "--seeds", "0", "--epochs", "1"]
+    assert bench.main([*args, "--queue", "32", "--out", str(out)]) == 0
+    record = json.loads((out / "probe.json").read_text())
+    assert record["settings"]["queue"] == 32
+    (run,) = record["runs"]
+    assert run["steps_per_epoch"] == 3  # 60 training subtomograms (60 %), batch 16
+    assert set(run["probe"]) == {"0", "1"}
