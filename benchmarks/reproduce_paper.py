@@ -160,6 +160,18 @@ def _check_same_experiment(cfg: Config, path: Path) -> None:
         )
 
 
+def _folder_config(cfg: Config, path: Path) -> dict:
+    """`cfg` as written to the folder's config.json: with the methods, SNRs and most runs of
+    every process that has written into the folder, so the file describes all its rows."""
+    now = asdict(cfg)
+    if path.exists():
+        before = json.loads(path.read_text())
+        now["methods"] = [m for m in METHODS if m in {*before["methods"], *cfg.methods}]
+        now["snrs"] = sorted({*before["snrs"], *cfg.snrs}, reverse=True)
+        now["runs"] = max(before["runs"], cfg.runs)
+    return now
+
+
 def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) -> list[dict]:
     """Run (or resume) every pretraining and fine-tuning run of `cfg`; return all rows."""
     from napari_cryossl.dataset import SubtomogramSet
@@ -177,7 +189,7 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
     results_path = out / "results.jsonl"
     done = _done(results_path)
     _check_same_experiment(cfg, out / "config.json")
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "config.json").write_text(json.dumps(_folder_config(cfg, out / "config.json"), indent=2))
 
     for snr in cfg.snrs:
         sim = SimulationConfig(

@@ -65,6 +65,7 @@ def test_reproduce_paper_processes_splitting_the_methods_share_one_table_and_fig
     table = (out / "table.md").read_text()
     assert "| random |" in table and "| moco |" in table
     assert list(out.glob("gradcam_snr*.png"))
+    assert json.loads((out / "config.json").read_text())["methods"] == ["random", "moco"]
 
 
 def test_reproduce_paper_keeps_other_fine_tuning_settings_out_of_a_results_folder(tmp_path):
