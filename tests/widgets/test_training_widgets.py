@@ -17,6 +17,7 @@ import pytest
 from qtpy.QtCore import QTimer
 
 from napari_cryossl.io import particle_zyx, read_particles
+from napari_cryossl.models import load_checkpoint
 
 TIMEOUT_MS = 180_000
 BENCH_OUT = Path(
@@ -135,6 +136,16 @@ def test_cancel_keeps_a_checkpoint_and_resume_continues(dock, tomogram, truth, q
     pre.cancel()
     _wait(qtbot, worker)
     assert statuses and statuses[0].epoch >= state["epoch"]
+
+
+def test_finetune_can_start_its_last_layer_from_a_linear_probe(dock, tomogram, truth, qtbot):
+    viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
+    ft = widget.show_section("finetune")
+    _small_settings(ft, epochs=1)
+    ft.head_from_probe.setChecked(True)
+    _wait(qtbot, ft.start())
+    assert "classifier saved" in ft.status.text()
+    assert "head from linear probe" in load_checkpoint(session.classifier_path)["method"]
 
 
 def test_finetuning_refuses_too_few_labels_with_a_message(dock, tomogram, truth):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -386,9 +387,16 @@ class FinetuneWidget(_TrainingSection):
         self.batch_size.setValue(16)
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
+        self.head_from_probe = QCheckBox("Start the last layer from a linear probe")
+        self.head_from_probe.setToolTip(
+            "LP-FT: fit a logistic regression on the encoder's embeddings of the labelled "
+            "particles and start fine-tuning from it instead of a random last layer "
+            "(better with few labels or few epochs; docs/benchmarks.md)"
+        )
         form.addRow("Epochs:", self.epochs)
         form.addRow("Batch size:", self.batch_size)
         form.addRow("Device:", self.device)
+        form.addRow(self.head_from_probe)
         layout.addLayout(form)
         self.labels_label = QLabel("")
         self.labels_label.setWordWrap(True)
@@ -428,6 +436,7 @@ class FinetuneWidget(_TrainingSection):
             "epochs": int(self.epochs.value()),
             "batch_size": min(int(self.batch_size.value()), len(table)),
             "device": self.device.currentText(),
+            "head_init": "probe" if self.head_from_probe.isChecked() else "random",
             # names travel in the checkpoint, so predictions elsewhere (CLI) keep them
             "class_names": {n: self.session.class_name(n) for n in self.session.class_numbers()},
         }
