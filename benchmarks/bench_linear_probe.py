@@ -64,6 +64,19 @@ def paper_data(args):
     return unlabelled, data.subset(chosen), data.subset(test_idx)
 
 
+def augment_options(pairs: list[str] | None) -> dict | None:
+    """["crop_p=1", "affine_p=1"] -> SubtomogramAugment arguments (None: the paper's)."""
+    if not pairs:
+        return None
+    options = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if not value:
+            raise SystemExit(f"--augment {pair!r}: expected NAME=VALUE, e.g. affine_p=1")
+        options[key] = float(value)
+    return options
+
+
 def run_seed(seed: int, args, data=None) -> dict:
     import torch
 
@@ -94,6 +107,7 @@ def run_seed(seed: int, args, data=None) -> dict:
         device=args.device,
         seed=seed,
         ssl_options=ssl_options or None,
+        augment=augment_options(args.augment),
     )
     torch.manual_seed(seed)
     curve = {0: linear_probe(build_encoder("rb3d-small", args.box), labelled, test).accuracy}
@@ -154,6 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", choices=sorted(METHOD_NAMES), default="moco")
     parser.add_argument("--queue", type=int, default=None, help="MoCo queue (default 128)")
     parser.add_argument("--temperature", type=float, default=None, help="default: the method's")
+    parser.add_argument(
+        "--augment",
+        nargs="+",
+        default=None,
+        metavar="NAME=VALUE",
+        help="SubtomogramAugment arguments for pretraining, e.g. crop_p=1 affine_p=1 "
+        "(default: the paper's)",
+    )
     parser.add_argument(
         "--data",
         choices=("shapes", "paper"),

@@ -111,9 +111,11 @@ def test_linear_probe_benchmark_on_the_paper_data_probes_ten_classes(tmp_path):
     bench = _load("bench_linear_probe")
     out = tmp_path / "probe_paper"
     args = ["--data", "paper", "--per-class", "10", "--seeds", "0", "--epochs", "1"]
-    assert bench.main([*args, "--queue", "32", "--out", str(out)]) == 0
+    options = ["--queue", "32", "--augment", "affine_p=1", "crop_p=0"]
+    assert bench.main([*args, *options, "--out", str(out)]) == 0
     record = json.loads((out / "probe.json").read_text())
     assert record["settings"]["queue"] == 32
+    assert bench.augment_options(record["settings"]["augment"]) == {"affine_p": 1, "crop_p": 0}
     (run,) = record["runs"]
     assert run["steps_per_epoch"] == 3  # 60 training subtomograms (60 %), batch 16
     assert set(run["probe"]) == {"0", "1"}
