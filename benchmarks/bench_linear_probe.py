@@ -64,6 +64,10 @@ def paper_data(args):
     return unlabelled, data.subset(chosen), data.subset(test_idx)
 
 
+def _snr(text: str) -> float | None:
+    return None if text.lower() in ("none", "inf") else float(text)
+
+
 def augment_options(pairs: list[str] | None) -> dict | None:
     """["crop_p=1", "affine_p=1"] -> SubtomogramAugment arguments (None: the paper's)."""
     if not pairs:
@@ -182,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         default="shapes",
         help="noise-free 3-class shapes, or the reduced paper experiment's data",
     )
-    parser.add_argument("--snr", type=float, default=0.5, help="--data paper: SNR")
+    parser.add_argument(
+        "--snr", type=_snr, default=0.5, help="--data paper: SNR ('none': noise-free)"
+    )
     parser.add_argument(
         "--label-fraction", type=float, default=1.0, help="--data paper: labels for the probe"
     )
