@@ -159,6 +159,32 @@ def plot(rows: list[dict], path: Path, n_classes: int = 3, method: str = "moco")
     plt.close(fig)
 
 
+def overlay(folders: list[Path], labels: list[str], path: Path) -> None:
+    """One plot of the probe curves (mean over seeds) of several finished runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=120)
+    n_classes = 3
+    for folder, label in zip(folders, labels, strict=True):
+        record = json.loads((Path(folder) / "probe.json").read_text())
+        rows = record["runs"]
+        epochs = sorted({int(e) for r in rows for e in r["probe"]})
+        acc = np.array([[r["probe"][str(e)] for e in epochs] for r in rows]).mean(0)
+        ax.plot(np.array(epochs) * rows[0]["steps_per_epoch"], 100 * acc, marker="o", label=label)
+        if record["settings"].get("data") == "paper":
+            n_classes = 10
+    ax.axhline(100 / n_classes, color="k", ls=":", lw=1, label="chance")
+    ax.set_xlabel("pretraining optimiser steps")
+    ax.set_ylabel("linear-probe accuracy (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,7 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/probe"))
+    parser.add_argument(
+        "--overlay",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="only plot the curves of these finished runs into --out/overlay.png",
+    )
+    parser.add_argument("--labels", nargs="+", default=None, help="--overlay: curve names")
     args = parser.parse_args(argv)
+    if args.overlay:
+        args.out.mkdir(parents=True, exist_ok=True)
+        overlay(
+            args.overlay, args.labels or [f.name for f in args.overlay], args.out / "overlay.png"
+        )
+        return 0
     if args.threads:
         import torch
 

@@ -119,3 +119,6 @@ def test_linear_probe_benchmark_on_the_paper_data_probes_ten_classes(tmp_path):
     (run,) = record["runs"]
     assert run["steps_per_epoch"] == 3  # 60 training subtomograms (60 %), batch 16
     assert set(run["probe"]) == {"0", "1"}
+    # several finished runs in one plot
+    assert bench.main(["--overlay", str(out), str(out), "--out", str(tmp_path / "both")]) == 0
+    assert (tmp_path / "both" / "overlay.png").stat().st_size > 0
