@@ -44,23 +44,15 @@ def shapes(n_per_class: int, seed: int, box: int):
 def paper_data(args):
     """(unlabelled train, labelled train, test) of the reduced paper experiment at --snr."""
     import sys
+    from dataclasses import replace
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from reproduce_paper import CONFIGS, label_subset, split_indices
-
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
+    from reproduce_paper import CONFIGS, experiment_data, label_subset
 
     cfg = CONFIGS["reduced"]
-    sim = SimulationConfig(
-        n_classes=cfg.n_classes, box_size=args.box, voxel_size=cfg.voxel_size, snr=args.snr
-    )
-    per_class = args.per_class or cfg.per_class
-    volumes, labels = simulate_subtomograms(per_class, sim, seed=0)
-    data = SubtomogramSet.from_arrays(volumes, labels, voxel_size=sim.voxel_size)
-    train_idx, _, test_idx = split_indices(labels, seed=0)
-    chosen = label_subset(train_idx, labels, args.label_fraction, seed=0)
-    unlabelled = SubtomogramSet.from_arrays(volumes[train_idx], None, voxel_size=sim.voxel_size)
+    cfg = replace(cfg, box_size=args.box, per_class=args.per_class or cfg.per_class)
+    data, unlabelled, train_idx, _, test_idx = experiment_data(cfg, args.snr, seed=0)
+    chosen = label_subset(train_idx, np.asarray(data.class_numbers), args.label_fraction, seed=0)
     return unlabelled, data.subset(chosen), data.subset(test_idx)
 
 

@@ -172,11 +172,31 @@ def _folder_config(cfg: Config, path: Path) -> dict:
     return now
 
 
+def experiment_data(cfg: Config, snr: float | None, seed: int = 0):
+    """The simulated set at `snr` and its split, as every run of `cfg` sees it.
+
+    Returns:
+        (all subtomograms with labels, the training split without labels, train, validation
+        and test indices into the first).
+    """
+    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
+
+    sim = SimulationConfig(
+        n_classes=cfg.n_classes, box_size=cfg.box_size, voxel_size=cfg.voxel_size, snr=snr
+    )
+    volumes, labels = simulate_subtomograms(cfg.per_class, sim, seed=seed)
+    all_data = SubtomogramSet.from_arrays(volumes, labels, voxel_size=sim.voxel_size)
+    train_idx, val_idx, test_idx = split_indices(labels, seed)
+    unlabelled_train = SubtomogramSet.from_arrays(
+        volumes[train_idx], None, voxel_size=sim.voxel_size
+    )
+    return all_data, unlabelled_train, train_idx, val_idx, test_idx
+
+
 def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) -> list[dict]:
     """Run (or resume) every pretraining and fine-tuning run of `cfg`; return all rows."""
-    from napari_cryossl.dataset import SubtomogramSet
     from napari_cryossl.predict import predict
-    from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
     from napari_cryossl.train import (
         FinetuneConfig,
         PretrainConfig,
@@ -192,15 +212,8 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
     (out / "config.json").write_text(json.dumps(_folder_config(cfg, out / "config.json"), indent=2))
 
     for snr in cfg.snrs:
-        sim = SimulationConfig(
-            n_classes=cfg.n_classes, box_size=cfg.box_size, voxel_size=cfg.voxel_size, snr=snr
-        )
-        volumes, labels = simulate_subtomograms(cfg.per_class, sim, seed=seed)
-        all_data = SubtomogramSet.from_arrays(volumes, labels, voxel_size=sim.voxel_size)
-        train_idx, val_idx, test_idx = split_indices(labels, seed)
-        unlabelled_train = SubtomogramSet.from_arrays(
-            volumes[train_idx], None, voxel_size=sim.voxel_size
-        )
+        all_data, unlabelled_train, train_idx, val_idx, test_idx = experiment_data(cfg, snr, seed)
+        labels = np.asarray(all_data.class_numbers)
         test = all_data.subset(test_idx)
 
         for method in cfg.methods:
