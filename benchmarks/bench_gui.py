@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         for section in (pre, dock.finetune):
             section.epochs.setValue(args.epochs)
             section.batch_size.setValue(8)
+            if hasattr(section, "min_steps"):
+                section.min_steps.setValue(0)
             section.device.setCurrentText("cpu")
         results.append(_measure(app, pre.start, "pretrain (MoCo)"))
         ft = dock.show_section("finetune")

@@ -56,6 +56,10 @@ class Config:
     pretrain_runs: int | None = None  # independent pretrainings (None: one per run)
     finetune_lr: float = 5e-4  # the paper's SGD learning rate
     head_init: str = "random"  # "probe": LP-FT, the head starts at a linear probe
+    # Particle centres move by up to this many Å from the box centre: the paper's
+    # simulator shifts by up to 3 voxels of 10 Å. (Before 2026-11-30 the reduced
+    # configuration shifted by 3 voxels of 20 Å, twice the paper's.)
+    max_shift_a: float = 30.0
 
 
 CONFIGS = {
@@ -172,6 +176,19 @@ def _folder_config(cfg: Config, path: Path) -> dict:
     return now
 
 
+def simulation_config(cfg: Config, snr: float | None):
+    """The simulator's settings for `cfg` at `snr` (None: noise-free)."""
+    from napari_cryossl.simulate import SimulationConfig
+
+    return SimulationConfig(
+        n_classes=cfg.n_classes,
+        box_size=cfg.box_size,
+        voxel_size=cfg.voxel_size,
+        snr=snr,
+        max_shift_px=cfg.max_shift_a / cfg.voxel_size,
+    )
+
+
 def experiment_data(cfg: Config, snr: float | None, seed: int = 0):
     """The simulated set at `snr` and its split, as every run of `cfg` sees it.
 
@@ -180,11 +197,9 @@ def experiment_data(cfg: Config, snr: float | None, seed: int = 0):
         and test indices into the first).
     """
     from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
+    from napari_cryossl.simulate import simulate_subtomograms
 
-    sim = SimulationConfig(
-        n_classes=cfg.n_classes, box_size=cfg.box_size, voxel_size=cfg.voxel_size, snr=snr
-    )
+    sim = simulation_config(cfg, snr)
     volumes, labels = simulate_subtomograms(cfg.per_class, sim, seed=seed)
     all_data = SubtomogramSet.from_arrays(volumes, labels, voxel_size=sim.voxel_size)
     train_idx, val_idx, test_idx = split_indices(labels, seed)

@@ -174,6 +174,8 @@ def test_pretrain_finetune_predict_gradcam_end_to_end(simulated, tmp_path):
                 str(classifier),
                 "--epochs",
                 "2",
+                "--min-steps",
+                "0",
                 *common,
             ]
         )
@@ -223,7 +225,11 @@ def test_gradcam_on_tomogram_coordinates_writes_one_volume(simulated, tmp_path):
     particles = simulated["tomogram_particles"]
     classifier = tmp_path / "classifier.pt"
     args = ["--preset", "rb3d-small", "--device", "cpu", "--box-size", "16", "--batch-size", "4"]
-    assert main(["finetune", str(particles), "--out", str(classifier), "--epochs", "1", *args]) == 0
+    assert (
+        main(["finetune", str(particles), "--out", str(classifier), "--epochs", "1",
+              "--min-steps", "0", *args])
+        == 0
+    )
     heat_dir = tmp_path / "heat"
     assert (
         main(

@@ -42,7 +42,7 @@ def pretrain_config(**kw):
 
 
 def finetune_config(**kw):
-    base = dict(preset="rb3d-small", epochs=2, batch_size=8, device="cpu")
+    base = dict(preset="rb3d-small", epochs=2, batch_size=8, device="cpu", min_steps=0)
     base.update(kw)
     return FinetuneConfig(**base)
 

@@ -22,18 +22,36 @@ crop-box sampling is written here; the affine parameters are also sampled here
 down -- is exactly what training applies. ``tests/test_augment.py`` checks that
 ``affine_3d`` agrees with ``RandomAffine3D`` given the same parameters.
 
+Particles in a cell come in every orientation, and the paper's rotations about z by
+at most 45° teach a network little of that. ``rotation="so3"`` draws uniform random 3D
+rotations (and shifts along all three axes) instead, applied by ``rotate_3d`` (torch's
+``affine_grid``/``grid_sample``). A rotated box also turns its missing wedge; with
+``wedge_deg`` set, the wedge of the data's geometry (beam z, tilt axis y) is applied
+again after the rotation, so every training box lacks at least the real wedge
+(``docs/training.md`` compares the options).
+
 Random numbers come from torch's CPU generator (or the ``generator`` passed in),
 so ``torch.manual_seed`` makes the augmentation reproducible on any device.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["SubtomogramAugment", "affine_3d", "resized_crop_3d"]
+__all__ = [
+    "SubtomogramAugment",
+    "affine_3d",
+    "random_rotations",
+    "reapply_wedge",
+    "resized_crop_3d",
+    "rotate_3d",
+    "super_fibonacci_rotations",
+    "tta_rotations",
+]
 
 
 def _per_sample(value: float | Sequence[float] | torch.Tensor, n: int, like: torch.Tensor):
@@ -105,6 +123,113 @@ def affine_3d(
     return warp_affine3d(x, matrix[:, :3, :], (d, h, w), "bilinear", align_corners=True)
 
 
+def random_rotations(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n, 3, 3) uniform random rotations of SO(3) (normalised Gaussian quaternions), CPU."""
+    q = torch.randn(n, 4, generator=generator)
+    q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return _quaternion_matrices(*q.unbind(1))
+
+
+def super_fibonacci_rotations(n: int) -> torch.Tensor:
+    """``n`` near-uniform rotations of SO(3) as (n, 3, 3) float64 matrices.
+
+    Super-Fibonacci spirals (Alexa, CVPR 2022): unit quaternions on two interleaved
+    spirals with irrational steps, far more even than random draws of the same count.
+    """
+    phi = math.sqrt(2.0)
+    psi = 1.533751168755204288118041
+    s = torch.arange(int(n), dtype=torch.float64) + 0.5
+    t = s / max(int(n), 1)
+    r, big_r = t.sqrt(), (1.0 - t).sqrt()
+    alpha, beta = 2 * math.pi * s / phi, 2 * math.pi * s / psi
+    w, x = r * torch.sin(alpha), r * torch.cos(alpha)
+    y, z = big_r * torch.sin(beta), big_r * torch.cos(beta)
+    return _quaternion_matrices(w, x, y, z)
+
+
+def tta_rotations(k: int) -> torch.Tensor:
+    """(k, 3, 3) float32 views for test-time augmentation: the identity, then k - 1
+    super-Fibonacci rotations."""
+    eye = torch.eye(3, dtype=torch.float64)[None]
+    if k <= 1:
+        return eye.float()
+    return torch.cat([eye, super_fibonacci_rotations(k - 1)]).float()
+
+
+def _quaternion_matrices(w, x, y, z) -> torch.Tensor:
+    """Rotation matrices of unit quaternions (w, x, y, z), stacked to (n, 3, 3)."""
+    return torch.stack(
+        [
+            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            torch.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            torch.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        dim=1,
+    )
+
+
+def rotate_3d(
+    x: torch.Tensor,
+    rotations: torch.Tensor,
+    shift_zyx: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rotate (and shift, scale) each volume about its centre; trilinear, zeros outside.
+
+    Args:
+        x: (N, C, D, H, W) float volumes, cubic or not.
+        rotations: (N, 3, 3) rotation matrices acting on (z, y, x) offsets from the
+            centre: the content at offset u moves to R @ u.
+        shift_zyx: (N, 3) shifts in voxels (content moves by +shift), or None.
+        scale: (N,) isotropic scale factors (> 1 enlarges), or None.
+
+    Returns:
+        (N, C, D, H, W) resampled volumes on the same device and dtype.
+    """
+    import torch.nn.functional as F
+
+    _check_volumes(x)
+    n, _, d, h, w = x.shape
+    if n == 0:
+        return x.clone()
+    rot = rotations.to(device=x.device, dtype=x.dtype)
+    # affine_grid maps each *output* position to the *input* position it samples, in
+    # normalised (x, y, z) coordinates: input = R^T (output - shift) / scale.
+    half = x.new_tensor([(d - 1) / 2, (h - 1) / 2, (w - 1) / 2]).clamp_min(0.5)
+    inverse = rot.transpose(1, 2)
+    if scale is not None:
+        inverse = inverse / scale.to(device=x.device, dtype=x.dtype).view(n, 1, 1)
+    # zyx voxel offsets -> normalised offsets: divide by the half extent of each axis.
+    a = inverse * half[None, None, :] / half[None, :, None]
+    t = torch.zeros(n, 3, dtype=x.dtype, device=x.device)
+    if shift_zyx is not None:
+        s = shift_zyx.to(device=x.device, dtype=x.dtype) / half
+        t = -(a @ s[:, :, None])[:, :, 0]
+    # zyx -> xyz: reverse both the rows and the columns.
+    theta = torch.cat([a.flip(1).flip(2), t.flip(1)[:, :, None]], dim=2)
+    grid = F.affine_grid(theta, (n, x.shape[1], d, h, w), align_corners=True)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def reapply_wedge(x: torch.Tensor, tilt_range_deg: float) -> torch.Tensor:
+    """Multiply each volume's spectrum by the missing wedge of a ±tilt_range_deg tilt
+    series about y (beam along z), then restore each volume's mean and standard deviation.
+    """
+    shape = tuple(x.shape[2:])
+    theta = torch.deg2rad(torch.tensor(float(tilt_range_deg), dtype=torch.float64))
+    kz = torch.fft.fftfreq(shape[0], dtype=torch.float64)[:, None, None]
+    kx = torch.fft.rfftfreq(shape[2], dtype=torch.float64)[None, None, :]
+    keep = (kz.abs() * torch.cos(theta) <= kx.abs() * torch.sin(theta) + 1e-12).to(x.dtype)
+    keep = keep.expand(shape[0], shape[1], shape[2] // 2 + 1).to(x.device)
+    mean = x.mean(dim=(2, 3, 4), keepdim=True)
+    std = x.std(dim=(2, 3, 4), keepdim=True)
+    spec = torch.fft.rfftn(x.float(), dim=(2, 3, 4)) * keep
+    out = torch.fft.irfftn(spec, s=shape, dim=(2, 3, 4)).to(x.dtype)
+    out = out - out.mean(dim=(2, 3, 4), keepdim=True)
+    out = out * (std / out.std(dim=(2, 3, 4), keepdim=True).clamp_min(1e-12))
+    return out + mean
+
+
 def resized_crop_3d(
     x: torch.Tensor,
     origin_zyx: torch.Tensor,
@@ -161,6 +286,11 @@ class SubtomogramAugment(nn.Module):
         rotate_z_deg: rotation about z drawn from [-rotate_z_deg, rotate_z_deg].
         translate: shift in y and x drawn from [-t, t] x the box's height / width.
         scale: scale factor drawn from [1 - scale, 1 + scale].
+        rotation: "z" (the paper's: about the beam axis by up to ``rotate_z_deg``,
+            shifts in y and x) or "so3" (uniform random 3D rotations, shifts along
+            z, y and x; ``rotate_z_deg`` is ignored).
+        wedge_deg: re-apply the missing wedge of a ±wedge_deg tilt series about y
+            after the transforms (None: don't).
         generator: optional ``torch.Generator`` (CPU) for the random draws;
             defaults to torch's global generator so ``torch.manual_seed`` works.
     """
@@ -173,6 +303,8 @@ class SubtomogramAugment(nn.Module):
         rotate_z_deg: float = 45.0,
         translate: float = 0.1,
         scale: float = 0.1,
+        rotation: str = "z",
+        wedge_deg: float | None = None,
         *,
         generator: torch.Generator | None = None,
     ):
@@ -188,6 +320,12 @@ class SubtomogramAugment(nn.Module):
                 "rotate_z_deg and translate must be >= 0 and scale in [0, 1), got "
                 f"{rotate_z_deg}, {translate}, {scale}"
             )
+        if rotation not in ("z", "so3"):
+            raise ValueError(f"rotation must be 'z' or 'so3', got {rotation!r}")
+        if wedge_deg is not None and not 0 < float(wedge_deg) <= 90:
+            raise ValueError(f"wedge_deg must be in (0, 90] or None, got {wedge_deg}")
+        self.rotation = rotation
+        self.wedge_deg = None if wedge_deg is None else float(wedge_deg)
         self.crop_p = float(crop_p)
         self.crop_scale = (float(lo), float(hi))
         self.affine_p = float(affine_p)
@@ -199,7 +337,8 @@ class SubtomogramAugment(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"crop_p={self.crop_p}, crop_scale={self.crop_scale}, affine_p={self.affine_p}, "
-            f"rotate_z_deg={self.rotate_z_deg}, translate={self.translate}, scale={self.scale}"
+            f"rotate_z_deg={self.rotate_z_deg}, translate={self.translate}, scale={self.scale}, "
+            f"rotation={self.rotation!r}, wedge_deg={self.wedge_deg}"
         )
 
     def _uniform(self, n: int, lo: float, hi: float, dims: int = 1) -> torch.Tensor:
@@ -238,11 +377,20 @@ class SubtomogramAugment(nn.Module):
         origin, size = self.sample_crop(n, shape)
         do_affine = torch.rand(n, generator=self.generator) < self.affine_p
         angle, shift, scale = self.sample_affine(n, shape)
+        if self.rotation == "so3":
+            rotations = random_rotations(n, self.generator)
+            shift_z = self._uniform(n, -self.translate, self.translate) * float(shape[0])
         if do_crop.any():
             idx = do_crop.nonzero().squeeze(1)
             out[idx.to(x.device)] = resized_crop_3d(out[idx.to(x.device)], origin[idx], size[idx])
         if do_affine.any():
             idx = do_affine.nonzero().squeeze(1)
             dev_idx = idx.to(x.device)
-            out[dev_idx] = affine_3d(out[dev_idx], angle[idx], shift[idx], scale[idx])
+            if self.rotation == "so3":
+                shift_zyx = torch.cat([shift_z[:, None], shift], dim=1)
+                out[dev_idx] = rotate_3d(out[dev_idx], rotations[idx], shift_zyx[idx], scale[idx])
+            else:
+                out[dev_idx] = affine_3d(out[dev_idx], angle[idx], shift[idx], scale[idx])
+        if self.wedge_deg is not None:
+            out = reapply_wedge(out, self.wedge_deg)
         return out

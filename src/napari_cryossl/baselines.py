@@ -141,26 +141,10 @@ def floor_accuracy(train_volumes, train_labels, test_volumes, test_labels, **kw)
 
 
 def super_fibonacci_rotations(n: int) -> np.ndarray:
-    """``n`` near-uniform rotations of SO(3) as (n, 3, 3) matrices.
+    """``n`` near-uniform rotations of SO(3), (n, 3, 3) float64 (see ``augment``)."""
+    from napari_cryossl.augment import super_fibonacci_rotations as rotations
 
-    Super-Fibonacci spirals (Alexa, CVPR 2022): unit quaternions on two interleaved
-    spirals with irrational steps, far more even than random draws for the same count.
-    """
-    phi = math.sqrt(2.0)
-    psi = 1.533751168755204288118041
-    s = np.arange(n, dtype=np.float64) + 0.5
-    t = s / n
-    r, big_r = np.sqrt(t), np.sqrt(1.0 - t)
-    alpha, beta = 2 * np.pi * s / phi, 2 * np.pi * s / psi
-    w, x, y, z = r * np.sin(alpha), r * np.cos(alpha), big_r * np.sin(beta), big_r * np.cos(beta)
-    return np.stack(
-        [
-            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        axis=1,
-    )
+    return rotations(n).numpy()
 
 
 @dataclass

@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epochs", type=_positive_int, default=None, help="default: the method's (200 for MoCo)"
     )
-    p.add_argument("--preset", choices=["rb3d", "rb3d-small"], default="rb3d")
+    p.add_argument("--preset", choices=["rb3d", "rb3d-small"], default="rb3d-small", help="rb3d-small: the measured default (global pooling, docs/training.md); rb3d: the paper's network (needs a GPU)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
@@ -157,8 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--out", type=Path, required=True, help="CLASSIFIER.pt checkpoint to write")
     p.add_argument("--init", type=Path, default=None, help="ENCODER.pt from `cryossl pretrain`")
-    p.add_argument("--epochs", type=_positive_int, default=50)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument(
+        "--recipe",
+        choices=["default", "paper"],
+        default="default",
+        help="default: the recipe chosen by measurement (rb3d-small, 3D rotations, AdamW, "
+        "balanced batches, >= 1,500 steps, 8-view test-time augmentation; docs/training.md); "
+        "paper: Gupta et al. 2022 (rb3d, SGD lr 5e-4, 50 epochs, z-rotations)",
+    )
+    p.add_argument("--epochs", type=_positive_int, default=None, help="default: the recipe's")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=None,
+        help="optimiser steps at least, however few the labels (default: the recipe's)",
+    )
+    p.add_argument(
+        "--tta",
+        type=_positive_int,
+        default=None,
+        help="views averaged at prediction (stored in the classifier; default: the recipe's)",
+    )
     p.add_argument(
         "--label-fraction", type=_fraction, default=1.0, help="use this fraction of the labels"
     )
@@ -178,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=["rb3d", "rb3d-small"],
         default=None,
-        help="default: --init's, else rb3d",
+        help="default: --init's, else the recipe's (default rb3d-small, paper rb3d)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
@@ -194,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--out", type=Path, required=True, help="PREDICTIONS.star (or .csv)")
     p.add_argument("--embeddings", type=Path, default=None, help="also save embeddings (.npy)")
+    p.add_argument(
+        "--tta",
+        type=_positive_int,
+        default=None,
+        help="test-time augmentation: views averaged per particle (default: what the "
+        "classifier was trained with; 1: fastest)",
+    )
 
     # gradcam --------------------------------------------------------------------
     p = sub.add_parser(
@@ -371,10 +398,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     data = _load_set(args)
     config = FinetuneConfig(
+        recipe=args.recipe,
         preset=args.preset,
         epochs=args.epochs,
-        batch_size=args.batch_size or 16,
+        batch_size=args.batch_size,
         lr=args.lr,
+        min_steps=args.min_steps,
+        tta=args.tta,
         label_fraction=args.label_fraction,
         val_fraction=args.val_fraction,
         freeze_encoder=args.freeze_encoder,
@@ -408,6 +438,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size or 64,
         device=args.device,
         num_workers=args.workers,
+        tta=args.tta,
     )
     for item in _iter_results(gen, "predict"):
         result = item

@@ -82,20 +82,42 @@ _KINDS = ("encoder", "classifier")
 class EncoderPreset:
     """Architecture of one RB3D variant.
 
+    Two layouts share the RB3D residual block:
+
+    - ``pooling="flatten"`` (the paper's RB3D, ``rb3d``): stem, one max-pool, ``n_blocks``
+      blocks at half the box, the whole feature grid flattened into FC-F. Every voxel
+      position has its own FC weights, so the network must see each class in every
+      orientation and position to learn it: fine for 9,400 GPU steps, hopeless with a
+      few labels.
+    - ``pooling="global"`` (``rb3d-small``): an input stage (Gaussian low-pass of
+      ``input_sigma`` voxels, soft spherical mask, per-box standardisation, and a
+      channel holding each voxel's distance from the box centre), a stem at full
+      resolution, then ``stages - 1`` times a stride-2 convolution that doubles the
+      width followed by ``n_blocks`` residual blocks, and the mean and max of the last
+      feature grid into FC-F. Pooling makes it blind to where in the box a feature is,
+      except through the distance channel, which tells the centre particle from its
+      neighbours without breaking rotation invariance. The low-pass makes boxes
+      resampled by rotation augmentation (trilinear, slightly smoothed) look like the
+      raw boxes seen at prediction time.
+
     Attributes:
-        width: filters of the stem and of each block's 3x3x3 bottleneck conv
-            (64 in the paper); the shortcut and 1x1x1 convs use ``width // 2``
-            so that the concatenation has ``width`` channels again.
+        width: filters of the stem (and of each block's 3x3x3 bottleneck conv in the
+            first stage; 64 in the paper); the shortcut and 1x1x1 convs use
+            ``width // 2`` so that the concatenation has ``width`` channels again.
         fc_dim: size of the fully connected embedding layer (FC-1024 in the paper).
-        n_blocks: residual blocks after the pooling layer (4 in the authors' code).
-        max_grid: largest feature grid fed to the FC layer. The paper's 32^3
-            box gives a 16^3 grid; bigger boxes are max-pooled adaptively down to
-            this size so the FC layer stays a sane size (64^3 boxes would
-            otherwise need a 2-billion-weight FC-1024).
+        n_blocks: residual blocks (4 after the pool in the authors' code; per stage
+            after each downsampling with global pooling).
+        max_grid: largest feature grid fed to the FC layer (flatten layout). The paper's
+            32^3 box gives a 16^3 grid; bigger boxes are max-pooled adaptively down to
+            this size so the FC layer stays a sane size.
         batch_norm: BatchNorm3d after every convolution. Not in the paper or the
-            authors' code; off by default, offered for large-batch GPU runs.
+            authors' code.
         block_dropout: dropout on the bottleneck branch before concatenation
             (0.7 in the authors' Keras code, not mentioned in either paper).
+        pooling: "flatten" (the paper's) or "global" (mean and max over the grid).
+        stages: resolutions of the global layout (3: full, 1/2, 1/4 of the box).
+        input_sigma: Gaussian low-pass of the input in voxels (0: none).
+        radial_channel: add the distance-from-centre channel and the spherical mask.
     """
 
     width: int
@@ -104,14 +126,32 @@ class EncoderPreset:
     max_grid: int = 16
     batch_norm: bool = False
     block_dropout: float = 0.0
+    pooling: str = "flatten"
+    stages: int = 1
+    input_sigma: float = 0.0
+    radial_channel: bool = False
 
 
-#: Named architectures. ``rb3d`` is the published size (for a GPU);
-#: ``rb3d-small`` is 4x narrower with a 256-wide embedding, ~16x fewer FLOPs,
-#: which makes CPU pretraining and the tests practical.
+#: Fields added after the first checkpoints were written, with the values that reproduce
+#: the architecture those checkpoints were trained with (see ``_arch_overrides``).
+_LEGACY_ARCH = {"pooling": "flatten", "stages": 1, "input_sigma": 0.0, "radial_channel": False}
+
+#: Named architectures. ``rb3d`` is the published network (for a GPU, and for
+#: reproducing the paper). ``rb3d-small`` is the recipe chosen by measurement for few
+#: labels and small budgets (docs/training.md): RB3D blocks with BatchNorm in three
+#: stages and global pooling, ~0.1 GFLOP per 16^3 box.
 PRESETS: Mapping[str, EncoderPreset] = {
     "rb3d": EncoderPreset(width=64, fc_dim=1024),
-    "rb3d-small": EncoderPreset(width=16, fc_dim=256),
+    "rb3d-small": EncoderPreset(
+        width=16,
+        fc_dim=256,
+        n_blocks=1,
+        batch_norm=True,
+        pooling="global",
+        stages=3,
+        input_sigma=0.8,
+        radial_channel=True,
+    ),
 }
 
 
@@ -160,6 +200,72 @@ class ResidualConcatBlock(nn.Module):
         return self.relu(torch.cat([self.shortcut(x), self.bottleneck(x)], dim=1))
 
 
+def _strided(in_ch: int, out_ch: int, *, batch_norm: bool) -> nn.Sequential:
+    """3x3x3 convolution with stride 2 (halves the grid), optionally BatchNorm, then ReLU."""
+    layers: list[nn.Module] = [
+        nn.Conv3d(in_ch, out_ch, 3, stride=2, padding=1, bias=not batch_norm)
+    ]
+    if batch_norm:
+        layers.append(nn.BatchNorm3d(out_ch))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+class _GlobalPool(nn.Module):
+    """(N, C, G, G, G) -> (N, 2C, 1, 1, 1): mean and max over the grid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=(2, 3, 4)), x.amax(dim=(2, 3, 4))], dim=1)
+        return pooled[:, :, None, None, None]
+
+
+class InputStage(nn.Module):
+    """Fixed (weight-free) preprocessing of the global-pooling layout.
+
+    Gaussian low-pass (``sigma`` voxels, separable, zero padding), then with
+    ``radial=True`` a soft spherical mask (cosine edge over the outer 2 voxels of the
+    inscribed sphere) and per-box standardisation, and a second channel holding every
+    voxel's distance from the box centre divided by B/2. Everything here commutes
+    with rotations about the box centre, so a rotated particle is seen the same way.
+    """
+
+    def __init__(self, box_size: int, sigma: float, radial: bool):
+        super().__init__()
+        self.sigma = float(sigma)
+        self.radial = bool(radial)
+        self.channels = 2 if radial else 1
+        b = int(box_size)
+        g = torch.arange(b, dtype=torch.float32) - (b - 1) / 2
+        r = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2).sqrt()
+        edge = ((r - (b / 2 - 2)) / 2).clamp(0, 1)
+        self.register_buffer("mask", 0.5 * (1 + torch.cos(math.pi * edge)))
+        self.register_buffer("radius", r / (b / 2))
+        half = max(int(math.ceil(2.5 * self.sigma)), 1)
+        k = torch.arange(-half, half + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (k / max(self.sigma, 1e-6)) ** 2)
+        self.register_buffer("kernel", kernel / kernel.sum())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, B, B, B) -> (N, channels, B, B, B)."""
+        if self.sigma > 0:
+            k = self.kernel.to(x.dtype)
+            n = len(k)
+            for shape in ((n, 1, 1), (1, n, 1), (1, 1, n)):
+                pad = tuple(s // 2 for s in shape)
+                x = torch.nn.functional.conv3d(x, k.view(1, 1, *shape), padding=pad)
+        if not self.radial:
+            return x
+        x = x * self.mask.to(x.dtype)
+        x = (x - x.mean(dim=(2, 3, 4), keepdim=True)) / (
+            x.std(dim=(2, 3, 4), keepdim=True) + 1e-6
+        )
+        radius = self.radius.to(x.dtype).expand(x.shape[0], 1, *x.shape[2:])
+        return torch.cat([x, radius], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}, radial={self.radial}"
+
+
 class RB3DEncoder(nn.Module):
     """RB3D up to and including FC-F + ReLU: subtomograms -> embeddings.
 
@@ -184,25 +290,54 @@ class RB3DEncoder(nn.Module):
         self.arch = arch
         self.feature_dim = arch.fc_dim
         w = arch.width
-        self.stem = _conv(1, w, 3, relu=True, batch_norm=arch.batch_norm)
-        # Gupta et al. Fig. 3 caption: max-pooling "with kernel size 3x3x3 and stride of 2".
-        self.pool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
-        self.blocks = nn.Sequential(
-            *(
-                ResidualConcatBlock(w, batch_norm=arch.batch_norm, dropout=arch.block_dropout)
-                for _ in range(arch.n_blocks)
+        bn = arch.batch_norm
+        if arch.pooling == "global":
+            self.input = InputStage(self.box_size, arch.input_sigma, arch.radial_channel)
+            self.stem = _conv(self.input.channels, w, 3, relu=True, batch_norm=bn)
+            self.pool = nn.Identity()
+            layers: list[nn.Module] = []
+            cam = -1
+            for stage in range(1, arch.stages):
+                c_in, c_out = w * 2 ** (stage - 1), w * 2**stage
+                layers.append(_strided(c_in, c_out, batch_norm=bn))
+                for _ in range(arch.n_blocks):
+                    layers.append(
+                        ResidualConcatBlock(c_out, batch_norm=bn, dropout=arch.block_dropout)
+                    )
+                if stage == max(arch.stages - 2, 1):
+                    # Grad-CAM on the last block one stage before the end: a grid of B/2
+                    # (16^3 boxes: 8^3 instead of the last stage's 4^3) shows where the
+                    # network looked at a resolution a user can read.
+                    cam = len(layers) - 1
+            self.blocks = nn.Sequential(*layers)
+            self.reduce = _GlobalPool()
+            self.grid_size = 1
+            channels = w * 2 ** max(arch.stages - 1, 0)
+            self.fc = nn.Linear(2 * channels, arch.fc_dim)
+            self.cam_layer = f"blocks.{cam}" if layers else "stem"
+        elif arch.pooling == "flatten":
+            self.input = nn.Identity()
+            self.stem = _conv(1, w, 3, relu=True, batch_norm=bn)
+            # Gupta et al. Fig. 3 caption: max-pooling "with kernel size 3x3x3 and stride of 2".
+            self.pool = nn.MaxPool3d(kernel_size=3, stride=2, padding=1)
+            self.blocks = nn.Sequential(
+                *(
+                    ResidualConcatBlock(w, batch_norm=bn, dropout=arch.block_dropout)
+                    for _ in range(arch.n_blocks)
+                )
             )
-        )
-        pooled = (self.box_size - 1) // 2 + 1  # output size of the kernel-3/stride-2/pad-1 pool
-        if pooled > arch.max_grid:
-            self.reduce: nn.Module = nn.AdaptiveMaxPool3d(arch.max_grid)
-            self.grid_size = arch.max_grid
+            pooled = (self.box_size - 1) // 2 + 1  # output size of the k3/s2/p1 pool
+            if pooled > arch.max_grid:
+                self.reduce = nn.AdaptiveMaxPool3d(arch.max_grid)
+                self.grid_size = arch.max_grid
+            else:
+                self.reduce = nn.Identity()
+                self.grid_size = pooled
+            self.fc = nn.Linear(w * self.grid_size**3, arch.fc_dim)
+            self.cam_layer = f"blocks.{arch.n_blocks - 1}" if arch.n_blocks else "stem"
         else:
-            self.reduce = nn.Identity()
-            self.grid_size = pooled
-        self.fc = nn.Linear(w * self.grid_size**3, arch.fc_dim)
+            raise ValueError(f"unknown pooling {arch.pooling!r}; choose 'flatten' or 'global'")
         self.fc_relu = nn.ReLU(inplace=True)
-        self.cam_layer = f"blocks.{arch.n_blocks - 1}" if arch.n_blocks else "stem"
         if not self.fc.weight.is_meta:  # meta tensors hold no values to initialise
             self.reset_parameters()
 
@@ -234,9 +369,9 @@ class RB3DEncoder(nn.Module):
             )
 
     def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """Output of the last residual block, (N, width, G', G', G') with G' = ceil(B/2)."""
+        """Output of the last block: (N, width, G', G', G'), G' = ceil(B/2) for ``rb3d``."""
         self._check_input(x)
-        return self.blocks(self.pool(self.stem(x)))
+        return self.blocks(self.pool(self.stem(self.input(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, B, B, B) float -> (N, feature_dim) embedding (after ReLU)."""
@@ -607,9 +742,18 @@ def load_checkpoint(
 
 
 def _arch_overrides(state: dict) -> dict:
+    """The checkpoint's architecture; fields it predates take their first values.
+
+    A checkpoint written before a field existed was trained with the layout that the
+    field's legacy value describes (``_LEGACY_ARCH``), whatever the preset means now.
+    """
     arch = state.get("architecture") or {}
     valid = {f.name for f in fields(EncoderPreset)}
-    return {k: v for k, v in arch.items() if k in valid}
+    out = {k: v for k, v in arch.items() if k in valid}
+    if arch:
+        for key, value in _LEGACY_ARCH.items():
+            out.setdefault(key, value)
+    return out
 
 
 def _unweighted_encoder(state: dict) -> RB3DEncoder:

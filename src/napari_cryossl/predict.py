@@ -262,6 +262,7 @@ def iter_predict(
     class_numbers=None,
     check_voxel_size: bool = True,
     distributed=None,
+    tta: int | None = None,
 ) -> Iterator[Any]:
     """Classify every particle, yielding progress; the last item is the ``Predictions``.
 
@@ -275,6 +276,11 @@ def iter_predict(
         class_numbers: class number of each output for a bare ``Classifier``.
         check_voxel_size: refuse data at another voxel size than the checkpoint's.
         distributed: a ``distributed.DistributedContext``; None detects torchrun.
+        tta: test-time augmentation: average the class probabilities over the box as
+            given and ``tta - 1`` fixed, near-uniform 3D rotations of it (the same for
+            every particle, so results are deterministic). None: what the classifier
+            was trained for (its checkpoint's ``config["tta"]``; 1 for older ones).
+            The embeddings are always those of the unrotated box.
 
     Yields:
         ``train.TrainStatus(stage="predict", step=batches done, n_steps=batches)`` after
@@ -287,6 +293,7 @@ def iter_predict(
     """
     import torch
 
+    from napari_cryossl.augment import rotate_3d, tta_rotations
     from napari_cryossl.devices import (
         InputError,
         amp_dtype,
@@ -315,6 +322,11 @@ def iter_predict(
         _check_voxel_size(state, data, where)
     model = model.to(dev, memory_format=memory_format(dev)).eval()
     dtype = amp_dtype(dev, amp)
+    if tta is None:
+        tta = int(((state or {}).get("config") or {}).get("tta") or 1)
+    if int(tta) < 1:
+        raise InputError(f"test-time augmentation needs at least 1 view, got {tta}")
+    views = tta_rotations(int(tta)).to(dev)
 
     rows = ctx.shard(len(data))
     batches = [rows[i : i + int(batch_size)] for i in range(0, len(rows), int(batch_size))]
@@ -329,7 +341,12 @@ def iter_predict(
         with autocast(dev, dtype):
             e = model.encoder(x)
             logits = model.head(e)
-        return torch.softmax(logits.float(), dim=1), e.float()
+        p = torch.softmax(logits.float(), dim=1)
+        for rotation in views[1:]:
+            xr = rotate_3d(x, rotation.expand(x.shape[0], 3, 3))
+            with autocast(dev, dtype):
+                p = p + torch.softmax(model(xr).float(), dim=1)
+        return p / len(views), e.float()
 
     done = 0
     with torch.inference_mode():
@@ -378,6 +395,7 @@ def predict(
     class_numbers=None,
     check_voxel_size: bool = True,
     distributed=None,
+    tta: int | None = None,
 ) -> Predictions | None:
     """Classify every particle of ``data`` (see ``iter_predict`` for the arguments).
 
@@ -395,6 +413,7 @@ def predict(
         class_numbers=class_numbers,
         check_voxel_size=check_voxel_size,
         distributed=distributed,
+        tta=tta,
     ):
         if isinstance(item, Predictions):
             result = item

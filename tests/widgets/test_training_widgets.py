@@ -46,6 +46,8 @@ def _session_with_particles(dock, tomogram, truth, labels_per_class: int | None 
 def _small_settings(section, epochs: int = 1) -> None:
     section.epochs.setValue(epochs)
     section.batch_size.setValue(4)
+    if hasattr(section, "min_steps"):
+        section.min_steps.setValue(0)
     section.device.setCurrentText("cpu")
 
 

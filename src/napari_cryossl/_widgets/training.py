@@ -290,7 +290,7 @@ class PretrainWidget(_TrainingSection):
         current = self.preset.currentText()
         self.preset.clear()
         self.preset.addItems(presets)
-        self.preset.setCurrentText("rb3d" if env["cuda"] else (current or "rb3d-small"))
+        self.preset.setCurrentText(current or "rb3d-small")
         self._apply_defaults()
 
     def _apply_defaults(self) -> None:
@@ -379,12 +379,22 @@ class FinetuneWidget(_TrainingSection):
         row.addWidget(self.init_label, 1)
         row.addWidget(self.init_button)
         form.addRow("Encoder:", row)
+        from napari_cryossl.train import RECIPES  # numpy-only at import
+
+        recipe = RECIPES["default"]
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 10_000)
-        self.epochs.setValue(30)
+        self.epochs.setValue(int(recipe["epochs"]))
         self.batch_size = QSpinBox()
         self.batch_size.setRange(2, 4096)
-        self.batch_size.setValue(16)
+        self.batch_size.setValue(int(recipe["batch_size"]))
+        self.min_steps = QSpinBox()
+        self.min_steps.setRange(0, 1_000_000)
+        self.min_steps.setValue(int(recipe["min_steps"]))
+        self.min_steps.setToolTip(
+            "optimiser steps at least, however few labels there are: with 10 labels per "
+            "class an epoch is a step or two (docs/training.md)"
+        )
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
         self.head_from_probe = QCheckBox("Start the last layer from a linear probe")
@@ -395,6 +405,7 @@ class FinetuneWidget(_TrainingSection):
         )
         form.addRow("Epochs:", self.epochs)
         form.addRow("Batch size:", self.batch_size)
+        form.addRow("Min. steps:", self.min_steps)
         form.addRow("Device:", self.device)
         form.addRow(self.head_from_probe)
         layout.addLayout(form)
@@ -435,6 +446,7 @@ class FinetuneWidget(_TrainingSection):
         settings = {
             "epochs": int(self.epochs.value()),
             "batch_size": min(int(self.batch_size.value()), len(table)),
+            "min_steps": int(self.min_steps.value()),
             "device": self.device.currentText(),
             "head_init": "probe" if self.head_from_probe.isChecked() else "random",
             # names travel in the checkpoint, so predictions elsewhere (CLI) keep them
