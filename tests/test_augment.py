@@ -180,3 +180,57 @@ def test_input_is_not_modified_and_bad_arguments_rejected():
         SubtomogramAugment(crop_scale=(0.0, 1.0))
     with pytest.raises(ValueError, match=r"\(N, C, D, H, W\)"):
         SubtomogramAugment()(torch.randn(8, 8, 8))
+
+
+# -- 3D rotations (the default fine-tuning recipe) ---------------------------------------------
+
+
+def test_rotate_3d_moves_content_as_documented():
+    from napari_cryossl.augment import rotate_3d
+
+    x = torch.zeros(1, 1, 9, 9, 9)
+    x[0, 0, 4, 4, 7] = 1.0  # offset (dz, dy, dx) = (0, 0, 3) from the centre
+    quarter_z = torch.tensor([[[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]])  # (0, 0, 3) -> (0, -3, 0)
+    out = rotate_3d(x, quarter_z)
+    assert (out[0, 0] > 0.5).nonzero().tolist() == [[4, 1, 4]]
+    # the same turn as the paper's affine_3d at +90°
+    torch.testing.assert_close(out, affine_3d(x, 90.0), atol=1e-5, rtol=0)
+    shifted = rotate_3d(x, torch.eye(3)[None], torch.tensor([[1.0, 2.0, -1.0]]))
+    assert (shifted[0, 0] > 0.5).nonzero().tolist() == [[5, 6, 6]]
+
+
+def test_random_rotations_are_proper_rotations():
+    from napari_cryossl.augment import random_rotations, tta_rotations
+
+    r = random_rotations(64, torch.Generator().manual_seed(0))
+    eye = torch.eye(3).expand(64, 3, 3)
+    torch.testing.assert_close(r @ r.transpose(1, 2), eye, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(r), torch.ones(64), atol=1e-5, rtol=0)
+    views = tta_rotations(8)
+    assert views.shape == (8, 3, 3) and torch.equal(views[0], torch.eye(3))
+
+
+def test_so3_augment_turns_particles_out_of_the_xy_plane():
+    """The paper's z-rotation keeps every voxel in its z plane; 'so3' does not."""
+    x = torch.zeros(32, 1, 15, 15, 15)
+    x[:, 0, 7, 7, 10:13] = 1.0  # a rod along x, in the central z plane
+    z_only = SubtomogramAugment(crop_p=0, affine_p=1, translate=0, scale=0)
+    so3 = SubtomogramAugment(crop_p=0, affine_p=1, translate=0, scale=0, rotation="so3")
+    torch.manual_seed(0)
+    off_plane_z = z_only(x)[:, 0].sum(dim=(2, 3))  # mass per z plane
+    torch.manual_seed(0)
+    off_plane_so3 = so3(x)[:, 0].sum(dim=(2, 3))
+    assert float(off_plane_z[:, 7].sum() / off_plane_z.sum()) > 0.99
+    assert float(off_plane_so3[:, 7].sum() / off_plane_so3.sum()) < 0.7
+
+
+def test_reapplied_wedge_empties_the_missing_wedge_and_keeps_the_scale():
+    from napari_cryossl.augment import reapply_wedge
+    from napari_cryossl.simulate import missing_wedge_mask
+
+    x = torch.randn(4, 1, 16, 16, 16)
+    out = reapply_wedge(x, 60.0)
+    spec = torch.fft.rfftn(out[:, 0], dim=(1, 2, 3)).abs()
+    missing = torch.from_numpy(~missing_wedge_mask((16, 16, 16), 60.0))
+    assert float(spec[:, missing].max()) < 1e-3 * float(spec.max())
+    torch.testing.assert_close(out.std(dim=(2, 3, 4)), x.std(dim=(2, 3, 4)), atol=1e-4, rtol=1e-4)

@@ -59,10 +59,41 @@ def test_residual_block_concatenates_branches():
 
 
 def test_large_boxes_are_pooled_to_max_grid():
-    enc = build_encoder("rb3d-small", 64)
-    assert enc.grid_size == PRESETS["rb3d-small"].max_grid
+    enc = build_encoder("rb3d", 64, width=16, fc_dim=256)
+    assert enc.grid_size == PRESETS["rb3d"].max_grid
     assert enc.fc.in_features == 16 * enc.grid_size**3
     assert enc(torch.randn(1, 1, 64, 64, 64)).shape == (1, 256)
+
+
+def test_small_preset_pools_globally_so_any_box_size_has_the_same_weights():
+    sizes = {
+        b: {k: v.shape for k, v in build_encoder("rb3d-small", b).state_dict().items()
+            if "input." not in k}
+        for b in (16, 24, 32)
+    }
+    assert sizes[16] == sizes[24] == sizes[32]
+    enc = build_encoder("rb3d-small", 24).eval()
+    assert enc(torch.randn(3, 1, 24, 24, 24)).shape == (3, PRESETS["rb3d-small"].fc_dim)
+    # the input stage: a second channel with the distance from the box centre
+    x = enc.input(torch.randn(2, 1, 24, 24, 24))
+    assert x.shape == (2, 2, 24, 24, 24)
+    assert float(x[0, 1].min()) < 0.1 and float(x[0, 1, 0, 0, 0]) > 1.5
+
+
+def test_checkpoints_written_before_the_global_layout_still_load(tmp_path):
+    """An rb3d-small checkpoint of the first layout has no 'pooling' key: it is rebuilt
+    with the layout it was trained with, not the preset's current one."""
+    old = build_encoder("rb3d", 16, width=16, fc_dim=256)
+    state = checkpoint_state(old)
+    state["preset"] = "rb3d-small"
+    state["architecture"] = {
+        k: v for k, v in state["architecture"].items()
+        if k in ("width", "fc_dim", "n_blocks", "max_grid", "batch_norm", "block_dropout")
+    }
+    save_checkpoint(tmp_path / "old.pt", state)
+    loaded = encoder_from_checkpoint(load_checkpoint(tmp_path / "old.pt"))
+    x = torch.randn(2, 1, 16, 16, 16)
+    torch.testing.assert_close(loaded.eval()(x), old.eval()(x))
 
 
 def test_wrong_input_shape_is_explained(boxes16):
@@ -81,13 +112,23 @@ def test_unknown_preset_and_option_are_rejected():
 
 
 def test_overrides_change_architecture():
-    enc = build_encoder("rb3d-small", 16, batch_norm=True, width=8)
+    enc = build_encoder("rb3d", 16, batch_norm=True, width=8, fc_dim=32)
     assert any(isinstance(m, nn.BatchNorm3d) for m in enc.modules())
     assert enc.fc.in_features == 8 * 8**3
 
 
-def test_cam_layer_names_last_block(boxes16):
+def test_cam_layer_of_the_global_layout_has_half_the_box(boxes16):
     enc = build_encoder("rb3d-small", 16)
+    seen = {}
+    layer = dict(enc.named_modules())[enc.cam_layer]
+    handle = layer.register_forward_hook(lambda m, i, o: seen.setdefault("out", o))
+    enc(boxes16)
+    handle.remove()
+    assert seen["out"].shape[2:] == (8, 8, 8)
+
+
+def test_cam_layer_names_last_block(boxes16):
+    enc = build_encoder("rb3d", 16, width=16, fc_dim=256)
     clf = Classifier(enc, 3)
     for model in (enc, clf):
         layer = dict(model.named_modules())[model.cam_layer]
@@ -122,7 +163,23 @@ def _reference_flops(width, fc_dim, box, n_blocks=4, n_classes=None):
     return flops
 
 
-@pytest.mark.parametrize("preset,box", [("rb3d", 32), ("rb3d-small", 28), ("rb3d-small", 17)])
+def _reference_flops_global(width, fc_dim, box, stages=3, n_classes=None):
+    """The global-pooling layout (rb3d-small), layer by layer; the input stage has no weights."""
+    flops = 2 * 27 * 2 * width * box**3  # stem on (density, radius)
+    grid, c = box, width
+    for _ in range(1, stages):
+        grid = (grid - 1) // 2 + 1
+        flops += 2 * 27 * c * (2 * c) * grid**3  # stride-2 conv
+        c *= 2
+        half = c // 2
+        flops += 2 * (27 * c * half + c * half + 27 * half * c + c * half) * grid**3
+    flops += 2 * (2 * c) * fc_dim
+    if n_classes:
+        flops += 2 * fc_dim * n_classes
+    return flops
+
+
+@pytest.mark.parametrize("preset,box", [("rb3d", 32), ("rb3d", 17)])
 def test_count_flops_matches_layer_by_layer_count(preset, box):
     arch = PRESETS[preset]
     enc = build_encoder(preset, box)
@@ -130,6 +187,17 @@ def test_count_flops_matches_layer_by_layer_count(preset, box):
     clf = Classifier(enc, 5)
     assert count_flops(clf, box) == _reference_flops(arch.width, arch.fc_dim, box, n_classes=5)
     assert enc.training, "count_flops restores the training mode"
+
+
+@pytest.mark.parametrize("box", [16, 28, 17])
+def test_count_flops_of_the_small_preset(box):
+    arch = PRESETS["rb3d-small"]
+    enc = build_encoder("rb3d-small", box)
+    assert count_flops(enc) == _reference_flops_global(arch.width, arch.fc_dim, box)
+    clf = Classifier(enc, 5)
+    assert count_flops(clf, box) == _reference_flops_global(
+        arch.width, arch.fc_dim, box, n_classes=5
+    )
 
 
 def test_classifier_checkpoint_round_trip(tmp_path, boxes16):

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(1)
-    model = Classifier(build_encoder("rb3d-small", BOX), 3)
+    # The paper's flatten layout (narrow): the reference below follows its layers.
+    model = Classifier(build_encoder("rb3d", BOX, width=16, fc_dim=256), 3)
     for module in model.modules():  # He init: gradients of a useful size
         if isinstance(module, torch.nn.Conv3d | torch.nn.Linear):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
