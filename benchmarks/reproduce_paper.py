@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 METHODS = ("random", "moco", "simclr", "swav")
+#: Rows printed beside the CNN rows (not trained; see baseline_rows).
+BASELINES = ("floor", "ceiling")
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,11 @@ class Config:
     methods: tuple[str, ...] = METHODS
     voxel_size: float = 10.0  # Å; 20 with box 16 is the paper's 32^3 / 10 Å box binned by 2
     pretrain_runs: int | None = None  # independent pretrainings (None: one per run)
-    finetune_lr: float = 5e-4  # the paper's SGD learning rate
+    finetune_lr: float | None = None  # None: the recipe's (paper: SGD 5e-4)
     head_init: str = "random"  # "probe": LP-FT, the head starts at a linear probe
+    recipe: str = "default"  # fine-tuning recipe (train.RECIPES); "paper": Gupta et al.'s
+    ceiling_rotations: int = 500  # rotations searched by the template-matching ceiling
+    finetune_min_steps: int | None = None  # None: the recipe's
     # Particle centres move by up to this many Å from the box centre: the paper's
     # simulator shifts by up to 3 voxels of 10 Å. (Before 2026-11-30 the reduced
     # configuration shifted by 3 voxels of 20 Å, twice the paper's.)
@@ -64,7 +69,17 @@ class Config:
 
 CONFIGS = {
     "paper": Config(
-        "paper", (0.05, 0.03, 0.5), 10, 500, 32, "rb3d", 200, 50, (0.25, 0.5, 0.75, 1.0), 5
+        "paper",
+        (0.05, 0.03, 0.5),
+        10,
+        500,
+        32,
+        "rb3d",
+        200,
+        50,
+        (0.25, 0.5, 0.75, 1.0),
+        5,
+        recipe="paper",
     ),
     # The paper's data set (10 classes x 500, 60:20:20) with its 32^3 boxes at 10 Å binned
     # by 2 (16^3 at 20 Å: the same particles, 8x fewer voxels), rb3d-small, 10/20 epochs,
@@ -98,7 +113,21 @@ CONFIGS = {
         2,
         methods=("random", "moco"),
     ),
-    "smoke": Config("smoke", (0.5,), 3, 12, 16, "rb3d-small", 1, 1, (1.0,), 1, batch_size=8),
+    "smoke": Config(
+        "smoke",
+        (0.5,),
+        3,
+        12,
+        16,
+        "rb3d-small",
+        1,
+        1,
+        (1.0,),
+        1,
+        batch_size=8,
+        ceiling_rotations=24,
+        finetune_min_steps=0,
+    ),
 }
 
 
@@ -209,6 +238,52 @@ def experiment_data(cfg: Config, snr: float | None, seed: int = 0):
     return all_data, unlabelled_train, train_idx, val_idx, test_idx
 
 
+def _label_seed(seed: int, run_i: int, fraction: float) -> int:
+    return seed + 1000 * run_i + int(100 * fraction)
+
+
+def baseline_rows(cfg: Config, all_data, train_idx, test_idx, snr, seed, done, results_path):
+    """Floor and ceiling beside every CNN row, on the same data.
+
+    floor: rotation-invariant radial features + logistic regression fitted on exactly the
+    labelled subset each fine-tuning run gets (one row per fraction and run); ceiling:
+    template matching with the simulator's true templates on the test split (one row).
+    """
+    from napari_cryossl.baselines import floor_accuracy, simulated_ceiling
+
+    labels = np.asarray(all_data.class_numbers)
+    boxes = None
+    for fraction in cfg.fractions:
+        for run_i in range(cfg.runs):
+            key = f"floor|{snr}|{fraction}|{run_i}"
+            if key in done:
+                continue
+            if boxes is None:
+                boxes = all_data.load(np.arange(len(all_data)))
+            chosen = label_subset(train_idx, labels, fraction, seed=_label_seed(seed, run_i, fraction))
+            acc = floor_accuracy(boxes[chosen], labels[chosen], boxes[test_idx], labels[test_idx])
+            row = {"key": key, "stage": "floor", "snr": snr, "method": "floor",
+                   "fraction": fraction, "run": run_i, "n_labels": int(len(chosen)),
+                   "test_accuracy": acc, "confusion": None, "seconds": 0.0}
+            _append(results_path, row)
+            done[key] = row
+    key = f"ceiling|{snr}"
+    if key not in done and cfg.ceiling_rotations > 0:
+        if boxes is None:
+            boxes = all_data.load(np.arange(len(all_data)))
+        t0 = time.perf_counter()
+        result = simulated_ceiling(
+            boxes[test_idx], simulation_config(cfg, snr), n_rotations=cfg.ceiling_rotations
+        )
+        acc = float((result.class_numbers == labels[test_idx]).mean())
+        row = {"key": key, "stage": "ceiling", "snr": snr, "method": "ceiling",
+               "test_accuracy": acc, "n_rotations": cfg.ceiling_rotations,
+               "seconds": time.perf_counter() - t0}
+        _append(results_path, row)
+        done[key] = row
+        print(f"snr {snr} ceiling (template matching): {acc:.3f}", flush=True)
+
+
 def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) -> list[dict]:
     """Run (or resume) every pretraining and fine-tuning run of `cfg`; return all rows."""
     from napari_cryossl.predict import predict
@@ -231,6 +306,7 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
         labels = np.asarray(all_data.class_numbers)
         test = all_data.subset(test_idx)
 
+        baseline_rows(cfg, all_data, train_idx, test_idx, snr, seed, done, results_path)
         for method in cfg.methods:
             for run_i in range(cfg.runs):
                 encoder = None
@@ -273,16 +349,18 @@ def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) 
                         continue
                     t0 = time.perf_counter()
                     chosen = label_subset(
-                        train_idx, labels, fraction, seed=seed + 1000 * run_i + int(100 * fraction)
+                        train_idx, labels, fraction, seed=_label_seed(seed, run_i, fraction)
                     )
                     # The labelled training subset and the validation split go in together;
                     # fine-tuning holds out a stratified validation part of the same size
                     # as the validation split for choosing the best epoch.
                     pool = np.concatenate([chosen, val_idx])
                     f_cfg = FinetuneConfig(
-                        preset=cfg.preset,
+                        recipe=cfg.recipe,
+                        preset=cfg.preset if encoder is None else None,
                         epochs=cfg.finetune_epochs,
-                        batch_size=cfg.batch_size,
+                        min_steps=cfg.finetune_min_steps,
+                        batch_size=cfg.batch_size if cfg.recipe == "paper" else None,
                         val_fraction=len(val_idx) / len(pool),
                         lr=cfg.finetune_lr,
                         head_init=cfg.head_init,
@@ -378,9 +456,16 @@ def summarise(rows: list[dict], out: Path) -> str:
     from scipy import stats
 
     fin = [r for r in rows if r.get("stage") == "finetune"]
-    snrs = sorted({r["snr"] for r in fin}, reverse=True)
+    floors = [r for r in rows if r.get("method") == "floor"]
+    ceilings = {r["snr"]: r["test_accuracy"] for r in rows if r.get("method") == "ceiling"}
+    snrs = sorted({r["snr"] for r in fin}, key=lambda v: -np.inf if v is None else -v)
     fractions = sorted({r["fraction"] for r in fin})
     methods = [m for m in METHODS if any(r["method"] == m for r in fin)]
+
+    def floor_of(snr, fraction):
+        return np.array(
+            [r["test_accuracy"] for r in floors if (r["snr"], r["fraction"]) == (snr, fraction)]
+        )
 
     def accs(snr, method, fraction):
         return np.array(
@@ -412,6 +497,25 @@ def summarise(rows: list[dict], out: Path) -> str:
                     cell += f" (p={p:.3f})"
                 cells.append(cell)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        cells = []
+        for f in fractions:
+            a = floor_of(snr, f)
+            cells.append(f"{100 * a.mean():.1f} ± {100 * a.std(ddof=1) if len(a) > 1 else 0:.1f}"
+                         if len(a) else "–")
+        lines.append("| floor (radial features + logistic regression) | " + " | ".join(cells) + " |")
+        if snr in ceilings:
+            cell = f"{100 * ceilings[snr]:.1f}"
+            lines.append("| ceiling (template matching, true templates) | "
+                         + " | ".join([cell] * len(fractions)) + " |")
+        below = [
+            f"{m} at {f:.0%}"
+            for m in methods
+            for f in fractions
+            if len(accs(snr, m, f)) and len(floor_of(snr, f))
+            and accs(snr, m, f).mean() < floor_of(snr, f).mean()
+        ]
+        if below:
+            lines.append(f"\n**Below the floor:** {', '.join(below)}.")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     _plot(fin, snrs, fractions, methods, accs, out)
@@ -472,6 +576,10 @@ def _plot(fin, snrs, fractions, methods, accs, out: Path) -> None:
             plt.close(fig)
 
 
+def _snr(text: str) -> float | None:
+    return None if text.lower() in ("inf", "none") else float(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -482,7 +590,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=None, help="override the number of runs")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None)
-    parser.add_argument("--snrs", nargs="+", type=float, default=None, help="override the SNRs")
+    parser.add_argument(
+        "--snrs", nargs="+", type=_snr, default=None, help="override the SNRs ('inf': noise-free)"
+    )
+    parser.add_argument(
+        "--fractions", nargs="+", type=float, default=None, help="override the label fractions"
+    )
+    parser.add_argument(
+        "--recipe", choices=("default", "paper"), default=None, help="fine-tuning recipe"
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
@@ -508,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, methods=tuple(args.methods))
     if args.snrs:
         cfg = replace(cfg, snrs=tuple(args.snrs))
+    if args.fractions:
+        cfg = replace(cfg, fractions=tuple(args.fractions))
+    if args.recipe:
+        cfg = replace(cfg, recipe=args.recipe)
     if args.finetune_lr:
         cfg = replace(cfg, finetune_lr=args.finetune_lr)
     if args.head_init:

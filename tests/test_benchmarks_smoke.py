@@ -43,7 +43,12 @@ def test_reproduce_paper_smoke_writes_results_table_and_plot_and_resumes(tmp_pat
     finetunes = [r for r in rows if r["stage"] == "finetune"]
     assert {r["method"] for r in finetunes} == {"random", "moco"}
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in finetunes)
-    assert "| moco |" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "| moco |" in table
+    # every table holds the floor and the ceiling measured on the same data
+    assert "| floor (radial features" in table and "| ceiling (template matching" in table
+    baselines = {r["method"] for r in rows if r["stage"] in ("floor", "ceiling")}
+    assert baselines == {"floor", "ceiling"}
     assert list(out.glob("accuracy_vs_labels_snr*.png"))
     assert list(out.glob("gradcam_snr*.png"))  # random init vs pretrained, as the paper's Fig. 8
     # a second start finds every run done and adds nothing
