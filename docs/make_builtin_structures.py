@@ -127,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archives", type=Path, help="folder with the unpacked source archives")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/napari_cryossl/data/structures"
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "src/napari_cryossl/data/structures",
     )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -180,7 +182,7 @@ def _connected(names: list[str], contacts: dict[tuple[str, str], int]) -> bool:
     todo = [names[0]]
     while todo:
         a = todo.pop()
-        for (x, y) in contacts:
+        for x, y in contacts:
             for u, v in ((x, y), (y, x)):
                 if u == a and v not in seen:
                     seen.add(v)

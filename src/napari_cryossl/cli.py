@@ -112,9 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--per-class", type=int, default=500, help="subtomograms per class (0: none)")
     p.add_argument("--box-size", type=_positive_int, default=32, help="subtomogram box (voxels)")
-    p.add_argument(
-        "--snr", type=_snr, default=0.05, help="var(signal)/var(noise); inf: noise-free"
-    )
+    p.add_argument("--snr", type=_snr, default=0.05, help="var(signal)/var(noise); inf: noise-free")
     p.add_argument("--voxel-size", type=float, default=10.0, help="voxel size in Å")
     p.add_argument("--tilt-range", type=float, default=60.0, help="± tilt range in degrees")
     p.add_argument(
@@ -323,7 +321,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.structures:
         from napari_cryossl.structures import resolve_structures
 
-        structures = tuple(args.structures)
+        structures = args.structures[0] if len(args.structures) == 1 else tuple(args.structures)
         if n_classes is None:
             n_classes = len(resolve_structures(structures))
     config = SimulationConfig(

@@ -581,7 +581,11 @@ def _render_structures(
             t = np.einsum("pji,pmj->pmi", rot_zyx, d)  # Rᵀ d, template frame (voxels)
             coords = bank.centres[k] + _OVERSAMPLE * t
             values = ndimage.map_coordinates(
-                bank.maps[k], coords.reshape(-1, 3).T, order=1, mode="constant", cval=0.0,
+                bank.maps[k],
+                coords.reshape(-1, 3).T,
+                order=1,
+                mode="constant",
+                cval=0.0,
                 prefilter=False,
             ).reshape(len(sel), w, w, w)
             for (i, _), c, v in zip(sel, corner, values, strict=True):

@@ -535,8 +535,10 @@ def _atom_table(model, path: Path) -> tuple[np.ndarray, np.ndarray, list]:
         masses = []
         for atom, res in zip(atoms, residues, strict=True):
             info = gemmi.find_tabulated_residue(res.name)
-            if info is not None and info.weight > 0 and (
-                info.is_amino_acid() or info.is_nucleic_acid()
+            if (
+                info is not None
+                and info.weight > 0
+                and (info.is_amino_acid() or info.is_nucleic_acid())
             ):
                 # heavy atoms of the residue in a chain: the free monomer minus its
                 # hydrogens and the oxygen of the water lost in polymerisation
