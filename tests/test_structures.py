@@ -255,3 +255,17 @@ def test_cli_simulate_model_files_one_class_each(tmp_path):
     assert code == 0
     meta = json.loads((out / "simulation.json").read_text())
     assert meta["class_names"] == {"1": "3enl_atoms", "2": "enolase"}
+
+
+def test_sample_data_of_real_complexes(tmp_path):
+    from napari_cryossl._sample_data import STRUCTURES_SAMPLE, ensure_sample_files
+
+    paths = ensure_sample_files(tmp_path, kind="structures")
+    table = read_particles(paths["ground_truth"])
+    assert len(table) == 48 and set(table["class_number"]) == {1, 2, 3, 4}
+    assert STRUCTURES_SAMPLE[0] == "ribosome70S"
+    stamp = paths["tomogram"].stat().st_mtime_ns
+    assert ensure_sample_files(tmp_path, kind="structures") == paths  # reused
+    assert paths["tomogram"].stat().st_mtime_ns == stamp
+    shapes = ensure_sample_files(tmp_path)  # the synthetic sample still works beside it
+    assert shapes["tomogram"] != paths["tomogram"] and shapes["tomogram"].is_file()
