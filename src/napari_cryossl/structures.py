@@ -52,6 +52,7 @@ __all__ = [
     "density_from_model",
     "load_structure",
     "resolve_structures",
+    "structure_name",
 ]
 
 # Mean density of protein, Da/Å³ (1.35 g/cm³). A density divided by it is the fraction
