@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,20 @@ def test_sample_data_of_real_complexes(tmp_path):
     assert paths["tomogram"].stat().st_mtime_ns == stamp
     shapes = ensure_sample_files(tmp_path)  # the synthetic sample still works beside it
     assert shapes["tomogram"] != paths["tomogram"] and shapes["tomogram"].is_file()
+
+
+def test_snr_reference_subtomogram_gives_every_box_its_own_snr():
+    config = SimulationConfig(
+        structures="builtin", n_classes=10, snr=0.05, snr_reference="subtomogram"
+    )
+    clean = simulate_subtomogram_details(2, replace(config, snr=None), seed=3)
+    noisy = simulate_subtomogram_details(2, config, seed=3)
+    np.testing.assert_array_equal(clean.class_numbers, noisy.class_numbers)
+    noise = (noisy.volumes - clean.volumes).astype(np.float64)
+    ratio = clean.volumes.var(axis=(1, 2, 3)) / noise.var(axis=(1, 2, 3))
+    np.testing.assert_allclose(ratio, 0.05, rtol=1e-3)
+    # with one noise level for the set, the small complexes have a far lower SNR
+    shared = simulate_subtomogram_details(2, replace(config, snr_reference="set"), seed=3)
+    noise = (shared.volumes - clean.volumes).astype(np.float64)
+    ratio = clean.volumes.var(axis=(1, 2, 3)) / noise.var(axis=(1, 2, 3))
+    assert ratio.min() < 0.025 and ratio.max() > 0.075

@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=500, help="subtomograms per class (0: none)")
     p.add_argument("--box-size", type=_positive_int, default=32, help="subtomogram box (voxels)")
     p.add_argument("--snr", type=_snr, default=0.05, help="var(signal)/var(noise); inf: noise-free")
+    p.add_argument(
+        "--snr-reference",
+        choices=("set", "subtomogram"),
+        default="set",
+        help="set: one noise level for all subtomograms (as in a tomogram); subtomogram: "
+        "each box at the SNR of its own particle (Liu et al.'s definition)",
+    )
     p.add_argument("--voxel-size", type=float, default=10.0, help="voxel size in Å")
     p.add_argument("--tilt-range", type=float, default=60.0, help="± tilt range in degrees")
     p.add_argument(
@@ -330,6 +337,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         box_size=args.box_size,
         voxel_size=args.voxel_size,
         snr=args.snr,
+        snr_reference=args.snr_reference,
         tilt_range_deg=args.tilt_range,
     )
     n_tomo = args.tomogram_particles
