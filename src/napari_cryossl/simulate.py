@@ -583,6 +583,10 @@ def _render_structures(
         h = int(bank.windows[k])
         w = 2 * h + 1
         offsets = np.indices((w, w, w), dtype=np.float64).reshape(3, -1).T  # (w³, 3) zyx
+        # Only the ball of the window can hold density: the particle centre lies in the
+        # unit cube at the window's centre, and its density within h - 1 of that centre.
+        ball = np.linalg.norm(offsets - (h + 0.5), axis=1) <= h + 0.5
+        offsets = offsets[ball]
         slots = np.argwhere(keep & (classes == k))
         for start in range(0, len(slots), _CHUNK):
             sel = slots[start : start + _CHUNK]
@@ -591,16 +595,19 @@ def _render_structures(
             d = (corner - centre)[:, None, :] + offsets[None]  # (p, w³, 3) zyx
             # x_particle = R x_template in xyz; in zyx the matrix is R[::-1, ::-1]
             rot_zyx = rotations[sel[:, 0], sel[:, 1]][:, ::-1, ::-1]
-            t = np.einsum("pji,pmj->pmi", rot_zyx, d)  # Rᵀ d, template frame (voxels)
+            t = np.matmul(d, rot_zyx)  # (Rᵀ d)ᵀ = dᵀ R: the template frame (voxels)
             coords = bank.centres[k] + _OVERSAMPLE * t
-            values = ndimage.map_coordinates(
+            sampled = ndimage.map_coordinates(
                 bank.maps[k],
                 coords.reshape(-1, 3).T,
                 order=1,
                 mode="constant",
                 cval=0.0,
                 prefilter=False,
-            ).reshape(len(sel), w, w, w)
+            )
+            values = np.zeros((len(sel), w * w * w), dtype=np.float32)
+            values[:, ball] = sampled.reshape(len(sel), -1)
+            values = values.reshape(len(sel), w, w, w)
             for (i, _), c, v in zip(sel, corner, values, strict=True):
                 lo = np.maximum(c, 0)
                 hi = np.minimum(c + w, shape)
