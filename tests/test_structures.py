@@ -287,3 +287,14 @@ def test_snr_reference_subtomogram_gives_every_box_its_own_snr():
     noise = (shared.volumes - clean.volumes).astype(np.float64)
     ratio = clean.volumes.var(axis=(1, 2, 3)) / noise.var(axis=(1, 2, 3))
     assert ratio.min() < 0.025 and ratio.max() > 0.075
+
+
+def test_chains_chosen_in_the_source_name():
+    source = f"{ENOLASE}#A"
+    assert S.resolve_structures([source]) == [f"{ENOLASE.resolve()}#A"]
+    item = S.load_structure(source, 10.0)
+    assert item.name == "3enl_atoms_A"
+    assert item.mass_da == pytest.approx(S.density_from_model(ENOLASE, 10.0).mass_da)
+    assert class_names(1, [source]) == ["3enl_atoms_A"]
+    with pytest.raises(InputError, match="3enl_atoms.pdb.gz.*no chain"):
+        S.load_structure(f"{ENOLASE}#Z", 10.0)

@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SOURCE",
         help="real complexes instead of the synthetic shapes: 'builtin' (ten complexes, "
-        "43 kDa-2.3 MDa), built-in names, atomic models (.pdb/.cif[.gz]), maps "
-        "(.mrc/.map[.gz]) or folders of them; one class each",
+        "43 kDa-2.3 MDa), built-in names, atomic models (.pdb/.cif[.gz]; model.cif#A,B "
+        "keeps chains A and B), maps (.mrc/.map[.gz]) or folders of them; one class each",
     )
     p.add_argument(
         "--classes",

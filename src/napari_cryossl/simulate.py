@@ -132,7 +132,8 @@ class SimulationConfig:
         structures: None (default) for the synthetic Gaussian-subunit classes;
             otherwise real complexes (`napari_cryossl.structures`): "builtin" (ten
             complexes from 43 kDa to 2.3 MDa), a built-in name, an atomic model
-            (PDB/mmCIF) or map (MRC) file, a folder of them, or a sequence of these.
+            (PDB/mmCIF) or map (MRC) file ("model.cif#A,B" keeps chains A and B), a
+            folder of them, or a sequence of these.
             Class k is the k-th structure (the first `n_classes` are used) and keeps
             its real mass and size, so `particle_diameter_a` then only sets the
             padding of the simulated boxes. A list is stored as a tuple.
@@ -549,7 +550,8 @@ def _density_bank(config: SimulationConfig) -> _DensityBank | None:
         raise InputError(
             "simulation settings: structures do not fit a "
             f"{config.box_size}-voxel box: " + "; ".join(too_big) + "; use a larger box_size "
-            "or voxel_size"
+            "or voxel_size (or, for a model with several copies, the chains of one: "
+            "model.cif#A,B,...)"
         )
     return _DensityBank(names, maps, np.array(centres), np.array(radii), np.array(windows))
 

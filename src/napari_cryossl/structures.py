@@ -67,6 +67,8 @@ _ALGORITHM_VERSION = 1
 CACHE_ENV = "NAPARI_CRYOSSL_CACHE"
 
 _MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+# Largest grid edge a density is computed on (512³ float32 = 512 MiB).
+_MAX_GRID = 512
 _MAP_SUFFIXES = (".mrc", ".map", ".ccp4", ".rec")
 
 
@@ -330,6 +332,21 @@ def _is_supported(path: Path) -> bool:
     return _strip_suffixes(path)[1] in _MODEL_SUFFIXES + _MAP_SUFFIXES
 
 
+def _split_chains(text: str) -> tuple[str, tuple[str, ...] | None]:
+    """ "model.cif#A,B,C" -> ("model.cif", ("A", "B", "C")); no "#" -> (text, None).
+
+    A model file holding several copies of a complex (a crystal's asymmetric unit)
+    gives one particle when the chains of one copy are named this way.
+    """
+    if "#" not in text or os.path.exists(text):
+        return text, None
+    path, _, spec = text.rpartition("#")
+    chains = tuple(c.strip() for c in spec.split(",") if c.strip())
+    if not chains:
+        raise InputError(f"{text}: no chains named after '#' (expected e.g. model.cif#A,B)")
+    return path, chains
+
+
 def resolve_structures(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Turn a structures setting into a list of sources.
 
@@ -358,7 +375,16 @@ def resolve_structures(spec: str | os.PathLike | Sequence[str | os.PathLike]) ->
         if entry is not None:
             out.append(entry.name)
             continue
+        text, chains = _split_chains(text)
         path = Path(text).expanduser()
+        if chains is not None:
+            if not path.is_file() or _strip_suffixes(path)[1] not in _MODEL_SUFFIXES:
+                raise InputError(
+                    f"{path}: chains (#{','.join(chains)}) can only be chosen in an existing "
+                    f"atomic model file ({', '.join(_MODEL_SUFFIXES)}, optionally .gz)"
+                )
+            out.append(f"{path.resolve()}#{','.join(chains)}")
+            continue
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.is_file() and _is_supported(p))
             if not found:
@@ -385,11 +411,14 @@ def resolve_structures(spec: str | os.PathLike | Sequence[str | os.PathLike]) ->
 
 
 def structure_name(source: str) -> str:
-    """Class name of a source: the built-in name, or the file name without suffixes."""
+    """Class name of a source: the built-in name, or the file name without suffixes
+    (and "_A-B" for chains chosen with "#A,B")."""
     entry = _find_builtin(source) if not os.path.exists(source) else None
     if entry is not None:
         return entry.name
-    return _strip_suffixes(Path(source))[0]
+    text, chains = _split_chains(source)
+    stem = _strip_suffixes(Path(text))[0]
+    return f"{stem}_{'-'.join(chains)}" if chains else stem
 
 
 def load_structure(
@@ -405,11 +434,13 @@ def load_structure(
 
     Args:
         source: a built-in name or PDB id ("ribosome70S", "4v5d"), or a file: atomic
-            model (.pdb/.ent/.cif/.mmcif) or map (.mrc/.map/.ccp4), optionally .gz.
+            model (.pdb/.ent/.cif/.mmcif) or map (.mrc/.map/.ccp4), optionally .gz;
+            "model.cif#A,B" keeps chains A and B of a model.
         voxel_size: Å per voxel of the result.
         resolution: Gaussian low-pass in Å (σ = 0.225 × resolution); default twice the
             voxel size (Nyquist).
-        chains: atomic models only: the chains to keep (default all).
+        chains: atomic models only: the chains to keep (default all, or those named
+            after "#" in `source`).
         mass_kda: maps only: the mass the map is scaled to (default: estimated).
         cache: use and fill the memory and disk caches.
 
@@ -427,10 +458,12 @@ def load_structure(
     if entry is not None:
         path, name = _builtin_path(entry), entry.name
     else:
+        name = structure_name(text)
+        text, named = _split_chains(text)
+        chains = chains or named
         path = Path(text).expanduser()
         if not path.is_file():
             raise InputError(f"{path}: no such structure file (nor a built-in name)")
-        name = _strip_suffixes(path)[0]
     kind = _strip_suffixes(path)[1]
     if kind not in _MODEL_SUFFIXES + _MAP_SUFFIXES:
         raise InputError(
@@ -591,6 +624,11 @@ def density_from_model(
     sigma = _SIGMA_PER_RESOLUTION * resolution
     extent = float(np.linalg.norm(xyz - com, axis=1).max()) + 4 * sigma + 2 * voxel_size
     n = 2 * math.ceil(extent / voxel_size) + 2  # even, the centre at index n // 2
+    if n > _MAX_GRID:
+        raise InputError(
+            f"{path}: the model spans {2 * extent:.0f} Å, a {n}³ grid at {voxel_size:g} Å; "
+            "use a coarser voxel size or keep the chains of one particle (model.cif#A,B,...)"
+        )
     shift = np.full(3, (n // 2) * voxel_size) - com
     for atom, m, p in zip(atoms, mass, xyz + shift, strict=True):
         f0 = float(np.sum(atom.element.c4322.get_coefs()[:5]))
@@ -690,6 +728,11 @@ def density_from_map(
     extent = float(np.linalg.norm((pts - com) * src_voxel, axis=1).max())
     extent += 2 * _SIGMA_PER_RESOLUTION * resolution + 2 * voxel_size
     n = 2 * math.ceil(extent / voxel_size) + 2
+    if n > _MAX_GRID:
+        raise InputError(
+            f"{path}: the map's density spans {2 * extent:.0f} Å, a {n}³ grid at "
+            f"{voxel_size:g} Å; use a coarser voxel size"
+        )
     scale = voxel_size / src_voxel
     offset = com - (n // 2) * scale
     out = ndimage.affine_transform(
