@@ -32,6 +32,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _snr(text: str) -> float | None:
+    """An SNR: a positive number, or inf/none for noise-free data (returned as None)."""
+    if text.strip().lower() in ("inf", "infinity", "none"):
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 (or inf for no noise), got {value}")
+    return None if value == float("inf") else value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
@@ -85,10 +95,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(tomogram.mrc + tomogram_particles.star) with missing wedge, CTF and noise at a given SNR.",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--classes", type=_positive_int, default=10, help="number of structural classes")
+    p.add_argument(
+        "--structures",
+        nargs="+",
+        default=None,
+        metavar="SOURCE",
+        help="real complexes instead of the synthetic shapes: 'builtin' (ten complexes, "
+        "43 kDa-2.3 MDa), built-in names, atomic models (.pdb/.cif[.gz]; model.cif#A,B "
+        "keeps chains A and B), maps (.mrc/.map[.gz]) or folders of them; one class each",
+    )
+    p.add_argument(
+        "--classes",
+        type=_positive_int,
+        default=None,
+        help="number of structural classes (default 10, or the number of --structures)",
+    )
     p.add_argument("--per-class", type=int, default=500, help="subtomograms per class (0: none)")
     p.add_argument("--box-size", type=_positive_int, default=32, help="subtomogram box (voxels)")
-    p.add_argument("--snr", type=float, default=0.05, help="var(signal)/var(noise)")
+    p.add_argument("--snr", type=_snr, default=0.05, help="var(signal)/var(noise); inf: noise-free")
+    p.add_argument(
+        "--snr-reference",
+        choices=("set", "subtomogram"),
+        default="set",
+        help="set: one noise level for all subtomograms (as in a tomogram); subtomogram: "
+        "each box at the SNR of its own particle (Liu et al.'s definition)",
+    )
     p.add_argument("--voxel-size", type=float, default=10.0, help="voxel size in Å")
     p.add_argument("--tilt-range", type=float, default=60.0, help="± tilt range in degrees")
     p.add_argument(
@@ -319,11 +350,21 @@ def _rank0() -> bool:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from napari_cryossl.simulate import SimulationConfig, simulate_to_disk
 
+    n_classes = args.classes
+    structures = None
+    if args.structures:
+        from napari_cryossl.structures import resolve_structures
+
+        structures = args.structures[0] if len(args.structures) == 1 else tuple(args.structures)
+        if n_classes is None:
+            n_classes = len(resolve_structures(structures))
     config = SimulationConfig(
-        n_classes=args.classes,
+        structures=structures,
+        n_classes=10 if n_classes is None else n_classes,
         box_size=args.box_size,
         voxel_size=args.voxel_size,
         snr=args.snr,
+        snr_reference=args.snr_reference,
         tilt_range_deg=args.tilt_range,
     )
     n_tomo = args.tomogram_particles

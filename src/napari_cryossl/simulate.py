@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from scipy import fft as sfft
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from napari_cryossl.io import (
@@ -128,6 +129,21 @@ class SimulationConfig:
             `box_size` box around a particle has the requested SNR on average (the
             same definition as the subtomograms); "volume" uses the variance of the
             signal over the whole tomogram.
+        structures: None (default) for the synthetic Gaussian-subunit classes;
+            otherwise real complexes (`napari_cryossl.structures`): "builtin" (ten
+            complexes from 43 kDa to 2.3 MDa), a built-in name, an atomic model
+            (PDB/mmCIF) or map (MRC) file ("model.cif#A,B" keeps chains A and B), a
+            folder of them, or a sequence of these.
+            Class k is the k-th structure (the first `n_classes` are used) and keeps
+            its real mass and size, so `particle_diameter_a` then only sets the
+            padding of the simulated boxes. A list is stored as a tuple.
+        snr_reference: "set" (default) gives every subtomogram of a set the same
+            noise level, var(noise) = mean_i var(signal_i) / snr, as in one tomogram;
+            with real complexes of different sizes a small complex then sits in far
+            more noise than its own signal (its own SNR is lower). "subtomogram" scales
+            each box's noise to its own signal, var(noise_i) = var(signal_i) / snr, so
+            every box has the requested SNR (the definition of Liu et al.'s simulator
+            of the paper's data). Identical for classes of equal mass.
     """
 
     n_classes: int = 10
@@ -151,9 +167,22 @@ class SimulationConfig:
     neighbor_gap: float = 0.85
     tomogram_gap: float = 0.9
     tomogram_snr_reference: Literal["particles", "volume"] = "particles"
+    structures: str | tuple[str, ...] | None = None
+    snr_reference: Literal["set", "subtomogram"] = "set"
 
     def __post_init__(self) -> None:
         problems = []
+        if self.structures is not None and not isinstance(self.structures, str):
+            object.__setattr__(self, "structures", tuple(str(s) for s in self.structures))
+        if self.structures is not None:
+            from napari_cryossl.structures import resolve_structures
+
+            sources = resolve_structures(self.structures)  # InputError names a bad file
+            if int(self.n_classes) == self.n_classes and self.n_classes > len(sources):
+                problems.append(
+                    f"n_classes is {self.n_classes} but only {len(sources)} structure(s) are "
+                    "given; use fewer classes or more structures"
+                )
         if int(self.n_classes) != self.n_classes or self.n_classes < 1:
             problems.append(f"n_classes must be a positive integer, got {self.n_classes}")
         if int(self.box_size) != self.box_size or self.box_size < 8:
@@ -188,12 +217,16 @@ class SimulationConfig:
             problems.append(
                 f"neighbor_classes must be 'any' or 'other', got {self.neighbor_classes!r}"
             )
+        if self.snr_reference not in ("set", "subtomogram"):
+            problems.append(
+                f"snr_reference must be 'set' or 'subtomogram', got {self.snr_reference!r}"
+            )
         if self.tomogram_snr_reference not in ("particles", "volume"):
             problems.append(
                 "tomogram_snr_reference must be 'particles' or 'volume', "
                 f"got {self.tomogram_snr_reference!r}"
             )
-        if not problems and self.particle_diameter_px > self.box_size:
+        if not problems and self.structures is None and self.particle_diameter_px > self.box_size:
             problems.append(
                 f"particles of {self.particle_diameter_a:g} Å are "
                 f"{self.particle_diameter_px:.1f} voxels at {self.voxel_size:g} Å/voxel and do "
@@ -224,7 +257,8 @@ class SimulatedSubtomograms:
             coordinates (x_particle = R @ x_template, about the particle centre).
         shifts_zyx: float64 (N, 3) particle centre minus box centre (index B//2), voxels.
         n_neighbors: int64 (N,) crowding neighbours placed in (or near) each box.
-        noise_std: standard deviation of the added noise (0 when noise-free).
+        noise_std: standard deviation of the added noise (0 when noise-free); with
+            `snr_reference="subtomogram"` the root mean square over the boxes.
         signal_variance: mean over the subtomograms of var(noise-free volume).
     """
 
@@ -367,11 +401,15 @@ def _random_assembly(index: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(pts), rng.uniform(0.6, 1.4, size=k)
 
 
-def class_names(n_classes: int) -> list[str]:
+def class_names(
+    n_classes: int, structures: str | tuple[str, ...] | list[str] | None = None
+) -> list[str]:
     """Names of classes 1..n_classes ("ring6", "rod", ...); beyond 16 "assembly17", ...
 
     Args:
         n_classes: how many names.
+        structures: a `SimulationConfig.structures` setting: the names are then the
+            complexes' names ("ribosome80S", ...; a file's name without suffixes).
 
     Returns:
         One name per class number, in order (index 0 is class 1).
@@ -380,6 +418,16 @@ def class_names(n_classes: int) -> list[str]:
         raise InputError(
             f"simulation settings: n_classes must be a positive integer, got {n_classes}"
         )
+    if structures is not None:
+        from napari_cryossl.structures import resolve_structures, structure_name
+
+        sources = resolve_structures(structures)
+        if n_classes > len(sources):
+            raise InputError(
+                f"simulation settings: n_classes is {n_classes} but only {len(sources)} "
+                "structure(s) are given"
+            )
+        return [structure_name(src) for src in sources[: int(n_classes)]]
     names = list(_TEMPLATES)
     return [names[i] if i < len(names) else f"assembly{i + 1}" for i in range(int(n_classes))]
 
@@ -445,6 +493,132 @@ def _stack_assemblies(assemblies: list[_Assembly]) -> tuple[np.ndarray, ...]:
         weights[i, :m] = a.weights
     radii = np.array([a.radius for a in assemblies])
     return centres, sigmas, weights, radii
+
+
+# --------------------------------------------------------------------------- structures
+
+# Real densities are computed on a grid this many times finer than the simulation's
+# and sampled by trilinear interpolation at the rotated voxel centres: on the fine
+# grid, interpolation blurs the 25 Å band much less than on the coarse one.
+_OVERSAMPLE = 2
+
+
+@dataclass(frozen=True)
+class _DensityBank:
+    """Real complexes at the scale of a configuration (see `_density_bank`)."""
+
+    names: list[str]
+    maps: list[np.ndarray]  # volume fraction (1 = protein), on a grid _OVERSAMPLE x finer
+    centres: np.ndarray  # (n, 3) index of the centre of mass in each fine map
+    radii: np.ndarray  # (n,) bounding radius in voxels: 99 % of the mass
+    windows: np.ndarray  # (n,) half-width in voxels of the window each particle is drawn in
+
+
+def _density_bank(config: SimulationConfig) -> _DensityBank | None:
+    """Load the densities of `config.structures` (cached), or None for synthetic shapes.
+
+    Each density is computed at voxel_size / 2 with a resolution of twice the
+    simulation's voxel size (its Nyquist limit), in units of protein density.
+
+    Raises:
+        InputError: a structure that does not fit the box (99 % of its mass must lie
+            within half a box edge of its centre).
+    """
+    if config.structures is None:
+        return None
+    from napari_cryossl.structures import PROTEIN_DENSITY, load_structure, resolve_structures
+
+    sources = resolve_structures(config.structures)[: config.n_classes]
+    names, maps, centres, radii, windows = [], [], [], [], []
+    too_big = []
+    for src in sources:
+        item = load_structure(
+            src, config.voxel_size / _OVERSAMPLE, resolution=2 * config.voxel_size
+        )
+        radius = item.radius_a(0.99) / config.voxel_size
+        if 2 * radius > config.box_size:
+            too_big.append(
+                f"{item.name} ({item.source}) is {2 * radius * config.voxel_size:.0f} Å across "
+                f"(99 % of its mass), {2 * radius:.1f} voxels at {config.voxel_size:g} Å/voxel"
+            )
+        names.append(item.name)
+        maps.append(np.ascontiguousarray(item.density / PROTEIN_DENSITY, dtype=np.float64))
+        centres.append(np.array(item.density.shape) // 2)
+        radii.append(radius)
+        windows.append(math.ceil(item.radius_a(0.999) / config.voxel_size) + 1)
+    if too_big:
+        raise InputError(
+            "simulation settings: structures do not fit a "
+            f"{config.box_size}-voxel box: " + "; ".join(too_big) + "; use a larger box_size "
+            "or voxel_size (or, for a model with several copies, the chains of one: "
+            "model.cif#A,B,...)"
+        )
+    return _DensityBank(names, maps, np.array(centres), np.array(radii), np.array(windows))
+
+
+def _render_structures(
+    out: np.ndarray,
+    bank: _DensityBank,
+    classes: np.ndarray,
+    rotations: np.ndarray,
+    centres_zyx: np.ndarray,
+    keep: np.ndarray,
+) -> None:
+    """Add rotated real densities to a batch of volumes, in place.
+
+    Each particle is drawn in a cube window around its centre: the window's voxel
+    centres are rotated back into the template frame (x_template = Rᵀ x_particle)
+    and the template, on its finer grid, is sampled there by trilinear interpolation
+    (one `scipy.ndimage.map_coordinates` call per class); parts outside `out` are
+    dropped.
+
+    Args:
+        out: float32 (n, Z, Y, X) volumes to add to.
+        bank: the densities.
+        classes: (n, m) 0-based class of each particle slot.
+        rotations: (n, m, 3, 3) xyz rotations, x_particle = R @ x_template.
+        centres_zyx: (n, m, 3) particle centres in voxel coordinates of `out`.
+        keep: (n, m) bool, slots to draw.
+    """
+    shape = np.array(out.shape[1:])
+    for k in np.unique(classes[keep]):
+        h = int(bank.windows[k])
+        w = 2 * h + 1
+        offsets = np.indices((w, w, w), dtype=np.float64).reshape(3, -1).T  # (w³, 3) zyx
+        # Only the ball of the window can hold density: the particle centre lies in the
+        # unit cube at the window's centre, and its density within h - 1 of that centre.
+        ball = np.linalg.norm(offsets - (h + 0.5), axis=1) <= h + 0.5
+        offsets = offsets[ball]
+        slots = np.argwhere(keep & (classes == k))
+        for start in range(0, len(slots), _CHUNK):
+            sel = slots[start : start + _CHUNK]
+            centre = centres_zyx[sel[:, 0], sel[:, 1]]
+            corner = np.floor(centre).astype(np.int64) - h
+            d = (corner - centre)[:, None, :] + offsets[None]  # (p, w³, 3) zyx
+            # x_particle = R x_template in xyz; in zyx the matrix is R[::-1, ::-1]
+            rot_zyx = rotations[sel[:, 0], sel[:, 1]][:, ::-1, ::-1]
+            t = np.matmul(d, rot_zyx)  # (Rᵀ d)ᵀ = dᵀ R: the template frame (voxels)
+            coords = bank.centres[k] + _OVERSAMPLE * t
+            sampled = ndimage.map_coordinates(
+                bank.maps[k],
+                coords.reshape(-1, 3).T,
+                order=1,
+                mode="constant",
+                cval=0.0,
+                prefilter=False,
+            )
+            values = np.zeros((len(sel), w * w * w), dtype=np.float32)
+            values[:, ball] = sampled.reshape(len(sel), -1)
+            values = values.reshape(len(sel), w, w, w)
+            for (i, _), c, v in zip(sel, corner, values, strict=True):
+                lo = np.maximum(c, 0)
+                hi = np.minimum(c + w, shape)
+                if np.any(hi <= lo):
+                    continue
+                a, b = lo - c, hi - c
+                out[i, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] += v[
+                    a[0] : b[0], a[1] : b[1], a[2] : b[2]
+                ]
 
 
 # --------------------------------------------------------------------------- optics
@@ -708,8 +882,11 @@ def simulate_subtomogram_details(
     n = len(labels)
     volumes = np.zeros((n, b, b, b), dtype=np.float32)
     variances = np.zeros(n)
-    assemblies = _assemblies(config)
-    centres, sigmas, weights, radii = _stack_assemblies(assemblies)
+    bank = _density_bank(config)
+    if bank is None:
+        centres, sigmas, weights, radii = _stack_assemblies(_assemblies(config))
+    else:
+        radii = bank.radii
     plan = _plan_subtomograms(labels, config, radii, rng)
 
     pad = max(4, math.ceil(config.particle_diameter_px / 2))
@@ -723,14 +900,25 @@ def simulate_subtomogram_details(
         stop = min(start + _CHUNK, n)
         cls = plan["classes"][start:stop]  # (c, 1+m)
         rot = plan["rotations"][start:stop]  # (c, 1+m, 3, 3)
-        # subunit centres: rotate each template (xyz), move to its position, go to zyx
-        sub = np.einsum("cmij,cmkj->cmki", rot, centres[cls])  # (c, 1+m, K, 3) xyz
-        sub_zyx = sub[..., ::-1] + plan["positions"][start:stop, :, None, :] + grid_centre
-        w = weights[cls] * plan["keep"][start:stop, :, None]
         c = stop - start
-        density = _render(
-            sub_zyx.reshape(c, -1, 3), sigmas[cls].reshape(c, -1), w.reshape(c, -1), shape
-        )
+        if bank is None:
+            # subunit centres: rotate each template (xyz), move to its position, go to zyx
+            sub = np.einsum("cmij,cmkj->cmki", rot, centres[cls])  # (c, 1+m, K, 3) xyz
+            sub_zyx = sub[..., ::-1] + plan["positions"][start:stop, :, None, :] + grid_centre
+            w = weights[cls] * plan["keep"][start:stop, :, None]
+            density = _render(
+                sub_zyx.reshape(c, -1, 3), sigmas[cls].reshape(c, -1), w.reshape(c, -1), shape
+            )
+        else:
+            density = np.zeros((c, *shape), dtype=np.float32)
+            _render_structures(
+                density,
+                bank,
+                cls,
+                rot,
+                plan["positions"][start:stop] + grid_centre,
+                plan["keep"][start:stop],
+            )
         spectrum = sfft.rfftn(density, axes=(1, 2, 3), workers=workers)
         del density
         if shared_transfer is None:
@@ -745,6 +933,10 @@ def simulate_subtomogram_details(
     noise_std = 0.0
     if config.noisy and n:
         noise_std = math.sqrt(signal_variance / config.snr)
+        if config.snr_reference == "subtomogram":
+            box_std = np.sqrt(variances / config.snr)
+        else:
+            box_std = np.full(n, noise_std)
         # Noise is stationary: a smaller padded box than the signal's gives the same
         # crop statistics at a lower cost.
         noise_size = sfft.next_fast_len(b + 2 * max(2, b // 8), real=True)
@@ -755,7 +947,12 @@ def simulate_subtomogram_details(
         for i, start in enumerate(range(0, n, _CHUNK)):
             stop = min(start + _CHUNK, n)
             volumes[start:stop] += _band_noise(
-                (stop - start, *noise_shape), band, crop, noise_std, chunk_seeds[i], workers
+                (stop - start, *noise_shape),
+                band,
+                crop,
+                box_std[start:stop],
+                chunk_seeds[i],
+                workers,
             )
     return SimulatedSubtomograms(
         volumes=volumes,
@@ -772,7 +969,7 @@ def _band_noise(
     shape: tuple[int, ...],
     band: np.ndarray,
     crop: tuple[int, int],
-    std: float,
+    std: float | np.ndarray,
     seed: np.random.SeedSequence,
     workers: int | None,
 ) -> np.ndarray:
@@ -783,7 +980,7 @@ def _band_noise(
     lack. Like the signal, the noise is filtered in a padded box and then cropped
     (`crop` = (start, size) along each axis), as when a subtomogram is cut out of
     a tomogram. Each box is rescaled to the exact standard deviation so the SNR is
-    exact.
+    exact (`std`: one for all boxes, or one per box).
     """
     spectrum = _white_spectrum(np.random.default_rng(seed), shape)
     spectrum *= band
@@ -791,8 +988,9 @@ def _band_noise(
     del spectrum
     lo, b = crop
     noise = noise[:, lo : lo + b, lo : lo + b, lo : lo + b]
-    for item in noise:
-        item *= np.float32(std / max(math.sqrt(_variance(item)), 1e-30))
+    stds = np.broadcast_to(np.asarray(std, dtype=np.float64), (len(noise),))
+    for item, target in zip(noise, stds, strict=True):
+        item *= np.float32(target / max(math.sqrt(_variance(item)), 1e-30))
     return noise
 
 
@@ -875,11 +1073,28 @@ def class_templates(config: SimulationConfig) -> np.ndarray:
     here, unlike the simulated data): what the docs show and what a template
     matching test would search for.
 
+    With `config.structures`, the real densities in units of protein density (1 = a
+    voxel filled with protein), the centre of mass at the box centre, sampled as the
+    simulator samples them.
+
     Returns:
         float32 (n_classes, B, B, B), the particle centre at index B//2.
     """
-    centres, sigmas, weights, _ = _stack_assemblies(_assemblies(config))
     b = config.box_size
+    bank = _density_bank(config)
+    if bank is not None:
+        n = config.n_classes
+        out = np.zeros((n, b, b, b), dtype=np.float32)
+        _render_structures(
+            out,
+            bank,
+            np.arange(n)[:, None],
+            np.broadcast_to(np.eye(3), (n, 1, 3, 3)),
+            np.full((n, 1, 3), float(b // 2)),
+            np.ones((n, 1), dtype=bool),
+        )
+        return out
+    centres, sigmas, weights, _ = _stack_assemblies(_assemblies(config))
     return _render(centres[..., ::-1] + b // 2, sigmas, weights, (b, b, b))
 
 
@@ -892,14 +1107,16 @@ def _place_particles(
     radii: np.ndarray,
     config: SimulationConfig,
     rng: np.random.Generator,
+    margin: float | None = None,
 ) -> np.ndarray:
     """Random sequential placement without heavy overlap; (n, 3) zyx centres.
 
-    Centres stay half a nominal diameter from the faces; two particles are at least
-    `tomogram_gap * (r_i + r_j)` apart (r: class bounding radius).
+    Centres stay `margin` (default half a nominal diameter) from the faces; two
+    particles are at least `tomogram_gap * (r_i + r_j)` apart (r: class bounding radius).
     """
     n = len(classes)
-    margin = config.particle_diameter_px / 2
+    if margin is None:
+        margin = config.particle_diameter_px / 2
     lo = np.full(3, margin)
     hi = np.asarray(shape, float) - 1 - margin
     if np.any(hi < lo):
@@ -981,20 +1198,34 @@ def simulate_tomogram(
     n = int(n_particles)
     geometry_seed, noise_seed = _seeds(seed)
     rng = np.random.default_rng(geometry_seed)
-    assemblies = _assemblies(config)
-    centres, sigmas, weights, radii = _stack_assemblies(assemblies)
+    bank = _density_bank(config)
+    if bank is None:
+        centres, sigmas, weights, radii = _stack_assemblies(_assemblies(config))
+        margin = None
+    else:
+        radii = bank.radii
+        margin = float(np.median(radii))  # real particles differ in size: the typical one
     classes = (np.arange(n) % config.n_classes)[rng.permutation(n)]
-    zyx = _place_particles(shape, classes, radii, config, rng)
+    zyx = _place_particles(shape, classes, radii, config, rng, margin)
     rotations = _random_rotations(n, rng)
 
     # render particle by particle into a padded volume (windows computed in batches)
-    half = math.ceil(radii.max() + 1)
+    half = math.ceil(radii.max() + 1) if bank is None else int(bank.windows.max())
     window = 2 * half + 1
     pad = half + 2
     padded = tuple(sfft.next_fast_len(s + 2 * pad, real=True) for s in shape)
     offset = np.array([(p - s) // 2 for p, s in zip(padded, shape, strict=True)])
     volume = np.zeros(padded, dtype=np.float32)
-    for start in range(0, n, _CHUNK):
+    if bank is not None and n:
+        _render_structures(
+            volume[None],
+            bank,
+            classes[None],
+            rotations[None],
+            (zyx + offset)[None],
+            np.ones((1, n), dtype=bool),
+        )
+    for start in range(0, n if bank is None else 0, _CHUNK):
         stop = min(start + _CHUNK, n)
         cls = classes[start:stop]
         sub = np.einsum("cij,ckj->cki", rotations[start:stop], centres[cls])[..., ::-1]
@@ -1194,7 +1425,10 @@ def simulate_to_disk(
     meta = {
         "config": asdict(config),
         "seed": seed,
-        "class_names": {str(i + 1): name for i, name in enumerate(class_names(config.n_classes))},
+        "class_names": {
+            str(i + 1): name
+            for i, name in enumerate(class_names(config.n_classes, config.structures))
+        },
         "n_per_class": n_per_class,
         "tomogram_shape": list(tomogram_shape) if tomogram_shape is not None else None,
         "n_tomogram_particles": n_tomogram_particles,
