@@ -41,9 +41,9 @@ class DemoPreset:
 
 
 PRESETS = {
-    # A binned tomogram (20 Å voxels) of ribosome-sized complexes (220 Å), 16^3 boxes:
-    # what a first look at real data is like, and what a 2-core CPU classifies in about a
-    # minute with the default fine-tuning recipe (docs/benchmarks.md, "cryossl demo").
+    # A binned tomogram (20 Å voxels) of 150 Å complexes (7.5 voxels across) in 16^3
+    # boxes: what a first look at real data is like, and what a 2-core CPU classifies in
+    # about a minute with the default fine-tuning recipe (docs/benchmarks.md, "cryossl demo").
     "cpu": DemoPreset(
         tomogram_shape=(48, 192, 192),
         n_particles=160,
@@ -59,8 +59,8 @@ PRESETS = {
         # leave its random start, so the demo uses m = 0.99.
         ssl_options={"momentum": 0.99},
         voxel_size=20.0,
-        particle_diameter_a=220.0,
-        finetune_min_steps=400,
+        particle_diameter_a=150.0,
+        finetune_min_steps=800,
     ),
     "gpu": DemoPreset(
         tomogram_shape=(128, 512, 512),

@@ -118,6 +118,8 @@ class EncoderPreset:
         stages: resolutions of the global layout (3: full, 1/2, 1/4 of the box).
         input_sigma: Gaussian low-pass of the input in voxels (0: none).
         radial_channel: add the distance-from-centre channel and the spherical mask.
+        radial_features: also feed FC-F the rotation-invariant radial profiles of the
+            input (``RadialProfiles``), beside the pooled convolutional features.
     """
 
     width: int
@@ -130,16 +132,24 @@ class EncoderPreset:
     stages: int = 1
     input_sigma: float = 0.0
     radial_channel: bool = False
+    radial_features: bool = False
 
 
 #: Fields added after the first checkpoints were written, with the values that reproduce
 #: the architecture those checkpoints were trained with (see ``_arch_overrides``).
-_LEGACY_ARCH = {"pooling": "flatten", "stages": 1, "input_sigma": 0.0, "radial_channel": False}
+_LEGACY_ARCH = {
+    "pooling": "flatten",
+    "stages": 1,
+    "input_sigma": 0.0,
+    "radial_channel": False,
+    "radial_features": False,
+}
 
 #: Named architectures. ``rb3d`` is the published network (for a GPU, and for
-#: reproducing the paper). ``rb3d-small`` is the recipe chosen by measurement for few
+#: reproducing the paper). ``rb3d-small`` is the network chosen by measurement for few
 #: labels and small budgets (docs/training.md): RB3D blocks with BatchNorm in three
-#: stages and global pooling, ~0.1 GFLOP per 16^3 box.
+#: stages, global pooling, and the radial profiles beside the pooled features; ~0.07
+#: GFLOP per 16^3 box.
 PRESETS: Mapping[str, EncoderPreset] = {
     "rb3d": EncoderPreset(width=64, fc_dim=1024),
     "rb3d-small": EncoderPreset(
@@ -151,6 +161,7 @@ PRESETS: Mapping[str, EncoderPreset] = {
         stages=3,
         input_sigma=0.8,
         radial_channel=True,
+        radial_features=True,
     ),
 }
 
@@ -266,6 +277,47 @@ class InputStage(nn.Module):
         return f"sigma={self.sigma}, radial={self.radial}"
 
 
+class RadialProfiles(nn.Module):
+    """Rotation-invariant descriptors of a box: the floor's features, inside the network.
+
+    Per box: mean and mean-square density in one-voxel spherical shells about the box
+    centre, and the log of the mean power in shells of spatial frequency, normalised by
+    a BatchNorm1d. Unchanged by rotating the particle about the centre, so a classifier
+    that sees them needs no labels to learn that invariance; the convolutional features
+    beside them add what shells cannot see (how density is arranged within a shell).
+    ``baselines.radial_features`` computes the same kind of profiles for the floor.
+    """
+
+    def __init__(self, box_size: int):
+        super().__init__()
+        b = int(box_size)
+        g = torch.arange(b, dtype=torch.float32) - b // 2
+        r = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2).sqrt()
+        n = b // 2 + 1
+        shell = r.round().clamp(max=n - 1).long().flatten()
+        onehot = torch.zeros(b**3, n)
+        onehot[torch.arange(b**3), shell] = 1.0
+        self.register_buffer("shells", onehot / onehot.sum(0).clamp_min(1.0))
+        freq = torch.fft.fftfreq(b) * b
+        k = (freq[:, None, None] ** 2 + freq[None, :, None] ** 2 + freq[None, None, :] ** 2).sqrt()
+        kshell = k.round().clamp(max=n - 1).long().flatten()
+        konehot = torch.zeros(b**3, n)
+        konehot[torch.arange(b**3), kshell] = 1.0
+        self.register_buffer("kshells", konehot / konehot.sum(0).clamp_min(1.0))
+        self.n_features = 3 * n
+        self.norm = nn.BatchNorm1d(self.n_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, B, B, B) -> (N, 3 (B/2 + 1)) normalised profiles."""
+        flat = x.float().flatten(1)
+        power = torch.fft.fftn(x.float()[:, 0], dim=(1, 2, 3)).abs().square().flatten(1)
+        feats = torch.cat(
+            [flat @ self.shells, flat.square() @ self.shells, torch.log1p(power @ self.kshells)],
+            dim=1,
+        )
+        return self.norm(feats.to(x.dtype))
+
+
 class RB3DEncoder(nn.Module):
     """RB3D up to and including FC-F + ReLU: subtomograms -> embeddings.
 
@@ -313,9 +365,12 @@ class RB3DEncoder(nn.Module):
             self.reduce = _GlobalPool()
             self.grid_size = 1
             channels = w * 2 ** max(arch.stages - 1, 0)
-            self.fc = nn.Linear(2 * channels, arch.fc_dim)
+            self.profiles = RadialProfiles(self.box_size) if arch.radial_features else None
+            extra = self.profiles.n_features if self.profiles is not None else 0
+            self.fc = nn.Linear(2 * channels + extra, arch.fc_dim)
             self.cam_layer = f"blocks.{cam}" if layers else "stem"
         elif arch.pooling == "flatten":
+            self.profiles = None
             self.input = nn.Identity()
             self.stem = _conv(1, w, 3, relu=True, batch_norm=bn)
             # Gupta et al. Fig. 3 caption: max-pooling "with kernel size 3x3x3 and stride of 2".
@@ -375,8 +430,12 @@ class RB3DEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, B, B, B) float -> (N, feature_dim) embedding (after ReLU)."""
-        h = self.reduce(self.feature_maps(x))
-        return self.fc_relu(self.fc(torch.flatten(h, 1)))
+        self._check_input(x)
+        inp = self.input(x)
+        h = torch.flatten(self.reduce(self.blocks(self.pool(self.stem(inp)))), 1)
+        if self.profiles is not None:
+            h = torch.cat([h, self.profiles(inp[:, :1])], dim=1)
+        return self.fc_relu(self.fc(h))
 
     def extra_repr(self) -> str:
         return f"preset={self.preset!r}, box_size={self.box_size}, feature_dim={self.feature_dim}"
