@@ -69,7 +69,10 @@ def augment_options(pairs: list[str] | None) -> dict | None:
         key, _, value = pair.partition("=")
         if not value:
             raise SystemExit(f"--augment {pair!r}: expected NAME=VALUE, e.g. affine_p=1")
-        options[key] = float(value)
+        try:
+            options[key] = float(value)
+        except ValueError:  # e.g. rotation=so3
+            options[key] = value
     return options
 
 
