@@ -132,7 +132,37 @@ def run_seed(seed: int, args, data=None) -> dict:
     }
 
 
-def plot(rows: list[dict], path: Path, n_classes: int = 3, method: str = "moco") -> None:
+def baselines(data, args) -> dict:
+    """Floor (radial features + logistic regression on the probe's labels) and, for the
+    paper data, the template-matching ceiling, on the probe's test particles."""
+    from napari_cryossl.baselines import floor_accuracy
+
+    _unlabelled, labelled, test = data
+    lab = labelled.load(np.arange(len(labelled)))
+    tst = test.load(np.arange(len(test)))
+    out = {"floor": floor_accuracy(lab, labelled.class_numbers, tst, test.class_numbers)}
+    if args.data == "paper" and args.ceiling_rotations > 0:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from dataclasses import replace
+
+        from reproduce_paper import CONFIGS, simulation_config
+
+        from napari_cryossl.baselines import simulated_ceiling
+
+        cfg = replace(CONFIGS["reduced"], box_size=args.box)
+        raw = test.load(np.arange(len(test)))
+        result = simulated_ceiling(
+            raw, simulation_config(cfg, args.snr), n_rotations=args.ceiling_rotations
+        )
+        out["ceiling"] = float((result.class_numbers == test.class_numbers).mean())
+    return out
+
+
+def plot(
+    rows: list[dict], path: Path, n_classes: int = 3, method: str = "moco", lines=None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,6 +175,9 @@ def plot(rows: list[dict], path: Path, n_classes: int = 3, method: str = "moco")
     ax.errorbar(steps, 100 * acc.mean(0), yerr=100 * acc.std(0), marker="o", capsize=3)
     ax.axhline(100 * acc[:, 0].mean(), color="grey", ls="--", lw=1, label="random encoder")
     ax.axhline(100 / n_classes, color="k", ls=":", lw=1, label="chance")
+    colours = {"floor": "tab:red", "ceiling": "tab:green"}
+    for name, value in (lines or {}).items():
+        ax.axhline(100 * value, color=colours.get(name, "k"), ls="-.", lw=1, label=name)
     ax.set_xlabel(f"{METHOD_NAMES.get(method, method)} optimiser steps")
     ax.set_ylabel("linear-probe accuracy (%)")
     ax.set_title(f"Linear probe on the pretrained encoder ({len(rows)} seeds)")
@@ -216,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--per-class", type=int, default=None, help="--data paper: subtomograms per class (500)"
     )
+    parser.add_argument(
+        "--ceiling-rotations",
+        type=int,
+        default=300,
+        help="--data paper: rotations of the template-matching ceiling (0: skip it)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/probe"))
@@ -244,10 +283,18 @@ def main(argv: list[str] | None = None) -> int:
     n_classes = len(np.unique(data[1].class_numbers)) if data else 3
     rows = [run_seed(s, args, data) for s in args.seeds]
     rows = json.loads(json.dumps(rows))  # epoch keys as strings, as read back from the file
+    lines = baselines(data, args) if data is not None else {}
+    for name, value in lines.items():
+        print(f"{name}: {value:.3f}")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    record = {"date": time.strftime("%Y-%m-%d"), "settings": settings, "runs": rows}
+    record = {
+        "date": time.strftime("%Y-%m-%d"),
+        "settings": settings,
+        "runs": rows,
+        "baselines": lines,
+    }
     (args.out / "probe.json").write_text(json.dumps(record, indent=2))
-    plot(rows, args.out / "probe.png", n_classes, args.method)
+    plot(rows, args.out / "probe.png", n_classes, args.method, lines)
     epochs = sorted({int(e) for r in rows for e in r["probe"]})
     name = METHOD_NAMES[args.method]
     print(f"| epoch | {name} steps | probe accuracy (mean ± std over seeds) |")
