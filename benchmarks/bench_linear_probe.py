@@ -103,6 +103,7 @@ def run_seed(seed: int, args, data=None) -> dict:
         preset="rb3d-small",
         epochs=args.epochs,
         batch_size=16,
+        lr=args.lr,
         device=args.device,
         seed=seed,
         ssl_options=ssl_options or None,
@@ -223,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlabelled-per-class", type=int, default=100)
     parser.add_argument("--box", type=int, default=16)
     parser.add_argument("--momentum", type=float, default=None, help="MoCo m (default 0.999)")
+    parser.add_argument("--lr", type=float, default=None, help="pretraining lr (default: the method's)")
     parser.add_argument("--method", choices=sorted(METHOD_NAMES), default="moco")
     parser.add_argument("--queue", type=int, default=None, help="MoCo queue (default 128)")
     parser.add_argument("--temperature", type=float, default=None, help="default: the method's")
