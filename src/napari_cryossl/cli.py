@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_options(p)
     p.add_argument("--method", choices=["moco", "simclr", "swav"], default="moco")
+    p.add_argument(
+        "--recipe",
+        choices=["default", "paper"],
+        default="default",
+        help="default: 3D-rotation views (MoCo at lr 1e-3, m 0.99; docs/training.md); "
+        "paper: Gupta et al.'s views and settings",
+    )
     p.add_argument("--out", type=Path, required=True, help="ENCODER.pt checkpoint to write")
     p.add_argument(
         "--epochs", type=_positive_int, default=None, help="default: the method's (200 for MoCo)"
@@ -417,6 +424,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     data = _load_set(args)
     config = PretrainConfig(
         method=args.method,
+        recipe=args.recipe,
         preset=args.preset,
         epochs=args.epochs,
         batch_size=args.batch_size,

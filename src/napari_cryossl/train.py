@@ -84,6 +84,27 @@ ROTATION_AUGMENT: dict[str, Any] = {
     "scale": 0.05,
 }
 
+#: Pretraining views of the default recipe: every view a uniform random 3D rotation,
+#: shifted by up to 10 % of the box, scaled ±10 %, and half of them a random resized
+#: crop (50-100 % of the volume): two views of one particle differ by what a particle
+#: in another orientation and position would, so the encoder learns to ignore that.
+PRETRAIN_ROTATION_AUGMENT: dict[str, Any] = {
+    "crop_p": 0.5,
+    "crop_scale": (0.5, 1.0),
+    "affine_p": 1.0,
+    "rotation": "so3",
+    "translate": 0.1,
+    "scale": 0.1,
+}
+
+#: Pretraining recipes (``PretrainConfig.recipe``). "default": 3D-rotation views for
+#: every method and, for MoCo, Adam lr 1e-3 and momentum 0.99 (measured with a linear
+#: probe, docs/training.md); "paper": Gupta et al.'s views and each method's settings.
+PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
+    "default": {"augment": PRETRAIN_ROTATION_AUGMENT, "moco": {"lr": 1e-3, "momentum": 0.99}},
+    "paper": {"augment": None},
+}
+
 #: Fine-tuning recipes (``FinetuneConfig.recipe``): every ``FinetuneConfig`` field left
 #: at None takes the recipe's value. "default" was chosen by measurement on the paper's
 #: simulated benchmark (docs/training.md): few labels and CPU-sized budgets need every
@@ -230,9 +251,11 @@ def run(generator: Iterator[TrainStatus], callbacks: TrainingCallbacks | None = 
 
 @dataclass
 class PretrainConfig:
-    """Self-supervised pretraining settings (defaults: the paper's, per method).
+    """Self-supervised pretraining settings.
 
     Attributes:
+        recipe: "default" (3D-rotation views; MoCo at lr 1e-3, m 0.99) or "paper"
+            (Gupta et al.'s views and settings); see ``PRETRAIN_RECIPES``.
         method: "moco", "simclr" or "swav".
         preset: encoder preset ("rb3d-small", the measured default; "rb3d", the paper's).
         epochs, batch_size, lr, weight_decay: None takes ``ssl.SSL_DEFAULTS[method]``
@@ -244,7 +267,7 @@ class PretrainConfig:
         amp: mixed precision on CUDA.
         save_every: write the checkpoint every this many epochs (and always at the end
             and when stopped).
-        augment: ``SubtomogramAugment`` arguments (None: the paper's augmentation).
+        augment: ``SubtomogramAugment`` arguments (None: the recipe's views).
         ssl_options: further ``build_ssl`` hyper-parameters (e.g. ``queue_size``).
         encoder_options: ``build_encoder`` overrides (e.g. ``batch_norm=True``).
         gather_distributed: with several processes, share negatives across them
@@ -254,6 +277,7 @@ class PretrainConfig:
 
     method: str = "moco"
     preset: str = "rb3d-small"
+    recipe: str = "default"
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -278,7 +302,13 @@ class PretrainConfig:
             raise InputError(
                 f"unknown pretraining method {self.method!r}; choose one of {sorted(SSL_DEFAULTS)}"
             )
+        if self.recipe not in PRETRAIN_RECIPES:
+            raise InputError(
+                f"unknown pretraining recipe {self.recipe!r}; choose one of "
+                f"{', '.join(PRETRAIN_RECIPES)}"
+            )
         hp = dict(SSL_DEFAULTS[method])
+        hp.update(PRETRAIN_RECIPES[self.recipe].get(method, {}))
         hp.update(self.ssl_options or {})
         for key in ("epochs", "batch_size", "lr", "weight_decay"):
             value = getattr(self, key)
@@ -774,7 +804,10 @@ class _PretrainJob(_Job):
         if self.ctx.enabled and self.device.type == "cuda":
             # BatchNorm (projection heads, batch_norm=True encoders) over the global batch.
             self.objective = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.objective)
-        self.augment = SubtomogramAugment(**(config.augment or {}))
+        views = config.augment
+        if views is None:
+            views = PRETRAIN_RECIPES.get(config.recipe, {}).get("augment")
+        self.augment = SubtomogramAugment(**dict(views or {}))
         self.optimizer = self.objective.configure_optimizer()
         self.dtype = amp_dtype(self.device, config.amp)
         self.scaler = make_grad_scaler(self.device, self.dtype)
