@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="FinetuneConfig field=value")
     p.add_argument("--name", default="default")
     p.add_argument("--config", default="reduced", help="reproduce_paper configuration")
+    p.add_argument("--data", choices=("shapes", "structures"), default="shapes")
     p.add_argument("--snr", default="0.5", help="SNR, or 'inf' for noise-free")
     p.add_argument("--labels", type=float, default=1.0, help="fraction of training labels")
     p.add_argument("--run", type=int, default=0, help="seed of the label subset and training")
@@ -92,13 +93,15 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from dataclasses import replace
+
     from reproduce_paper import CONFIGS, experiment_data, label_subset, simulation_config
 
     from napari_cryossl.baselines import floor_accuracy
     from napari_cryossl.predict import predict
     from napari_cryossl.train import FinetuneConfig, iter_finetune
 
-    cfg = CONFIGS[args.config]
+    cfg = replace(CONFIGS[args.config], data=args.data)
     snr = None if args.snr in ("inf", "none") else float(args.snr)
     all_data, _unlabelled, train_idx, val_idx, test_idx = experiment_data(cfg, snr)
     labels = np.asarray(all_data.class_numbers)
@@ -112,7 +115,7 @@ def main(argv=None) -> int:
             boxes[test_idx],
             labels[test_idx],
             args.out,
-            f"{args.config}|{args.snr}",
+            f"{args.config}|{args.snr}" + ("|structures" if args.data == "structures" else ""),
             args.ceiling_rotations,
         )
     overrides = {}
@@ -136,6 +139,7 @@ def main(argv=None) -> int:
     row = {
         "name": args.name,
         "config": args.config,
+        "data": args.data,
         "snr": args.snr,
         "labels": args.labels,
         "n_labels": int(len(chosen)),

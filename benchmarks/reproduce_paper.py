@@ -61,6 +61,9 @@ class Config:
     recipe: str = "default"  # fine-tuning recipe (train.RECIPES); "paper": Gupta et al.'s
     ceiling_rotations: int = 500  # rotations searched by the template-matching ceiling
     finetune_min_steps: int | None = None  # None: the recipe's
+    # "shapes": the synthetic classes of equal mass and radius of gyration (the hard
+    # case); "structures": the ten built-in real complexes (napari_cryossl.structures).
+    data: str = "shapes"
     # Particle centres move by up to this many Å from the box centre: the paper's
     # simulator shifts by up to 3 voxels of 10 Å. (Before 2026-11-30 the reduced
     # configuration shifted by 3 voxels of 20 Å, twice the paper's.)
@@ -215,6 +218,7 @@ def simulation_config(cfg: Config, snr: float | None):
         voxel_size=cfg.voxel_size,
         snr=snr,
         max_shift_px=cfg.max_shift_a / cfg.voxel_size,
+        structures="builtin" if cfg.data == "structures" else None,
     )
 
 
@@ -600,6 +604,12 @@ def main(argv: list[str] | None = None) -> int:
         "--recipe", choices=("default", "paper"), default=None, help="fine-tuning recipe"
     )
     parser.add_argument(
+        "--data",
+        choices=("shapes", "structures"),
+        default=None,
+        help="synthetic shapes of equal mass (default) or the ten built-in real complexes",
+    )
+    parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument(
@@ -628,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, fractions=tuple(args.fractions))
     if args.recipe:
         cfg = replace(cfg, recipe=args.recipe)
+    if args.data:
+        cfg = replace(cfg, data=args.data)
     if args.finetune_lr:
         cfg = replace(cfg, finetune_lr=args.finetune_lr)
     if args.head_init:
