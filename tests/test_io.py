@@ -734,3 +734,15 @@ def test_module_warnings_do_not_leak_as_errors(tmp_path, volume):
         warnings.simplefilter("error")
         open_tomogram(path)
         read_mrc(path)
+
+
+def test_a_huge_class_number_is_refused_with_the_file_named(tmp_path):
+    """1e308 is finite and 'integral' but overflows int64 to a negative class (found by
+    hypothesis): the STAR reader refuses it and names the file."""
+    path = tmp_path / "huge.star"
+    path.write_text(
+        "data_particles\nloop_\n_rlnCoordinateX\n_rlnCoordinateY\n_rlnCoordinateZ\n"
+        "_rlnClassNumber\n1 1 1 1e308\n"
+    )
+    with pytest.raises(InputError, match=r"huge\.star.*class number"):
+        read_particles(path)

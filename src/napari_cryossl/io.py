@@ -702,13 +702,14 @@ def _class_array(values, where: Any) -> np.ndarray:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as err:
         raise _fail(where, f"class numbers must be integers ({err})") from err
-    bad = ~np.isfinite(arr) | (arr < 0) | (arr != np.round(arr))
+    # Beyond 2^31 a class number is a corrupt value, and int64 would overflow silently.
+    bad = ~np.isfinite(arr) | (arr < 0) | (arr != np.round(arr)) | (arr > 2**31 - 1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise _fail(
             where,
-            f"class number {values[i]!r} (particle {i}) is not a non-negative integer "
-            "(classes are 1-based; 0 = unlabelled)",
+            f"class number {values[i]!r} (particle {i}) is not a non-negative integer below "
+            "2^31 (classes are 1-based; 0 = unlabelled)",
         )
     return arr.astype(np.int64)
 
