@@ -65,13 +65,16 @@ def test_large_boxes_are_pooled_to_max_grid():
     assert enc(torch.randn(1, 1, 64, 64, 64)).shape == (1, 256)
 
 
-def test_small_preset_pools_globally_so_any_box_size_has_the_same_weights():
+def test_small_preset_pools_globally_so_its_convolutions_fit_any_box_size():
     sizes = {
         b: {k: v.shape for k, v in build_encoder("rb3d-small", b).state_dict().items()
-            if "input." not in k}
+            if k.startswith(("stem.", "blocks."))}
         for b in (16, 24, 32)
     }
     assert sizes[16] == sizes[24] == sizes[32]
+    # the FC layer sees the pooled features and one radial profile value per shell
+    enc = build_encoder("rb3d-small", 32)
+    assert enc.fc.in_features == 2 * 64 + 3 * (32 // 2 + 1)
     enc = build_encoder("rb3d-small", 24).eval()
     assert enc(torch.randn(3, 1, 24, 24, 24)).shape == (3, PRESETS["rb3d-small"].fc_dim)
     # the input stage: a second channel with the distance from the box centre
@@ -173,7 +176,7 @@ def _reference_flops_global(width, fc_dim, box, stages=3, n_classes=None):
         c *= 2
         half = c // 2
         flops += 2 * (27 * c * half + c * half + 27 * half * c + c * half) * grid**3
-    flops += 2 * (2 * c) * fc_dim
+    flops += 2 * (2 * c + 3 * (box // 2 + 1)) * fc_dim  # pooled features + radial profiles
     if n_classes:
         flops += 2 * fc_dim * n_classes
     return flops
@@ -316,3 +319,15 @@ def test_a_new_encoder_keeps_the_signal_scale_through_its_layers():
     with torch.no_grad():
         emb = enc(torch.randn(32, 1, 16, 16, 16))
     assert emb.std(0).mean() > 0.05, float(emb.std(0).mean())
+
+
+def test_radial_profiles_do_not_change_when_the_particle_turns():
+    from napari_cryossl.models import RadialProfiles
+
+    profiles = RadialProfiles(16).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    turned = x.transpose(2, 4)  # swap z and x about the centre voxel 8: the shells stay
+    other = torch.randn(1, 1, 16, 16, 16)
+    a, b, c = profiles(torch.cat([x, turned, other]))
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert float((a - c).abs().max()) > 1e-2

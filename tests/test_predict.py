@@ -29,7 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def classifier():
     torch.manual_seed(0)
-    model = Classifier(build_encoder("rb3d-small", BOX), len(CLASSES))
+    # The narrow flatten layout: with He weights its outputs differ clearly between
+    # particles (an untrained rb3d-small saturates on its unnormalised radial profiles).
+    model = Classifier(build_encoder("rb3d", BOX, width=16, fc_dim=256), len(CLASSES))
     for module in model.modules():  # He init: outputs that differ clearly between particles
         if isinstance(module, torch.nn.Conv3d | torch.nn.Linear):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
