@@ -50,7 +50,8 @@ def paper_data(args):
     from reproduce_paper import CONFIGS, experiment_data, label_subset
 
     cfg = CONFIGS["reduced"]
-    cfg = replace(cfg, box_size=args.box, per_class=args.per_class or cfg.per_class)
+    # The synthetic shapes: the data of every probe curve in docs/benchmarks.md.
+    cfg = replace(cfg, box_size=args.box, per_class=args.per_class or cfg.per_class, data="shapes")
     data, unlabelled, train_idx, _, test_idx = experiment_data(cfg, args.snr, seed=0)
     chosen = label_subset(train_idx, np.asarray(data.class_numbers), args.label_fraction, seed=0)
     return unlabelled, data.subset(chosen), data.subset(test_idx)
@@ -152,7 +153,7 @@ def baselines(data, args) -> dict:
 
         from napari_cryossl.baselines import simulated_ceiling
 
-        cfg = replace(CONFIGS["reduced"], box_size=args.box)
+        cfg = replace(CONFIGS["reduced"], box_size=args.box, data="shapes")
         raw = test.load(np.arange(len(test)))
         result = simulated_ceiling(
             raw, simulation_config(cfg, args.snr), n_rotations=args.ceiling_rotations

@@ -64,7 +64,12 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", help="FinetuneConfig field=value")
     p.add_argument("--name", default="default")
     p.add_argument("--config", default="reduced", help="reproduce_paper configuration")
-    p.add_argument("--data", choices=("shapes", "structures"), default="shapes")
+    p.add_argument(
+        "--data",
+        choices=("shapes", "structures"),
+        default="shapes",
+        help="synthetic shapes (the hard case, default here) or the ten real complexes",
+    )
     p.add_argument("--snr", default="0.5", help="SNR, or 'inf' for noise-free")
     p.add_argument("--labels", type=float, default=1.0, help="fraction of training labels")
     p.add_argument("--run", type=int, default=0, help="seed of the label subset and training")

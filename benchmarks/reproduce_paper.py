@@ -61,9 +61,10 @@ class Config:
     recipe: str = "default"  # fine-tuning recipe (train.RECIPES); "paper": Gupta et al.'s
     ceiling_rotations: int = 500  # rotations searched by the template-matching ceiling
     finetune_min_steps: int | None = None  # None: the recipe's
-    # "shapes": the synthetic classes of equal mass and radius of gyration (the hard
-    # case); "structures": the ten built-in real complexes (napari_cryossl.structures).
-    data: str = "shapes"
+    # "structures": the ten built-in real complexes (napari_cryossl.structures), the
+    # paper's kind of data; "shapes": the synthetic classes of equal mass and radius of
+    # gyration (the hard case, and the data of every result before 2026-11-30).
+    data: str = "structures"
     # Particle centres move by up to this many Å from the box centre: the paper's
     # simulator shifts by up to 3 voxels of 10 Å. (Before 2026-11-30 the reduced
     # configuration shifted by 3 voxels of 20 Å, twice the paper's.)
@@ -130,6 +131,7 @@ CONFIGS = {
         batch_size=8,
         ceiling_rotations=24,
         finetune_min_steps=0,
+        data="shapes",  # 16^3 boxes at 10 Å are too small for the real complexes
     ),
 }
 
@@ -607,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         choices=("shapes", "structures"),
         default=None,
-        help="synthetic shapes of equal mass (default) or the ten built-in real complexes",
+        help="the ten built-in real complexes (default) or synthetic shapes of equal mass",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
