@@ -38,6 +38,7 @@ class DemoPreset:
     particle_diameter_a: float = 150.0
     finetune_min_steps: int | None = None  # None: the fine-tuning recipe's
     finetune_batch_size: int | None = None  # None: the fine-tuning recipe's
+    structures: str | None = None  # "builtin": real complexes instead of synthetic shapes
 
 
 PRESETS = {
@@ -200,6 +201,7 @@ def run_demo(
             snr=cfg.snr,
             voxel_size=cfg.voxel_size,
             particle_diameter_a=cfg.particle_diameter_a,
+            structures=cfg.structures,
         )
         volume, truth = simulate_tomogram(cfg.tomogram_shape, cfg.n_particles, sim_cfg, seed=seed)
         tomo_path = out / "tomogram.mrc"
