@@ -22,6 +22,7 @@ def test_tiny_demo_runs_every_stage_and_reports_against_ground_truth(tmp_path, c
             box_size=16,
             pretrain_epochs=1,
             finetune_epochs=2,
+            finetune_min_steps=0,
             labels_per_class=2,
             batch_size=4,
         ),
