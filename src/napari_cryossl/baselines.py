@@ -156,25 +156,19 @@ class TemplateMatchResult:
 
 
 def _rotate(volumes, rotations):
-    """Rotate (C, B, B, B) volumes about their centre by each of (R, 3, 3) zyx-frame matrices.
-
-    Returns (C * R, B, B, B) torch tensors, trilinear, zero outside.
-    """
+    """Each of (C, B, B, B) volumes turned by each of (R, 3, 3) zyx rotations about its
+    centre (``augment.rotate_3d``); (C * R, B, B, B) torch tensors."""
     import torch
-    import torch.nn.functional as F
+
+    from napari_cryossl.augment import rotate_3d
 
     vol = torch.as_tensor(volumes, dtype=torch.float32)
-    c, b = vol.shape[0], vol.shape[-1]
-    rot = torch.as_tensor(rotations, dtype=torch.float32)
-    # affine_grid works in normalised (x, y, z) coordinates; zyx matrix -> xyz by reversal.
-    rot_xyz = rot.flip(1).flip(2)
-    theta = torch.cat([rot_xyz, torch.zeros(len(rot), 3, 1)], 2)
-    grid = F.affine_grid(theta, (len(rot), 1, b, b, b), align_corners=True)
-    out = []
-    for i in range(c):
-        src = vol[i].expand(len(rot), 1, b, b, b)
-        out.append(F.grid_sample(src, grid, mode="bilinear", align_corners=True)[:, 0])
-    return torch.cat(out)
+    # rotate_3d(x, R) samples x at R^T u; passing R^T samples at R u.
+    inverse = torch.as_tensor(rotations, dtype=torch.float32).transpose(1, 2)
+    b = vol.shape[-1]
+    return torch.cat(
+        [rotate_3d(v.expand(len(inverse), 1, b, b, b), inverse)[:, 0] for v in vol]
+    )
 
 
 def template_match(

@@ -211,6 +211,30 @@ class ResidualConcatBlock(nn.Module):
         return self.relu(torch.cat([self.shortcut(x), self.bottleneck(x)], dim=1))
 
 
+def _fixed_buffer(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """A constant the module derives from its box size: not saved in checkpoints.
+
+    Built on the CPU even inside ``torch.device("meta")`` (how checkpoints are rebuilt,
+    ``_unweighted_encoder``): loading a state dict fills only saved tensors.
+    """
+    module.register_buffer(name, value, persistent=False)
+
+
+def _distance_grid(box: int, centre: float) -> torch.Tensor:
+    """(B, B, B) distance of every voxel from ``centre`` (same index on each axis), CPU."""
+    g = torch.arange(box, dtype=torch.float32, device="cpu") - centre
+    return (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2).sqrt()
+
+
+def _shell_average_matrix(distance: torch.Tensor, n: int) -> torch.Tensor:
+    """(V, n) matrix that averages a flattened (.., V) volume over one-unit shells of
+    ``distance`` (the last shell takes everything beyond it)."""
+    shell = distance.round().clamp(max=n - 1).long().flatten()
+    onehot = torch.zeros(shell.numel(), n, device="cpu")
+    onehot[torch.arange(shell.numel(), device="cpu"), shell] = 1.0
+    return onehot / onehot.sum(0).clamp_min(1.0)
+
+
 def _strided(in_ch: int, out_ch: int, *, batch_norm: bool) -> nn.Sequential:
     """3x3x3 convolution with stride 2 (halves the grid), optionally BatchNorm, then ReLU."""
     layers: list[nn.Module] = [
@@ -246,15 +270,14 @@ class InputStage(nn.Module):
         self.radial = bool(radial)
         self.channels = 2 if radial else 1
         b = int(box_size)
-        g = torch.arange(b, dtype=torch.float32) - (b - 1) / 2
-        r = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2).sqrt()
+        r = _distance_grid(b, (b - 1) / 2)
         edge = ((r - (b / 2 - 2)) / 2).clamp(0, 1)
-        self.register_buffer("mask", 0.5 * (1 + torch.cos(math.pi * edge)))
-        self.register_buffer("radius", r / (b / 2))
+        _fixed_buffer(self, "mask", 0.5 * (1 + torch.cos(math.pi * edge)))
+        _fixed_buffer(self, "radius", r / (b / 2))
         half = max(int(math.ceil(2.5 * self.sigma)), 1)
-        k = torch.arange(-half, half + 1, dtype=torch.float32)
+        k = torch.arange(-half, half + 1, dtype=torch.float32, device="cpu")
         kernel = torch.exp(-0.5 * (k / max(self.sigma, 1e-6)) ** 2)
-        self.register_buffer("kernel", kernel / kernel.sum())
+        _fixed_buffer(self, "kernel", kernel / kernel.sum())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, B, B, B) -> (N, channels, B, B, B)."""
@@ -291,19 +314,13 @@ class RadialProfiles(nn.Module):
     def __init__(self, box_size: int):
         super().__init__()
         b = int(box_size)
-        g = torch.arange(b, dtype=torch.float32) - b // 2
-        r = (g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2).sqrt()
         n = b // 2 + 1
-        shell = r.round().clamp(max=n - 1).long().flatten()
-        onehot = torch.zeros(b**3, n)
-        onehot[torch.arange(b**3), shell] = 1.0
-        self.register_buffer("shells", onehot / onehot.sum(0).clamp_min(1.0))
-        freq = torch.fft.fftfreq(b) * b
+        # voxel shells about the centre voxel B//2; frequency shells about the zero
+        # frequency of the unshifted FFT (fftfreq order)
+        freq = torch.fft.fftfreq(b, device="cpu") * b
         k = (freq[:, None, None] ** 2 + freq[None, :, None] ** 2 + freq[None, None, :] ** 2).sqrt()
-        kshell = k.round().clamp(max=n - 1).long().flatten()
-        konehot = torch.zeros(b**3, n)
-        konehot[torch.arange(b**3), kshell] = 1.0
-        self.register_buffer("kshells", konehot / konehot.sum(0).clamp_min(1.0))
+        _fixed_buffer(self, "shells", _shell_average_matrix(_distance_grid(b, b // 2), n))
+        _fixed_buffer(self, "kshells", _shell_average_matrix(k, n))
         self.n_features = 3 * n
         self.norm = nn.BatchNorm1d(self.n_features)
 
