@@ -46,7 +46,16 @@ def test_tiny_demo_runs_every_stage_and_reports_against_ground_truth(tmp_path, c
         mrcfile.open(result.files["tomogram"]) as tomo,
     ):
         assert heat.data.shape == tomo.data.shape
-    assert "accuracy on the unlabelled matched picks" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "accuracy on the unlabelled matched picks" in out
+    # The demo's particles are real complexes, and the classes carry their names: in the
+    # summary and in the classifier, where prediction and the dock read them.
+    assert result.class_names == ["TRiC", "apoferritin"]
+    assert "per class: TRiC" in out
+    from napari_cryossl.predict import load_classifier
+
+    _model, _classes, names, _state = load_classifier(result.files["classifier"])
+    assert names == ["TRiC", "apoferritin"]
 
 
 def test_match_picks_is_one_to_one_within_the_radius():

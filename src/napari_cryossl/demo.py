@@ -6,7 +6,10 @@ clicking) -> fine-tune -> predict every pick -> Grad-CAM pasted into tomogram sp
 The summary reports picking recall/precision and classification accuracy against the
 ground truth on the picks nobody labelled, and the wall time of each stage.
 
-Two sizes: `cpu` (a few minutes on a laptop, rb3d-small) and `gpu` (paper-size RB3D).
+The particles are real macromolecular complexes from the built-in set
+(docs/simulator.md), and the classes carry their names. Two sizes: `cpu` (four complexes
+of similar size in a binned tomogram, a minute or two on a laptop) and `gpu` (six
+complexes at 10 Å in the paper's 32^3 boxes, SNR 0.05).
 """
 
 from __future__ import annotations
@@ -38,11 +41,19 @@ class DemoPreset:
     particle_diameter_a: float = 150.0
     finetune_min_steps: int | None = None  # None: the fine-tuning recipe's
     finetune_batch_size: int | None = None  # None: the fine-tuning recipe's
-    structures: str | None = None  # "builtin": real complexes instead of synthetic shapes
+    # Built-in complex names, "builtin" (all ten), or None for the synthetic shapes.
+    structures: str | tuple[str, ...] | None = None
 
+
+#: The CPU demo's complexes: 120–175 Å across, so one picking diameter finds them all and
+#: size alone does not tell them apart (masses 160–850 kDa still differ).
+CPU_STRUCTURES = ("TRiC", "apoferritin", "RuvAB", "GluA3-NTD")
+#: The GPU demo adds two smaller ones (110–175 Å). With all ten (75–280 Å) one DoG
+#: diameter found 56 % of the particles (ribosomes 25 %); with these six 77 % at SNR 0.05.
+GPU_STRUCTURES = CPU_STRUCTURES + ("GltPh", "TCR-pMHC")
 
 PRESETS = {
-    # A binned tomogram (20 Å voxels) of 150 Å complexes (7.5 voxels across) in 16^3
+    # A binned tomogram (20 Å voxels) of four real complexes (6–9 voxels across) in 16^3
     # boxes: what a first look at real data is like, and what a 2-core CPU classifies in
     # about a minute with the default fine-tuning recipe (docs/benchmarks.md, "cryossl demo").
     "cpu": DemoPreset(
@@ -62,11 +73,12 @@ PRESETS = {
         voxel_size=20.0,
         particle_diameter_a=150.0,
         finetune_min_steps=800,
+        structures=CPU_STRUCTURES,
     ),
     "gpu": DemoPreset(
         tomogram_shape=(128, 512, 512),
         n_particles=1200,
-        n_classes=10,
+        n_classes=len(GPU_STRUCTURES),
         snr=0.05,
         box_size=32,
         model_preset="rb3d-small",
@@ -74,6 +86,8 @@ PRESETS = {
         finetune_epochs=30,
         labels_per_class=10,
         batch_size=32,
+        structures=GPU_STRUCTURES,
+        particle_diameter_a=140.0,
     ),
 }
 
@@ -92,6 +106,8 @@ class DemoResult:
     accuracy: float = float("nan")
     floor: float = float("nan")
     chance: float = float("nan")
+    class_names: list[str] = field(default_factory=list)
+    per_class: dict[str, float] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -103,8 +119,13 @@ class DemoResult:
             f"  accuracy on the unlabelled matched picks: {self.accuracy:.1%} "
             f"(chance {self.chance:.1%}; floor {self.floor:.1%}: logistic regression on "
             "rotation-invariant radial features fitted on the same labels)",
-            "  time per stage:",
         ]
+        if self.per_class:
+            lines.append(
+                "  per class: "
+                + ", ".join(f"{name} {acc:.0%}" for name, acc in self.per_class.items())
+            )
+        lines += ["  time per stage:"]
         lines += [f"    {name:<10} {sec:7.1f} s" for name, sec in self.stage_seconds.items()]
         lines.append(f"    {'total':<10} {sum(self.stage_seconds.values()):7.1f} s")
         lines += [f"  {key}: {path}" for key, path in self.files.items()]
@@ -161,7 +182,7 @@ def run_demo(
     from napari_cryossl.picking import pick_particles
     from napari_cryossl.predict import predict
     from napari_cryossl.saliency import gradcam_for_set
-    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
+    from napari_cryossl.simulate import SimulationConfig, class_names, simulate_tomogram
     from napari_cryossl.train import (
         FinetuneConfig,
         PretrainConfig,
@@ -203,6 +224,7 @@ def run_demo(
             particle_diameter_a=cfg.particle_diameter_a,
             structures=cfg.structures,
         )
+        result.class_names = class_names(cfg.n_classes, cfg.structures)
         volume, truth = simulate_tomogram(cfg.tomogram_shape, cfg.n_particles, sim_cfg, seed=seed)
         tomo_path = out / "tomogram.mrc"
         write_mrc(tomo_path, volume, sim_cfg.voxel_size)
@@ -266,6 +288,7 @@ def run_demo(
             epochs=cfg.finetune_epochs,
             min_steps=cfg.finetune_min_steps,
             batch_size=cfg.finetune_batch_size,
+            class_names={i + 1: name for i, name in enumerate(result.class_names)},
             device=device,
             seed=seed,
         )
@@ -277,7 +300,12 @@ def run_demo(
     with stage("predict"):
         pred = predict(classifier_path, data, device=device)
         evaluate = (true_class > 0) & (labels == 0)
-        result.accuracy = float((pred.class_numbers[evaluate] == true_class[evaluate]).mean())
+        correct = pred.class_numbers == true_class
+        result.accuracy = float(correct[evaluate].mean())
+        for c, name in enumerate(result.class_names, start=1):
+            mask = evaluate & (true_class == c)
+            if mask.any():
+                result.per_class[name] = float(correct[mask].mean())
         # The floor on exactly the same labels and picks (docs/benchmarks.md).
         boxes = data.load(np.arange(len(data)))
         floor = FloorClassifier().fit(boxes[labels > 0], labels[labels > 0])
