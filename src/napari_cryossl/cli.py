@@ -297,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in real complexes (default; the classes carry their names) or the "
         "simulator's synthetic shapes of equal size and mass (the harder case)",
     )
-    p.add_argument("--gui", action="store_true", help="open napari with every layer at the end")
+    p.add_argument(
+        "--gui",
+        action="store_true",
+        help="open napari at the end, the dock holding the demo's tomogram, classes, labels, "
+        "predictions and models",
+    )
     p.add_argument(
         "--preset",
         choices=["cpu", "gpu"],

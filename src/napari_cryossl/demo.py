@@ -107,6 +107,7 @@ class DemoResult:
     floor: float = float("nan")
     chance: float = float("nan")
     class_names: list[str] = field(default_factory=list)
+    particle_diameter_a: float = float("nan")
     per_class: dict[str, float] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -224,6 +225,7 @@ def run_demo(
             particle_diameter_a=cfg.particle_diameter_a,
             structures=cfg.structures,
         )
+        result.particle_diameter_a = float(cfg.particle_diameter_a)
         result.class_names = class_names(cfg.n_classes, cfg.structures)
         volume, truth = simulate_tomogram(cfg.tomogram_shape, cfg.n_particles, sim_cfg, seed=seed)
         tomo_path = out / "tomogram.mrc"
@@ -316,6 +318,9 @@ def run_demo(
         predicted["probability"] = pred.confidence
         write_particles(predicted, out / "predictions.star", voxel_size=tomo.voxel_size)
         result.files["predictions"] = out / "predictions.star"
+        result.files["annotations"] = save_session(
+            tomo_path, picks, labels, pred.class_numbers, pred.confidence, result.class_names
+        )
 
     # 7. Grad-CAM, pasted into the tomogram ---------------------------------------------------
     with stage("gradcam"):
@@ -329,16 +334,68 @@ def run_demo(
     return result
 
 
-def _show_in_napari(result: DemoResult) -> None:
-    """Open napari with the tomogram, ground truth, predictions and the Grad-CAM heatmap."""
+def save_session(tomogram_path, picks, labels, predicted, probability, class_names) -> Path:
+    """Write the demo's classes, picks, labels and predictions into the tomogram's
+    annotation store (``<stem>.cryossl.star`` beside it), the file the napari dock opens.
+
+    With the encoder and classifier saved in the same folder, the dock then starts where
+    the demo ended: every section works without further setup. An older store there is
+    replaced (the demo rewrites every file in its folder).
+    """
+    from napari_cryossl.annotations import AnnotationStore, store_path_for
+    from napari_cryossl.io import particle_zyx
+
+    path = store_path_for(Path(tomogram_path))
+    path.unlink(missing_ok=True)
+    store = AnnotationStore.for_tomogram(tomogram_path)
+    for name in class_names:
+        store.add_class(name)
+    score = picks["score"].to_numpy() if "score" in picks else None
+    store.add_particles(particle_zyx(picks), source="auto", score=score)
+    for number in np.unique(labels[labels > 0]):
+        store.set_class(np.flatnonzero(labels == number), int(number))
+    store.set_predictions(predicted, probability)
+    return Path(store.path)
+
+
+def open_in_napari(result: DemoResult, viewer=None):
+    """Show the demo in napari with the workflow dock holding its session.
+
+    The dock opens the demo's tomogram with its annotation store (classes named after
+    the complexes, picks, labels, predictions) and finds the encoder and classifier
+    beside it, so prediction, Grad-CAM and export work at once. The ground truth and
+    the whole-tomogram Grad-CAM map are added as hidden layers to compare with.
+
+    Returns:
+        (viewer, dock widget).
+    """
     import napari
 
-    viewer = napari.Viewer(title="napari-cryossl demo")
-    viewer.open(str(result.files["tomogram"]), plugin="napari-cryossl")
-    viewer.open(str(result.files["ground truth"]), plugin="napari-cryossl")
-    viewer.open(str(result.files["predictions"]), plugin="napari-cryossl")
-    viewer.open(str(result.files["gradcam"]), plugin="napari-cryossl")
-    viewer.layers[-1].colormap = "inferno"
-    viewer.layers[-1].blending = "additive"
-    viewer.layers[-1].opacity = 0.5
+    if viewer is None:
+        viewer = napari.Viewer(title="napari-cryossl demo")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cryossl", "Classify particles")
+    session = widget.session
+    session.particle_diameter_a = result.particle_diameter_a
+    session.open_tomogram(result.files["tomogram"])
+    (truth,) = viewer.open(str(result.files["ground truth"]), plugin="napari-cryossl")
+    truth.name = "ground truth (simulated)"
+    truth.visible = False
+    (heat,) = viewer.open(str(result.files["gradcam"]), plugin="napari-cryossl")
+    heat.name = "Grad-CAM (every particle)"
+    heat.colormap = "inferno"
+    heat.blending = "additive"
+    heat.opacity = 0.5
+    heat.visible = False
+    # The predictions stay the selected, visible layer.
+    if session.predictions_layer is not None:
+        viewer.layers.selection.active = session.predictions_layer
+    widget.show_section("prediction")
+    return viewer, widget
+
+
+def _show_in_napari(result: DemoResult) -> None:
+    """Open napari with the demo's session (`open_in_napari`) and run its event loop."""
+    import napari
+
+    open_in_napari(result)
     napari.run()
