@@ -42,14 +42,8 @@ def _snr(text: str) -> float | None:
     return None if value == float("inf") else value
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
-
-
 def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """The particles to read: a STAR file, its tomogram, the box to cut."""
     p.add_argument(
         "particles",
         type=Path,
@@ -68,7 +62,13 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="subtomogram box edge in voxels when extracting from a tomogram (default 32)",
     )
-    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    """Device and batching for the commands without a settings class (predict, gradcam)."""
+    from napari_cryossl.options import DEVICE_HELP
+
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=_positive_int, default=None, help="subtomograms per step")
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
 
@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
     )
     from napari_cryossl import __version__
+    from napari_cryossl.options import add_arguments
+    from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -167,21 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes ENCODER.pt after every epoch (and when stopped with Ctrl-C); --resume continues.",
     )
     _add_data_options(p)
-    p.add_argument("--method", choices=["moco", "simclr", "swav"], default="moco")
-    p.add_argument(
-        "--recipe",
-        choices=["default", "paper"],
-        default="default",
-        help="default: 3D-rotation views (MoCo at lr 1e-3, m 0.99; docs/training.md); "
-        "paper: Gupta et al.'s views and settings",
-    )
     p.add_argument("--out", type=Path, required=True, help="ENCODER.pt checkpoint to write")
-    p.add_argument(
-        "--epochs", type=_positive_int, default=None, help="default: the method's (200 for MoCo)"
-    )
-    p.add_argument("--preset", choices=["rb3d", "rb3d-small"], default="rb3d-small", help="rb3d-small: the measured default (global pooling, docs/training.md); rb3d: the paper's network (needs a GPU)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's)")
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p, PretrainConfig)
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
 
     # finetune -------------------------------------------------------------------
@@ -195,50 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--out", type=Path, required=True, help="CLASSIFIER.pt checkpoint to write")
     p.add_argument("--init", type=Path, default=None, help="ENCODER.pt from `cryossl pretrain`")
-    p.add_argument(
-        "--recipe",
-        choices=["default", "paper"],
-        default="default",
-        help="default: the recipe chosen by measurement (rb3d-small, 3D rotations, AdamW, "
-        "balanced batches, >= 1,500 steps, 8-view test-time augmentation; docs/training.md); "
-        "paper: Gupta et al. 2022 (rb3d, SGD lr 5e-4, 50 epochs, z-rotations)",
-    )
-    p.add_argument("--epochs", type=_positive_int, default=None, help="default: the recipe's")
-    p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
-    p.add_argument(
-        "--min-steps",
-        type=int,
-        default=None,
-        help="optimiser steps at least, however few the labels (default: the recipe's)",
-    )
-    p.add_argument(
-        "--tta",
-        type=_positive_int,
-        default=None,
-        help="views averaged at prediction (stored in the classifier; default: the recipe's)",
-    )
-    p.add_argument(
-        "--label-fraction", type=_fraction, default=1.0, help="use this fraction of the labels"
-    )
-    p.add_argument("--val-fraction", type=float, default=0.2, help="labels held out for validation")
-    p.add_argument(
-        "--freeze-encoder", action="store_true", help="linear probe: train only the last layer"
-    )
-    p.add_argument(
-        "--head-init",
-        choices=["random", "probe"],
-        default="random",
-        help="start the last layer at random, or at a linear probe on the --init encoder's "
-        "embeddings (LP-FT: helps with few labels)",
-    )
-    p.add_argument("--no-augment", action="store_true", help="no augmentation while fine-tuning")
-    p.add_argument(
-        "--preset",
-        choices=["rb3d", "rb3d-small"],
-        default=None,
-        help="default: --init's, else the recipe's (default rb3d-small, paper rb3d)",
-    )
-    p.add_argument("--seed", type=int, default=0)
+    add_arguments(p, FinetuneConfig)
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
 
     # predict --------------------------------------------------------------------
@@ -250,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
     _add_data_options(p)
+    _add_runtime_options(p)
     p.add_argument("--out", type=Path, required=True, help="PREDICTIONS.star (or .csv)")
     p.add_argument("--embeddings", type=Path, default=None, help="also save embeddings (.npy)")
     p.add_argument(
@@ -269,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
     _add_data_options(p)
+    _add_runtime_options(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument(
         "--class",
@@ -431,20 +379,11 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from napari_cryossl.options import settings_from_args
     from napari_cryossl.train import PretrainConfig, iter_pretrain
 
     data = _load_set(args)
-    config = PretrainConfig(
-        method=args.method,
-        recipe=args.recipe,
-        preset=args.preset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        device=args.device,
-        seed=args.seed,
-        num_workers=args.workers,
-    )
+    config = settings_from_args(PretrainConfig, args)
     last = _drive(
         iter_pretrain(data, config, args.out, resume=args.resume), f"pretrain {args.method}"
     )
@@ -455,26 +394,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from napari_cryossl.options import settings_from_args
     from napari_cryossl.train import FinetuneConfig, iter_finetune
 
     data = _load_set(args)
-    config = FinetuneConfig(
-        recipe=args.recipe,
-        preset=args.preset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        min_steps=args.min_steps,
-        tta=args.tta,
-        label_fraction=args.label_fraction,
-        val_fraction=args.val_fraction,
-        freeze_encoder=args.freeze_encoder,
-        head_init=args.head_init,
-        augment=not args.no_augment,
-        device=args.device,
-        seed=args.seed,
-        num_workers=args.workers,
-    )
+    config = settings_from_args(FinetuneConfig, args)
     last = _drive(
         iter_finetune(data, config, args.out, init=args.init, resume=args.resume), "finetune"
     )

@@ -49,6 +49,14 @@ from typing import Any
 
 import numpy as np
 
+from napari_cryossl.options import (
+    DEVICE_HELP,
+    MODEL_PRESETS,
+    RECIPE_NAMES,
+    SSL_METHODS,
+    option,
+)
+
 __all__ = [
     "FINETUNE_AUGMENT",
     "FinetuneConfig",
@@ -275,16 +283,30 @@ class PretrainConfig:
             every rank; SwAV: Sinkhorn over every rank's batch).
     """
 
-    method: str = "moco"
-    preset: str = "rb3d-small"
-    recipe: str = "default"
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
+    method: str = option("moco", "contrastive objective", choices=SSL_METHODS)
+    preset: str = option(
+        "rb3d-small",
+        "encoder: rb3d-small, the measured default (global pooling, docs/training.md); "
+        "rb3d, the paper's network (needs a GPU)",
+        choices=MODEL_PRESETS,
+    )
+    recipe: str = option(
+        "default",
+        "default: 3D-rotation views (MoCo at lr 1e-3, m 0.99; docs/training.md); "
+        "paper: Gupta et al.'s views and settings",
+        choices=RECIPE_NAMES,
+    )
+    epochs: int | None = option(
+        None, "passes over all particles (default: the method's, 200 for MoCo)", minimum=1
+    )
+    batch_size: int | None = option(
+        None, "subtomograms per step (default: the method's, 16 for MoCo)", minimum=1
+    )
+    lr: float | None = option(None, "learning rate (default: the method's)", minimum=0)
     weight_decay: float | None = None
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int = 0
+    device: str = option("auto", DEVICE_HELP)
+    seed: int = option(0, "seeds the weights, the data order and the augmentation")
+    num_workers: int = option(0, "data-loading worker processes", minimum=0, flag="--workers")
     amp: bool = True
     save_every: int = 1
     augment: dict[str, Any] | None = None
@@ -361,30 +383,65 @@ class FinetuneConfig:
         encoder_options: ``build_encoder`` overrides for a random start.
     """
 
-    recipe: str = "default"
-    preset: str | None = None
-    epochs: int | None = None
-    min_steps: int | None = None
-    batch_size: int | None = None
+    recipe: str = option(
+        "default",
+        "default: the recipe chosen by measurement (rb3d-small, 3D rotations, AdamW, "
+        "balanced batches, >= 1,500 steps, 8-view test-time augmentation; docs/training.md); "
+        "paper: Gupta et al. 2022 (rb3d, SGD lr 5e-4, 50 epochs, z-rotations)",
+        choices=RECIPE_NAMES,
+    )
+    preset: str | None = option(
+        None,
+        "encoder for a random start (default: the encoder's when one is given, else the "
+        "recipe's: rb3d-small, paper rb3d)",
+        choices=MODEL_PRESETS,
+    )
+    epochs: int | None = option(
+        None, "validation rounds; the best classifier is kept (default: the recipe's)", minimum=1
+    )
+    min_steps: int | None = option(
+        None,
+        "optimiser steps at least, however few the labels: with 10 labels per class an "
+        "epoch is a step or two (default: the recipe's)",
+        minimum=0,
+    )
+    batch_size: int | None = option(
+        None, "labelled subtomograms per step (default: the recipe's)", minimum=1
+    )
     optimizer: str | None = None
-    lr: float | None = None
+    lr: float | None = option(None, "learning rate (default: the recipe's)", minimum=0)
     weight_decay: float | None = None
     momentum: float | None = None
     warmup: float | None = None
     balanced: bool | None = None
     label_smoothing: float | None = None
-    label_fraction: float = 1.0
-    val_fraction: float = 0.2
-    freeze_encoder: bool = False
-    head_init: str = "random"
-    augment: bool = True
+    label_fraction: float = option(
+        1.0, "use this stratified fraction of the labels", minimum=1e-9, maximum=1.0
+    )
+    val_fraction: float = option(
+        0.2, "labels held out for validation", minimum=0.0, maximum=0.9
+    )
+    freeze_encoder: bool = option(False, "linear probe: train only the last layer")
+    head_init: str = option(
+        "random",
+        "start the last layer at random, or at a linear probe on the encoder's embeddings "
+        "(LP-FT: helps with few labels)",
+        choices=("random", "probe"),
+    )
+    augment: bool = option(
+        True, "no augmentation while fine-tuning", flag="--no-augment", negate=True
+    )
     augment_options: dict[str, Any] | None = None
     dropout: float | None = None
-    tta: int | None = None
+    tta: int | None = option(
+        None,
+        "views averaged at prediction, stored in the classifier (default: the recipe's)",
+        minimum=1,
+    )
     class_names: dict[int, str] | None = None
-    device: str = "auto"
-    seed: int = 0
-    num_workers: int = 0
+    device: str = option("auto", DEVICE_HELP)
+    seed: int = option(0, "seeds the label split, the weights and the augmentation")
+    num_workers: int = option(0, "data-loading worker processes", minimum=0, flag="--workers")
     amp: bool = True
     save_every: int = 1
     encoder_options: dict[str, Any] | None = None

@@ -35,10 +35,15 @@ from napari_cryossl._widgets._common import (
 )
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import function_worker, generator_worker
+from napari_cryossl.options import (
+    CPU_PRETRAIN_EPOCHS,
+    DEVICE_CHOICES,
+    MODEL_PRESETS,
+    SSL_METHODS,
+    describe,
+)
+from napari_cryossl.train import FinetuneConfig, PretrainConfig  # numpy-only at import
 
-#: Model presets (napari_cryossl.models.PRESETS; listed here so the widget needs no torch).
-MODEL_PRESETS = ("rb3d-small", "rb3d")
-SSL_METHODS = {"moco": "MoCo v2", "simclr": "SimCLR", "swav": "SwAV"}
 #: Fine-tuning needs at least this many labelled particles in each class it learns.
 MIN_LABELS_PER_CLASS = 2
 
@@ -211,15 +216,17 @@ class PretrainWidget(_TrainingSection):
         self._probe_worker = None
         layout = QVBoxLayout(self)
         form = QFormLayout()
+        method = describe(PretrainConfig, "method")
         self.method = QComboBox()
-        for key, label in SSL_METHODS.items():
-            self.method.addItem(label, key)
-        self.method.setToolTip("Contrastive objective: MoCo (the paper's best), SimCLR or SwAV")
+        for key in method.choices:
+            self.method.addItem(SSL_METHODS[key], key)
+        self.method.setCurrentIndex(method.choices.index(method.default))
+        self.method.setToolTip(method.tooltip())
+        preset = describe(PretrainConfig, "preset")
         self.preset = QComboBox()
-        self.preset.addItems(MODEL_PRESETS)
-        self.preset.setToolTip(
-            "rb3d: the published RB3D (use a GPU); rb3d-small: 4x narrower, for CPUs"
-        )
+        self.preset.addItems(preset.choices)
+        self.preset.setCurrentText(preset.default)
+        self.preset.setToolTip(preset.tooltip())
         self.box_size = QSpinBox()
         self.box_size.setRange(8, 128)
         self.box_size.setSingleStep(8)
@@ -228,14 +235,16 @@ class PretrainWidget(_TrainingSection):
         self.box_size.setToolTip("Edge of the subtomogram cut around each particle")
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 10_000)
-        self.epochs.setValue(10)
-        self.epochs.setToolTip("Passes over all particles (the paper: 200 on a GPU)")
+        # the method's epochs on a GPU (set when the device is known), fewer on a CPU
+        self.epochs.setValue(CPU_PRETRAIN_EPOCHS)
+        self.epochs.setToolTip(describe(PretrainConfig, "epochs").tooltip())
         self.batch_size = QSpinBox()
         self.batch_size.setRange(2, 4096)
-        self.batch_size.setValue(16)
+        self.batch_size.setValue(16)  # MoCo's; the chosen method's once the core is loaded
+        self.batch_size.setToolTip(describe(PretrainConfig, "batch_size").tooltip())
         self.device = QComboBox()
-        self.device.addItems(["auto", "cpu"])
-        self.device.setToolTip("auto: the GPU when CUDA is available, else the CPU")
+        self.device.addItems(DEVICE_CHOICES[:2])
+        self.device.setToolTip(describe(PretrainConfig, "device").tooltip())
         self.device_label = QLabel("device: checking…")
         self.device_label.setWordWrap(True)
         form.addRow("Method:", self.method)
@@ -290,7 +299,7 @@ class PretrainWidget(_TrainingSection):
         current = self.preset.currentText()
         self.preset.clear()
         self.preset.addItems(presets)
-        self.preset.setCurrentText(current or "rb3d-small")
+        self.preset.setCurrentText(current or describe(PretrainConfig, "preset").default)
         self._apply_defaults()
 
     def _apply_defaults(self) -> None:
@@ -379,30 +388,25 @@ class FinetuneWidget(_TrainingSection):
         row.addWidget(self.init_label, 1)
         row.addWidget(self.init_button)
         form.addRow("Encoder:", row)
-        from napari_cryossl.train import RECIPES  # numpy-only at import
-
-        recipe = RECIPES["default"]
+        # None in FinetuneConfig means "the recipe's": show the resolved default recipe.
+        recipe = FinetuneConfig().resolved()
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 10_000)
-        self.epochs.setValue(int(recipe["epochs"]))
+        self.epochs.setValue(int(recipe.epochs))
+        self.epochs.setToolTip(describe(FinetuneConfig, "epochs").tooltip())
         self.batch_size = QSpinBox()
         self.batch_size.setRange(2, 4096)
-        self.batch_size.setValue(int(recipe["batch_size"]))
+        self.batch_size.setValue(int(recipe.batch_size))
+        self.batch_size.setToolTip(describe(FinetuneConfig, "batch_size").tooltip())
         self.min_steps = QSpinBox()
         self.min_steps.setRange(0, 1_000_000)
-        self.min_steps.setValue(int(recipe["min_steps"]))
-        self.min_steps.setToolTip(
-            "optimiser steps at least, however few labels there are: with 10 labels per "
-            "class an epoch is a step or two (docs/training.md)"
-        )
+        self.min_steps.setValue(int(recipe.min_steps))
+        self.min_steps.setToolTip(describe(FinetuneConfig, "min_steps").tooltip())
         self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda"])
+        self.device.addItems(DEVICE_CHOICES)
+        self.device.setToolTip(describe(FinetuneConfig, "device").tooltip())
         self.head_from_probe = QCheckBox("Start the last layer from a linear probe")
-        self.head_from_probe.setToolTip(
-            "LP-FT: fit a logistic regression on the encoder's embeddings of the labelled "
-            "particles and start fine-tuning from it instead of a random last layer "
-            "(better with few labels or few epochs; docs/benchmarks.md)"
-        )
+        self.head_from_probe.setToolTip(describe(FinetuneConfig, "head_init").tooltip())
         form.addRow("Epochs:", self.epochs)
         form.addRow("Batch size:", self.batch_size)
         form.addRow("Min. steps:", self.min_steps)

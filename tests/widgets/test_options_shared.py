@@ -1,0 +1,58 @@
+"""The CLI and the dock take their choices, defaults and help from the same settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+def _parser_action(parser, command: str, dest: str):
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return next(a for a in sub._actions if a.dest == dest)
+
+
+def test_cli_and_dock_share_choices_defaults_and_help(dock, monkeypatch):
+    from napari_cryossl.cli import build_parser
+    from napari_cryossl.options import describe
+    from napari_cryossl.train import RECIPES, FinetuneConfig, PretrainConfig
+
+    # One change in the settings class: a new default method and a new recipe default.
+    method_field = PretrainConfig.__dataclass_fields__["method"]
+    monkeypatch.setattr(method_field, "default", "simclr")
+    monkeypatch.setitem(RECIPES["default"], "min_steps", 1234)
+    monkeypatch.setitem(RECIPES["default"], "epochs", 7)
+
+    parser = build_parser()
+    _viewer, widget = dock()
+    pre, fine = widget.pretrain, widget.finetune
+
+    # pretraining: method and preset, choices, default and tooltip
+    action = _parser_action(parser, "pretrain", "method")
+    assert action.default == "simclr" == pre.method.currentData()
+    assert tuple(action.choices) == tuple(
+        pre.method.itemData(i) for i in range(pre.method.count())
+    )
+    assert pre.method.toolTip().lower().startswith(describe(PretrainConfig, "method").help)
+    action = _parser_action(parser, "pretrain", "preset")
+    assert tuple(action.choices) == tuple(
+        pre.preset.itemText(i) for i in range(pre.preset.count())
+    )
+    assert action.default == pre.preset.currentText()
+
+    # fine-tuning: the CLI leaves None ("the recipe's"), which resolves to what the dock shows
+    args = parser.parse_args(["finetune", "p.star", "--out", "c.pt"])
+    from napari_cryossl.options import settings_from_args
+
+    resolved = settings_from_args(FinetuneConfig, args).resolved()
+    assert resolved.min_steps == 1234 == fine.min_steps.value()
+    assert resolved.epochs == 7 == fine.epochs.value()
+    assert resolved.batch_size == fine.batch_size.value()
+    for name, box in (("min_steps", fine.min_steps), ("epochs", fine.epochs)):
+        assert _parser_action(parser, "finetune", name).help.startswith(
+            describe(FinetuneConfig, name).help
+        )
+        assert box.toolTip().lower().startswith(describe(FinetuneConfig, name).help[:20].lower())
+    # every declared option of both settings classes is a CLI argument
+    for command, cls in (("pretrain", PretrainConfig), ("finetune", FinetuneConfig)):
+        for f in dataclasses.fields(cls):
+            if "option" in f.metadata:
+                assert _parser_action(parser, command, f.name) is not None
