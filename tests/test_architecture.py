@@ -17,6 +17,7 @@ imports, so the check follows the code under test.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -364,3 +365,209 @@ def test_the_npe2_adapters_import_without_the_widgets():
     )
     result = _run_check(code)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def test_the_public_api_is_lazy_and_complete():
+    """Every name in `__all__` resolves to the object of the module that defines it."""
+    import importlib
+
+    assert len(set(napari_cryossl.__all__)) == len(napari_cryossl.__all__)
+    for name in napari_cryossl.__all__:
+        value = getattr(napari_cryossl, name)
+        if name.startswith("__"):
+            continue
+        module = importlib.import_module(f"{PACKAGE}.{napari_cryossl._API[name]}")
+        assert getattr(module, name) is value, name
+        assert name in dir(napari_cryossl)
+    # The prediction module keeps its name (the package does not shadow it).
+    import napari_cryossl.predict as predict_module
+
+    assert napari_cryossl.predict is predict_module
+    try:
+        napari_cryossl.no_such_name  # noqa: B018
+    except AttributeError as err:
+        assert "no_such_name" in str(err)
+    else:
+        raise AssertionError("unknown names must raise AttributeError")
+
+
+def test_importing_the_package_is_light():
+    """`import napari_cryossl` imports none of its modules, numpy, torch or Qt, and binds
+    no name that hides a submodule (`from napari_cryossl import annotations`)."""
+    submodules = sorted({m.split(".")[1] for m in MODULES if m.count(".") >= 1})
+    code = (
+        "import sys, types, napari_cryossl\n"
+        "heavy = [m for m in sys.modules if m.startswith('napari_cryossl.') or "
+        "m.split('.')[0] in ('numpy', 'torch', 'pandas', 'qtpy', 'napari')]\n"
+        "print('IMPORTED:', heavy)\n"
+        f"hidden = [m for m in {submodules!r} if not isinstance("
+        "getattr(napari_cryossl, m, types), types.ModuleType)]\n"
+        "print('NAMES HIDING A SUBMODULE:', hidden)\n"
+        "sys.exit(1 if heavy or hidden else 0)\n"
+    )
+    result = _run_check(code)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- docs/api.md
+
+API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+_REFERENCE = re.compile(r"\bnapari_cryossl(?:\.[A-Za-z_]\w*)+")
+_CALL = re.compile(r"^(?:class |@dataclass )?([A-Za-z_][\w.]*)\(")
+
+
+def _resolve_reference(dotted: str):
+    """The object a dotted `napari_cryossl.…` name refers to (importing modules as needed)."""
+    import importlib
+
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def _sections(text: str) -> list[tuple[str, str]]:
+    """(heading, body) of every `## ` section."""
+    parts = re.split(r"^## (.*)$", text, flags=re.MULTILINE)
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _split_arguments(text: str) -> list[str]:
+    """Top-level comma-separated pieces of an argument list (brackets and quotes kept)."""
+    pieces, depth, quote, current = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            pieces.append(current)
+            current = ""
+            continue
+        current += ch
+    pieces.append(current)
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def _documented_calls(body: str):
+    """(span, dotted name, argument names or None) for every `name(...)` code span."""
+    for span in re.findall(r"`([^`]+)`", body):
+        match = _CALL.match(span.strip())
+        if not match:
+            continue
+        is_class_statement = span.strip().startswith("class ")
+        start = match.end()
+        depth, end = 1, None
+        for i in range(start, len(span.strip())):
+            ch = span.strip()[i]
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0:
+                end = i
+                break
+        names = None
+        if end is not None and not is_class_statement:
+            names = []
+            for piece in _split_arguments(span.strip()[start:end]):
+                ident = re.match(r"^\*{0,2}([A-Za-z_]\w*)", piece)
+                if ident:
+                    names.append(ident.group(1))
+        yield span, match.group(1), names
+
+
+def _candidates(dotted: str, modules: list):
+    """Objects `dotted` may name in a section about `modules` (functions, classes, methods)."""
+    import importlib
+
+    head, *rest = dotted.split(".")
+    roots = [getattr(m, head) for m in modules if hasattr(m, head)]
+    if f"{PACKAGE}.{head}" in MODULES:  # `devices.select_device`
+        roots.append(importlib.import_module(f"{PACKAGE}.{head}"))
+    if not roots and not rest:  # a method named after its class's bullet: `load(indices)`
+        for m in modules:
+            for value in vars(m).values():
+                if (
+                    isinstance(value, type)
+                    and value.__module__ == m.__name__
+                    and hasattr(value, head)
+                ):
+                    roots.append(getattr(value, head))
+    found = []
+    for root in roots:
+        obj = root
+        try:
+            for attr in rest:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        found.append(obj)
+    return found
+
+
+def _accepts(obj, names: list[str]) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return True  # a builtin without a signature: nothing to compare
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True  # takes any keyword
+    return all(n in params for n in names)
+
+
+def test_docs_api_lists_every_public_name():
+    text = API_DOC.read_text(encoding="utf-8")
+    referenced = set(_REFERENCE.findall(text))
+    missing = [n for n in napari_cryossl.__all__ if f"{PACKAGE}.{n}" not in referenced]
+    assert not missing, f"docs/api.md does not list napari_cryossl.{{{', '.join(missing)}}}"
+
+
+def test_docs_api_references_resolve():
+    """Every `napari_cryossl.X` in docs/api.md is an importable module or attribute."""
+    text = API_DOC.read_text(encoding="utf-8")
+    broken = []
+    for ref in sorted(set(_REFERENCE.findall(text))):
+        try:
+            _resolve_reference(ref)
+        except (ImportError, AttributeError) as err:
+            broken.append(f"{ref} ({err})")
+    assert not broken, "docs/api.md names what does not exist:\n  " + "\n  ".join(broken)
+
+
+def test_docs_api_signatures_match_the_code():
+    """In each `## a.py / b.py` section, every `name(args)` names a function, class or
+    method of those modules, and every argument it shows is one the code takes."""
+    import importlib
+
+    text = API_DOC.read_text(encoding="utf-8")
+    problems, checked = [], 0
+    for heading, body in _sections(text):
+        names = re.findall(r"\b(\w+)\.py\b", heading)
+        if not names:
+            continue
+        for name in names:
+            assert f"{PACKAGE}.{name}" in MODULES, f"docs/api.md: no module {name}.py ({heading})"
+        modules = [importlib.import_module(f"{PACKAGE}.{n}") for n in names]
+        for span, dotted, args in _documented_calls(body):
+            found = _candidates(dotted, modules)
+            if not found:
+                problems.append(f"## {heading}: `{span}`: {dotted} is not in {', '.join(names)}")
+                continue
+            checked += 1
+            if args is not None and not any(_accepts(obj, args) for obj in found):
+                problems.append(f"## {heading}: `{span}`: the code takes other arguments")
+    assert not problems, "docs/api.md is out of date:\n  " + "\n  ".join(problems)
+    assert checked >= 40, f"only {checked} signatures found in docs/api.md: is the parser broken?"
