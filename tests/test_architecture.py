@@ -45,9 +45,13 @@ NPE2_ADAPTERS = (f"{PACKAGE}._reader", f"{PACKAGE}._writer", f"{PACKAGE}._sample
 #: Core functions that open napari on purpose, with the reason. Nothing else in the
 #: core may import the GUI, not even inside a function.
 GUI_ENTRY_POINTS = {
+    (f"{PACKAGE}.demo", "open_in_napari"): (
+        "`cryossl demo --gui` (and its real-viewer test) opens the workflow dock on the "
+        "demo's session; napari is imported only when it is called"
+    ),
     (f"{PACKAGE}.demo", "_show_in_napari"): (
-        "`cryossl demo --gui` opens a napari viewer with the demo's files; napari is "
-        "imported only when that flag is given"
+        "`cryossl demo --gui` runs napari's event loop after `open_in_napari`; napari "
+        "is imported only when that flag is given"
     ),
 }
 #: Modules that are not imported to check them (running `__main__` would start the CLI).
