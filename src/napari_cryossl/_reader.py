@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-TOMOGRAM_SUFFIXES = (".mrc", ".rec", ".map")
-PARTICLE_SUFFIXES = (".star", ".csv")
+# Declared once, in io.py; importable from here too (the widgets used to).
+from napari_cryossl.io import PARTICLE_SUFFIXES, TOMOGRAM_SUFFIXES
 
 #: At most this many voxels are read to set the contrast limits.
 _CONTRAST_SAMPLES = 1_000_000
@@ -129,7 +129,7 @@ def particles_layer_data(
             tomogram it names (rlnTomoName next to the STAR file), else 1.
         point_size: marker diameter in voxels.
     """
-    from napari_cryossl._widgets._style import DEFAULT_POINT_SIZE
+    from napari_cryossl.colors import DEFAULT_POINT_SIZE
     from napari_cryossl.io import InputError, particle_zyx, read_particles
 
     path = Path(path)
@@ -170,7 +170,7 @@ def points_kwargs(
     Face colour by class (the store's class colours when `classes` is given), unlabelled
     particles hollow with a grey rim; features keep every column the writer needs.
     """
-    from napari_cryossl._widgets._style import UNLABELLED_BORDER, point_colors
+    from napari_cryossl.colors import UNLABELLED_BORDER, point_colors
     from napari_cryossl.io import particle_zyx
 
     zyx = particle_zyx(table)

@@ -44,27 +44,20 @@ import numpy as np
 import pandas as pd
 import starfile
 
+from napari_cryossl.colors import DEFAULT_PALETTE
 from napari_cryossl.io import (
     PARTICLE_COLUMNS,
     PARTICLE_SOURCES,
     TOMOGRAM_SUFFIXES,
     InputError,
     InputWarning,
+    _read_star_blocks,
+    _read_text,
+    _star_float,
+    _star_text,
     atomic_write,
     make_particle_table,
     remove_stale_temp_files,
-)
-from napari_cryossl.io import (
-    _read_star_blocks as read_star_blocks,
-)
-from napari_cryossl.io import (
-    _read_text as read_text,
-)
-from napari_cryossl.io import (
-    _star_float as star_float,
-)
-from napari_cryossl.io import (
-    _star_text as star_text,
 )
 
 __all__ = [
@@ -78,19 +71,6 @@ __all__ = [
 
 #: Suffix of store files: ``<tomogram stem>.cryossl.star``.
 STORE_SUFFIX = ".cryossl.star"
-#: Colours given to new classes, in order (matplotlib's tab10: distinct, colour-blind aware).
-DEFAULT_PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
 #: Columns of `AnnotationStore.table`: the particle table plus the predicted class.
 STORE_COLUMNS = [*PARTICLE_COLUMNS, "predicted_class"]
 
@@ -548,7 +528,7 @@ def _verify_checksum(path: Path) -> None:
     edit can; without this a row cut after a complete field would load silently. A file
     without the checksum line (written by hand or by another tool) is accepted as is.
     """
-    text = read_text(path, "STAR")
+    text = _read_text(path, "STAR")
     first, _, rest = text.partition("\n")
     if not first.startswith(_CHECKSUM_PREFIX):
         return
@@ -563,7 +543,7 @@ def _verify_checksum(path: Path) -> None:
 def _load(path: Path) -> tuple[pd.DataFrame, list[dict]]:
     """Read and validate a store file; any problem is an InputError naming it."""
     _verify_checksum(path)
-    blocks = read_star_blocks(path)
+    blocks = _read_star_blocks(path)
     if not {"classes", "particles"} <= set(blocks):
         raise InputError(
             f"{path}: not a napari-cryossl annotation file (needs data_classes and "
@@ -597,9 +577,9 @@ def _load_classes(block, where: str) -> list[dict]:
     if missing:
         raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
     _check_complete(frame, list(_CLASS_COLUMNS[1:]), where)
-    numbers = star_float(frame, "rlnClassNumber", where)
-    names = star_text(frame, "cryosslClassName", len(frame))
-    colors = star_text(frame, "cryosslClassColor", len(frame))
+    numbers = _star_float(frame, "rlnClassNumber", where)
+    names = _star_text(frame, "cryosslClassName", len(frame))
+    colors = _star_text(frame, "cryosslClassColor", len(frame))
     classes = []
     for i, (number, name, color) in enumerate(zip(numbers, names, colors, strict=True)):
         if not (math.isfinite(number) and number >= 1 and number == int(number)):
@@ -625,8 +605,8 @@ def _load_particles(block, where: str) -> pd.DataFrame:
     _check_complete(frame, [_PARTICLE_LABELS[c] for c in _TEXT], where)
     values = {}
     for col in ("x", "y", "z", "score", "probability", "class_number", "predicted_class"):
-        values[col] = star_float(frame, _PARTICLE_LABELS[col], where)
-    texts = {col: star_text(frame, _PARTICLE_LABELS[col], n) for col in _TEXT}
+        values[col] = _star_float(frame, _PARTICLE_LABELS[col], where)
+    texts = {col: _star_text(frame, _PARTICLE_LABELS[col], n) for col in _TEXT}
     images = texts["image_name"] != ""
     coords = np.column_stack([values[c] for c in ("z", "y", "x")]).reshape(n, 3)
     bad = ~np.isfinite(coords).all(axis=1) & ~images

@@ -33,6 +33,7 @@ import pandas as pd
 
 from napari_cryossl.extract import extract_subtomograms, normalise_subtomograms
 from napari_cryossl.io import (
+    TOMOGRAM_SUFFIXES,
     InputError,
     InputWarning,
     Tomogram,
@@ -52,7 +53,8 @@ DEFAULT_BOX_SIZE = 32
 #: RAM budget for caching standalone subtomograms read from disk (per process).
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
-_TOMOGRAM_SUFFIXES = ("", ".mrc", ".rec", ".map")
+#: A tomogram named in a STAR file: the name as it is, then with each tomogram suffix.
+_TOMOGRAM_SUFFIXES = ("", *TOMOGRAM_SUFFIXES)
 
 
 class _ArrayCache:

@@ -2,7 +2,7 @@
 
 ``predict(checkpoint, data)`` classifies every particle of a ``SubtomogramSet`` and
 returns the results in the set's row order. ``iter_predict`` is the same as a
-generator: it yields a ``train.TrainStatus`` (stage "predict") after every batch, for
+generator: it yields a ``status.TrainStatus`` (stage "predict") after every batch, for
 a progress bar or a napari ``thread_worker``, and the ``Predictions`` last.
 
 How the hardware is used (see ``devices.py``): batches are loaded by a ``DataLoader``
@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# batch_loader lived here before loader.py; re-exported so ``predict.batch_loader`` works.
+from napari_cryossl.loader import batch_loader
+from napari_cryossl.status import TrainStatus
 
 __all__ = [
     "Predictions",
@@ -61,73 +65,6 @@ class Predictions:
 
     def __len__(self) -> int:
         return len(self.class_numbers)
-
-
-# --------------------------------------------------------------------------- data loading
-
-
-class _BatchDataset:
-    """Map-style dataset whose item k is the whole batch ``batches[k]``.
-
-    One ``SubtomogramSet.load`` call per batch (fast for every kind of set), and with
-    ``DataLoader(batch_size=None)`` each worker process loads whole batches.
-    Items are ``(boxes (n, 1, B, B, B) float32, class_numbers (n,) int64, rows (n,))``.
-    """
-
-    def __init__(self, data, batches: Sequence[np.ndarray]):
-        self.data = data
-        self.batches = [np.asarray(b, dtype=np.int64) for b in batches]
-        self.labels = np.asarray(data.class_numbers, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, k: int):
-        import torch
-
-        idx = self.batches[k]
-        boxes = np.ascontiguousarray(self.data.load(idx), dtype=np.float32)
-        return (
-            torch.from_numpy(boxes).unsqueeze(1),
-            torch.from_numpy(self.labels[idx]),
-            torch.from_numpy(idx),
-        )
-
-
-def batch_loader(
-    data,
-    batches: Sequence[np.ndarray],
-    *,
-    num_workers: int = 0,
-    pin_memory: bool = False,
-    seed: int = 0,
-):
-    """A ``DataLoader`` that yields the given batches of ``data`` in order.
-
-    Args:
-        data: a ``SubtomogramSet`` (anything with ``load(indices)`` and ``class_numbers``).
-        batches: row indices of each batch.
-        num_workers: loader processes; 0 loads in this process (best for sets in RAM).
-        pin_memory: page-locked host batches for asynchronous copies to a GPU.
-        seed: seed of the loader's own generator (it never touches torch's global RNG,
-            which the augmentation and dropout use; resumed runs stay reproducible).
-
-    Returns:
-        An iterable of ``(boxes (n, 1, B, B, B), class_numbers (n,), rows (n,))`` CPU tensors.
-    """
-    import torch
-    from torch.utils.data import DataLoader
-
-    num_workers = max(int(num_workers), 0)
-    return DataLoader(
-        _BatchDataset(data, batches),
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(int(seed)),
-        prefetch_factor=2 if num_workers > 0 else None,
-    )
 
 
 # --------------------------------------------------------------------------- models
@@ -283,7 +220,7 @@ def iter_predict(
             The embeddings are always those of the unrotated box.
 
     Yields:
-        ``train.TrainStatus(stage="predict", step=batches done, n_steps=batches)`` after
+        ``status.TrainStatus(stage="predict", step=batches done, n_steps=batches)`` after
         each batch, then one ``Predictions`` (rows in the order of ``data``). Under
         torchrun only rank 0 yields the ``Predictions``.
 
@@ -303,7 +240,6 @@ def iter_predict(
         to_device,
     )
     from napari_cryossl.distributed import DistributedContext
-    from napari_cryossl.train import TrainStatus
 
     if int(batch_size) < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")

@@ -43,7 +43,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,9 @@ from napari_cryossl.options import (
     SSL_METHODS,
     option,
 )
+
+# The status type lives in status.py (predict.py yields it too); re-exported here.
+from napari_cryossl.status import TrainStatus
 
 __all__ = [
     "FINETUNE_AUGMENT",
@@ -159,48 +162,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 HEAD_INITS = ("random", "probe")
 
 
-# --------------------------------------------------------------------------- status
-
-
-@dataclass
-class TrainStatus:
-    """Progress of a training (or prediction) run, yielded after every step.
-
-    Attributes:
-        stage: "pretrain", "finetune" or "predict".
-        epoch: epochs completed so far (0 during the first epoch; ``n_epochs`` at the end).
-        n_epochs: epochs of the run.
-        step: optimiser steps (prediction: batches) done in the whole run.
-        n_steps: optimiser steps (batches) of the whole run.
-        loss: this step's loss; for ``event="epoch"`` the epoch's mean loss.
-        metrics: step: ``lr``; epoch: ``train_loss`` and, when fine-tuning,
-            ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``best_val_accuracy``,
-            ``best_epoch``, ``n_train``, ``n_val`` and a ``note`` when a class had too
-            few labels for a validation split.
-        elapsed_s: seconds since this call started (a resumed run restarts the clock).
-        done: True on the last status of a finished run.
-        checkpoint: the file written at this point (epoch end, stop, done), else None.
-        event: "step", "epoch", "done" or "stopped".
-    """
-
-    stage: str
-    epoch: int
-    n_epochs: int
-    step: int
-    n_steps: int
-    loss: float | None
-    metrics: dict = field(default_factory=dict)
-    elapsed_s: float = 0.0
-    done: bool = False
-    checkpoint: Path | None = None
-    event: str = "step"
-
-    @property
-    def fraction(self) -> float:
-        """Fraction of the run done, 0..1 (``step / n_steps``)."""
-        if self.done:
-            return 1.0
-        return min(self.step / self.n_steps, 1.0) if self.n_steps > 0 else 0.0
+# --------------------------------------------------------------------------- driving a run
 
 
 @dataclass
@@ -1500,7 +1462,7 @@ def _backward_step(job, loss) -> None:
 
 def _loader(job: _Job, batches: list[np.ndarray], rows: np.ndarray):
     """Training batches: positions in ``rows`` -> boxes of those rows of ``job.data``."""
-    from napari_cryossl.predict import batch_loader
+    from napari_cryossl.loader import batch_loader
 
     return batch_loader(
         job.data,
@@ -1512,7 +1474,7 @@ def _loader(job: _Job, batches: list[np.ndarray], rows: np.ndarray):
 
 
 def _plain_loader(job: _Job, batches: list[np.ndarray]):
-    from napari_cryossl.predict import batch_loader
+    from napari_cryossl.loader import batch_loader
 
     return batch_loader(job.data, batches, num_workers=0, pin_memory=job.device.type == "cuda")
 

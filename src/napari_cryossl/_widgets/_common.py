@@ -179,7 +179,7 @@ class RunPanel(QWidget):
     """Start / Cancel / Resume buttons, a progress bar with ETA, a metrics line and a loss plot.
 
     The owning section connects `start_requested`, `cancel_requested` and
-    `resume_requested`, and feeds `update_status` with each `train.TrainStatus`.
+    `resume_requested`, and feeds `update_status` with each `status.TrainStatus`.
     """
 
     start_requested = Signal()
@@ -236,7 +236,7 @@ class RunPanel(QWidget):
             self.plot.clear()
 
     def update_status(self, status) -> None:
-        """Show one `train.TrainStatus` (or anything with its stage/step/n_steps fields)."""
+        """Show one `status.TrainStatus` (or anything with its stage/step/n_steps fields)."""
         frac = status_fraction(status)
         self.progress.setValue(int(round(1000 * frac)))
         elapsed = float(getattr(status, "elapsed_s", 0.0) or 0.0)

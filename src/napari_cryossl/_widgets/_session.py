@@ -179,8 +179,7 @@ class Session(QObject):
 
     def use_layer(self, layer) -> None:
         """Start the workflow on an Image layer opened from an MRC file (by any reader)."""
-        from napari_cryossl._reader import TOMOGRAM_SUFFIXES
-        from napari_cryossl.io import InputError
+        from napari_cryossl.io import TOMOGRAM_SUFFIXES, InputError
 
         meta = layer.metadata or {}
         path = meta.get("path") if meta.get(_ROLE) == "tomogram" else None

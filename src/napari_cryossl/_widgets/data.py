@@ -129,7 +129,7 @@ class DataWidget(QWidget):
 
 def _is_tomogram(layer) -> bool:
     """An Image layer read from an MRC file (by this plugin or another reader)."""
-    from napari_cryossl._reader import TOMOGRAM_SUFFIXES
+    from napari_cryossl.io import TOMOGRAM_SUFFIXES
 
     if (layer.metadata or {}).get("napari_cryossl") == "tomogram":
         return True

@@ -1,0 +1,577 @@
+"""The package's architecture contract, checked on the source (no extra dependency).
+
+- The core (every module but the napari adapters) never imports Qt, napari, magicgui
+  or the adapters (`_widgets/`, `_reader.py`, `_writer.py`, `_sample_data.py`), neither
+  at module level nor inside a function, except in the GUI entry points listed in
+  `GUI_ENTRY_POINTS` (each with its reason).
+- The npe2 adapters (reader, writer, sample data) never import `_widgets`.
+- The import graph among the package's modules has no cycle: module-level imports, and
+  module-level plus function-level imports.
+- Importing the package, its public API and every core module leaves Qt and napari
+  out of `sys.modules` (checked in a fresh interpreter).
+
+The imports are read with `ast` from the files of the `napari_cryossl` that Python
+imports, so the check follows the code under test.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import napari_cryossl
+
+PACKAGE = "napari_cryossl"
+PACKAGE_DIR = Path(napari_cryossl.__file__).resolve().parent
+
+#: Top-level packages of the GUI: Qt bindings, napari and what is built on them.
+GUI_PACKAGES = frozenset(
+    {"qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "napari", "magicgui", "superqt", "vispy"}
+)
+#: The napari-facing modules of the package: the only ones that may import the GUI.
+ADAPTERS = (
+    f"{PACKAGE}._widgets",
+    f"{PACKAGE}._reader",
+    f"{PACKAGE}._writer",
+    f"{PACKAGE}._sample_data",
+)
+#: The adapters that npe2 imports on its own (opening a file, saving a layer, sample
+#: data); they must work without the dock widgets.
+NPE2_ADAPTERS = (f"{PACKAGE}._reader", f"{PACKAGE}._writer", f"{PACKAGE}._sample_data")
+#: Core functions that open napari on purpose, with the reason. Nothing else in the
+#: core may import the GUI, not even inside a function.
+GUI_ENTRY_POINTS = {
+    (f"{PACKAGE}.demo", "open_in_napari"): (
+        "`cryossl demo --gui` (and its real-viewer test) opens the workflow dock on the "
+        "demo's session; napari is imported only when it is called"
+    ),
+    (f"{PACKAGE}.demo", "_show_in_napari"): (
+        "`cryossl demo --gui` runs napari's event loop after `open_in_napari`; napari "
+        "is imported only when that flag is given"
+    ),
+}
+#: Modules that are not imported to check them (running `__main__` would start the CLI).
+NOT_IMPORTED = (f"{PACKAGE}.__main__",)
+
+
+@dataclass(frozen=True)
+class Import:
+    """One import statement's target, as seen in the source."""
+
+    importer: str  # dotted name of the importing module
+    target: str  # dotted name of the imported module
+    line: int
+    function: str | None  # qualified name of the enclosing function; None at module level
+    type_checking: bool  # inside `if TYPE_CHECKING:` (never executed)
+
+    def where(self) -> str:
+        place = f"in {self.function}()" if self.function else "at module level"
+        return f"{self.importer} line {self.line} ({place}) imports {self.target}"
+
+
+def _module_files() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package."""
+    modules = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = [PACKAGE, *path.relative_to(PACKAGE_DIR).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+MODULES = _module_files()
+
+
+def _is_package(module: str) -> bool:
+    return MODULES[module].name == "__init__.py"
+
+
+def _is_adapter(module: str) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in ADAPTERS)
+
+
+def _resolve(importer: str, level: int, module: str | None) -> str:
+    """Absolute name of `from <level dots><module> import ...` inside `importer`."""
+    if level == 0:
+        return module or ""
+    base = importer.split(".")
+    if not _is_package(importer):
+        base = base[:-1]
+    base = base[: len(base) - (level - 1)]
+    return ".".join([*base, module] if module else base)
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports_of(module: str) -> list[Import]:
+    """Every import in a module's source, with where it sits."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"), filename=str(MODULES[module]))
+    found: list[Import] = []
+
+    def visit(node: ast.AST, scope: list[str], in_function: bool, type_checking: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            child_scope, child_in_function, child_tc = scope, in_function, type_checking
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                child_scope = [*scope, child.name]
+                child_in_function = in_function or not isinstance(child, ast.ClassDef)
+            elif isinstance(child, ast.Lambda):
+                child_scope, child_in_function = [*scope, "<lambda>"], True
+            elif isinstance(child, ast.If) and _is_type_checking(child.test):
+                child_tc = True
+            function = ".".join(child_scope) if child_in_function else None
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    found.append(Import(module, alias.name, child.lineno, function, child_tc))
+            elif isinstance(child, ast.ImportFrom):
+                target = _resolve(module, child.level, child.module)
+                found.append(Import(module, target, child.lineno, function, child_tc))
+                for alias in child.names:  # `from package import submodule`
+                    sub = f"{target}.{alias.name}"
+                    if sub in MODULES:
+                        found.append(Import(module, sub, child.lineno, function, child_tc))
+            visit(child, child_scope, child_in_function, child_tc)
+
+    visit(tree, [], False, False)
+    return found
+
+
+IMPORTS = {module: _imports_of(module) for module in MODULES}
+
+
+def _is_gui_target(target: str) -> bool:
+    return target.split(".")[0] in GUI_PACKAGES or (
+        target.startswith(PACKAGE + ".") and _is_adapter(target)
+    )
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def test_the_package_is_found_and_split_into_core_and_adapters():
+    core = [m for m in MODULES if not _is_adapter(m)]
+    adapters = [m for m in MODULES if _is_adapter(m)]
+    for name in ("io", "train", "predict", "cli", "status", "loader", "colors"):
+        assert f"{PACKAGE}.{name}" in core
+    for name in ADAPTERS:
+        assert any(m == name or m.startswith(name + ".") for m in adapters), name
+
+
+def test_the_core_never_imports_the_gui():
+    """No Qt, napari, magicgui or adapter import in the core, even inside a function."""
+    offences = []
+    for module, imports in IMPORTS.items():
+        if _is_adapter(module):
+            continue
+        for imp in imports:
+            if not _is_gui_target(imp.target):
+                continue
+            if imp.function is not None and (module, imp.function) in GUI_ENTRY_POINTS:
+                continue
+            offences.append(imp.where())
+    assert not offences, (
+        "the GUI-free core imports the GUI (move the code into _widgets/ or the npe2 "
+        "adapters, or, for a function that exists to open napari, list it in "
+        "GUI_ENTRY_POINTS with its reason):\n  " + "\n  ".join(offences)
+    )
+
+
+def test_gui_entry_points_exist_and_are_the_only_gui_code_in_their_module():
+    """Each listed exception is a real function that imports the GUI (no stale entries)."""
+    for (module, function), reason in GUI_ENTRY_POINTS.items():
+        assert reason
+        assert module in MODULES, f"GUI_ENTRY_POINTS names a missing module {module}"
+        gui = [i for i in IMPORTS[module] if i.function == function and _is_gui_target(i.target)]
+        assert gui, (
+            f"{module}.{function} no longer imports the GUI: remove it from GUI_ENTRY_POINTS"
+        )
+
+
+def test_npe2_adapters_do_not_import_the_widgets():
+    """npe2 imports the reader, writer and sample data without the dock widgets."""
+    widgets = f"{PACKAGE}._widgets"
+    offences = [
+        imp.where()
+        for module in MODULES
+        if any(module == a for a in NPE2_ADAPTERS)
+        for imp in IMPORTS[module]
+        if imp.target == widgets or imp.target.startswith(widgets + ".")
+    ]
+    assert not offences, "npe2 adapters import _widgets:\n  " + "\n  ".join(offences)
+
+
+# --------------------------------------------------------------------------- cycles
+
+
+def _graph(*, function_level: bool) -> dict[str, dict[str, Import]]:
+    """module -> {imported package module: the first import of it} (runtime imports only)."""
+    graph: dict[str, dict[str, Import]] = {m: {} for m in MODULES}
+    for module, imports in IMPORTS.items():
+        for imp in imports:
+            if imp.type_checking or (imp.function is not None and not function_level):
+                continue
+            if imp.target in MODULES and imp.target != module:
+                graph[module].setdefault(imp.target, imp)
+    return graph
+
+
+def _cycles(graph: dict[str, dict[str, Import]]) -> list[list[str]]:
+    """One cycle (as a closed path of modules) per strongly connected component."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def strongconnect(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                strongconnect(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            strongconnect(v)
+
+    cycles = []
+    for component in components:
+        members = set(component)
+        start = component[0]
+        # Shortest way back to `start` inside the component (breadth-first).
+        parents: dict[str, str] = {}
+        frontier = [start]
+        end = None
+        while frontier and end is None:
+            nxt = []
+            for v in frontier:
+                for w in sorted(graph[v]):
+                    if w not in members:
+                        continue
+                    if w == start:
+                        end = v
+                        break
+                    if w not in parents:
+                        parents[w] = v
+                        nxt.append(w)
+                if end is not None:
+                    break
+            frontier = nxt
+        path = [end]
+        while path[-1] != start:
+            path.append(parents[path[-1]])
+        cycles.append([*reversed(path), start])
+    return cycles
+
+
+def _describe(cycle: list[str], graph: dict[str, dict[str, Import]]) -> str:
+    steps = [graph[a][b].where() for a, b in zip(cycle, cycle[1:], strict=False)]
+    return " -> ".join(cycle) + "\n    " + "\n    ".join(steps)
+
+
+def test_no_import_cycle_at_module_level():
+    graph = _graph(function_level=False)
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles (module-level imports):\n  " + "\n  ".join(
+        _describe(c, graph) for c in cycles
+    )
+
+
+def test_no_import_cycle_including_imports_inside_functions():
+    graph = _graph(function_level=True)
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles (module- and function-level imports):\n  " + "\n  ".join(
+        _describe(c, graph) for c in cycles
+    )
+
+
+def test_the_cycle_finder_finds_and_prints_a_cycle():
+    """The checks above can fail: a made-up graph with a cycle is reported as one."""
+    a, b, c = (f"{PACKAGE}.{n}" for n in "abc")
+    graph = {
+        a: {b: Import(a, b, 1, None, False)},
+        b: {c: Import(b, c, 2, "f", False)},
+        c: {a: Import(c, a, 3, None, False)},
+    }
+    (cycle,) = _cycles(graph)
+    assert cycle == [a, b, c, a]
+    text = _describe(cycle, graph)
+    assert "napari_cryossl.b line 2 (in f()) imports napari_cryossl.c" in text
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+def _core_modules() -> list[str]:
+    return [m for m in MODULES if not _is_adapter(m) and m not in NOT_IMPORTED]
+
+
+def _run_check(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+
+
+def test_importing_the_core_leaves_qt_and_napari_out():
+    """A fresh interpreter imports the package, its public API and every core module."""
+    modules = ["napari_cryossl", *_core_modules()]
+    code = "\n".join(
+        [
+            "import importlib, sys",
+            f"for name in {modules!r}:",
+            "    importlib.import_module(name)",
+            "import napari_cryossl",
+            "for name in napari_cryossl.__all__:",
+            "    getattr(napari_cryossl, name)",
+            f"gui = {sorted(GUI_PACKAGES)!r}",
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in gui",
+            f"             or m.startswith({PACKAGE + '._widgets'!r}))",
+            "print('GUI MODULES:', ', '.join(bad[:20]))",
+            "sys.exit(1 if bad else 0)",
+        ]
+    )
+    result = _run_check(code)
+    assert result.returncode == 0, (
+        f"importing the core pulled in the GUI:\n{result.stdout}{result.stderr}"
+    )
+
+
+def test_the_npe2_adapters_import_without_the_widgets():
+    code = "\n".join(
+        [
+            "import importlib, sys",
+            f"for name in {list(NPE2_ADAPTERS)!r}:",
+            "    importlib.import_module(name)",
+            f"bad = sorted(m for m in sys.modules if m.startswith({PACKAGE + '._widgets'!r}))",
+            "print('WIDGET MODULES:', ', '.join(bad))",
+            "sys.exit(1 if bad else 0)",
+        ]
+    )
+    result = _run_check(code)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def test_the_public_api_is_lazy_and_complete():
+    """Every name in `__all__` resolves to the object of the module that defines it."""
+    import importlib
+
+    assert len(set(napari_cryossl.__all__)) == len(napari_cryossl.__all__)
+    for name in napari_cryossl.__all__:
+        value = getattr(napari_cryossl, name)
+        if name.startswith("__"):
+            continue
+        module = importlib.import_module(f"{PACKAGE}.{napari_cryossl._API[name]}")
+        assert getattr(module, name) is value, name
+        assert name in dir(napari_cryossl)
+    # The prediction module keeps its name (the package does not shadow it).
+    import napari_cryossl.predict as predict_module
+
+    assert napari_cryossl.predict is predict_module
+    try:
+        napari_cryossl.no_such_name  # noqa: B018
+    except AttributeError as err:
+        assert "no_such_name" in str(err)
+    else:
+        raise AssertionError("unknown names must raise AttributeError")
+
+
+def test_importing_the_package_is_light():
+    """`import napari_cryossl` imports none of its modules, numpy, torch or Qt, and binds
+    no name that hides a submodule (`from napari_cryossl import annotations`)."""
+    submodules = sorted({m.split(".")[1] for m in MODULES if m.count(".") >= 1})
+    code = (
+        "import sys, types, napari_cryossl\n"
+        "heavy = [m for m in sys.modules if m.startswith('napari_cryossl.') or "
+        "m.split('.')[0] in ('numpy', 'torch', 'pandas', 'qtpy', 'napari')]\n"
+        "print('IMPORTED:', heavy)\n"
+        f"hidden = [m for m in {submodules!r} if not isinstance("
+        "getattr(napari_cryossl, m, types), types.ModuleType)]\n"
+        "print('NAMES HIDING A SUBMODULE:', hidden)\n"
+        "sys.exit(1 if heavy or hidden else 0)\n"
+    )
+    result = _run_check(code)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- docs/api.md
+
+API_DOC = Path(__file__).resolve().parents[1] / "docs" / "api.md"
+_REFERENCE = re.compile(r"\bnapari_cryossl(?:\.[A-Za-z_]\w*)+")
+_CALL = re.compile(r"^(?:class |@dataclass )?([A-Za-z_][\w.]*)\(")
+
+
+def _resolve_reference(dotted: str):
+    """The object a dotted `napari_cryossl.…` name refers to (importing modules as needed)."""
+    import importlib
+
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def _sections(text: str) -> list[tuple[str, str]]:
+    """(heading, body) of every `## ` section."""
+    parts = re.split(r"^## (.*)$", text, flags=re.MULTILINE)
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _split_arguments(text: str) -> list[str]:
+    """Top-level comma-separated pieces of an argument list (brackets and quotes kept)."""
+    pieces, depth, quote, current = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            pieces.append(current)
+            current = ""
+            continue
+        current += ch
+    pieces.append(current)
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def _documented_calls(body: str):
+    """(span, dotted name, argument names or None) for every `name(...)` code span."""
+    for span in re.findall(r"`([^`]+)`", body):
+        match = _CALL.match(span.strip())
+        if not match:
+            continue
+        is_class_statement = span.strip().startswith("class ")
+        start = match.end()
+        depth, end = 1, None
+        for i in range(start, len(span.strip())):
+            ch = span.strip()[i]
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0:
+                end = i
+                break
+        names = None
+        if end is not None and not is_class_statement:
+            names = []
+            for piece in _split_arguments(span.strip()[start:end]):
+                ident = re.match(r"^\*{0,2}([A-Za-z_]\w*)", piece)
+                if ident:
+                    names.append(ident.group(1))
+        yield span, match.group(1), names
+
+
+def _candidates(dotted: str, modules: list):
+    """Objects `dotted` may name in a section about `modules` (functions, classes, methods)."""
+    import importlib
+
+    head, *rest = dotted.split(".")
+    roots = [getattr(m, head) for m in modules if hasattr(m, head)]
+    if f"{PACKAGE}.{head}" in MODULES:  # `devices.select_device`
+        roots.append(importlib.import_module(f"{PACKAGE}.{head}"))
+    if not roots and not rest:  # a method named after its class's bullet: `load(indices)`
+        for m in modules:
+            for value in vars(m).values():
+                if (
+                    isinstance(value, type)
+                    and value.__module__ == m.__name__
+                    and hasattr(value, head)
+                ):
+                    roots.append(getattr(value, head))
+    found = []
+    for root in roots:
+        obj = root
+        try:
+            for attr in rest:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        found.append(obj)
+    return found
+
+
+def _accepts(obj, names: list[str]) -> bool:
+    import inspect
+
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return True  # a builtin without a signature: nothing to compare
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True  # takes any keyword
+    return all(n in params for n in names)
+
+
+def test_docs_api_lists_every_public_name():
+    text = API_DOC.read_text(encoding="utf-8")
+    referenced = set(_REFERENCE.findall(text))
+    missing = [n for n in napari_cryossl.__all__ if f"{PACKAGE}.{n}" not in referenced]
+    assert not missing, f"docs/api.md does not list napari_cryossl.{{{', '.join(missing)}}}"
+
+
+def test_docs_api_references_resolve():
+    """Every `napari_cryossl.X` in docs/api.md is an importable module or attribute."""
+    text = API_DOC.read_text(encoding="utf-8")
+    broken = []
+    for ref in sorted(set(_REFERENCE.findall(text))):
+        try:
+            _resolve_reference(ref)
+        except (ImportError, AttributeError) as err:
+            broken.append(f"{ref} ({err})")
+    assert not broken, "docs/api.md names what does not exist:\n  " + "\n  ".join(broken)
+
+
+def test_docs_api_signatures_match_the_code():
+    """In each `## a.py / b.py` section, every `name(args)` names a function, class or
+    method of those modules, and every argument it shows is one the code takes."""
+    import importlib
+
+    text = API_DOC.read_text(encoding="utf-8")
+    problems, checked = [], 0
+    for heading, body in _sections(text):
+        names = re.findall(r"\b(\w+)\.py\b", heading)
+        if not names:
+            continue
+        for name in names:
+            assert f"{PACKAGE}.{name}" in MODULES, f"docs/api.md: no module {name}.py ({heading})"
+        modules = [importlib.import_module(f"{PACKAGE}.{n}") for n in names]
+        for span, dotted, args in _documented_calls(body):
+            found = _candidates(dotted, modules)
+            if not found:
+                problems.append(f"## {heading}: `{span}`: {dotted} is not in {', '.join(names)}")
+                continue
+            checked += 1
+            if args is not None and not any(_accepts(obj, args) for obj in found):
+                problems.append(f"## {heading}: `{span}`: the code takes other arguments")
+    assert not problems, "docs/api.md is out of date:\n  " + "\n  ".join(problems)
+    assert checked >= 40, f"only {checked} signatures found in docs/api.md: is the parser broken?"
