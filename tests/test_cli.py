@@ -278,3 +278,40 @@ def test_finetune_refuses_a_single_class(simulated, tmp_path, capsys):
     )
     assert code == 2
     assert "class" in capsys.readouterr().err
+
+
+def test_progress_lines_reach_a_log_file_while_training(simulated, tmp_path):
+    """A cluster job's log: output piped to a file gets plain progress lines during the
+    run (step, loss, learning rate, time left), not a bar that only appears at the end."""
+    import os
+    import re
+    import time
+
+    log = tmp_path / "job.log"
+    env = {**os.environ, "CRYOSSL_LOG_INTERVAL": "0"}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "napari_cryossl", "pretrain", str(simulated["particles"]),
+                "--out", str(tmp_path / "enc.pt"), "--epochs", "4", "--batch-size", "4",
+                "--device", "cpu",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        seen_while_running = ""
+        while proc.poll() is None:
+            text = log.read_text()
+            if "[pretrain moco] step" in text:
+                seen_while_running = text
+            time.sleep(0.2)
+    assert proc.returncode == 0
+    assert "[pretrain moco] step" in seen_while_running  # written during the run
+    lines = [x for x in log.read_text().splitlines() if x.startswith("[pretrain moco] step")]
+    assert len(lines) >= 4
+    middle = next(x for x in lines if "ETA" in x)
+    assert re.search(r"loss \d+\.\d{4}", middle) and re.search(r"lr \d\.\de-\d\d|lr 0\.\d+", middle)
+    assert "lr 0.0000" not in middle
+    final = log.read_text().strip().splitlines()[-1]
+    assert final.startswith("encoder -> ") and "last loss n/a" not in final

@@ -12,6 +12,7 @@ is reported as one line on stderr with exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -273,39 +274,29 @@ def _load_set(args: argparse.Namespace):
     return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomogram=args.tomogram)
 
 
-def _drive(generator, desc: str):
-    """Run a training/prediction generator under a tqdm bar; Ctrl-C closes it cleanly.
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with the sentence that says how to continue."""
 
-    Closing the generator runs its `finally`, which writes a valid checkpoint.
-    """
-    from tqdm.auto import tqdm
 
-    last = None
-    bar = None
+@contextlib.contextmanager
+def _resumable(args: argparse.Namespace, command: str):
+    """Turn Ctrl-C into a message naming the checkpoint kept and the command to resume."""
     try:
-        for status in generator:
-            last = status
-            total = getattr(status, "n_steps", None)
-            if bar is None:
-                bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=None)
-            if total and bar.total != total:
-                bar.total = total
-            bar.n = getattr(status, "step", bar.n)
-            postfix = {"epoch": f"{status.epoch}/{status.n_epochs}"}
-            if status.loss is not None:
-                postfix["loss"] = f"{status.loss:.4f}"
-            for key, value in (status.metrics or {}).items():
-                if isinstance(value, float):
-                    postfix[key] = f"{value:.3f}"
-            bar.set_postfix(postfix, refresh=False)
-            bar.refresh()
+        yield
     except KeyboardInterrupt:
-        generator.close()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    return last
+        from napari_cryossl.train import last_checkpoint_path
+
+        out = Path(args.out)
+        kept = [p for p in (out, last_checkpoint_path(out)) if p.is_file()]
+        if not kept:
+            raise _Interrupted("no checkpoint was written yet") from None
+        again = " ".join(sys.argv[1:]) if sys.argv[1:] else f"{command} ... --out {out}"
+        if "--resume" not in again.split():
+            again += " --resume"
+        raise _Interrupted(
+            f"checkpoint kept in {kept[-1] if command == 'finetune' else kept[0]}; "
+            f"continue with: cryossl {again}"
+        ) from None
 
 
 def _rank0() -> bool:
@@ -379,29 +370,33 @@ def cmd_pick(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
+    from napari_cryossl.console import drive
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.train import PretrainConfig, iter_pretrain
 
     data = _load_set(args)
     config = settings_from_args(PretrainConfig, args)
-    last = _drive(
-        iter_pretrain(data, config, args.out, resume=args.resume), f"pretrain {args.method}"
-    )
+    with _resumable(args, "pretrain"):
+        last, log = drive(
+            iter_pretrain(data, config, args.out, resume=args.resume), f"pretrain {args.method}"
+        )
     if _rank0():
-        loss = f"{last.loss:.4f}" if last is not None and last.loss is not None else "n/a"
+        loss = f"{log.last_loss:.4f}" if log.last_loss is not None else "n/a"
         print(f"encoder -> {args.out} (epoch {last.epoch if last else 0}, last loss {loss})")
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from napari_cryossl.console import drive
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.train import FinetuneConfig, iter_finetune
 
     data = _load_set(args)
     config = settings_from_args(FinetuneConfig, args)
-    last = _drive(
-        iter_finetune(data, config, args.out, init=args.init, resume=args.resume), "finetune"
-    )
+    with _resumable(args, "finetune"):
+        last, _log = drive(
+            iter_finetune(data, config, args.out, init=args.init, resume=args.resume), "finetune"
+        )
     if _rank0():
         metrics = dict(last.metrics) if last is not None else {}
         best = metrics.get("best_val_accuracy")
@@ -413,6 +408,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from napari_cryossl.console import drive
     from napari_cryossl.predict import iter_predict
 
     data = _load_set(args)
@@ -425,8 +421,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         tta=args.tta,
     )
-    for item in _iter_results(gen, "predict"):
-        result = item
+    results: list = []
+    drive(gen, "predict", results=results)
+    result = results[-1] if results else None
     if result is None or not _rank0():
         return 0
     _write_predictions(args.particles, args.out, data.table, result)
@@ -461,25 +458,6 @@ def _write_predictions(source: Path, out: Path, table, result) -> None:
         table["class_number"] = result.class_numbers
         table["probability"] = result.confidence
         write_particles(table, out)
-
-
-def _iter_results(generator, desc: str):
-    """Drive an iter_predict-style generator: statuses move a bar, the final item is the result."""
-    from tqdm.auto import tqdm
-
-    bar = None
-    try:
-        for item in generator:
-            if hasattr(item, "n_steps"):
-                if bar is None:
-                    bar = tqdm(total=item.n_steps, desc=desc, unit="batch", disable=None)
-                bar.n = item.step
-                bar.refresh()
-            else:
-                yield item
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 def cmd_gradcam(args: argparse.Namespace) -> int:
@@ -535,8 +513,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"cryossl {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print(f"cryossl {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        detail = f" ({exc})" if isinstance(exc, _Interrupted) else ""
+        print(f"cryossl {args.command}: interrupted{detail}", file=sys.stderr)
         return 130
 
 

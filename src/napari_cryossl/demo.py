@@ -133,6 +133,22 @@ class DemoResult:
         return "\n".join(lines)
 
 
+def _run(generator, desc: str, verbose: bool) -> None:
+    """Drive a training generator; with ``verbose``, show its progress (a bar on a
+    terminal, a line every few seconds in a log)."""
+    if verbose:
+        import os
+
+        from napari_cryossl.console import drive
+
+        # a line every 10 s in a log (the demo's stages take tens of seconds)
+        drive(generator, desc, interval=None if "CRYOSSL_LOG_INTERVAL" in os.environ else 10.0)
+    else:
+        from napari_cryossl.train import run
+
+        run(generator)
+
+
 def match_picks(true_zyx: np.ndarray, picked_zyx: np.ndarray, radius: float) -> np.ndarray:
     """For each pick, the index of the true particle within `radius` voxels, or -1.
 
@@ -189,7 +205,6 @@ def run_demo(
         PretrainConfig,
         iter_finetune,
         iter_pretrain,
-        run,
     )
 
     torch_device = select_device(device)
@@ -266,7 +281,7 @@ def run_demo(
             seed=seed,
         )
         encoder_path = out / "encoder.pt"
-        run(iter_pretrain(data, p_cfg, encoder_path))
+        _run(iter_pretrain(data, p_cfg, encoder_path), f"pretrain {cfg.method}", verbose)
         result.files["encoder"] = encoder_path
 
     # 4. a person labels a few picks per class (here: from the ground truth) -------------
@@ -295,7 +310,7 @@ def run_demo(
             seed=seed,
         )
         classifier_path = out / "classifier.pt"
-        run(iter_finetune(labelled, f_cfg, classifier_path, init=encoder_path))
+        _run(iter_finetune(labelled, f_cfg, classifier_path, init=encoder_path), "finetune", verbose)
         result.files["classifier"] = classifier_path
 
     # 6. predict every pick -----------------------------------------------------------------
