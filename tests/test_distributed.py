@@ -76,7 +76,7 @@ WORKER = textwrap.dedent(
         voxel_size=10.0,
     )
     with open(os.path.join(tmp, "finetune.json")) as fh:
-        config = FinetuneConfig(**json.load(fh))
+        config = FinetuneConfig(**json.load(fh), keep_state=True)
     last = run(iter_finetune(data, config, os.path.join(tmp, "ddp_classifier.pt")))
     ctx = DistributedContext.from_environment()
     assert (ctx.world_size, ctx.backend) == (2, "gloo"), ctx
@@ -89,7 +89,7 @@ WORKER = textwrap.dedent(
         assert pred is None
 
     pre = PretrainConfig(method="moco", preset="rb3d-small", epochs=1, batch_size=8,
-                         device="cpu", ssl_options={"queue_size": 64})
+                         device="cpu", ssl_options={"queue_size": 64}, keep_state=True)
     statuses = list(iter_pretrain(data, pre, os.path.join(tmp, "ddp_encoder.pt")))
     assert statuses[-1].done and statuses[-1].n_steps == 4, statuses[-1]
     """
@@ -181,6 +181,6 @@ def test_two_gloo_processes_train_and_predict_like_one_process(tmp_path):
     np.testing.assert_allclose(got["emb"], want.embeddings, atol=1e-4, rtol=1e-4)
 
     # MoCo: each step enqueues the keys of both ranks (8 = 2 x 4) into one shared queue
-    encoder = load_checkpoint(tmp_path / "ddp_encoder.pt")
+    encoder = load_checkpoint(tmp_path / "ddp_encoder.last.pt")
     assert encoder["progress"]["global_step"] == 4 and encoder["progress"]["world_size"] == 2
     assert int(encoder["ssl_queue"]["ptr"]) == 4 * 8  # 4 * 4 if each rank kept its own

@@ -119,7 +119,7 @@ def test_pretrain_uses_the_methods_defaults_unless_overridden():
 def test_closing_the_generator_keeps_a_checkpoint_and_resume_matches_an_unbroken_run(tmp_path):
     """Stop mid-epoch like napari's worker.quit(), resume, and end where an unbroken run ends."""
     data = random_set(24, seed=3)
-    config = pretrain_config(epochs=2, ssl_options={"queue_size": 16})
+    config = pretrain_config(epochs=2, ssl_options={"queue_size": 16}, keep_state=True)
     unbroken = tmp_path / "unbroken.pt"
     run(iter_pretrain(data, config, unbroken))
 
@@ -131,18 +131,42 @@ def test_closing_the_generator_keeps_a_checkpoint_and_resume_matches_an_unbroken
         if steps == 4:  # the first step of the second epoch
             break
     gen.close()
-    stopped = load_checkpoint(out)
+    stopped = load_checkpoint(last_checkpoint_path(out))
     assert stopped["progress"]["global_step"] == 4
     assert (stopped["progress"]["epoch"], stopped["progress"]["step_in_epoch"]) == (1, 1)
     assert stopped["stopped"] is True
 
     resumed = [s for s in iter_pretrain(data, config, out, resume=True)]
     assert [s.step for s in resumed if s.event == "step"] == [5, 6]
-    a, b = load_checkpoint(unbroken), load_checkpoint(out)
+    a, b = load_checkpoint(last_checkpoint_path(unbroken)), load_checkpoint(last_checkpoint_path(out))
     assert states_equal(a["model"], b["model"], atol=1e-6)
+    assert states_equal(load_checkpoint(out)["model"], b["model"], atol=0)
     assert states_equal(a["ssl_state"], b["ssl_state"], atol=1e-6)  # momentum encoder, heads
     assert torch.allclose(a["ssl_queue"]["bank"], b["ssl_queue"]["bank"], atol=1e-6)
     assert int(a["ssl_queue"]["ptr"]) == int(b["ssl_queue"]["ptr"])
+
+
+def test_a_finished_pretraining_leaves_a_small_encoder_and_no_resume_state(tmp_path):
+    """The encoder a user keeps is weights only; the resume state is dropped at the end
+    unless asked for (``keep_state``), and a stopped run keeps it."""
+    data = random_set(16)
+    out = tmp_path / "encoder.pt"
+    run(iter_pretrain(data, pretrain_config(epochs=1), out))
+    state = load_checkpoint(out, kind="encoder")
+    assert all(state.get(k) is None for k in ("optimizer", "ssl_state", "ssl_queue", "rng"))
+    assert not last_checkpoint_path(out).exists()
+    kept = tmp_path / "kept.pt"
+    run(iter_pretrain(data, pretrain_config(epochs=1, keep_state=True), kept))
+    full = last_checkpoint_path(kept)
+    assert full.is_file() and full.stat().st_size > 2 * kept.stat().st_size
+    assert out.stat().st_size == pytest.approx(kept.stat().st_size, rel=0.05)
+    # resuming a finished run without its state says why and how
+    with pytest.raises(InputError, match="keep-state"):
+        iter_pretrain(data, pretrain_config(epochs=2), out, resume=True)
+    # fine-tuning drops its state at the end too
+    clf = tmp_path / "classifier.pt"
+    run(iter_finetune(random_set(24, labels_for(24)), finetune_config(), clf))
+    assert clf.is_file() and not last_checkpoint_path(clf).exists()
 
 
 def test_resume_refuses_a_checkpoint_for_another_preset_box_or_method(tmp_path):
@@ -192,7 +216,7 @@ def test_run_drives_callbacks_and_stops_through_should_stop(tmp_path):
 
 def test_finetune_resume_after_a_stop_matches_an_unbroken_run(tmp_path):
     data = random_set(30, labels_for(30), seed=5)
-    config = finetune_config(epochs=3, dropout=0.5, augment=True)
+    config = finetune_config(epochs=3, dropout=0.5, augment=True, keep_state=True)
     unbroken = tmp_path / "unbroken.pt"
     run(iter_finetune(data, config, unbroken))
 

@@ -13,7 +13,7 @@ a ``thread_worker``), the CLI (under a tqdm bar) and the tests (directly)::
   ``worker.quit()`` and the CLI's Ctrl-C do) or a ``should_stop()`` callable returning
   True ends the run within one step. The ``try/finally`` around the loop writes a valid
   checkpoint of the last completed step first, so a stopped run loses nothing.
-- ``resume=True`` continues a stopped or finished run from its checkpoint: weights,
+- ``resume=True`` continues a stopped run (or a finished one run with ``keep_state``): weights,
   optimiser, learning-rate schedule, the MoCo queue and momentum encoder, the position
   in the epoch and the random-number state. A run stopped after step k and resumed gives
   the same weights as a run that was never stopped (same machine, one process).
@@ -22,10 +22,12 @@ a ``thread_worker``), the CLI (under a tqdm bar) and the tests (directly)::
 
 Checkpoints (``models.save_checkpoint``: atomic, ``torch.load(weights_only=True)``) carry
 the preset, box size, voxel size, normalisation, method, epoch, and for classifiers the
-sorted class numbers and names. Pretraining writes ``out`` after every epoch (and when
-stopped). Fine-tuning writes the best-validation classifier to ``out`` (the file to
-predict with) and the full training state to ``<out stem>.last<suffix>`` (what
-``resume`` reads); see ``last_checkpoint_path``.
+sorted class numbers and names. ``out`` is what a user keeps and moves around: weights
+only (pretraining: the encoder after every epoch and when stopped; fine-tuning: the
+best-validation classifier). The full training state (optimiser, schedule, MoCo key
+encoder and queue, random state) goes to ``<out stem>.last<suffix>``, which ``resume``
+reads; a stopped run keeps it, a finished one deletes it unless ``keep_state`` is set;
+see ``last_checkpoint_path``.
 
 On CUDA the loops use autocast (bfloat16, or float16 with a gradient scaler), the
 ``channels_last_3d`` layout, pinned host memory with ``non_blocking`` copies, and run
@@ -269,6 +271,11 @@ class PretrainConfig:
     device: str = option("auto", DEVICE_HELP)
     seed: int = option(0, "seeds the weights, the data order and the augmentation")
     num_workers: int = option(0, "data-loading worker processes", minimum=0, flag="--workers")
+    keep_state: bool = option(
+        False,
+        "keep the resumable training state (<out>.last.pt) when the run finishes, to "
+        "continue it later with more epochs; a stopped run always keeps it",
+    )
     amp: bool = True
     save_every: int = 1
     augment: dict[str, Any] | None = None
@@ -404,6 +411,11 @@ class FinetuneConfig:
     device: str = option("auto", DEVICE_HELP)
     seed: int = option(0, "seeds the label split, the weights and the augmentation")
     num_workers: int = option(0, "data-loading worker processes", minimum=0, flag="--workers")
+    keep_state: bool = option(
+        False,
+        "keep the resumable training state (<out>.last.pt) when the run finishes, to "
+        "continue it later with more epochs; a stopped run always keeps it",
+    )
     amp: bool = True
     save_every: int = 1
     encoder_options: dict[str, Any] | None = None
@@ -622,7 +634,15 @@ class _Job:
         raise NotImplementedError
 
     def finish(self) -> Path | None:
-        """After the last epoch; return the file the user should use."""
+        """After the last epoch: drop the resume state unless asked to keep it; return the
+        file the user should use."""
+        last = getattr(self, "last_path", None)
+        if (
+            self.ctx.is_main
+            and last is not None
+            and not getattr(self.config, "keep_state", False)
+        ):
+            Path(last).unlink(missing_ok=True)
         return self.out
 
     # -- shared helpers ------------------------------------------------------------------
@@ -840,9 +860,13 @@ class _PretrainJob(_Job):
                 broadcast_buffers=False,
                 find_unused_parameters=self.method == "swav",
             )
-        if resume and self.out.is_file():
+        self.last_path = last_checkpoint_path(self.out)
+        # The resume state lives in <out>.last.pt; older versions kept it in <out> itself.
+        state_file = self.last_path if self.last_path.is_file() else self.out
+        if resume and state_file.is_file():
+            self._state_file = state_file
             state = load_checkpoint(
-                self.out,
+                state_file,
                 kind="encoder",
                 preset=config.preset,
                 box_size=data.box_size,
@@ -850,7 +874,7 @@ class _PretrainJob(_Job):
             )
             if state.get("method") != self.method:
                 raise InputError(
-                    f"{self.out}: was pretrained with {state.get('method')!r}, not "
+                    f"{state_file}: was pretrained with {state.get('method')!r}, not "
                     f"{self.method!r}; resume with --method {state.get('method')}"
                 )
             self._restore(state)
@@ -881,17 +905,19 @@ class _PretrainJob(_Job):
 
         model = {f"encoder.{k}": v for k, v in state["model"].items()}
         extra = state.get("ssl_state")
+        where = getattr(self, "_state_file", self.out)
         if extra is None or state.get("optimizer") is None:
             raise InputError(
-                f"{self.out}: holds no pretraining state to resume from (was it written by "
-                "an older version or stripped?); start a new run without --resume"
+                f"{where}: holds no pretraining state to resume from (the run finished and "
+                "its state was dropped; pass --keep-state to keep it); start a new run "
+                "without --resume"
             )
         try:
             self.objective.load_state_dict({**model, **extra})
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise InputError(
-                f"{self.out}: does not match this pretraining setup ({exc}); start a new "
+                f"{where}: does not match this pretraining setup ({exc}); start a new "
                 "run without --resume or use the same options"
             ) from exc
         queue = state.get("ssl_queue")
@@ -901,7 +927,7 @@ class _PretrainJob(_Job):
             bank.bank_ptr.copy_(queue["ptr"].to(bank.bank_ptr.device))
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
-        self.restore_progress(state.get("progress"), self.out)
+        self.restore_progress(state.get("progress"), where)
         _set_rng_state(state.get("rng"), self.device)
         self.objective.progress = min(self.global_step / max(self.total_steps, 1), 1.0)
 
@@ -942,22 +968,28 @@ class _PretrainJob(_Job):
         queue = None
         if bank is not None and bank.bank.numel() > 0:
             queue = {"bank": bank.bank, "ptr": bank.bank_ptr}
+        about = {
+            "voxel_size": self.data.voxel_size,
+            "method": self.method,
+            "epoch": self.epoch,
+            "config": _plain_config(self.config),
+            "hyperparameters": dict(self.hp),
+            "stopped": reason != "epoch",
+        }
+        # Everything resume needs (key encoder, queue, optimiser...) in <out>.last.pt;
+        # the encoder a user keeps and moves around is its weights only.
         state = checkpoint_state(
             obj.encoder,
-            voxel_size=self.data.voxel_size,
-            method=self.method,
-            epoch=self.epoch,
+            **about,
             optimizer=self.optimizer.state_dict(),
-            config=_plain_config(self.config),
-            hyperparameters=dict(self.hp),
             ssl_state=extra,
             ssl_queue=queue,
             progress=self.progress_state(),
             rng=_rng_state(self.device),
             grad_scaler=self.scaler.state_dict() if self.scaler is not None else None,
-            stopped=reason != "epoch",
         )
-        save_checkpoint(self.out, state)
+        save_checkpoint(self.last_path, state)
+        save_checkpoint(self.out, checkpoint_state(obj.encoder, **about))
         return self.out
 
 
@@ -1400,9 +1432,6 @@ class _FinetuneJob(_Job):
             save_checkpoint(self.out, self._state(epoch=self.epoch))
             self._wrote_out = True
         return self.last_path
-
-    def finish(self) -> Path | None:
-        return self.out
 
 
 def iter_finetune(

@@ -315,6 +315,11 @@ class PretrainWidget(_TrainingSection):
     def output_path(self) -> Path:
         return self.session.work_dir / "encoder.pt"
 
+    def resume_path(self) -> Path:
+        from napari_cryossl.train import last_checkpoint_path
+
+        return last_checkpoint_path(self.output_path())
+
     def make_job(self, resume: bool):
         from napari_cryossl.io import InputError
 
@@ -325,8 +330,8 @@ class PretrainWidget(_TrainingSection):
             )
         tomo = self.session.tomogram
         out = self.output_path()
-        if resume and not out.is_file():
-            raise InputError(f"{out}: no checkpoint to resume; start a new run")
+        if resume and not self.resume_path().is_file():
+            raise InputError(f"{self.resume_path()}: no checkpoint to resume; start a new run")
         box = int(self.box_size.value())
         settings = {
             "method": self.method.currentData(),
