@@ -315,3 +315,7 @@ def test_progress_lines_reach_a_log_file_while_training(simulated, tmp_path):
     assert "lr 0.0000" not in middle
     final = log.read_text().strip().splitlines()[-1]
     assert final.startswith("encoder -> ") and "last loss n/a" not in final
+    text = log.read_text()
+    # on a CPU the run says what it chose and how long it will take, before it goes on
+    assert text.startswith("CPU: rb3d-small")
+    assert re.search(r"\[pretrain moco\] estimated time: \d+s for 24 steps", text)

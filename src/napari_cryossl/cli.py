@@ -274,6 +274,33 @@ def _load_set(args: argparse.Namespace):
     return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomogram=args.tomogram)
 
 
+def _cpu_defaults(config):
+    """On a CPU, pretrain for minutes, not hours: without --epochs the methods' own
+    epochs (200 for MoCo) are replaced by ``options.CPU_PRETRAIN_EPOCHS``, and the
+    choice is announced with how to change it."""
+    import dataclasses
+
+    from napari_cryossl.devices import select_device
+    from napari_cryossl.options import CPU_PRETRAIN_EPOCHS
+
+    if select_device(config.device).type != "cpu" or not _rank0():
+        return config
+    notes = []
+    if config.epochs is None:
+        config = dataclasses.replace(config, epochs=CPU_PRETRAIN_EPOCHS)
+        notes.append(
+            f"{CPU_PRETRAIN_EPOCHS} epochs (the method's full schedule needs a GPU; "
+            "--epochs N to choose)"
+        )
+    if config.preset == "rb3d":
+        notes.append("rb3d is the paper's network and slow here: --preset rb3d-small is ~15x faster")
+    else:
+        notes.append(f"{config.preset}; --preset rb3d for the paper's network (needs a GPU)")
+    print("CPU: " + "; ".join(notes) + ". The time left is shown as the run goes.",
+          file=sys.stderr, flush=True)
+    return config
+
+
 class _Interrupted(KeyboardInterrupt):
     """Ctrl-C during training, with the sentence that says how to continue."""
 
@@ -376,6 +403,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     data = _load_set(args)
     config = settings_from_args(PretrainConfig, args)
+    config = _cpu_defaults(config)
     with _resumable(args, "pretrain"):
         last, log = drive(
             iter_pretrain(data, config, args.out, resume=args.resume), f"pretrain {args.method}"

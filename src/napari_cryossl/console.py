@@ -23,6 +23,8 @@ from typing import IO, Any
 #: Seconds between log lines when the output is not a terminal
 #: (``$CRYOSSL_LOG_INTERVAL`` overrides it).
 DEFAULT_LOG_INTERVAL = 30.0
+#: Steps after which `drive` prints its estimate of the whole run's duration.
+ESTIMATE_AFTER = 5
 
 
 def format_seconds(seconds: float) -> str:
@@ -132,6 +134,7 @@ def drive(
     bar = None
     next_line = time.perf_counter() + every
     printed = ""
+    estimated = False
     try:
         for status in generator:
             if not hasattr(status, "n_steps"):
@@ -140,6 +143,19 @@ def drive(
                 continue
             last = status
             log.update(status)
+            if not estimated and status.step >= min(ESTIMATE_AFTER, status.n_steps) and log.rate > 0:
+                # one explicit estimate, from the first steps, before a long run goes on
+                estimated = True
+                if status.step < status.n_steps:
+                    text = (
+                        f"[{desc}] estimated time: {format_seconds(status.n_steps / log.rate)} "
+                        f"for {status.n_steps} steps ({log.rate:.2f} steps/s over the first "
+                        f"{status.step})"
+                    )
+                    if bar is not None:
+                        bar.write(text, file=stream)
+                    else:
+                        print(text, file=stream, flush=True)
             if terminal:
                 if bar is None:
                     from tqdm.auto import tqdm
