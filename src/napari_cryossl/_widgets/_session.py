@@ -408,9 +408,15 @@ class Session(QObject):
         finally:
             self._syncing -= 1
 
-    def _on_store_change(self, *args, **kwargs) -> None:
+    def _on_store_change(self, change=None, *args, **kwargs) -> None:
         self.refresh_layers()
         self.particles_changed.emit()
+        if getattr(change, "kind", None) == "classes":
+            # however the class list changed (dock, script, import), every section hears it
+            if self.current_class not in [0, *self.class_numbers()]:
+                numbers = self.class_numbers()
+                self.current_class = numbers[0] if numbers else 1
+            self.classes_changed.emit()
 
     def _on_layer_data(self, event) -> None:
         """User edits on the particles layer -> the store (which autosaves)."""

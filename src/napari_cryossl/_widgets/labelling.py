@@ -201,9 +201,13 @@ class LabellingWidget(QWidget):
         for b in (self.rename_button, self.color_button, self.delete_button):
             b.setEnabled(has_classes)
         self.add_button.setEnabled(session.store is not None)
-        self.current_label.setText(
-            f"Current class: <b>{session.current_class} · {session.class_name(session.current_class)}</b>"
-        )
+        if session.store is not None and not has_classes:
+            self.current_label.setText("Current class: none yet: add a class to label with")
+        else:
+            self.current_label.setText(
+                f"Current class: <b>{session.current_class} · "
+                f"{session.class_name(session.current_class)}</b>"
+            )
         if self.click_button.isChecked() != session.label_on_click:
             self.click_button.blockSignals(True)
             self.click_button.setChecked(session.label_on_click)

@@ -37,6 +37,10 @@ from napari_cryossl._widgets.training import CHECKPOINT_FILTER
 
 #: Rows shown in the jump-to table (the least confident first).
 MAX_TABLE_ROWS = 500
+NO_CLASSES = (
+    "no classes yet: add the classes in step 3 (Labelling) first; predictions are "
+    "class numbers 1, 2, ... of those classes"
+)
 
 
 class PredictionWidget(QWidget):
@@ -108,9 +112,12 @@ class PredictionWidget(QWidget):
         session.particles_changed.connect(self.refresh)
         session.classes_changed.connect(self.refresh)
         session.tomogram_changed.connect(self.refresh)
+        session.classes_changed.connect(self._update_ready)
+        session.tomogram_changed.connect(self._update_ready)
         session.labelling_changed.connect(self._show_labelling)
         self._show_classifier()
         self.refresh()
+        self._update_ready()
 
     # run ----------------------------------------------------------------------
     def start(self):
@@ -121,6 +128,8 @@ class PredictionWidget(QWidget):
             return None
         try:
             self.session.require_tomogram()
+            if not self.session.class_numbers():
+                raise InputError(NO_CLASSES)
             classifier = self.session.classifier_path
             if classifier is None or not Path(classifier).is_file():
                 raise InputError(
@@ -176,10 +185,15 @@ class PredictionWidget(QWidget):
                 notify_error("particles were added or removed while predicting: predict again")
             )
             return
-        store.set_predictions(
-            np.asarray(result.class_numbers, dtype=np.int64),
-            np.asarray(result.confidence, dtype=np.float64),
-        )
+        try:
+            # refused (InputError) when the classifier knows classes the store lacks
+            store.set_predictions(
+                np.asarray(result.class_numbers, dtype=np.int64),
+                np.asarray(result.confidence, dtype=np.float64),
+            )
+        except Exception as exc:  # a Qt slot: an escaping error would be a traceback
+            self.status.error(notify_error(exc))
+            return
         self.session.show_predictions()
         self.status.info(f"{n_rows} particles classified")
 
@@ -187,6 +201,20 @@ class PredictionWidget(QWidget):
         self.worker = None
         self.panel.set_running(False)
         self.panel.progress.setFormat("done" if self.session._has_predictions() else "idle")
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        """Predict is offered only when it can work: say why not in the button's tooltip."""
+        button = self.panel.start_button
+        if self.worker is not None:
+            return
+        reason = None
+        if self.session.store is None:
+            reason = "open a tomogram in step 1 first"
+        elif not self.session.class_numbers():
+            reason = NO_CLASSES
+        button.setEnabled(reason is None)
+        button.setToolTip(reason or "classify every particle with the classifier above")
 
     # display ----------------------------------------------------------------------
     def _show_classifier(self) -> None:
