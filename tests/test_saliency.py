@@ -119,7 +119,7 @@ def test_pasting_uses_the_same_boxes_as_extraction_including_at_the_edges():
     box = 8
     extracted, _inside = extract_subtomograms(tomogram, centers, box, normalise=False)
     for center, sub in zip(centers, extracted, strict=True):
-        pasted = paste_heatmaps(shape, center[None], sub[None])
+        pasted = paste_heatmaps(shape, center[None], sub[None], radius=0)
         start = np.floor(center + 0.5).astype(int) - box // 2
         lo, hi = np.maximum(start, 0), np.minimum(start + box, shape)
         expected = np.zeros(shape, np.float32)
@@ -132,7 +132,7 @@ def test_overlapping_boxes_blend_by_max_and_boxes_outside_are_ignored():
     shape = (10, 10, 10)
     maps = np.stack([np.full((4, 4, 4), 0.3), np.full((4, 4, 4), 0.7), np.ones((4, 4, 4))])
     centers = [[4, 4, 4], [5, 5, 5], [40, 40, 40]]
-    out = paste_heatmaps(shape, centers, maps)
+    out = paste_heatmaps(shape, centers, maps, radius=0)
     assert out.dtype == np.float32 and out.shape == shape
     assert out[3, 3, 3] == np.float32(0.7)  # covered by both
     assert out[2, 2, 2] == np.float32(0.3)  # first box only
@@ -142,9 +142,27 @@ def test_overlapping_boxes_blend_by_max_and_boxes_outside_are_ignored():
 
 
 def test_binned_heatmaps_are_upsampled_to_the_tomogram_voxels():
-    out = paste_heatmaps((16, 16, 16), [[8, 8, 8]], np.ones((1, 4, 4, 4)), binning=2)
+    out = paste_heatmaps((16, 16, 16), [[8, 8, 8]], np.ones((1, 4, 4, 4)), binning=2, radius=0)
     assert (out > 0).sum() == 8**3
     assert out[4:12, 4:12, 4:12].min() == 1.0
+
+
+def test_each_map_is_drawn_inside_a_sphere_about_its_particle_not_as_a_box():
+    """No checkerboard of box tiles over the tomogram: zero outside every particle."""
+    shape = (24, 24, 40)
+    centers = np.array([[12.0, 12.0, 10.0], [12.3, 11.6, 22.0]])  # boxes touch along x
+    maps = np.ones((2, 12, 12, 12), np.float32)
+    out = paste_heatmaps(shape, centers, maps, radius=4.0)
+    zz, yy, xx = np.indices(shape)
+    dist = np.min(
+        [np.sqrt((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) for c in centers],
+        axis=0,
+    )
+    assert np.all(out[dist > 4.0 + 1e-6] == 0)
+    assert np.all(out[dist <= 3.9] == 1)
+    # default: a third of the box edge (a box is about 1.5 particle diameters)
+    default = paste_heatmaps(shape, centers, maps)
+    assert np.all(default[dist > 4.0 + 1e-6] == 0) and default[12, 12, 10] == 1
 
 
 def test_paste_refuses_inconsistent_input():

@@ -187,8 +187,14 @@ def paste_heatmaps(
     heatmaps,
     *,
     binning: int = 1,
+    radius: float | None = None,
 ) -> np.ndarray:
     """Place per-particle heatmaps into a tomogram-sized volume (max where they overlap).
+
+    Each map is kept only inside a sphere of ``radius`` voxels about its particle's
+    centre: pasted as whole boxes, neighbouring maps tile the tomogram like a
+    checkerboard and hide it; a sphere per particle shows what each particle's
+    classification looked at, where the particle is.
 
     Box placement is ``extract.extract_subtomograms``'s: centres are rounded to the
     nearest voxel (``floor(c + 0.5)``) and a box of edge L covers
@@ -200,6 +206,9 @@ def paste_heatmaps(
         heatmaps: (N, B, B, B) maps (e.g. from ``gradcam``).
         binning: the boxes' binning relative to the tomogram; maps are upsampled
             (trilinear) by this factor to L = B x binning voxels.
+        radius: sphere radius in tomogram voxels; None: L / 3 (a box is about 1.5
+            particle diameters, so this is about the particle's radius); 0 or less keeps
+            whole boxes.
 
     Returns:
         float32 volume of ``shape_zyx``: 0 where no box reaches, else the largest map
@@ -231,9 +240,19 @@ def paste_heatmaps(
 
         maps = np.stack([zoom(m, int(binning), order=1, mode="nearest") for m in maps])
     edge = maps.shape[1]
-    starts = np.floor(centers + 0.5).astype(np.int64) - edge // 2
+    rounded = np.floor(centers + 0.5).astype(np.int64)
+    starts = rounded - edge // 2
     dims = np.asarray(shape)
-    for m, start in zip(maps, starts, strict=True):
+    r = edge / 3.0 if radius is None else float(radius)
+    if r > 0:
+        # distance of each box voxel from the particle's (unrounded) centre
+        grid = np.arange(edge, dtype=np.float32) - edge // 2
+        offsets = (centers - rounded).astype(np.float32)
+    for i, (m, start) in enumerate(zip(maps, starts, strict=True)):
+        if r > 0:
+            dz, dy, dx = (grid - o for o in offsets[i])
+            inside = dz[:, None, None] ** 2 + dy[None, :, None] ** 2 + dx[None, None, :] ** 2
+            m = np.where(inside <= r * r, m, 0.0).astype(np.float32)
         lo = np.maximum(start, 0)
         hi = np.minimum(start + edge, dims)
         if np.any(hi <= lo):
@@ -253,6 +272,7 @@ def gradcam_for_set(
     layer: str | None = None,
     device="auto",
     batch_size: int = 16,
+    radius: float | None = None,
 ) -> list[Path]:
     """Grad-CAM of every particle of a set, written as MRC files (what ``cryossl gradcam`` does).
 
@@ -269,6 +289,8 @@ def gradcam_for_set(
         layer: Grad-CAM layer (default: the last residual block).
         device: "auto", "cpu", "cuda", "cuda:N".
         batch_size: particles per pass.
+        radius: tomogram-sized maps keep each particle's map inside a sphere of this
+            many tomogram voxels (``paste_heatmaps``; None: a third of the box edge).
 
     Returns:
         The files written.
@@ -311,7 +333,9 @@ def gradcam_for_set(
             volume = np.zeros(tomo.shape, dtype=np.float32)
             rows = np.flatnonzero(which == t)
             for idx, maps in maps_for(rows):
-                pasted = paste_heatmaps(tomo.shape, centers[idx], maps, binning=binning)
+                pasted = paste_heatmaps(
+                    tomo.shape, centers[idx], maps, binning=binning, radius=radius
+                )
                 np.maximum(volume, pasted, out=volume)
             target = out / f"{Path(path).stem}_gradcam.mrc"
             write_mrc(target, volume, tomo.voxel_size)

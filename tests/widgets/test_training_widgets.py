@@ -240,6 +240,12 @@ def test_finetune_predict_fix_gradcam_export(
     hottest = world_of(heat, np.unravel_index(np.argmax(data), data.shape))
     particle = world_of(image, particle_zyx(session.store.table)[k])
     assert np.all(np.abs(hottest - particle) <= 8 * 10.0 + 1e-6)
+    # drawn inside the particle (a sphere a little larger than it), zero elsewhere: no box
+    # tiles over the tomogram
+    centre = particle_zyx(session.store.table)[k] - start
+    dist = np.sqrt(((np.indices(data.shape).T - centre) ** 2).sum(-1)).T
+    radius = 0.6 * session.point_size
+    assert np.all(data[dist > radius + 1e-6] == 0) and data[dist <= radius].max() > 0
     sal.opacity.setValue(30)
     assert heat.opacity == pytest.approx(0.3)
     sal.view_button.setChecked(True)  # 3D

@@ -140,6 +140,8 @@ class SaliencyWidget(QWidget):
         centers = particle_zyx(sub)
         target = self.target.currentData()
         device = self.device.currentText()
+        # the particle's radius with a margin (None: a third of the box, see paste_heatmaps)
+        radius = 0.6 * self.session.point_size if self.session.particle_diameter_a else None
 
         def job():
             from napari_cryossl.dataset import SubtomogramSet
@@ -166,7 +168,9 @@ class SaliencyWidget(QWidget):
                     elapsed_s=time.perf_counter() - t0,
                 )
             lo, shape = heatmap_block(tomo.shape, centers, box)
-            block = paste_heatmaps(tuple(int(s) for s in shape), centers - lo, np.concatenate(maps))
+            block = paste_heatmaps(
+                tuple(int(s) for s in shape), centers - lo, np.concatenate(maps), radius=radius
+            )
             return block, lo
 
         worker = generator_worker(job)
