@@ -139,6 +139,39 @@ def test_pick_finds_the_simulated_particles(simulated, tmp_path, capsys):
     assert "picked" in capsys.readouterr().out
 
 
+def test_picks_written_elsewhere_still_find_their_tomogram(simulated, tmp_path, monkeypatch):
+    """The STAR records the tomogram relative to itself: the next command works from any
+    folder, with the STAR anywhere."""
+    out = tmp_path / "project" / "picks" / "picks.star"
+    out.parent.mkdir(parents=True)
+    assert main(["pick", str(simulated["tomogram"]), "--diameter", "150", "--out", str(out)]) == 0
+    name = read_particles(out)["tomo_name"].iloc[0]
+    assert name.endswith("tomogram.mrc") and not Path(name).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    from napari_cryossl.dataset import SubtomogramSet
+
+    data = SubtomogramSet.from_star(out, box_size=16)
+    assert len(data) == len(read_particles(out)) and data.load([0]).shape == (1, 16, 16, 16)
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["--diameter-px", "5000"], "does not fit"),
+        (["--diameter", "150", "--threshold", "1000"], "lower --threshold"),
+        (["--diameter-px", "5", "--threshold", "0", "--min-distance", "1"], "raise --threshold"),
+    ],
+)
+def test_picking_says_what_to_change_when_it_finds_nothing_or_far_too_much(
+    simulated, tmp_path, capsys, argv, hint
+):
+    out = tmp_path / "picks.star"
+    assert main(["pick", str(simulated["tomogram"]), *argv, "--out", str(out)]) == 0
+    assert hint in capsys.readouterr().err
+
+
 def test_pretrain_finetune_predict_gradcam_end_to_end(simulated, tmp_path):
     """The batch contract: each command consumes the previous one's output."""
     particles = simulated["particles"]
@@ -319,3 +352,14 @@ def test_progress_lines_reach_a_log_file_while_training(simulated, tmp_path):
     # on a CPU the run says what it chose and how long it will take, before it goes on
     assert text.startswith("CPU: rb3d-small")
     assert re.search(r"\[pretrain moco\] estimated time: \d+s for 24 steps", text)
+
+
+def test_a_finished_result_is_not_replaced_silently(simulated, tmp_path, capsys):
+    out = tmp_path / "encoder.pt"
+    out.write_bytes(b"a finished encoder")
+    for command in ("pretrain", "finetune"):
+        code = main([command, str(simulated["particles"]), "--out", str(out), "--epochs", "1"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert "encoder.pt exists" in err and "--overwrite" in err and "--resume" in err
+    assert out.read_bytes() == b"a finished encoder"

@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="ENCODER.pt checkpoint to write")
     add_arguments(p, PretrainConfig)
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (default: refuse)"
+    )
 
     # finetune -------------------------------------------------------------------
     p = sub.add_parser(
@@ -187,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", type=Path, default=None, help="ENCODER.pt from `cryossl pretrain`")
     add_arguments(p, FinetuneConfig)
     p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (default: refuse)"
+    )
 
     # predict --------------------------------------------------------------------
     p = sub.add_parser(
@@ -272,6 +278,19 @@ def _load_set(args: argparse.Namespace):
     from napari_cryossl.dataset import SubtomogramSet
 
     return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomogram=args.tomogram)
+
+
+def _refuse_overwrite(args: argparse.Namespace) -> None:
+    """A finished result is never replaced silently: --resume continues it, --overwrite
+    replaces it."""
+    from napari_cryossl.io import InputError
+
+    out = Path(args.out)
+    if out.exists() and not args.resume and not args.overwrite:
+        raise InputError(
+            f"{out} exists: --resume continues that run, --overwrite replaces it, or choose "
+            "another --out"
+        )
 
 
 def _cpu_defaults(config):
@@ -387,13 +406,60 @@ def cmd_pick(args: argparse.Namespace) -> int:
         polarity=args.polarity,
         max_particles=args.max_particles,
     )
-    table["tomo_name"] = Path(args.tomogram).name
+    # The tomogram as seen from the STAR's folder, so later commands find it from anywhere.
+    table["tomo_name"] = _tomogram_reference(Path(args.tomogram), Path(args.out))
     write_particles(table, args.out, voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape)
     print(
         f"{len(table)} particles picked in {args.tomogram} "
         f"(diameter {diameter_px:.1f} px, voxel {tomo.voxel_size:g} Å) -> {args.out}"
     )
+    hint = _picking_hint(len(table), diameter_px, tomo.shape)
+    if hint:
+        print(hint, file=sys.stderr)
     return 0
+
+
+def _tomogram_reference(tomogram: Path, star: Path) -> str:
+    """rlnTomoName for a tomogram: its name when the STAR sits beside it, else its path
+    relative to the STAR's folder (absolute when there is no relative path)."""
+    import os
+
+    tomogram, folder = tomogram.resolve(), star.resolve().parent
+    if tomogram.parent == folder:
+        return tomogram.name
+    try:
+        return os.path.relpath(tomogram, folder)
+    except ValueError:  # another drive (Windows)
+        return str(tomogram)
+
+
+def _picking_hint(n: int, diameter_px: float, shape) -> str:
+    """What to change when picking found nothing, or more than a crowded cell holds."""
+    import math
+
+    import numpy as np
+
+    volume = float(np.prod(shape))
+    particle = math.pi / 6 * diameter_px**3
+    size = "x".join(str(int(s)) for s in shape)
+    if n == 0:
+        if particle > volume / 8:
+            return (
+                f"hint: a particle of {diameter_px:.0f} px does not fit the {size} px "
+                "tomogram a few times over: is --diameter in Å (--diameter-px for voxels)?"
+            )
+        return (
+            "hint: nothing scored above the threshold: lower --threshold, check --diameter "
+            "and --polarity (protein is dark by default: 'bright' for inverted contrast)"
+        )
+    fraction = n * particle / volume
+    if fraction > 0.3:
+        return (
+            f"hint: {n} particles of {diameter_px:.0f} px would fill {fraction:.0%} of the "
+            "tomogram, more than a crowded cytoplasm holds: many are probably noise; raise "
+            "--threshold or --min-distance, or keep the best with --max-particles"
+        )
+    return ""
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -401,6 +467,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.train import PretrainConfig, iter_pretrain
 
+    _refuse_overwrite(args)
     data = _load_set(args)
     config = settings_from_args(PretrainConfig, args)
     config = _cpu_defaults(config)
@@ -419,6 +486,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.train import FinetuneConfig, iter_finetune
 
+    _refuse_overwrite(args)
     data = _load_set(args)
     config = settings_from_args(FinetuneConfig, args)
     with _resumable(args, "finetune"):
