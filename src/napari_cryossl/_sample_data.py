@@ -130,6 +130,7 @@ def _layers(paths: dict[str, Path], diameter_a: float) -> list[tuple]:
     vs = image[1]["metadata"]["voxel_size"]
     truth = particles_layer_data(paths["ground_truth"], voxel_size=vs, point_size=diameter_a / vs)
     truth[1]["name"] = "ground truth (simulated)"
+    truth[1]["symbol"] = "ring"  # told apart from picks and predictions (discs) at a glance
     truth[1]["visible"] = False  # the answer key: hidden until the user asks for it
     return [image, truth]
 

@@ -244,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
         "on a simulated crowded tomogram of real complexes, with a summary of accuracy against the "
         "ground truth and time per stage.",
     )
-    p.add_argument("--out", type=Path, default=Path("cryossl-demo"), help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: the user cache folder, e.g. ~/.cache/napari-cryossl/demo; "
+        "the summary prints it)",
+    )
     p.add_argument(
         "--data",
         choices=["complexes", "shapes"],

@@ -169,8 +169,16 @@ def match_picks(true_zyx: np.ndarray, picked_zyx: np.ndarray, radius: float) -> 
     return match
 
 
+def default_folder() -> Path:
+    """Where `cryossl demo` writes without --out: the user cache folder (never the
+    current folder, which may be a source checkout), e.g. ~/.cache/napari-cryossl/demo."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-cryossl")) / "demo"
+
+
 def run_demo(
-    out: Path | str,
+    out: Path | str | None,
     *,
     preset: str | None = None,
     device: str = "auto",
@@ -182,7 +190,7 @@ def run_demo(
     """Run the whole pipeline on simulated data and print a summary.
 
     Args:
-        out: folder for every file the demo writes.
+        out: folder for every file the demo writes (None: ``default_folder()``).
         preset: "cpu" or "gpu"; default "gpu" when CUDA is available, else "cpu".
         device: "auto", "cpu", "cuda"...
         seed: makes the run repeatable.
@@ -213,7 +221,7 @@ def run_demo(
     cfg = PRESETS[preset]
     if preset_overrides:
         cfg = dataclasses.replace(cfg, **preset_overrides)
-    out = Path(out)
+    out = Path(out) if out is not None else default_folder()
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out=out)
     rng = np.random.default_rng(seed)
@@ -394,6 +402,7 @@ def open_in_napari(result: DemoResult, viewer=None):
     session.open_tomogram(result.files["tomogram"])
     (truth,) = viewer.open(str(result.files["ground truth"]), plugin="napari-cryossl")
     truth.name = "ground truth (simulated)"
+    truth.symbol = "ring"  # told apart from the predictions' discs at a glance
     truth.visible = False
     (heat,) = viewer.open(str(result.files["gradcam"]), plugin="napari-cryossl")
     heat.name = "Grad-CAM (every particle)"

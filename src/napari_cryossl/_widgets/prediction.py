@@ -10,6 +10,7 @@ have a white rim in the predictions layer.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -263,11 +264,17 @@ class PredictionWidget(QWidget):
         conf = np.nan_to_num(prob, nan=0.0)
         visible = (predicted > 0) & (conf >= session.min_confidence)
         numbers, counts = np.unique(predicted[visible], return_counts=True)
+        count = dict(zip(numbers.tolist(), counts.tolist(), strict=True))
+        colours = {int(c["number"]): c["color"] for c in session.store.classes}
+        # The legend: every class with its colour (as drawn in the predictions layer).
         parts = [
-            f"{session.class_name(int(n))}: {int(c)}" for n, c in zip(numbers, counts, strict=True)
+            f'<span style="color:{colours.get(n, "#888888")}">&#9679;</span> '
+            f"{html.escape(session.class_name(n))}: {count.get(n, 0)}"
+            for n in session.class_numbers()
         ]
         self.counts_label.setText(
-            f"Predicted ({int(visible.sum())} of {len(predicted)} shown): " + ", ".join(parts)
+            f"Predicted ({int(visible.sum())} of {len(predicted)} shown; white rim = your "
+            "label):<br>" + "<br>".join(parts)
         )
         labels = session.store.table["class_number"].to_numpy()
         order = np.flatnonzero(visible)
