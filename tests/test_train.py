@@ -507,3 +507,12 @@ def test_default_recipe_beats_the_radial_floor_on_randomly_oriented_isolated_par
                       == labels[test]).mean())
     print(f"default recipe {accuracy:.3f}, radial floor {floor:.3f}")
     assert accuracy >= floor + 0.04, (accuracy, floor)
+
+
+def test_the_default_recipe_trains_longer_on_a_gpu_unless_told():
+    from napari_cryossl.train import GPU_EPOCHS, RECIPES
+
+    assert FinetuneConfig().resolved("cpu").epochs == RECIPES["default"]["epochs"]
+    assert FinetuneConfig().resolved("cuda").epochs == GPU_EPOCHS["default"]
+    assert FinetuneConfig(epochs=5).resolved("cuda").epochs == 5
+    assert FinetuneConfig(recipe="paper").resolved("cuda").epochs == RECIPES["paper"]["epochs"]

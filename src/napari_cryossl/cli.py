@@ -299,6 +299,24 @@ def _refuse_overwrite(args: argparse.Namespace) -> None:
         )
 
 
+def _announce_finetune_epochs(config) -> None:
+    """Say on a CPU that a GPU would train longer by default, and what that buys."""
+    from napari_cryossl.devices import select_device
+    from napari_cryossl.train import GPU_EPOCHS
+
+    if config.epochs is not None or config.recipe not in GPU_EPOCHS or not _rank0():
+        return
+    if select_device(config.device).type != "cpu":
+        return
+    print(
+        f"CPU: {config.resolved().epochs} epochs; on a GPU the default is "
+        f"{GPU_EPOCHS[config.recipe]} (at low SNR accuracy keeps rising with training: "
+        f"--epochs {GPU_EPOCHS[config.recipe]} to train as long here; docs/benchmarks.md).",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _cpu_defaults(config):
     """On a CPU, pretrain for minutes, not hours: without --epochs the methods' own
     epochs (200 for MoCo) are replaced by ``options.CPU_PRETRAIN_EPOCHS``, and the
@@ -495,6 +513,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     _refuse_overwrite(args)
     data = _load_set(args)
     config = settings_from_args(FinetuneConfig, args)
+    _announce_finetune_epochs(config)
     with _resumable(args, "finetune"):
         last, _log = drive(
             iter_finetune(data, config, args.out, init=args.init, resume=args.resume), "finetune"

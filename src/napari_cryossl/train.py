@@ -118,6 +118,11 @@ PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"augment": None},
 }
 
+#: Epochs of a recipe on a GPU when ``epochs`` is not given: accuracy at low SNR keeps
+#: rising with optimiser steps (SNR 0.05, all labels: 19.5 / 21.9 / 28.3 % at 30 / 60 /
+#: 120 epochs, docs/benchmarks.md), which a GPU affords and a CPU does not.
+GPU_EPOCHS: dict[str, int] = {"default": 120}
+
 #: Fine-tuning recipes (``FinetuneConfig.recipe``): every ``FinetuneConfig`` field left
 #: at None takes the recipe's value. "default" was chosen by measurement on the paper's
 #: simulated benchmark (docs/training.md): few labels and CPU-sized budgets need every
@@ -420,8 +425,9 @@ class FinetuneConfig:
     save_every: int = 1
     encoder_options: dict[str, Any] | None = None
 
-    def resolved(self) -> FinetuneConfig:
-        """A copy with every None taken from ``RECIPES[recipe]`` (checked)."""
+    def resolved(self, device_type: str | None = None) -> FinetuneConfig:
+        """A copy with every None taken from ``RECIPES[recipe]`` (checked); on a GPU
+        (``device_type`` "cuda") the epochs from ``GPU_EPOCHS`` when not given."""
         from napari_cryossl.devices import InputError
 
         if self.recipe not in RECIPES:
@@ -433,6 +439,8 @@ class FinetuneConfig:
             for key, value in RECIPES[self.recipe].items()
             if getattr(self, key) is None
         }
+        if self.epochs is None and device_type == "cuda" and self.recipe in GPU_EPOCHS:
+            values["epochs"] = GPU_EPOCHS[self.recipe]
         out = dataclasses.replace(self, **values)
         out.check()
         return out
@@ -1061,12 +1069,12 @@ class _FinetuneJob(_Job):
         )
 
         asked_preset = config.preset  # None: whatever the init/resume checkpoint holds
-        config = config.resolved()
+        self.device = select_device(config.device)
+        config = config.resolved(self.device.type)
         self.config = config
         self.data = data
         self.out = Path(out)
         self.last_path = last_checkpoint_path(self.out)
-        self.device = select_device(config.device)
         self.ctx = (
             distributed
             if distributed is not None
