@@ -251,6 +251,35 @@ def test_pretrain_finetune_predict_gradcam_end_to_end(simulated, tmp_path):
     maps = sorted(heat_dir.glob("*.mrc"))
     assert len(maps) == len(source)
 
+    # the population: every row with its map coordinates and cluster, vectors beside it
+    embedded = tmp_path / "embedded.star"
+    for model in (encoder, classifier):
+        assert main(["embed", str(model), str(particles), "--out", str(embedded),
+                     "--clusters", "3", "--device", "cpu"]) == 0
+        table = starfile.read(embedded)
+        table = table["particles"] if isinstance(table, dict) else table
+        assert list(table["rlnImageName"]) == list(source["rlnImageName"])
+        assert set(source.columns) <= set(table.columns)
+        assert np.isfinite(table[["cryosslMapX", "cryosslMapY"]].to_numpy(float)).all()
+        assert set(table["cryosslCluster"]) <= {1, 2, 3}
+        vectors = np.load(embedded.with_suffix(".npy"))
+        assert vectors.shape[0] == len(source) and vectors.ndim == 2
+
+    # what to label next: unlabelled rows only, at most --n
+    partly = particles.parent / f"partly_{tmp_path.name}.star"  # beside its subtomograms
+    from napari_cryossl.io import replace_star_columns
+
+    classes = source["rlnClassNumber"].to_numpy().copy()
+    classes[3:] = 0  # three labels left
+    replace_star_columns(particles, partly, {"rlnClassNumber": classes})
+    nxt = tmp_path / "next.star"
+    assert main(["suggest", str(classifier), str(partly), "--n", "5", "--out", str(nxt),
+                 "--device", "cpu"]) == 0
+    chosen = starfile.read(nxt)
+    chosen = chosen["particles"] if isinstance(chosen, dict) else chosen
+    assert len(chosen) == 5 and set(chosen["rlnImageName"]) <= set(source["rlnImageName"][3:])
+    assert (chosen["rlnClassNumber"] == 0).all()
+
 
 def test_gradcam_on_tomogram_coordinates_writes_one_volume(simulated, tmp_path):
     import mrcfile

@@ -236,6 +236,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--layer", default=None, help="layer name (default: the last convolutional block)"
     )
 
+    # embed ------------------------------------------------------------------------
+    p = sub.add_parser(
+        "embed",
+        help="embeddings, a 2D map and clusters of every particle",
+        description="Embed every particle with an encoder or classifier checkpoint. Writes the "
+        "input rows plus cryosslMapX, cryosslMapY (a UMAP map, or PCA without umap-learn) and "
+        "cryosslCluster (k-means with --clusters N, else HDBSCAN; 0 = noise), and the "
+        "embedding vectors to OUT.npy (one row per particle, same order).",
+    )
+    p.add_argument("model", type=Path, help="ENCODER.pt or CLASSIFIER.pt")
+    _add_data_options(p)
+    _add_runtime_options(p)
+    p.add_argument("--out", type=Path, required=True, help="OUT.star (or .csv); OUT.npy beside it")
+    p.add_argument(
+        "--map", choices=["auto", "umap", "pca"], default="auto",
+        help="2D map: UMAP (umap-learn, `pip install napari-cryossl[map]`) or PCA; auto: "
+        "UMAP when installed",
+    )
+    p.add_argument(
+        "--clusters", type=_positive_int, default=None,
+        help="k-means with this many clusters (default: HDBSCAN finds them)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+    # suggest ----------------------------------------------------------------------
+    p = sub.add_parser(
+        "suggest",
+        help="the unlabelled particles worth labelling next",
+        description="Choose N unlabelled particles (no class, or class 0) to label next: the "
+        "least certain under a logistic regression on the labelled particles' embeddings "
+        "(smallest margin), spread over the population (k-centre). Writes those rows, most "
+        "informative first.",
+    )
+    p.add_argument("model", type=Path, help="ENCODER.pt or CLASSIFIER.pt")
+    _add_data_options(p)
+    _add_runtime_options(p)
+    p.add_argument("--n", type=_positive_int, default=20, help="how many to suggest")
+    p.add_argument("--out", type=Path, required=True, help="NEXT.star (or .csv)")
+
     # demo -------------------------------------------------------------------------
     p = sub.add_parser(
         "demo",
@@ -581,6 +620,96 @@ def _write_predictions(source: Path, out: Path, table, result) -> None:
         write_particles(table, out)
 
 
+def _write_rows(source: Path, out: Path, table, rows, columns: dict | None = None) -> None:
+    """Write ``rows`` of the input (in that order) with extra ``columns``: a STAR input
+    keeps every block and column of the user's file; otherwise the particle table."""
+    import numpy as np
+
+    from napari_cryossl.io import write_particles
+
+    rows = np.asarray(rows, dtype=np.int64)
+    columns = columns or {}
+    if Path(out).suffix.lower() == ".star" and Path(source).suffix.lower() == ".star":
+        import starfile
+
+        from napari_cryossl.io import (
+            _block_frame,
+            _particle_block_name,
+            _read_star_blocks,
+            atomic_write,
+        )
+
+        blocks = dict(_read_star_blocks(source))
+        name = _particle_block_name(blocks, source)
+        frame = _block_frame(blocks[name]).iloc[rows].reset_index(drop=True)
+        for label, values in columns.items():
+            frame[label] = [repr(float(v)) if isinstance(v, float) else str(v) for v in values]
+        blocks[name] = frame
+        with atomic_write(out) as tmp:
+            starfile.write(blocks, tmp, float_format=None, na_rep="nan")
+        return
+    subset = table.iloc[rows].reset_index(drop=True).copy()
+    for label, values in columns.items():
+        subset[label] = list(values)
+    write_particles(subset, out)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_cryossl.population import cluster, embed_particles, map_2d
+
+    data = _load_set(args)
+    embeddings = embed_particles(
+        args.model, data, device=args.device, batch_size=args.batch_size or 64
+    )
+    coords, method = map_2d(embeddings, method=args.map, seed=args.seed)
+    groups = cluster(embeddings, n_clusters=args.clusters, seed=args.seed)
+    out = Path(args.out)
+    _write_rows(
+        args.particles,
+        out,
+        data.table,
+        np.arange(len(data)),
+        {
+            "cryosslMapX": coords[:, 0].astype(float).tolist(),
+            "cryosslMapY": coords[:, 1].astype(float).tolist(),
+            "cryosslCluster": groups.astype(int).tolist(),
+        },
+    )
+    np.save(out.with_suffix(".npy"), embeddings)
+    n_groups = len(set(groups.tolist()) - {0})
+    print(
+        f"{len(data)} particles embedded ({embeddings.shape[1]} features, {method.upper()} "
+        f"map, {n_groups} clusters) -> {out}, {out.with_suffix('.npy')}"
+    )
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_cryossl.io import InputError
+    from napari_cryossl.population import embed_particles, suggest
+
+    data = _load_set(args)
+    labels = np.asarray(data.class_numbers, dtype=np.int64)
+    if not (labels <= 0).any():
+        raise InputError(f"{args.particles}: every particle is labelled; nothing to suggest")
+    embeddings = embed_particles(
+        args.model, data, device=args.device, batch_size=args.batch_size or 64
+    )
+    chosen = suggest(embeddings, labels, args.n)
+    _write_rows(args.particles, Path(args.out), data.table, chosen)
+    how = (
+        "least certain, spread out"
+        if len(np.unique(labels[labels > 0])) >= 2
+        else "spread over the population (fewer than 2 labelled classes)"
+    )
+    print(f"{len(chosen)} particles to label next ({how}) -> {args.out}")
+    return 0
+
+
 def cmd_gradcam(args: argparse.Namespace) -> int:
     from napari_cryossl.saliency import gradcam_for_set
 
@@ -620,6 +749,8 @@ _COMMANDS = {
     "predict": cmd_predict,
     "gradcam": cmd_gradcam,
     "demo": cmd_demo,
+    "embed": cmd_embed,
+    "suggest": cmd_suggest,
 }
 
 

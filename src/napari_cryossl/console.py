@@ -133,7 +133,7 @@ def drive(
     last = None
     bar = None
     next_line = time.perf_counter() + every
-    printed = ""
+    printed_step = -1
     estimated = False
     try:
         for status in generator:
@@ -172,11 +172,10 @@ def drive(
                 continue
             now = time.perf_counter()
             epoch_end = getattr(status, "event", "step") in ("epoch", "done", "stopped")
-            if epoch_end or now >= next_line:
-                text = log.line(status)
-                if text != printed:
-                    print(text, file=stream, flush=True)
-                    printed = text
+            repeat = status.event == "done" and status.step == printed_step
+            if (epoch_end or now >= next_line) and not repeat:
+                print(log.line(status), file=stream, flush=True)
+                printed_step = status.step
                 next_line = now + every
     except KeyboardInterrupt:
         generator.close()
