@@ -1,0 +1,111 @@
+"""Does `suggest` spend labels better than random clicks? Labels needed for an accuracy.
+
+An active-learning loop on simulated particles with ground truth: start from one label
+per class, then in each round label ``--step`` more particles, chosen either by
+``population.suggest`` (margin sampling spread by k-centre) or at random, refit the
+instant classifier (logistic regression on the embeddings) and score it on every
+particle not labelled yet. The embeddings come from an encoder checkpoint (for example
+the one ``cryossl demo`` pretrains with MoCo on its picks), applied to a fresh simulated
+set of the same kind.
+
+    python benchmarks/bench_suggest.py --encoder ~/.cache/napari-cryossl/demo/encoder.pt
+
+Writes ``--out/suggest.json`` and prints the accuracy-vs-labels table and the number of
+labels suggestions need to reach the accuracy random labelling reaches with the most
+labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def loop(embeddings, truth, strategy: str, *, rounds: int, step: int, seed: int):
+    from napari_cryossl.population import InstantClassifier, suggest
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros_like(truth)
+    for c in np.unique(truth):  # one label per class to start, as a user would
+        labels[rng.choice(np.flatnonzero(truth == c))] = c
+    curve = []
+    for _ in range(rounds + 1):
+        clf = InstantClassifier().fit(embeddings, labels)
+        rest = labels == 0
+        predicted, _ = clf.predict(embeddings[rest])
+        curve.append((int((labels > 0).sum()), float((predicted == truth[rest]).mean())))
+        if strategy == "suggest":
+            chosen = suggest(embeddings, labels, step)
+        else:
+            chosen = rng.choice(np.flatnonzero(rest), size=step, replace=False)
+        labels[chosen] = truth[chosen]
+    return curve
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--encoder", type=Path, required=True, help="encoder or classifier checkpoint")
+    p.add_argument("--structures", default="TRiC,apoferritin,RuvAB,GluA3-NTD")
+    p.add_argument("--per-class", type=int, default=250)
+    p.add_argument("--snr", type=float, default=0.5)
+    p.add_argument("--voxel-size", type=float, default=20.0)
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--step", type=int, default=4)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/out/suggest"))
+    args = p.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.models import load_checkpoint
+    from napari_cryossl.population import embed_particles
+    from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
+
+    state = load_checkpoint(args.encoder)
+    names = tuple(args.structures.split(","))
+    cfg = SimulationConfig(
+        n_classes=len(names), structures=names, box_size=int(state["box_size"]),
+        voxel_size=args.voxel_size, snr=args.snr,
+    )
+    t0 = time.perf_counter()
+    volumes, truth = simulate_subtomograms(args.per_class, cfg, seed=11)
+    data = SubtomogramSet.from_arrays(volumes, truth, voxel_size=cfg.voxel_size)
+    embeddings = embed_particles(state, data, device="cpu")
+    print(f"{len(data)} particles embedded in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    curves = {s: [loop(embeddings, truth, s, rounds=args.rounds, step=args.step, seed=r)
+                  for r in range(args.runs)] for s in ("random", "suggest")}
+    n_labels = [n for n, _ in curves["random"][0]]
+    mean = {s: np.mean([[a for _, a in c] for c in cs], axis=0) for s, cs in curves.items()}
+    print("| labels | random | suggest |\n|---|---|---|")
+    for i, n in enumerate(n_labels):
+        print(f"| {n} | {mean['random'][i]:.3f} | {mean['suggest'][i]:.3f} |")
+    target = mean["random"][-1]
+    reach = next((n for n, a in zip(n_labels, mean["suggest"], strict=True) if a >= target), None)
+    print(
+        f"random labelling reaches {target:.3f} with {n_labels[-1]} labels; suggestions "
+        f"reach it with {reach if reach is not None else 'more than ' + str(n_labels[-1])} "
+        "labels" + (f" ({reach / n_labels[-1]:.0%})" if reach else ""),
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "suggest.json").write_text(json.dumps({
+        "encoder": str(args.encoder), "structures": names, "snr": args.snr,
+        "per_class": args.per_class, "n_labels": n_labels,
+        "random": mean["random"].tolist(), "suggest": mean["suggest"].tolist(),
+        "labels_to_reach_random": reach, "runs": args.runs,
+        "date": time.strftime("%Y-%m-%d"),
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
