@@ -504,7 +504,10 @@ def _candidates(dotted: str, modules: list):
             for value in vars(m).values():
                 if (
                     isinstance(value, type)
-                    and value.__module__ == m.__name__
+                    and (
+                        value.__module__ == m.__name__  # defined in the module or, for a
+                        or value.__module__.startswith(m.__name__ + ".")  # package, below it
+                    )
                     and hasattr(value, head)
                 ):
                     roots.append(getattr(value, head))
@@ -552,18 +555,20 @@ def test_docs_api_references_resolve():
 
 
 def test_docs_api_signatures_match_the_code():
-    """In each `## a.py / b.py` section, every `name(args)` names a function, class or
-    method of those modules, and every argument it shows is one the code takes."""
+    """In each `## a.py / b.py` (or package `## a/`) section, every `name(args)` names a
+    function, class or method of those modules, and every argument it shows is one the
+    code takes."""
     import importlib
 
     text = API_DOC.read_text(encoding="utf-8")
     problems, checked = [], 0
     for heading, body in _sections(text):
-        names = re.findall(r"\b(\w+)\.py\b", heading)
+        # A module (`io.py`) or a package (`io/`, its `__init__` re-exporting the names).
+        names = re.findall(r"\b(\w+)(?:\.py\b|/)", heading)
         if not names:
             continue
         for name in names:
-            assert f"{PACKAGE}.{name}" in MODULES, f"docs/api.md: no module {name}.py ({heading})"
+            assert f"{PACKAGE}.{name}" in MODULES, f"docs/api.md: no module {name} ({heading})"
         modules = [importlib.import_module(f"{PACKAGE}.{n}") for n in names]
         for span, dotted, args in _documented_calls(body):
             found = _candidates(dotted, modules)

@@ -1,4 +1,4 @@
-"""io.py: MRC tomograms, STAR/CSV particle tables, atomic writes, input errors."""
+"""io/: MRC tomograms, STAR/CSV particle tables, atomic writes, input errors."""
 
 from __future__ import annotations
 

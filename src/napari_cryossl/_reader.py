@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-# Declared once, in io.py; importable from here too (the widgets used to).
+# Declared once, in io/ (io.mrc, io.particles); importable from here too (the widgets used to).
 from napari_cryossl.io import PARTICLE_SUFFIXES, TOMOGRAM_SUFFIXES
 
 #: At most this many voxels are read to set the contrast limits.

@@ -51,14 +51,12 @@ from napari_cryossl.io import (
     TOMOGRAM_SUFFIXES,
     InputError,
     InputWarning,
-    _read_star_blocks,
-    _read_text,
-    _star_float,
-    _star_text,
     atomic_write,
     make_particle_table,
     remove_stale_temp_files,
 )
+from napari_cryossl.io.errors import _read_text
+from napari_cryossl.io.star import _read_star_blocks, _star_float, _star_text
 
 __all__ = [
     "DEFAULT_PALETTE",

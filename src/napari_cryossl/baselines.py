@@ -238,7 +238,8 @@ def simulated_ceiling(volumes, config, *, n_rotations: int = 500, max_shift=None
     Returns:
         ``TemplateMatchResult`` (class numbers 1..n_classes).
     """
-    from napari_cryossl.simulate import _transfer, class_templates
+    from napari_cryossl.simulate import class_templates
+    from napari_cryossl.simulate.optics import _transfer
 
     b = int(config.box_size)
     if np.asarray(volumes).shape[-1] != b:
