@@ -632,12 +632,8 @@ def _write_rows(source: Path, out: Path, table, rows, columns: dict | None = Non
     if Path(out).suffix.lower() == ".star" and Path(source).suffix.lower() == ".star":
         import starfile
 
-        from napari_cryossl.io import (
-            _block_frame,
-            _particle_block_name,
-            _read_star_blocks,
-            atomic_write,
-        )
+        from napari_cryossl.io.atomic import atomic_write
+        from napari_cryossl.io.star import _block_frame, _particle_block_name, _read_star_blocks
 
         blocks = dict(_read_star_blocks(source))
         name = _particle_block_name(blocks, source)
