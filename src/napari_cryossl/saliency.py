@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["gradcam", "gradcam_for_set", "paste_heatmaps"]
+__all__ = ["gradcam", "gradcam_for_set", "iter_gradcam", "paste_heatmaps"]
 
 
 def _find_layer(model, layer: str | None):
@@ -179,6 +179,48 @@ def gradcam(
         handle.remove()
         model.to(original_device).train(was_training)
     return out
+
+
+def iter_gradcam(
+    model_or_checkpoint,
+    data,
+    *,
+    target_class=None,
+    layer: str | None = None,
+    device="auto",
+    batch_size: int = 16,
+):
+    """Grad-CAM of every particle of a ``SubtomogramSet``, batch by batch.
+
+    The generator form that the dock runs in a worker (progress, cancel): yields a
+    ``TrainStatus`` (stage "gradcam", one step per batch) after each batch, then the
+    (N, B, B, B) float32 maps in the set's order.
+    """
+    import math
+    import time
+
+    from napari_cryossl.predict import load_classifier
+    from napari_cryossl.status import TrainStatus
+
+    t0 = time.perf_counter()
+    model, classes, _names, _state = load_classifier(model_or_checkpoint, box_size=data.box_size)
+    n, step = len(data), max(int(batch_size), 1)
+    n_steps = max(math.ceil(n / step), 1)
+    maps = []
+    for k, start in enumerate(range(0, n, step)):
+        idx = np.arange(start, min(start + step, n))
+        maps.append(
+            gradcam(
+                model, data.load(idx), target=target_class, layer=layer, device=device,
+                batch_size=step, class_numbers=classes,
+            )
+        )
+        yield TrainStatus(
+            stage="gradcam", epoch=0, n_epochs=1, step=k + 1, n_steps=n_steps, loss=None,
+            metrics={"particles": int(idx[-1]) + 1}, elapsed_s=time.perf_counter() - t0,
+        )
+    b = int(model.box_size)
+    yield np.concatenate(maps) if maps else np.zeros((0, b, b, b), np.float32)
 
 
 def paste_heatmaps(

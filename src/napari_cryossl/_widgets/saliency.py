@@ -9,9 +9,6 @@ allocating a tomogram-sized array for a few particles.
 
 from __future__ import annotations
 
-import time
-from types import SimpleNamespace
-
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -145,31 +142,22 @@ class SaliencyWidget(QWidget):
 
         def job():
             from napari_cryossl.dataset import SubtomogramSet
-            from napari_cryossl.predict import load_classifier
-            from napari_cryossl.saliency import gradcam, paste_heatmaps
+            from napari_cryossl.models import load_checkpoint
+            from napari_cryossl.saliency import iter_gradcam, paste_heatmaps
 
-            t0 = time.perf_counter()
-            model, classes, _names, _state = load_classifier(classifier)
-            box = int(model.box_size)
+            state = load_checkpoint(classifier, kind="classifier")
+            box = int(state["box_size"])
             data = SubtomogramSet.from_table(sub, tomo, box)
-            n_steps = (len(data) + _BATCH - 1) // _BATCH
-            maps = []
-            for step, start in enumerate(range(0, len(data), _BATCH)):
-                idx = np.arange(start, min(start + _BATCH, len(data)))
-                maps.append(
-                    gradcam(
-                        model, data.load(idx), target=target, device=device, class_numbers=classes
-                    )
-                )
-                yield SimpleNamespace(
-                    stage="Grad-CAM",
-                    step=step + 1,
-                    n_steps=n_steps,
-                    elapsed_s=time.perf_counter() - t0,
-                )
+            maps = None
+            for item in iter_gradcam(state, data, target_class=target, device=device,
+                                     batch_size=_BATCH):
+                if hasattr(item, "n_steps"):
+                    yield item
+                else:
+                    maps = item
             lo, shape = heatmap_block(tomo.shape, centers, box)
             block = paste_heatmaps(
-                tuple(int(s) for s in shape), centers - lo, np.concatenate(maps), radius=radius
+                tuple(int(s) for s in shape), centers - lo, maps, radius=radius
             )
             return block, lo
 
