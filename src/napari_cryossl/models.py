@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -44,13 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
-try:
-    from napari_cryossl.io import InputError
-except ImportError:  # pragma: no cover - io.py is written in parallel; fallback until it lands
-
-    class InputError(ValueError):  # type: ignore[no-redef]
-        """Bad input file; the message names the file and the problem."""
-
+from napari_cryossl.io.atomic import atomic_write
+from napari_cryossl.io.errors import InputError
 
 __all__ = [
     "CHECKPOINT_VERSION",
@@ -596,34 +589,6 @@ def count_flops(model: nn.Module, box_size: int | None = None) -> int:
 # --------------------------------------------------------------------------- checkpoints
 
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Temp file in the destination folder, moved onto ``path`` only on success.
-
-    Uses ``napari_cryossl.io.atomic_write`` when available (one implementation
-    for the whole package); this local copy covers the time before io.py exists.
-    """
-    try:
-        from napari_cryossl.io import atomic_write
-    except ImportError:
-        atomic_write = None
-    if atomic_write is not None:
-        with atomic_write(path) as tmp:
-            yield Path(tmp)
-        return
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _plain(value: Any, key: str = "state") -> Any:
     """Convert ``value`` to what ``torch.load(weights_only=True)`` accepts.
 
@@ -745,7 +710,7 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     plain = _plain(dict(state))
     plain.setdefault("version", CHECKPOINT_VERSION)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_path(path) as tmp:
+    with atomic_write(path) as tmp:
         torch.save(plain, tmp)
 
 
