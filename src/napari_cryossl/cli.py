@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     from napari_cryossl import __version__
     from napari_cryossl.options import add_arguments
+    from napari_cryossl.picking import PickSettings
     from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -150,16 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--diameter", type=float, help="particle diameter in Å")
     size.add_argument("--diameter-px", type=float, help="particle diameter in voxels")
-    p.add_argument(
-        "--threshold", type=float, default=None, help="DoG score threshold (default: automatic)"
-    )
-    p.add_argument(
-        "--min-distance", type=float, default=None, help="minimum distance between picks (voxels)"
-    )
-    p.add_argument(
-        "--polarity", choices=["dark", "bright"], default="dark", help="particle contrast"
-    )
-    p.add_argument("--max-particles", type=_positive_int, default=None)
+    add_arguments(p, PickSettings)
     p.add_argument("--out", type=Path, required=True, help="picks.star or picks.csv")
 
     # pretrain -------------------------------------------------------------------
@@ -451,8 +443,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from napari_cryossl.io import InputError, open_tomogram, write_particles
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.options import settings_from_args
+    from napari_cryossl.picking import PickSettings, pick_particles
 
     tomo = open_tomogram(args.tomogram)
     if args.diameter is not None:
@@ -461,14 +456,8 @@ def cmd_pick(args: argparse.Namespace) -> int:
         diameter_px = args.diameter / tomo.voxel_size
     else:
         diameter_px = args.diameter_px
-    table = pick_particles(
-        tomo.data,
-        diameter_px,
-        threshold=args.threshold,
-        min_distance_px=args.min_distance,
-        polarity=args.polarity,
-        max_particles=args.max_particles,
-    )
+    settings = settings_from_args(PickSettings, args)
+    table = pick_particles(tomo.data, diameter_px, **dataclasses.asdict(settings))
     # The tomogram as seen from the STAR's folder, so later commands find it from anywhere.
     table["tomo_name"] = _tomogram_reference(Path(args.tomogram), Path(args.out))
     write_particles(table, args.out, voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape)

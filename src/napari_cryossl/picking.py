@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -54,11 +55,13 @@ from scipy.spatial import cKDTree
 
 from napari_cryossl.extract import _MappedPages, _volume_and_name
 from napari_cryossl.io import InputError, make_particle_table
+from napari_cryossl.options import option
 
 __all__ = [
     "AUTO_THRESHOLD",
     "DOG_RATIO",
     "MIN_DISTANCE_FRACTION",
+    "PickSettings",
     "dog_response",
     "dog_sigmas",
     "pick_particles",
@@ -73,6 +76,35 @@ DOG_RATIO = 1.6
 AUTO_THRESHOLD = 3.0
 #: Default minimum distance between picks, as a fraction of the diameter.
 MIN_DISTANCE_FRACTION = 0.7
+
+
+@dataclass
+class PickSettings:
+    """What a user chooses for automatic picking (besides the diameter), declared once
+    for the CLI (``cryossl pick``) and the dock's Picking section (``options.py``).
+    ``pick_particles(volume, diameter_px, **asdict(settings))`` applies them."""
+
+    threshold: float | None = option(
+        None,
+        f"minimum DoG score in robust noise units (default: automatic, {AUTO_THRESHOLD:g}): "
+        "lower finds more, and more false, picks",
+        minimum=0.0,
+    )
+    min_distance_px: float | None = option(
+        None,
+        f"minimum distance between picks in voxels (default: {MIN_DISTANCE_FRACTION:g} x "
+        "the diameter)",
+        minimum=0.0,
+        flag="--min-distance",
+    )
+    polarity: str = option(
+        "dark", "particle contrast: dark (protein in cryo-ET) or bright", choices=("dark", "bright")
+    )
+    max_particles: int | None = option(
+        None, "keep at most this many picks, best scores first", minimum=1
+    )
+
+
 #: Gaussian kernels are cut at this many σ (scipy's default), which sets the chunk halo.
 _TRUNCATE = 4.0
 #: At most about this many voxels feed the median/MAD estimate (a strided global grid).

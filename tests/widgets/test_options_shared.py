@@ -56,3 +56,19 @@ def test_cli_and_dock_share_choices_defaults_and_help(dock, monkeypatch):
         for f in dataclasses.fields(cls):
             if "option" in f.metadata:
                 assert _parser_action(parser, command, f.name) is not None
+
+
+def test_picking_options_come_from_pick_settings(dock):
+    from napari_cryossl.cli import build_parser
+    from napari_cryossl.options import describe
+    from napari_cryossl.picking import AUTO_THRESHOLD, PickSettings
+
+    parser = build_parser()
+    _viewer, widget = dock()
+    pick = widget.picking
+    threshold = describe(PickSettings, "threshold")
+    assert _parser_action(parser, "pick", "threshold").help.startswith(threshold.help)
+    assert pick.threshold.toolTip() == threshold.tooltip()
+    assert pick.threshold.value() == AUTO_THRESHOLD  # what the CLI's default (None) means
+    assert tuple(_parser_action(parser, "pick", "polarity").choices) == ("dark", "bright")
+    assert pick.max_picks.toolTip() == describe(PickSettings, "max_particles").tooltip()

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 
 from napari_cryossl._widgets._common import StatusLine, notify_error
 from napari_cryossl._widgets._session import Session
+from napari_cryossl.options import describe
 
 PARTICLE_FILTER = "Particle lists (*.star *.csv);;All files (*)"
 _PREVIEW_COLOR = "#ffd400"
@@ -71,14 +72,15 @@ class PickingWidget(QWidget):
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 100.0)
         self.threshold.setSingleStep(0.5)
-        self.threshold.setValue(3.0)
-        self.threshold.setToolTip(
-            "Minimum DoG score in robust noise units: lower finds more (and more false) picks"
-        )
+        # PickSettings leaves the threshold at None, "automatic": show the value it means
+        from napari_cryossl.picking import AUTO_THRESHOLD, PickSettings
+
+        self.threshold.setValue(AUTO_THRESHOLD)
+        self.threshold.setToolTip(describe(PickSettings, "threshold").tooltip())
         self.max_picks = QSpinBox()
         self.max_picks.setRange(0, 1_000_000)
         self.max_picks.setSpecialValueText("no limit")
-        self.max_picks.setToolTip("Keep at most this many picks (best scores first)")
+        self.max_picks.setToolTip(describe(PickSettings, "max_particles").tooltip())
         form.addRow("Particle diameter:", self.diameter)
         form.addRow("Threshold:", self.threshold)
         form.addRow("Max picks:", self.max_picks)
