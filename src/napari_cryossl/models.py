@@ -152,7 +152,7 @@ PRESETS: Mapping[str, EncoderPreset] = {
         batch_norm=True,
         pooling="global",
         stages=3,
-        input_sigma=0.8,
+        input_sigma=0.5,
         radial_channel=True,
         radial_features=True,
     ),
