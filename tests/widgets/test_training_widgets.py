@@ -164,6 +164,12 @@ def test_finetuning_refuses_too_few_labels_with_a_message(dock, tomogram, truth)
     assert ft.start() is None
     assert "too few labels" in ft.status.text()
     assert ft.worker is None and not session.busy
+    # the button is not offered while it cannot work, and says why
+    assert not ft.panel.start_button.isEnabled()
+    assert "too few labels" in ft.panel.start_button.toolTip()
+    another = np.flatnonzero(session.store.table["class_number"].to_numpy() == 0)[0]
+    session.store.set_class([another], 2)  # two labels of each class now
+    assert ft.panel.start_button.isEnabled()
 
 
 def test_finetune_predict_fix_gradcam_export(

@@ -499,7 +499,29 @@ class FinetuneWidget(_TrainingSection):
         set_path_label(self.init_label, self.session.encoder_path, "none: training from scratch")
         if self.session.store is None:
             self.labels_label.setText("")
+            self._update_ready()
             return
         counts = {n: c for n, c in self.session.class_counts().items() if n > 0}
         parts = [f"{self.session.class_name(n)}: {c}" for n, c in counts.items()]
         self.labels_label.setText("Labelled: " + (", ".join(parts) if parts else "none"))
+        self._update_ready()
+
+    def _on_finished(self) -> None:
+        super()._on_finished()
+        self._update_ready()
+
+    def _update_ready(self) -> None:
+        """Start is offered only when fine-tuning can run; the tooltip says what is missing."""
+        if self.worker is not None:
+            return
+        reason = None
+        if self.session.store is None:
+            reason = "open a tomogram in step 1 first"
+        else:
+            try:
+                check_labels(labelled_table(self.session.store.table))
+            except Exception as exc:  # InputError: what is missing, in the user's words
+                reason = str(exc)
+        button = self.panel.start_button
+        button.setEnabled(reason is None)
+        button.setToolTip(reason or "train the classifier on the labelled particles")
