@@ -44,7 +44,9 @@ def test_cli_and_dock_share_choices_defaults_and_help(dock, monkeypatch):
 
     resolved = settings_from_args(FinetuneConfig, args).resolved()
     assert resolved.min_steps == 1234 == fine.min_steps.value()
-    assert resolved.epochs == 7 == fine.epochs.value()
+    # epochs: "auto" in the dock, None on the CLI: both leave it to the recipe and device
+    assert args.epochs is None and fine.epochs.value() == 0
+    assert resolved.epochs == 7 and "7 on a CPU" in fine.epochs.specialValueText()
     assert resolved.batch_size == fine.batch_size.value()
     for name, box in (("min_steps", fine.min_steps), ("epochs", fine.epochs)):
         assert _parser_action(parser, "finetune", name).help.startswith(

@@ -396,8 +396,13 @@ class FinetuneWidget(_TrainingSection):
         # None in FinetuneConfig means "the recipe's": show the resolved default recipe.
         recipe = FinetuneConfig().resolved()
         self.epochs = QSpinBox()
-        self.epochs.setRange(1, 10_000)
-        self.epochs.setValue(int(recipe.epochs))
+        # 0 = "auto": the recipe's epochs for the device the run gets (core's choice, as
+        # on the command line: more on a GPU)
+        self.epochs.setRange(0, 10_000)
+        self.epochs.setSpecialValueText(
+            f"auto ({recipe.epochs} on a CPU, {FinetuneConfig().resolved('cuda').epochs} on a GPU)"
+        )
+        self.epochs.setValue(0)
         self.epochs.setToolTip(describe(FinetuneConfig, "epochs").tooltip())
         self.batch_size = QSpinBox()
         self.batch_size.setRange(2, 4096)
@@ -453,7 +458,7 @@ class FinetuneWidget(_TrainingSection):
             getattr(self.session, "box_size", 0) or suggested_box_size(self.session.point_size)
         )
         settings = {
-            "epochs": int(self.epochs.value()),
+            "epochs": int(self.epochs.value()) or None,  # None: the recipe's for the device
             "batch_size": min(int(self.batch_size.value()), len(table)),
             "min_steps": int(self.min_steps.value()),
             "device": self.device.currentText(),
