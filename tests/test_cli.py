@@ -392,3 +392,17 @@ def test_a_finished_result_is_not_replaced_silently(simulated, tmp_path, capsys)
         err = capsys.readouterr().err
         assert "encoder.pt exists" in err and "--overwrite" in err and "--resume" in err
     assert out.read_bytes() == b"a finished encoder"
+
+
+def test_cpu_pretraining_without_epochs_fits_minutes_not_hours(capsys):
+    """On a CPU the method's 200 epochs would take hours: without --epochs the CLI runs
+    as many epochs as fit about CPU_PRETRAIN_STEPS steps (1 to 10), and says so."""
+    from napari_cryossl.cli import _cpu_defaults
+    from napari_cryossl.options import CPU_PRETRAIN_EPOCHS, CPU_PRETRAIN_STEPS
+    from napari_cryossl.train import PretrainConfig
+
+    big = _cpu_defaults(PretrainConfig(device="cpu"), 5000)  # 313 steps per epoch
+    assert big.epochs == max(1, CPU_PRETRAIN_STEPS // 313)
+    assert "epoch(s) of 313 steps" in capsys.readouterr().err
+    assert _cpu_defaults(PretrainConfig(device="cpu"), 100).epochs == CPU_PRETRAIN_EPOCHS
+    assert _cpu_defaults(PretrainConfig(device="cpu", epochs=50), 5000).epochs == 50

@@ -348,22 +348,27 @@ def _announce_finetune_epochs(config) -> None:
     )
 
 
-def _cpu_defaults(config):
-    """On a CPU, pretrain for minutes, not hours: without --epochs the methods' own
-    epochs (200 for MoCo) are replaced by ``options.CPU_PRETRAIN_EPOCHS``, and the
-    choice is announced with how to change it."""
+def _cpu_defaults(config, n_particles: int):
+    """On a CPU, pretrain for minutes, not hours: without --epochs the method's own
+    epochs (200 for MoCo) are replaced by as many as fit ``options.CPU_PRETRAIN_STEPS``
+    steps (at most ``CPU_PRETRAIN_EPOCHS``, at least one), and the choice is announced
+    with how to change it."""
     import dataclasses
+    import math
 
     from napari_cryossl.devices import select_device
-    from napari_cryossl.options import CPU_PRETRAIN_EPOCHS
+    from napari_cryossl.options import CPU_PRETRAIN_EPOCHS, CPU_PRETRAIN_STEPS
 
     if select_device(config.device).type != "cpu" or not _rank0():
         return config
     notes = []
     if config.epochs is None:
-        config = dataclasses.replace(config, epochs=CPU_PRETRAIN_EPOCHS)
+        batch = int(config.hyperparameters()["batch_size"])
+        per_epoch = max(math.ceil(n_particles / batch), 1)
+        epochs = max(1, min(CPU_PRETRAIN_EPOCHS, CPU_PRETRAIN_STEPS // per_epoch))
+        config = dataclasses.replace(config, epochs=epochs)
         notes.append(
-            f"{CPU_PRETRAIN_EPOCHS} epochs (the method's full schedule needs a GPU; "
+            f"{epochs} epoch(s) of {per_epoch} steps (the method's full schedule needs a GPU; "
             "--epochs N to choose)"
         )
     if config.preset == "rb3d":
@@ -522,7 +527,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     _refuse_overwrite(args)
     data = _load_set(args)
     config = settings_from_args(PretrainConfig, args)
-    config = _cpu_defaults(config)
+    config = _cpu_defaults(config, len(data))
     with _resumable(args, "pretrain"):
         last, log = drive(
             iter_pretrain(data, config, args.out, resume=args.resume), f"pretrain {args.method}"
