@@ -31,9 +31,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 #: GPU; 10 epochs of rb3d-small over a few hundred particles take minutes on a laptop).
 CPU_PRETRAIN_EPOCHS = 10
 #: ... and at most about this many optimiser steps from the CLI on a CPU when --epochs is
-#: not given: 1-3 s per MoCo step of rb3d-small on 32^3 boxes on a 2-core CPU, so 10-30
-#: minutes; the linear probe gains most of its first 2,000 steps' worth by then
-#: (docs/benchmarks.md).
+#: not given: a MoCo step of rb3d-small on 32^3 boxes took 3.0 s on a busy 2-core CPU
+#: (2026-12-01), so at most about 30 minutes.
 CPU_PRETRAIN_STEPS = 600
 DEVICE_HELP = "auto (the GPU when CUDA is available, else the CPU), cpu, cuda or cuda:N"
 
