@@ -406,3 +406,20 @@ def test_cpu_pretraining_without_epochs_fits_minutes_not_hours(capsys):
     assert "epoch(s) of 313 steps" in capsys.readouterr().err
     assert _cpu_defaults(PretrainConfig(device="cpu"), 100).epochs == CPU_PRETRAIN_EPOCHS
     assert _cpu_defaults(PretrainConfig(device="cpu", epochs=50), 5000).epochs == 50
+
+
+def test_pick_and_gradcam_report_progress_in_a_log(simulated, tmp_path):
+    """Long commands besides training also write progress lines to a log file."""
+    import os
+
+    env = {**os.environ, "CRYOSSL_LOG_INTERVAL": "0"}
+    log = tmp_path / "pick.log"
+    with open(log, "w") as fh:
+        proc = subprocess.run(
+            [sys.executable, "-m", "napari_cryossl", "pick", str(simulated["tomogram"]),
+             "--diameter", "150", "--out", str(tmp_path / "picks.star")],
+            stdout=fh, stderr=subprocess.STDOUT, env=env,
+        )
+    assert proc.returncode == 0
+    text = log.read_text()
+    assert "[pick] " in text and "chunks" in text and "done in" in text

@@ -461,8 +461,13 @@ def cmd_pick(args: argparse.Namespace) -> int:
         diameter_px = args.diameter / tomo.voxel_size
     else:
         diameter_px = args.diameter_px
+    from napari_cryossl.console import CallbackProgress
+
     settings = settings_from_args(PickSettings, args)
-    table = pick_particles(tomo.data, diameter_px, **dataclasses.asdict(settings))
+    with CallbackProgress("pick", "chunks") as progress:
+        table = pick_particles(
+            tomo.data, diameter_px, progress=progress, **dataclasses.asdict(settings)
+        )
     # The tomogram as seen from the STAR's folder, so later commands find it from anywhere.
     table["tomo_name"] = _tomogram_reference(Path(args.tomogram), Path(args.out))
     write_particles(table, args.out, voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape)
@@ -701,18 +706,21 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcam(args: argparse.Namespace) -> int:
+    from napari_cryossl.console import CallbackProgress
     from napari_cryossl.saliency import gradcam_for_set
 
     data = _load_set(args)
-    written = gradcam_for_set(
-        args.classifier,
-        data,
-        args.out,
-        target_class=args.target_class,
-        layer=args.layer,
-        device=args.device,
-        batch_size=args.batch_size or 16,
-    )
+    with CallbackProgress("gradcam", "particles") as progress:
+        written = gradcam_for_set(
+            args.classifier,
+            data,
+            args.out,
+            target_class=args.target_class,
+            layer=args.layer,
+            device=args.device,
+            batch_size=args.batch_size or 16,
+            progress=progress,
+        )
     print(f"{len(written)} heatmap file(s) -> {args.out}")
     return 0
 

@@ -184,3 +184,51 @@ def drive(
         if bar is not None:
             bar.close()
     return last, log
+
+
+class CallbackProgress:
+    """Progress of work that reports ``(done, total)`` through a callback (picking's
+    chunks, Grad-CAM's particles): a bar on a terminal, a line every ``interval`` s and
+    at the end in a log. Use as ``with CallbackProgress("pick", "chunks") as progress:``
+    and pass ``progress`` as the callback."""
+
+    def __init__(self, desc: str, unit: str, *, stream: IO[str] | None = None,
+                 interval: float | None = None) -> None:
+        self.desc, self.unit = desc, unit
+        self.stream = stream if stream is not None else sys.stderr
+        self.terminal = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.every = _interval(interval)
+        self.bar = None
+        self._t0 = time.perf_counter()
+        self._next = self._t0 + self.every
+        self._last = None
+
+    def __call__(self, done: int, total: int) -> None:
+        self._last = (int(done), int(total))
+        if self.terminal:
+            if self.bar is None:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=self.stream)
+            self.bar.n = done
+            self.bar.refresh()
+            return
+        now = time.perf_counter()
+        if now >= self._next or done >= total:
+            self._line(done, total, now)
+            self._next = now + self.every
+
+    def _line(self, done: int, total: int, now: float) -> None:
+        elapsed = now - self._t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (total - done) / rate if rate > 0 else float("nan")
+        tail = f"ETA {format_seconds(left)}" if done < total else f"done in {format_seconds(elapsed)}"
+        print(f"[{self.desc}] {done}/{total} {self.unit} ({100 * done // max(total, 1)} %) {tail}",
+              file=self.stream, flush=True)
+
+    def __enter__(self) -> CallbackProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()

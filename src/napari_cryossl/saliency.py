@@ -315,6 +315,7 @@ def gradcam_for_set(
     device="auto",
     batch_size: int = 16,
     radius: float | None = None,
+    progress=None,
 ) -> list[Path]:
     """Grad-CAM of every particle of a set, written as MRC files (what ``cryossl gradcam`` does).
 
@@ -333,6 +334,7 @@ def gradcam_for_set(
         batch_size: particles per pass.
         radius: tomogram-sized maps keep each particle's map inside a sphere of this
             many tomogram voxels (``paste_heatmaps``; None: a third of the box edge).
+        progress: called as ``progress(particles_done, n_particles)`` as the maps come.
 
     Returns:
         The files written.
@@ -346,21 +348,25 @@ def gradcam_for_set(
     n = len(data)
     step = max(int(batch_size), 1) * 4  # load a few passes at a time to bound memory
 
+    done = 0
+
     def maps_for(rows: np.ndarray):
+        nonlocal done
         for start in range(0, len(rows), step):
             idx = rows[start : start + step]
-            yield (
-                idx,
-                gradcam(
-                    model,
-                    data.load(idx),
-                    target=target_class,
-                    layer=layer,
-                    device=device,
-                    batch_size=batch_size,
-                    class_numbers=classes,
-                ),
+            maps = gradcam(
+                model,
+                data.load(idx),
+                target=target_class,
+                layer=layer,
+                device=device,
+                batch_size=batch_size,
+                class_numbers=classes,
             )
+            done += len(idx)
+            if progress is not None:
+                progress(done, n)
+            yield idx, maps
 
     written: list[Path] = []
     tomo_paths = list(getattr(data, "tomogram_paths", []) or [])
