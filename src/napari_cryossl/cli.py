@@ -624,24 +624,12 @@ def _write_rows(source: Path, out: Path, table, rows, columns: dict | None = Non
     keeps every block and column of the user's file; otherwise the particle table."""
     import numpy as np
 
-    from napari_cryossl.io import write_particles
+    from napari_cryossl.io import replace_star_columns, write_particles
 
     rows = np.asarray(rows, dtype=np.int64)
     columns = columns or {}
     if Path(out).suffix.lower() == ".star" and Path(source).suffix.lower() == ".star":
-        import starfile
-
-        from napari_cryossl.io.atomic import atomic_write
-        from napari_cryossl.io.star import _block_frame, _particle_block_name, _read_star_blocks
-
-        blocks = dict(_read_star_blocks(source))
-        name = _particle_block_name(blocks, source)
-        frame = _block_frame(blocks[name]).iloc[rows].reset_index(drop=True)
-        for label, values in columns.items():
-            frame[label] = [repr(float(v)) if isinstance(v, float) else str(v) for v in values]
-        blocks[name] = frame
-        with atomic_write(out) as tmp:
-            starfile.write(blocks, tmp, float_format=None, na_rep="nan")
+        replace_star_columns(source, out, columns, rows=rows)
         return
     subset = table.iloc[rows].reset_index(drop=True).copy()
     for label, values in columns.items():

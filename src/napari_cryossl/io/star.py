@@ -315,6 +315,8 @@ def replace_star_columns(
     source: str | os.PathLike,
     out: str | os.PathLike,
     columns: Mapping[str, Sequence],
+    *,
+    rows: Sequence[int] | None = None,
 ) -> None:
     """Copy a STAR file, setting some columns of its particle block, atomically.
 
@@ -326,7 +328,8 @@ def replace_star_columns(
         source: STAR file to copy.
         out: destination (may be `source`).
         columns: label -> one value per particle (ints stay ints, floats are written with
-            full precision, NaN as ``nan``).
+            full precision, NaN as ``nan``); with ``rows``, one per kept particle.
+        rows: keep only these particles of the particle block, in this order (None: all).
 
     Raises:
         InputError: `source` unreadable or without a particle block, or a column whose
@@ -336,6 +339,8 @@ def replace_star_columns(
     blocks = dict(_read_star_blocks(source))
     name = _particle_block_name(blocks, source)
     frame = _block_frame(blocks[name]).copy()
+    if rows is not None:
+        frame = frame.iloc[np.asarray(rows, dtype=np.int64)].reset_index(drop=True)
     for label, values in columns.items():
         arr = np.asarray(values)
         if arr.ndim != 1 or len(arr) != len(frame):
