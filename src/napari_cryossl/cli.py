@@ -67,11 +67,11 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
 
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     """Device and batching for the commands without a settings class (predict, gradcam)."""
-    from napari_cryossl.options import DEVICE_HELP
+    from napari_cryossl.options import DEVICE_HELP, WORKERS_HELP
 
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=_positive_int, default=None, help="subtomograms per step")
-    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:

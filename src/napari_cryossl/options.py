@@ -34,6 +34,7 @@ CPU_PRETRAIN_EPOCHS = 10
 #: not given: a MoCo step of rb3d-small on 32^3 boxes took 3.0 s on a busy 2-core CPU
 #: (2026-12-01), so at most about 30 minutes.
 CPU_PRETRAIN_STEPS = 600
+WORKERS_HELP = "data-loading worker processes"
 DEVICE_HELP = "auto (the GPU when CUDA is available, else the CPU), cpu, cuda or cuda:N"
 
 

@@ -56,6 +56,7 @@ from napari_cryossl.options import (
     MODEL_PRESETS,
     RECIPE_NAMES,
     SSL_METHODS,
+    WORKERS_HELP,
     option,
 )
 
@@ -117,6 +118,12 @@ PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "default": {"augment": PRETRAIN_ROTATION_AUGMENT, "moco": {"lr": 1e-3, "momentum": 0.99}},
     "paper": {"augment": None},
 }
+
+#: Help of the ``keep_state`` option of both training settings.
+KEEP_STATE_HELP = (
+    "keep the resumable training state (<out>.last.pt) when the run finishes, to "
+    "continue it later with more epochs; a stopped run always keeps it"
+)
 
 #: Epochs of a recipe on a GPU when ``epochs`` is not given: accuracy at low SNR keeps
 #: rising with optimiser steps (SNR 0.05, all labels: 19.5 / 21.9 / 28.3 % at 30 / 60 /
@@ -275,12 +282,8 @@ class PretrainConfig:
     weight_decay: float | None = None
     device: str = option("auto", DEVICE_HELP)
     seed: int = option(0, "seeds the weights, the data order and the augmentation")
-    num_workers: int = option(0, "data-loading worker processes", minimum=0, flag="--workers")
-    keep_state: bool = option(
-        False,
-        "keep the resumable training state (<out>.last.pt) when the run finishes, to "
-        "continue it later with more epochs; a stopped run always keeps it",
-    )
+    num_workers: int = option(0, WORKERS_HELP, minimum=0, flag="--workers")
+    keep_state: bool = option(False, KEEP_STATE_HELP)
     amp: bool = True
     save_every: int = 1
     augment: dict[str, Any] | None = None
@@ -415,12 +418,8 @@ class FinetuneConfig:
     class_names: dict[int, str] | None = None
     device: str = option("auto", DEVICE_HELP)
     seed: int = option(0, "seeds the label split, the weights and the augmentation")
-    num_workers: int = option(0, "data-loading worker processes", minimum=0, flag="--workers")
-    keep_state: bool = option(
-        False,
-        "keep the resumable training state (<out>.last.pt) when the run finishes, to "
-        "continue it later with more epochs; a stopped run always keeps it",
-    )
+    num_workers: int = option(0, WORKERS_HELP, minimum=0, flag="--workers")
+    keep_state: bool = option(False, KEEP_STATE_HELP)
     amp: bool = True
     save_every: int = 1
     encoder_options: dict[str, Any] | None = None
