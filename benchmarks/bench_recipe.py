@@ -131,7 +131,10 @@ def main(argv=None) -> int:
     f_cfg = FinetuneConfig(
         val_fraction=len(val_idx) / len(pool), seed=args.run, device="cpu", **overrides
     )
-    clf = args.out / f"classifier_{args.name}.pt"
+    # One file per run: concurrent runs of one variant must never share a classifier
+    # (until 2026-12-01 they did, and a run could score another run's network).
+    tag = f"{args.name}_{args.data}_snr{args.snr}_l{args.labels:g}_r{args.run}"
+    clf = args.out / f"classifier_{tag}.pt"
     t0 = time.perf_counter()
     last = None
     for status in iter_finetune(all_data.subset(pool), f_cfg, clf):
