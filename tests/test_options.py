@@ -40,3 +40,52 @@ def test_bad_option_values_are_refused_by_name(argv, message, tmp_path, capsys):
         main(["finetune", str(tmp_path / "p.star"), "--out", str(tmp_path / "c.pt"), *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _parser_action(parser, command: str, dest: str):
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return next(a for a in sub._actions if a.dest == dest)
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "cls", "name", "new_default"),
+    [
+        ("predict", "predict", "PredictSettings", "batch_size", 8),
+        ("predict", "predict", "PredictSettings", "tta", 3),
+        ("gradcam", "saliency", "GradcamSettings", "batch_size", 4),
+        ("embed", "population", "EmbedSettings", "map", "pca"),
+        ("suggest", "population", "SuggestSettings", "n", 7),
+        ("simulate", "simulate.config", "SimulationConfig", "snr", 0.1),
+        ("simulate", "simulate.config", "SimulationConfig", "box_size", 24),
+    ],
+)
+def test_cli_defaults_and_help_are_the_settings_classes(
+    command, module, cls, name, new_default, monkeypatch
+):
+    """Change a default in the settings class: the CLI's default and help follow."""
+    import importlib
+
+    from napari_cryossl.cli import build_parser
+
+    settings_cls = getattr(importlib.import_module(f"napari_cryossl.{module}"), cls)
+    monkeypatch.setattr(settings_cls.__dataclass_fields__[name], "default", new_default)
+    action = _parser_action(build_parser(), command, name)
+    assert action.default == new_default
+    assert action.help.startswith(describe(settings_cls, name).help)
+
+
+def test_simulate_command_line_builds_the_simulation_settings():
+    from napari_cryossl.cli import build_parser
+    from napari_cryossl.options import settings_from_args
+    from napari_cryossl.simulate import SimulationConfig
+
+    args = build_parser().parse_args(
+        ["simulate", "--out", "x", "--snr", "inf", "--box-size", "24", "--tilt-range", "45"]
+    )
+    config = settings_from_args(SimulationConfig, args, n_classes=3)
+    assert (config.snr, config.box_size, config.tilt_range_deg, config.n_classes) == (
+        None, 24, 45.0, 3
+    )
+    assert config.voxel_size == SimulationConfig().voxel_size  # untouched: the class's default
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["simulate", "--out", "x", "--tilt-range", "120"])

@@ -33,16 +33,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _snr(text: str) -> float | None:
-    """An SNR: a positive number, or inf/none for noise-free data (returned as None)."""
-    if text.strip().lower() in ("inf", "infinity", "none"):
-        return None
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0 (or inf for no noise), got {value}")
-    return None if value == float("inf") else value
-
-
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     """The particles to read: a STAR file, its tomogram, the box to cut."""
     p.add_argument(
@@ -65,15 +55,6 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_runtime_options(p: argparse.ArgumentParser) -> None:
-    """Device and batching for the commands without a settings class (predict, gradcam)."""
-    from napari_cryossl.options import DEVICE_HELP, WORKERS_HELP
-
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="subtomograms per step")
-    p.add_argument("--workers", type=int, default=0, help=WORKERS_HELP)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The `cryossl` argument parser (also used to render the docs)."""
     parser = argparse.ArgumentParser(
@@ -84,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
     )
     from napari_cryossl import __version__
-    from napari_cryossl.options import add_arguments
+    from napari_cryossl.options import add_arguments, describe
     from napari_cryossl.picking import PickSettings
+    from napari_cryossl.population import EmbedSettings, SuggestSettings
+    from napari_cryossl.predict import PredictSettings
+    from napari_cryossl.saliency import GradcamSettings
+    from napari_cryossl.simulate.config import SimulationConfig
     from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -99,33 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(tomogram.mrc + tomogram_particles.star) with missing wedge, CTF and noise at a given SNR.",
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument(
-        "--structures",
-        nargs="+",
-        default=None,
-        metavar="SOURCE",
-        help="real complexes instead of the synthetic shapes: 'builtin' (ten complexes, "
-        "43 kDa-2.3 MDa), built-in names, atomic models (.pdb/.cif[.gz]; model.cif#A,B "
-        "keeps chains A and B), maps (.mrc/.map[.gz]) or folders of them; one class each",
-    )
-    p.add_argument(
-        "--classes",
-        type=_positive_int,
-        default=None,
-        help="number of structural classes (default 10, or the number of --structures)",
-    )
+    add_arguments(p, SimulationConfig, only=("structures",))
+    # --classes: the default depends on --structures (10, or one class per structure)
+    classes = describe(SimulationConfig, "n_classes")
+    p.add_argument("--classes", type=_positive_int, default=None, help=classes.help)
     p.add_argument("--per-class", type=int, default=500, help="subtomograms per class (0: none)")
-    p.add_argument("--box-size", type=_positive_int, default=32, help="subtomogram box (voxels)")
-    p.add_argument("--snr", type=_snr, default=0.05, help="var(signal)/var(noise); inf: noise-free")
-    p.add_argument(
-        "--snr-reference",
-        choices=("set", "subtomogram"),
-        default="set",
-        help="set: one noise level for all subtomograms (as in a tomogram); subtomogram: "
-        "each box at the SNR of its own particle (Liu et al.'s definition)",
+    add_arguments(
+        p, SimulationConfig, only=("box_size", "snr", "snr_reference", "voxel_size", "tilt_range_deg")
     )
-    p.add_argument("--voxel-size", type=float, default=10.0, help="voxel size in Å")
-    p.add_argument("--tilt-range", type=float, default=60.0, help="± tilt range in degrees")
     p.add_argument(
         "--tomogram-shape",
         type=_positive_int,
@@ -135,7 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also simulate a crowded tomogram of this shape (voxels)",
     )
     p.add_argument(
-        "--tomogram-particles", type=_positive_int, default=None, help="particles in the tomogram"
+        "--tomogram-particles",
+        type=_positive_int,
+        default=None,
+        help="particles in the tomogram (default 100)",
     )
     p.add_argument("--seed", type=int, default=0)
 
@@ -195,16 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
     _add_data_options(p)
-    _add_runtime_options(p)
+    add_arguments(p, PredictSettings)
     p.add_argument("--out", type=Path, required=True, help="PREDICTIONS.star (or .csv)")
     p.add_argument("--embeddings", type=Path, default=None, help="also save embeddings (.npy)")
-    p.add_argument(
-        "--tta",
-        type=_positive_int,
-        default=None,
-        help="test-time augmentation: views averaged per particle (default: what the "
-        "classifier was trained with; 1: fastest)",
-    )
 
     # gradcam --------------------------------------------------------------------
     p = sub.add_parser(
@@ -215,18 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
     _add_data_options(p)
-    _add_runtime_options(p)
+    add_arguments(p, GradcamSettings)
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument(
-        "--class",
-        dest="target_class",
-        type=int,
-        default=None,
-        help="class number to explain (default: predicted)",
-    )
-    p.add_argument(
-        "--layer", default=None, help="layer name (default: the last convolutional block)"
-    )
 
     # embed ------------------------------------------------------------------------
     p = sub.add_parser(
@@ -239,18 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", type=Path, help="ENCODER.pt or CLASSIFIER.pt")
     _add_data_options(p)
-    _add_runtime_options(p)
+    add_arguments(p, EmbedSettings)
     p.add_argument("--out", type=Path, required=True, help="OUT.star (or .csv); OUT.npy beside it")
-    p.add_argument(
-        "--map", choices=["auto", "umap", "pca"], default="auto",
-        help="2D map: UMAP (umap-learn, `pip install napari-cryossl[map]`) or PCA; auto: "
-        "UMAP when installed",
-    )
-    p.add_argument(
-        "--clusters", type=_positive_int, default=None,
-        help="k-means with this many clusters (default: HDBSCAN finds them)",
-    )
-    p.add_argument("--seed", type=int, default=0)
 
     # suggest ----------------------------------------------------------------------
     p = sub.add_parser(
@@ -263,8 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", type=Path, help="ENCODER.pt or CLASSIFIER.pt")
     _add_data_options(p)
-    _add_runtime_options(p)
-    p.add_argument("--n", type=_positive_int, default=20, help="how many to suggest")
+    add_arguments(p, SuggestSettings)
     p.add_argument("--out", type=Path, required=True, help="NEXT.star (or .csv)")
 
     # demo -------------------------------------------------------------------------
@@ -412,34 +353,25 @@ def _rank0() -> bool:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from napari_cryossl.options import settings_from_args
     from napari_cryossl.simulate import SimulationConfig, simulate_to_disk
 
-    n_classes = args.classes
     structures = None
+    more = {}
     if args.structures:
         from napari_cryossl.structures import resolve_structures
 
         structures = args.structures[0] if len(args.structures) == 1 else tuple(args.structures)
-        if n_classes is None:
-            n_classes = len(resolve_structures(structures))
-    config = SimulationConfig(
-        structures=structures,
-        n_classes=10 if n_classes is None else n_classes,
-        box_size=args.box_size,
-        voxel_size=args.voxel_size,
-        snr=args.snr,
-        snr_reference=args.snr_reference,
-        tilt_range_deg=args.tilt_range,
-    )
-    n_tomo = args.tomogram_particles
-    if args.tomogram_shape is not None and n_tomo is None:
-        n_tomo = 100
+        more["n_classes"] = len(resolve_structures(structures))
+    if args.classes is not None:
+        more["n_classes"] = args.classes
+    config = settings_from_args(SimulationConfig, args, structures=structures, **more)
     paths = simulate_to_disk(
         args.out,
         config,
         n_per_class=args.per_class,
         tomogram_shape=tuple(args.tomogram_shape) if args.tomogram_shape else None,
-        n_tomogram_particles=n_tomo,
+        n_tomogram_particles=args.tomogram_particles,
         seed=args.seed,
     )
     for key, path in paths.items():
@@ -565,21 +497,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import dataclasses
+
     import numpy as np
 
     from napari_cryossl.console import drive
-    from napari_cryossl.predict import iter_predict
+    from napari_cryossl.options import settings_from_args
+    from napari_cryossl.predict import PredictSettings, iter_predict
 
+    settings = settings_from_args(PredictSettings, args)
     data = _load_set(args)
     result = None
-    gen = iter_predict(
-        args.classifier,
-        data,
-        batch_size=args.batch_size or 64,
-        device=args.device,
-        num_workers=args.workers,
-        tta=args.tta,
-    )
+    gen = iter_predict(args.classifier, data, **dataclasses.asdict(settings))
     results: list = []
     drive(gen, "predict", results=results)
     result = results[-1] if results else None
@@ -640,14 +569,16 @@ def _write_rows(source: Path, out: Path, table, rows, columns: dict | None = Non
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_cryossl.population import cluster, embed_particles, map_2d
+    from napari_cryossl.options import settings_from_args
+    from napari_cryossl.population import EmbedSettings, cluster, embed_particles, map_2d
 
     data = _load_set(args)
+    settings = settings_from_args(EmbedSettings, args)
     embeddings = embed_particles(
-        args.model, data, device=args.device, batch_size=args.batch_size or 64
+        args.model, data, device=settings.device, batch_size=settings.batch_size
     )
-    coords, method = map_2d(embeddings, method=args.map, seed=args.seed)
-    groups = cluster(embeddings, n_clusters=args.clusters, seed=args.seed)
+    coords, method = map_2d(embeddings, method=settings.map, seed=settings.seed)
+    groups = cluster(embeddings, n_clusters=settings.clusters, seed=settings.seed)
     out = Path(args.out)
     _write_rows(
         args.particles,
@@ -673,16 +604,18 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_cryossl.io import InputError
-    from napari_cryossl.population import embed_particles, suggest
+    from napari_cryossl.options import settings_from_args
+    from napari_cryossl.population import SuggestSettings, embed_particles, suggest
 
+    settings = settings_from_args(SuggestSettings, args)
     data = _load_set(args)
     labels = np.asarray(data.class_numbers, dtype=np.int64)
     if not (labels <= 0).any():
         raise InputError(f"{args.particles}: every particle is labelled; nothing to suggest")
     embeddings = embed_particles(
-        args.model, data, device=args.device, batch_size=args.batch_size or 64
+        args.model, data, device=settings.device, batch_size=settings.batch_size
     )
-    chosen = suggest(embeddings, labels, args.n)
+    chosen = suggest(embeddings, labels, settings.n)
     _write_rows(args.particles, Path(args.out), data.table, chosen)
     how = (
         "least certain, spread out"
@@ -694,20 +627,17 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcam(args: argparse.Namespace) -> int:
-    from napari_cryossl.console import CallbackProgress
-    from napari_cryossl.saliency import gradcam_for_set
+    import dataclasses
 
+    from napari_cryossl.console import CallbackProgress
+    from napari_cryossl.options import settings_from_args
+    from napari_cryossl.saliency import GradcamSettings, gradcam_for_set
+
+    settings = settings_from_args(GradcamSettings, args)
     data = _load_set(args)
     with CallbackProgress("gradcam", "particles") as progress:
         written = gradcam_for_set(
-            args.classifier,
-            data,
-            args.out,
-            target_class=args.target_class,
-            layer=args.layer,
-            device=args.device,
-            batch_size=args.batch_size or 16,
-            progress=progress,
+            args.classifier, data, args.out, progress=progress, **dataclasses.asdict(settings)
         )
     print(f"{len(written)} heatmap file(s) -> {args.out}")
     return 0

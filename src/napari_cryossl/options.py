@@ -36,6 +36,17 @@ CPU_PRETRAIN_EPOCHS = 10
 CPU_PRETRAIN_STEPS = 600
 WORKERS_HELP = "data-loading worker processes"
 DEVICE_HELP = "auto (the GPU when CUDA is available, else the CPU), cpu, cuda or cuda:N"
+BATCH_HELP = "subtomograms per step (lower it if the GPU runs out of memory)"
+
+
+def device_option() -> Any:
+    """The ``device`` field every action that runs a network declares."""
+    return option("auto", DEVICE_HELP)
+
+
+def workers_option() -> Any:
+    """The ``num_workers`` field (``--workers``) of the actions that load in parallel."""
+    return option(0, WORKERS_HELP, minimum=0, flag="--workers")
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,8 @@ class OptionInfo:
     flag: str | None = None  # CLI flag; default "--" + the field name with dashes
     negate: bool = False  # a True default switched off by the flag (--no-augment)
     cli: bool = True  # False: settable from Python only
+    nargs: str | None = None  # argparse's nargs ("+": one or more values)
+    metavar: str | None = None  # the value's name in --help
 
 
 def option(
@@ -63,6 +76,8 @@ def option(
     flag: str | None = None,
     negate: bool = False,
     cli: bool = True,
+    nargs: str | None = None,
+    metavar: str | None = None,
 ) -> Any:
     """A dataclass field that carries its ``OptionInfo``."""
     info = OptionInfo(
@@ -74,6 +89,8 @@ def option(
         flag=flag,
         negate=negate,
         cli=cli,
+        nargs=nargs,
+        metavar=metavar,
     )
     return field(default=default, metadata={"option": info})
 
@@ -152,12 +169,18 @@ def _parse(kind: type, minimum: float | None, maximum: float | None, flag: str):
     return parse
 
 
-def add_arguments(parser: argparse.ArgumentParser, settings_cls, *, skip=()) -> None:
-    """Add one argument per declared CLI option of ``settings_cls`` (except ``skip``)."""
+def add_arguments(parser: argparse.ArgumentParser, settings_cls, *, skip=(), only=None) -> None:
+    """Add one argument per declared CLI option of ``settings_cls`` (except ``skip``;
+    with ``only``, just those)."""
     for spec in options(settings_cls).values():
-        if not spec.info.cli or spec.name in skip:
+        if not spec.info.cli or spec.name in skip or (only is not None and spec.name not in only):
             continue
-        text = spec.help + (f" ({spec.info.unit})" if spec.info.unit else "")
+        unit = f" {spec.info.unit}" if spec.info.unit else ""
+        if spec.default is not None and spec.type is not bool and "default" not in spec.help:
+            value = f"{spec.default:g}" if spec.type is float else str(spec.default)
+            text = f"{spec.help} (default {value}{unit})"  # "voxel size (default 10 Å)"
+        else:
+            text = spec.help + (f" ({spec.info.unit})" if spec.info.unit else "")
         if spec.type is bool:
             if spec.info.negate:
                 parser.add_argument(spec.flag, dest=spec.name, action="store_false", help=text)
@@ -171,7 +194,9 @@ def add_arguments(parser: argparse.ArgumentParser, settings_cls, *, skip=()) -> 
             type=_parse(spec.type, spec.info.minimum, spec.info.maximum, spec.flag),
             choices=spec.choices,
             default=spec.default,
-            metavar=None if spec.choices else spec.flag.lstrip("-").upper().replace("-", "_"),
+            nargs=spec.info.nargs,
+            metavar=spec.info.metavar
+            or (None if spec.choices else spec.flag.lstrip("-").upper().replace("-", "_")),
             help=text,
         )
 

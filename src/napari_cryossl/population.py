@@ -27,8 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_cryossl.options import BATCH_HELP, device_option, option
+
 __all__ = [
+    "EmbedSettings",
     "InstantClassifier",
+    "SuggestSettings",
     "cluster",
     "embed_particles",
     "map_2d",
@@ -36,7 +40,37 @@ __all__ = [
 ]
 
 
-def embed_particles(model_or_checkpoint, data, *, device="auto", batch_size: int = 64) -> np.ndarray:
+@dataclass
+class EmbedSettings:
+    """What a user chooses for the population map, declared once for ``cryossl embed``
+    (and the map dock to come; ``options.py``)."""
+
+    map: str = option(
+        "auto",
+        "2D map: UMAP (umap-learn, `pip install napari-cryossl[map]`) or PCA; auto: UMAP "
+        "when installed",
+        choices=("auto", "umap", "pca"),
+    )
+    clusters: int | None = option(
+        None, "k-means with this many clusters (default: HDBSCAN finds them)", minimum=1
+    )
+    seed: int = option(0, "seeds the map and the clusters", minimum=0)
+    device: str = device_option()
+    batch_size: int = option(64, BATCH_HELP, minimum=1)
+
+
+@dataclass
+class SuggestSettings:
+    """What a user chooses for ``cryossl suggest`` (declared once, ``options.py``)."""
+
+    n: int = option(20, "how many particles to suggest", minimum=1)
+    device: str = device_option()
+    batch_size: int = option(64, BATCH_HELP, minimum=1)
+
+
+def embed_particles(
+    model_or_checkpoint, data, *, device="auto", batch_size: int = EmbedSettings.batch_size
+) -> np.ndarray:
     """(N, F) float32 embeddings of every particle of ``data`` (a ``SubtomogramSet``).
 
     ``model_or_checkpoint``: an encoder or classifier checkpoint path, or its loaded state.

@@ -30,15 +30,34 @@ import numpy as np
 
 # batch_loader lived here before loader.py; re-exported so ``predict.batch_loader`` works.
 from napari_cryossl.loader import batch_loader
+from napari_cryossl.options import BATCH_HELP, device_option, option, workers_option
 from napari_cryossl.status import TrainStatus
 
 __all__ = [
+    "PredictSettings",
     "Predictions",
     "batch_loader",
     "iter_predict",
     "load_classifier",
     "predict",
 ]
+
+
+@dataclass
+class PredictSettings:
+    """What a user chooses when classifying particles, declared once for ``cryossl
+    predict`` and the dock's Prediction section (``options.py``);
+    ``predict(checkpoint, data, **asdict(settings))`` applies them."""
+
+    device: str = device_option()
+    batch_size: int = option(64, BATCH_HELP, minimum=1)
+    num_workers: int = workers_option()
+    tta: int | None = option(
+        None,
+        "test-time augmentation: views averaged per particle (default: what the "
+        "classifier was trained with; 1: fastest)",
+        minimum=1,
+    )
 
 
 @dataclass
@@ -192,7 +211,7 @@ def iter_predict(
     model_or_checkpoint,
     data,
     *,
-    batch_size: int = 64,
+    batch_size: int = PredictSettings.batch_size,
     device="auto",
     num_workers: int = 0,
     amp: bool = True,
@@ -324,7 +343,7 @@ def predict(
     model_or_checkpoint,
     data,
     *,
-    batch_size: int = 64,
+    batch_size: int = PredictSettings.batch_size,
     device="auto",
     num_workers: int = 0,
     amp: bool = True,

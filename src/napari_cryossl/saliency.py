@@ -21,12 +21,29 @@ overlap, clipped at the tomogram's edges) with the same box placement as
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["gradcam", "gradcam_for_set", "iter_gradcam", "paste_heatmaps"]
+from napari_cryossl.options import BATCH_HELP, device_option, option
+
+__all__ = ["GradcamSettings", "gradcam", "gradcam_for_set", "iter_gradcam", "paste_heatmaps"]
+
+
+@dataclass
+class GradcamSettings:
+    """What a user chooses for Grad-CAM, declared once for ``cryossl gradcam`` and the
+    dock's Grad-CAM section (``options.py``)."""
+
+    target_class: int | None = option(
+        None, "class number to explain (default: each particle's predicted class)",
+        minimum=1, flag="--class",
+    )
+    layer: str | None = option(None, "layer name (default: the last convolutional block)")
+    device: str = device_option()
+    batch_size: int = option(16, BATCH_HELP, minimum=1)
 
 
 def _find_layer(model, layer: str | None):
@@ -90,7 +107,7 @@ def gradcam(
     target=None,
     layer: str | None = None,
     device="auto",
-    batch_size: int = 16,
+    batch_size: int = GradcamSettings.batch_size,
     class_numbers=None,
     amp: bool = True,
 ) -> np.ndarray:
@@ -188,7 +205,7 @@ def iter_gradcam(
     target_class=None,
     layer: str | None = None,
     device="auto",
-    batch_size: int = 16,
+    batch_size: int = GradcamSettings.batch_size,
 ):
     """Grad-CAM of every particle of a ``SubtomogramSet``, batch by batch.
 
@@ -313,7 +330,7 @@ def gradcam_for_set(
     target_class: int | None = None,
     layer: str | None = None,
     device="auto",
-    batch_size: int = 16,
+    batch_size: int = GradcamSettings.batch_size,
     radius: float | None = None,
     progress=None,
 ) -> list[Path]:

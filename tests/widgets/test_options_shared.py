@@ -74,3 +74,24 @@ def test_picking_options_come_from_pick_settings(dock):
     assert pick.threshold.value() == AUTO_THRESHOLD  # what the CLI's default (None) means
     assert tuple(_parser_action(parser, "pick", "polarity").choices) == ("dark", "bright")
     assert pick.max_picks.toolTip() == describe(PickSettings, "max_particles").tooltip()
+
+
+def test_prediction_and_gradcam_sections_take_their_devices_from_the_settings(dock, monkeypatch):
+    from napari_cryossl.cli import build_parser
+    from napari_cryossl.options import DEVICE_CHOICES, describe
+    from napari_cryossl.predict import PredictSettings
+    from napari_cryossl.saliency import GradcamSettings
+
+    # a new default device in the settings reaches both the CLI and the dock
+    for cls in (PredictSettings, GradcamSettings):
+        monkeypatch.setattr(cls.__dataclass_fields__["device"], "default", "cpu")
+    parser = build_parser()
+    _viewer, widget = dock()
+    for command, section, cls in (
+        ("predict", widget.prediction, PredictSettings),
+        ("gradcam", widget.saliency, GradcamSettings),
+    ):
+        box = section.device
+        assert tuple(box.itemText(i) for i in range(box.count())) == DEVICE_CHOICES
+        assert box.currentText() == "cpu" == _parser_action(parser, command, "device").default
+        assert box.toolTip() == describe(cls, "device").tooltip()

@@ -35,6 +35,8 @@ from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error, 
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import generator_worker
 from napari_cryossl._widgets.training import CHECKPOINT_FILTER
+from napari_cryossl.options import DEVICE_CHOICES, describe
+from napari_cryossl.predict import PredictSettings
 
 #: Rows shown in the jump-to table (the least confident first).
 MAX_TABLE_ROWS = 500
@@ -60,7 +62,9 @@ class PredictionWidget(QWidget):
         row.addWidget(self.choose_button)
         form.addRow("Classifier:", row)
         self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda"])
+        self.device.addItems(DEVICE_CHOICES)
+        self.device.setCurrentText(describe(PredictSettings, "device").default)
+        self.device.setToolTip(describe(PredictSettings, "device").tooltip())
         form.addRow("Device:", self.device)
         layout.addLayout(form)
         self.panel = RunPanel("Predict all particles", resumable=False, plot=False)

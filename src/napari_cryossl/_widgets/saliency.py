@@ -25,9 +25,10 @@ from qtpy.QtWidgets import (
 from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import generator_worker
+from napari_cryossl.options import DEVICE_CHOICES, describe
+from napari_cryossl.saliency import GradcamSettings
 
 HEATMAP_LAYER = "Grad-CAM"
-_BATCH = 16
 
 
 def heatmap_block(
@@ -59,7 +60,9 @@ class SaliencyWidget(QWidget):
         form.addRow("Particles:", self.scope)
         form.addRow("Explain class:", self.target)
         self.device = QComboBox()
-        self.device.addItems(["auto", "cpu", "cuda"])
+        self.device.addItems(DEVICE_CHOICES)
+        self.device.setCurrentText(describe(GradcamSettings, "device").default)
+        self.device.setToolTip(describe(GradcamSettings, "device").tooltip())
         form.addRow("Device:", self.device)
         layout.addLayout(form)
         self.panel = RunPanel("Compute Grad-CAM", resumable=False, plot=False)
@@ -150,7 +153,7 @@ class SaliencyWidget(QWidget):
             data = SubtomogramSet.from_table(sub, tomo, box)
             maps = None
             for item in iter_gradcam(state, data, target_class=target, device=device,
-                                     batch_size=_BATCH):
+                                     batch_size=GradcamSettings.batch_size):
                 if hasattr(item, "n_steps"):
                     yield item
                 else:

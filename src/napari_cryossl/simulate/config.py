@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 
 from napari_cryossl.io import InputError
+from napari_cryossl.options import option
 
 # Subtomograms are simulated in chunks of this many; fixed so that results depend
 # only on the seed (each chunk draws its noise from its own child seed).
@@ -88,11 +89,19 @@ class SimulationConfig:
             of the paper's data). Identical for classes of equal mass.
     """
 
-    n_classes: int = 10
-    box_size: int = 32
-    voxel_size: float = 10.0
-    snr: float | None = 0.05
-    tilt_range_deg: float = 60.0
+    n_classes: int = option(
+        10,
+        "number of structural classes (default 10, or the number of --structures)",
+        minimum=1,
+        flag="--classes",
+    )
+    box_size: int = option(32, "subtomogram box", unit="voxels", minimum=8)
+    voxel_size: float = option(10.0, "voxel size", unit="Å", minimum=0.0)
+    snr: float | None = option(0.05, "var(signal)/var(noise); inf: noise-free", minimum=0.0)
+    tilt_range_deg: float = option(
+        60.0, "± tilt range; 90: no missing wedge", unit="degrees", minimum=0.0, maximum=90.0,
+        flag="--tilt-range",
+    )
     defocus_um: float = 5.0
     defocus_spread_um: float = 0.0
     voltage_kv: float = 300.0
@@ -109,11 +118,25 @@ class SimulationConfig:
     neighbor_gap: float = 0.85
     tomogram_gap: float = 0.9
     tomogram_snr_reference: Literal["particles", "volume"] = "particles"
-    structures: str | tuple[str, ...] | None = None
-    snr_reference: Literal["set", "subtomogram"] = "set"
+    structures: str | tuple[str, ...] | None = option(
+        None,
+        "real complexes instead of the synthetic shapes: 'builtin' (ten complexes, "
+        "43 kDa-2.3 MDa), built-in names, atomic models (.pdb/.cif[.gz]; model.cif#A,B "
+        "keeps chains A and B), maps (.mrc/.map[.gz]) or folders of them; one class each",
+        nargs="+",
+        metavar="SOURCE",
+    )
+    snr_reference: Literal["set", "subtomogram"] = option(
+        "set",
+        "set: one noise level for all subtomograms (as in a tomogram); subtomogram: "
+        "each box at the SNR of its own particle (Liu et al.'s definition)",
+        choices=("set", "subtomogram"),
+    )
 
     def __post_init__(self) -> None:
         problems = []
+        if self.snr is not None and self.snr == math.inf:
+            object.__setattr__(self, "snr", None)  # noise-free, one spelling
         if self.structures is not None and not isinstance(self.structures, str):
             object.__setattr__(self, "structures", tuple(str(s) for s in self.structures))
         if self.structures is not None:
