@@ -624,6 +624,13 @@ def main(argv: list[str] | None = None) -> int:
         help="start the classifier's last layer at random (the paper) or at a linear probe "
         "on the frozen encoder (LP-FT), for every method including random init",
     )
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=None,
+        help="override the configuration's pretraining epochs (a longer pretraining "
+        "stands for what a GPU affords)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -646,6 +653,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, finetune_lr=args.finetune_lr)
     if args.head_init:
         cfg = replace(cfg, head_init=args.head_init)
+    if args.pretrain_epochs:
+        cfg = replace(cfg, pretrain_epochs=args.pretrain_epochs)
     out = args.out or Path("benchmarks/out") / cfg.name
     rows = run_experiment(cfg, out, device=args.device, seed=args.seed)
     print(summarise(rows, out))
