@@ -423,3 +423,24 @@ def test_pick_and_gradcam_report_progress_in_a_log(simulated, tmp_path):
     assert proc.returncode == 0
     text = log.read_text()
     assert "[pick] " in text and "chunks" in text and "done in" in text
+
+
+def test_simulate_reports_each_stage_in_a_log(tmp_path):
+    """`cryossl simulate` piped to a file says what it is doing, stage by stage."""
+    import os
+
+    env = {**os.environ, "CRYOSSL_LOG_INTERVAL": "0"}
+    log = tmp_path / "simulate.log"
+    with open(log, "w") as fh:
+        proc = subprocess.run(
+            [sys.executable, "-m", "napari_cryossl", "simulate", "--out", str(tmp_path / "sim"),
+             "--classes", "2", "--per-class", "40", "--box-size", "16", "--voxel-size", "20",
+             "--tomogram-shape", "32", "64", "64", "--tomogram-particles", "5"],
+            stdout=fh, stderr=subprocess.STDOUT, env=env,
+        )
+    assert proc.returncode == 0, log.read_text()
+    text = log.read_text()
+    for stage, unit in (("simulate", "chunks"), ("write", "files"), ("tomogram", "tomograms")):
+        assert f"[simulate: {stage}]" in text and unit in text
+    assert "80/80 files (100 %) done in" in text
+    assert len(list((tmp_path / "sim" / "subtomograms").glob("*.mrc"))) == 80

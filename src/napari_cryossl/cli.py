@@ -366,14 +366,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.classes is not None:
         more["n_classes"] = args.classes
     config = settings_from_args(SimulationConfig, args, structures=structures, **more)
-    paths = simulate_to_disk(
-        args.out,
-        config,
-        n_per_class=args.per_class,
-        tomogram_shape=tuple(args.tomogram_shape) if args.tomogram_shape else None,
-        n_tomogram_particles=args.tomogram_particles,
-        seed=args.seed,
-    )
+    from napari_cryossl.console import StagedProgress
+
+    units = {"simulate": "chunks", "write": "files", "tomogram": "tomograms"}
+    with StagedProgress("simulate", units) as progress:
+        paths = simulate_to_disk(
+            args.out,
+            config,
+            n_per_class=args.per_class,
+            tomogram_shape=tuple(args.tomogram_shape) if args.tomogram_shape else None,
+            n_tomogram_particles=args.tomogram_particles,
+            seed=args.seed,
+            progress=progress,
+        )
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0

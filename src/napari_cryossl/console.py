@@ -232,3 +232,37 @@ class CallbackProgress:
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class StagedProgress:
+    """Progress of work in named stages reported as ``progress(stage, done, total)``
+    (``simulate_to_disk``: simulate, write, tomogram): one `CallbackProgress` per
+    stage, each closed when the next begins. ``units`` names each stage's unit."""
+
+    def __init__(self, desc: str, units: dict[str, str], *, stream: IO[str] | None = None,
+                 interval: float | None = None) -> None:
+        self.desc, self.units = desc, units
+        self.stream, self.interval = stream, interval
+        self.stage: str | None = None
+        self.current: CallbackProgress | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.current = CallbackProgress(
+                f"{self.desc}: {stage}", self.units.get(stage, "steps"),
+                stream=self.stream, interval=self.interval,
+            )
+        self.current(done, total)
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.__exit__(None, None, None)
+            self.current = None
+
+    def __enter__(self) -> StagedProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 from napari_cryossl.io import (
@@ -37,6 +39,7 @@ def simulate_to_disk(
     n_tomogram_particles: int | None = None,
     seed: int = 0,
     workers: int | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Path]:
     """Write a simulated subtomogram set and/or a crowded tomogram.
 
@@ -56,6 +59,8 @@ def simulate_to_disk(
         n_tomogram_particles: particles in the tomogram (default 100).
         seed: both outputs are functions of the settings and the seed.
         workers: threads for scipy.fft.
+        progress: called as ``progress(stage, done, total)``: stage "simulate" (chunks
+            of subtomograms), "write" (subtomogram files), "tomogram" (0 then 1).
 
     Returns:
         Paths by key: ``particles_star``, ``tomogram``, ``tomogram_particles_star``
@@ -68,29 +73,40 @@ def simulate_to_disk(
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if n_per_class:
-        volumes, labels = simulate_subtomograms(n_per_class, config, seed=seed, workers=workers)
+        volumes, labels = simulate_subtomograms(
+            n_per_class,
+            config,
+            seed=seed,
+            workers=workers,
+            progress=None if progress is None else partial(progress, "simulate"),
+        )
         folder = out / "subtomograms"
         folder.mkdir(exist_ok=True)
         names = [os.path.abspath(folder / f"subtomo_{i + 1:06d}.mrc") for i in range(len(volumes))]
         # write_mrc is atomic (fsync per file): a few threads overlap the waits on disk
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(
-                pool.map(
-                    lambda i: write_mrc(names[i], volumes[i], config.voxel_size), range(len(names))
-                )
+            writes = pool.map(
+                lambda i: write_mrc(names[i], volumes[i], config.voxel_size), range(len(names))
             )
+            for done, _ in enumerate(writes, 1):
+                if progress is not None and (done % 64 == 0 or done == len(names)):
+                    progress("write", done, len(names))
         del volumes
         table = make_particle_table(None, class_number=labels, image_name=names, source="simulated")
         paths["particles_star"] = out / "particles.star"
         write_particles(table, paths["particles_star"], voxel_size=config.voxel_size)
     if tomogram_shape is not None:
         n_tomo = 100 if n_tomogram_particles is None else n_tomogram_particles
+        if progress is not None:
+            progress("tomogram", 0, 1)
         volume, table = simulate_tomogram(
             tuple(tomogram_shape), n_tomo, config, seed=seed, workers=workers
         )
         paths["tomogram"] = out / "tomogram.mrc"
         write_mrc(paths["tomogram"], volume, config.voxel_size)
         del volume
+        if progress is not None:
+            progress("tomogram", 1, 1)
         table["tomo_name"] = paths["tomogram"].name
         paths["tomogram_particles_star"] = out / "tomogram_particles.star"
         write_particles(

@@ -9,6 +9,7 @@ noise-free centred templates (the ceiling baseline uses them).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,7 +102,12 @@ def _plan_subtomograms(
 
 
 def simulate_subtomogram_details(
-    n_per_class: int, config: SimulationConfig, seed: int = 0, *, workers: int | None = None
+    n_per_class: int,
+    config: SimulationConfig,
+    seed: int = 0,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> SimulatedSubtomograms:
     """Simulate crowded subtomograms and keep the ground truth of each.
 
@@ -120,6 +126,8 @@ def simulate_subtomogram_details(
         config: simulation settings.
         seed: the whole output is a function of (n_per_class, config, seed).
         workers: threads for scipy.fft (None: scipy's default, one).
+        progress: called as ``progress(done, total)`` after each chunk of the signal
+            and of the noise pass (``total`` counts both); never changes the output.
 
     Returns:
         The volumes (float32 (N, B, B, B), protein dark, in random class order) and
@@ -148,8 +156,10 @@ def simulate_subtomogram_details(
     grid_centre = lo + b // 2
     shape = (size, size, size)
     shared_transfer = None if config.defocus_spread_um > 0 else _transfer(shape, config)
+    n_chunks = math.ceil(n / _CHUNK)
+    total = n_chunks * (2 if config.noisy else 1)
 
-    for start in range(0, n, _CHUNK):
+    for k, start in enumerate(range(0, n, _CHUNK)):
         stop = min(start + _CHUNK, n)
         cls = plan["classes"][start:stop]  # (c, 1+m)
         rot = plan["rotations"][start:stop]  # (c, 1+m, 3, 3)
@@ -181,6 +191,8 @@ def simulate_subtomogram_details(
         signal = sfft.irfftn(spectrum, s=shape, axes=(1, 2, 3), workers=workers)
         volumes[start:stop] = signal[:, lo : lo + b, lo : lo + b, lo : lo + b]
         variances[start:stop] = volumes[start:stop].var(axis=(1, 2, 3), dtype=np.float64)
+        if progress is not None:
+            progress(k + 1, total)
 
     signal_variance = float(variances.mean()) if n else 0.0
     noise_std = 0.0
@@ -207,6 +219,8 @@ def simulate_subtomogram_details(
                 chunk_seeds[i],
                 workers,
             )
+            if progress is not None:
+                progress(n_chunks + i + 1, total)
     return SimulatedSubtomograms(
         volumes=volumes,
         class_numbers=labels,
@@ -219,7 +233,12 @@ def simulate_subtomogram_details(
 
 
 def simulate_subtomograms(
-    n_per_class: int, config: SimulationConfig, seed: int = 0, *, workers: int | None = None
+    n_per_class: int,
+    config: SimulationConfig,
+    seed: int = 0,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Simulate crowded subtomograms of every class (see `simulate_subtomogram_details`).
 
@@ -228,12 +247,16 @@ def simulate_subtomograms(
         config: simulation settings.
         seed: the output is a function of (n_per_class, config, seed).
         workers: threads for scipy.fft.
+        progress: ``progress(done, total)`` after each chunk (see
+            `simulate_subtomogram_details`).
 
     Returns:
         ``(volumes, class_numbers)``: float32 (N, B, B, B) ZYX with protein dark, and
         int64 (N,) 1-based class numbers, N = n_per_class * n_classes in random order.
     """
-    sim = simulate_subtomogram_details(n_per_class, config, seed, workers=workers)
+    sim = simulate_subtomogram_details(
+        n_per_class, config, seed, workers=workers, progress=progress
+    )
     return sim.volumes, sim.class_numbers
 
 
