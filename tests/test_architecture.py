@@ -5,6 +5,8 @@
   at module level nor inside a function, except in the GUI entry points listed in
   `GUI_ENTRY_POINTS` (each with its reason).
 - The npe2 adapters (reader, writer, sample data) never import `_widgets`.
+- Inside a package split into rooms (`train/`; the parts of the dock's `Session`), a
+  module never imports one of a higher room (`PACKAGE_ROOMS`).
 - The import graph among the package's modules has no cycle: module-level imports, and
   module-level plus function-level imports.
 - Importing the package, its public API and every core module leaves Qt and napari
@@ -206,6 +208,51 @@ def test_npe2_adapters_do_not_import_the_widgets():
         if imp.target == widgets or imp.target.startswith(widgets + ".")
     ]
     assert not offences, "npe2 adapters import _widgets:\n  " + "\n  ".join(offences)
+
+
+#: Rooms inside a package, bottom to top: a listed module imports listed modules of its
+#: own room or below, never one above (`train.loop` never imports `train.finetune`; the
+#: parts of the dock's `Session` never import `_session`, which composes them). A
+#: package's modules also never import the package itself (its `__init__` imports them).
+#: `complete`: every module of the package must be placed in a room.
+PACKAGE_ROOMS = {
+    f"{PACKAGE}.train": {
+        "rooms": (("config", "labels", "checkpoints"), ("loop",), ("pretrain", "finetune")),
+        "complete": True,
+    },
+    f"{PACKAGE}._widgets": {
+        "rooms": (
+            ("_style", "_worker_runner", "_click_labelling"),
+            ("_layer_sync",),
+            ("_session",),
+        ),
+        "complete": False,
+    },
+}
+
+
+def test_modules_inside_a_package_import_only_their_room_or_below():
+    offences = []
+    for package, spec in PACKAGE_ROOMS.items():
+        room_of = {
+            f"{package}.{name}": level
+            for level, room in enumerate(spec["rooms"])
+            for name in room
+        }
+        for module in room_of:
+            assert module in MODULES, f"PACKAGE_ROOMS names a missing module {module}"
+        if spec["complete"]:
+            unplaced = [m for m in MODULES if m.startswith(package + ".") and m not in room_of]
+            assert not unplaced, f"place these modules in PACKAGE_ROOMS[{package!r}]: {unplaced}"
+        for module, level in room_of.items():
+            for imp in IMPORTS[module]:
+                if imp.type_checking:
+                    continue
+                if imp.target == package and spec["complete"]:
+                    offences.append(imp.where() + " (its own package)")
+                elif room_of.get(imp.target, -1) > level:
+                    offences.append(imp.where() + " (a room above)")
+    assert not offences, "imports against the rooms of a package:\n  " + "\n  ".join(offences)
 
 
 # --------------------------------------------------------------------------- cycles

@@ -1,7 +1,7 @@
 """Where the network runs: device selection, mixed precision, memory layout, transfers.
 
 One place decides how the training and inference loops use the hardware, so that
-``train.py``, ``predict.py`` and ``saliency.py`` behave the same way:
+``train/``, ``predict.py`` and ``saliency.py`` behave the same way:
 
 - ``select_device("auto" | "cpu" | "cuda" | "cuda:1")``: "auto" takes CUDA when present.
   Under ``torchrun`` "auto" and "cuda" mean ``cuda:$LOCAL_RANK`` (one GPU per process).

@@ -2,7 +2,7 @@
 
 Each objective is a small ``nn.Module`` that owns the encoder being pretrained
 plus its method-specific parts (projection head, momentum encoder and queue,
-prototypes). The training loop (``train.py``) only does::
+prototypes). The training loop (``train/``) only does::
 
     objective = build_ssl("moco", encoder)
     loss = objective(augment(x), augment(x))    # two views of the same boxes
@@ -35,7 +35,7 @@ __all__ = ["SSL_DEFAULTS", "MoCo", "SSLObjective", "SimCLR", "SwAV", "build_ssl"
 
 #: Default hyper-parameters per method. Model-side keys are consumed by the
 #: objective; loop-side keys (lr, weight_decay, optimizer, batch_size, epochs)
-#: by ``train.py`` and ``SSLObjective.configure_optimizer``.
+#: by ``train/`` and ``SSLObjective.configure_optimizer``.
 #:
 #: - moco: Gupta et al. (2022), simulated data: queue 128 (64 for their real
 #:   data), m = 0.999 fixed, tau = 0.2, Adam lr 1e-4, weight decay 1e-4,

@@ -9,6 +9,15 @@ them, the current class, the model checkpoints made so far and the running worke
 Layers are views of the store: user edits on the particles layer (add, delete, move,
 click-to-label) become store calls, and every store change redraws the layers.
 Nothing here imports torch.
+
+`Session` binds the store and composes the parts it holds, each in its own module:
+
+- `_layer_sync.LayerSync`: draws the particles and predictions layers from the store and
+  turns edits on the particles layer into store calls;
+- `_click_labelling.ClickLabelling`: click-to-label and the class keys 0-9;
+- `_worker_runner.WorkerRunner`: the running thread workers (``busy``).
+
+The widgets talk to `Session` only; its methods hand the work to these parts.
 """
 
 from __future__ import annotations
@@ -21,21 +30,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 from qtpy.QtCore import QObject, Signal
 
-from napari_cryossl._widgets._style import (
-    DEFAULT_POINT_SIZE,
-    class_color_table,
-    point_colors,
-)
+from napari_cryossl._widgets._click_labelling import CLASS_KEYS, ClickLabelling
+from napari_cryossl._widgets._layer_sync import _ROLE, LayerSync
+from napari_cryossl._widgets._style import DEFAULT_POINT_SIZE
+from napari_cryossl._widgets._worker_runner import WorkerRunner
 
 if TYPE_CHECKING:
     import napari
 
-#: Particle layers this session draws carry this key in their metadata.
-_ROLE = "napari_cryossl"
-#: Keys that switch the current class while a particles layer is active (0 = unlabel).
-CLASS_KEYS = tuple(str(i) for i in range(10))
-#: Points whose label came from a person get this rim in the predictions layer.
-_LABELLED_RIM = np.array([1.0, 1.0, 1.0, 1.0])
+__all__ = ["CLASS_KEYS", "Session", "get_session"]
 
 _SESSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -85,11 +88,11 @@ class Session(QObject):
         self.encoder_path: Path | None = None
         self.classifier_path: Path | None = None
         self.min_confidence = 0.0
-        self._workers: set = set()
-        self._syncing = 0
-        self._n_known = 0  # particles the layer had when last drawn from the store
-        viewer.layers.events.removed.connect(self._on_layer_removed)
-        viewer.mouse_drag_callbacks.append(self._on_viewer_click)
+        self._layer_sync = LayerSync(self)
+        self._click_labelling = ClickLabelling(self)
+        self._worker_runner = WorkerRunner(self.busy_changed.emit)
+        viewer.layers.events.removed.connect(self._layer_sync.on_layer_removed)
+        viewer.mouse_drag_callbacks.append(self._click_labelling.on_viewer_click)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -128,7 +131,7 @@ class Session(QObject):
 
     @property
     def busy(self) -> bool:
-        return bool(self._workers)
+        return self._worker_runner.busy
 
     # ------------------------------------------------------------------ tomogram
     def open_tomogram(self, path, *, layer=None) -> None:
@@ -148,7 +151,7 @@ class Session(QObject):
         tomo = open_tomogram(path)
         store = AnnotationStore.for_tomogram(path)
         if layer is None:
-            layer = self._find_image_layer(path)
+            layer = self._layer_sync.find_image_layer(path)
         if layer is None:
             data, kwargs, _ = tomogram_layer_data(path)
             layer = self.viewer.add_image(data, **kwargs)
@@ -167,8 +170,8 @@ class Session(QObject):
         if self.store.classes and self.current_class not in self.class_numbers() + [0]:
             self.current_class = self.class_numbers()[0]
         store.on_change.append(self._on_store_change)
-        self._remove_layer("particles_layer")
-        self._remove_layer("predictions_layer")
+        self._layer_sync.remove_layer("particles_layer")
+        self._layer_sync.remove_layer("predictions_layer")
         self.ensure_particles_layer()
         if self._has_predictions():
             self.show_predictions()
@@ -192,13 +195,6 @@ class Session(QObject):
                 "with 'Open tomogram…' (or File ▸ Open)"
             )
         self.open_tomogram(path, layer=layer)
-
-    def _find_image_layer(self, path: Path):
-        for layer in self.viewer.layers:
-            meta = layer.metadata or {}
-            if meta.get(_ROLE) == "tomogram" and Path(meta.get("path", "")) == path:
-                return layer
-        return None
 
     def _detach_store(self) -> None:
         if self.store is not None:
@@ -243,40 +239,6 @@ class Session(QObject):
             return
         number = self.current_class if class_number is None else int(class_number)
         self.store.set_class(indices, number)
-
-    def particle_at(
-        self, position_world, *, view_direction=None, dims_displayed=None
-    ) -> int | None:
-        """Index of the particle drawn at a world position (what a click there hits), or None."""
-        for layer in (self.predictions_layer, self.particles_layer):
-            if layer is None or not layer.visible or len(layer.data) == 0:
-                continue
-            value = layer.get_value(
-                position_world,
-                view_direction=view_direction,
-                dims_displayed=dims_displayed,
-                world=True,
-            )
-            if value is not None:
-                return int(value)
-        return None
-
-    def _on_viewer_click(self, viewer, event) -> None:
-        """Mouse press anywhere in the canvas: label the particle under the cursor."""
-        if not self.label_on_click or self.store is None:
-            return
-        if getattr(event, "button", 1) not in (1, None):
-            return
-        active = viewer.layers.selection.active
-        if active is not None and getattr(active, "mode", None) == "add":
-            return  # the click adds a particle; do not also label
-        index = self.particle_at(
-            event.position,
-            view_direction=getattr(event, "view_direction", None),
-            dims_displayed=list(getattr(event, "dims_displayed", []) or []) or None,
-        )
-        if index is not None:
-            self.label_particles([index])
 
     def add_particles(self, zyx, *, source: str = "manual", class_number: int = 0, score=None):
         """Add particles (ZYX voxels) to the store; returns their indices."""
@@ -326,87 +288,15 @@ class Session(QObject):
     # ------------------------------------------------------------------ layers
     def ensure_particles_layer(self):
         """The Points layer that shows (and edits) the store's particles, created if needed."""
-        self.require_tomogram()
-        layer = self.particles_layer
-        if layer is None or layer not in self.viewer.layers:
-            from napari_cryossl._reader import points_kwargs
-
-            kwargs = points_kwargs(
-                self.store.table,
-                voxel_size=self.voxel_size,
-                point_size=self.point_size,
-                classes=self.store.classes,
-            )
-            data = kwargs.pop("data")
-            kwargs["translate"] = (
-                tuple(self.image_layer.translate) if self.image_layer else (0, 0, 0)
-            )
-            with self._syncing_layers():
-                layer = self.viewer.add_points(
-                    data,
-                    name=f"particles · {Path(self.tomogram.path).stem}",
-                    metadata={
-                        _ROLE: "particles",
-                        "path": str(self.store.path),
-                        "voxel_size": self.voxel_size,
-                        "tomo_name": Path(self.tomogram.path).name,
-                        "tomogram_shape": tuple(int(s) for s in self.tomogram.shape),
-                    },
-                    **kwargs,
-                )
-            self._n_known = len(data)
-            self.update_slice_margins()
-            layer.events.data.connect(self._on_layer_data)
-            self._bind_class_keys(layer)
-            self.particles_layer = layer
-        return layer
+        return self._layer_sync.ensure_particles_layer()
 
     def update_slice_margins(self) -> None:
-        """Make the viewer's slices as thick as a particle, so each particle shows (as the
-        disc where its sphere cuts the plane) on every slice it spans, not only on its centre.
-
-        Image layers ignore the margins (their projection mode is "none"); Points layers
-        with projection_mode "rescale_spherical" use them.
-        """
-        dims = self.viewer.dims
-        radius = 0.5 * self.point_size * self.voxel_size  # world units (Å)
-        if dims.ndim >= 3:
-            dims.margin_left = (radius,) * dims.ndim
-            dims.margin_right = (radius,) * dims.ndim
+        """Make the viewer's slices as thick as a particle (see `LayerSync`)."""
+        self._layer_sync.update_slice_margins()
 
     def refresh_layers(self) -> None:
         """Redraw the particles (and predictions) layers from the store."""
-        if self.store is None:
-            return
-        self.update_slice_margins()
-        layer = self.particles_layer
-        if layer is not None and layer in self.viewer.layers:
-            table = self.store.table
-            from napari_cryossl.io import particle_zyx
-
-            zyx = particle_zyx(table)
-            face, border = point_colors(table["class_number"].to_numpy(), self.store.classes)
-            with self._syncing_layers():
-                if len(zyx) != len(layer.data) or not np.array_equal(zyx, layer.data):
-                    layer.selected_data = set()
-                    layer.data = zyx
-                layer.features = _features(table)
-                layer.size = self.point_size
-                if len(zyx):
-                    layer.face_color = face
-                    layer.border_color = border
-                layer.refresh()
-            self._n_known = len(zyx)
-        if self.predictions_layer is not None and self.predictions_layer in self.viewer.layers:
-            self._draw_predictions()
-
-    @contextlib.contextmanager
-    def _syncing_layers(self):
-        self._syncing += 1
-        try:
-            yield
-        finally:
-            self._syncing -= 1
+        self._layer_sync.refresh()
 
     def _on_store_change(self, change=None, *args, **kwargs) -> None:
         self.refresh_layers()
@@ -418,201 +308,43 @@ class Session(QObject):
                 self.current_class = numbers[0] if numbers else 1
             self.classes_changed.emit()
 
-    def _on_layer_data(self, event) -> None:
-        """User edits on the particles layer -> the store (which autosaves)."""
-        if self._syncing or self.store is None:
-            return
-        action = str(getattr(event, "action", ""))
-        layer = self.particles_layer
-        try:
-            if action == "added":
-                new = np.asarray(layer.data[self._n_known :], dtype=np.float64)
-                self._n_known = len(layer.data)
-                if len(new):
-                    self.store.add_particles(new, source="manual", class_number=0)
-            elif action == "removed":
-                indices = sorted(int(i) for i in event.data_indices)
-                self._n_known = len(layer.data)
-                if indices:
-                    self.store.remove_particles(np.asarray(indices, dtype=np.int64))
-            elif action == "changed":
-                indices = np.asarray(sorted(int(i) for i in event.data_indices), dtype=np.int64)
-                if indices.size and len(layer.data) == len(self.store.table):
-                    self.store.move_particles(
-                        indices, np.asarray(layer.data[indices], dtype=np.float64)
-                    )
-        except Exception as exc:  # keep the viewer usable; the store is unchanged on error
-            from napari_cryossl._widgets._common import notify_error
-
-            notify_error(exc)
-            self.refresh_layers()
-
-    def _on_layer_removed(self, event) -> None:
-        layer = event.value
-        if layer is self.particles_layer:
-            self.particles_layer = None
-        elif layer is self.predictions_layer:
-            self.predictions_layer = None
-        elif layer is self.image_layer:
-            self.image_layer = None
-
-    def _remove_layer(self, attr: str) -> None:
-        layer = getattr(self, attr)
-        setattr(self, attr, None)
-        if layer is not None and layer in self.viewer.layers:
-            self.viewer.layers.remove(layer)
-
-    def _bind_class_keys(self, layer) -> None:
-        """Keys 1-9 pick the current class (0: unlabel) while this layer is active."""
-        session_ref = weakref.ref(self)
-        for key in CLASS_KEYS:
-
-            def choose(_layer, number=int(key)):
-                session = session_ref()
-                if session is not None:
-                    session.set_current_class(number)
-
-            layer.bind_key(key, choose, overwrite=True)
+    # ------------------------------------------------------------------ click-to-label
+    def particle_at(
+        self, position_world, *, view_direction=None, dims_displayed=None
+    ) -> int | None:
+        """Index of the particle drawn at a world position (what a click there hits), or None."""
+        return self._click_labelling.particle_at(
+            position_world, view_direction=view_direction, dims_displayed=dims_displayed
+        )
 
     def start_labelling(self) -> None:
         """Clicks on particles now assign the current class; the particles layer is activated."""
-        self.require_tomogram()
-        self.label_on_click = True
-        predictions = self.predictions_layer
-        if predictions is not None and predictions in self.viewer.layers and predictions.visible:
-            layer = predictions  # correcting predictions: click the coloured calls
-        else:
-            layer = self.ensure_particles_layer()
-            layer.visible = True
-        self.viewer.layers.selection.active = layer
-        layer.mode = "pan_zoom"
-        self.labelling_changed.emit(True)
+        self._click_labelling.start()
 
     def stop_labelling(self) -> None:
-        if self.label_on_click:
-            self.label_on_click = False
-            self.labelling_changed.emit(False)
+        self._click_labelling.stop()
 
     # ------------------------------------------------------------------ predictions
     def _has_predictions(self) -> bool:
-        table = self.store.table if self.store is not None else None
-        return (
-            table is not None
-            and "predicted_class" in table
-            and bool((table["predicted_class"].to_numpy() > 0).any())
-        )
+        return self._layer_sync.has_predictions()
 
     def show_predictions(self):
         """The Points layer of predictions (colour = predicted class, size/opacity = confidence)."""
-        self.require_tomogram()
-        layer = self.predictions_layer
-        if layer is None or layer not in self.viewer.layers:
-            from napari_cryossl.io import particle_zyx
-
-            with self._syncing_layers():
-                vs = self.voxel_size
-                layer = self.viewer.add_points(
-                    particle_zyx(self.store.table),
-                    ndim=3,
-                    name=f"predictions · {Path(self.tomogram.path).stem}",
-                    scale=(vs, vs, vs),
-                    translate=tuple(self.image_layer.translate) if self.image_layer else (0, 0, 0),
-                    projection_mode="rescale_spherical",
-                    border_width=0.2,
-                    border_width_is_relative=True,
-                    metadata={
-                        _ROLE: "predictions",
-                        "voxel_size": vs,
-                        "tomo_name": Path(self.tomogram.path).name,
-                        "tomogram_shape": tuple(int(s) for s in self.tomogram.shape),
-                    },
-                )
-            layer.editable = False
-            self._bind_class_keys(layer)
-            self.predictions_layer = layer
-            # An existing layer is redrawn by every store change (refresh_layers), so
-            # only a new one needs drawing here: one redraw per prediction, not two.
-            self._draw_predictions()
-        # One view of the particles at a time: labels show as white rims in this layer.
-        if self.particles_layer is not None and self.particles_layer in self.viewer.layers:
-            self.particles_layer.visible = False
-        layer.visible = True
-        return layer
+        return self._layer_sync.show_predictions()
 
     def prediction_arrays(self):
         """(predicted_class, probability) per particle; 0 / NaN where there is no prediction."""
-        table = self.store.table
-        n = len(table)
-        predicted = (
-            table["predicted_class"].to_numpy(dtype=np.int64)
-            if "predicted_class" in table
-            else np.zeros(n, dtype=np.int64)
-        )
-        prob = (
-            table["probability"].to_numpy(dtype=np.float64)
-            if "probability" in table
-            else np.full(n, np.nan)
-        )
-        return predicted, prob
-
-    def _draw_predictions(self) -> None:
-        layer = self.predictions_layer
-        from napari_cryossl.io import particle_zyx
-
-        table = self.store.table
-        zyx = particle_zyx(table)
-        predicted, prob = self.prediction_arrays()
-        conf = np.nan_to_num(prob, nan=0.0)
-        face, _ = point_colors(predicted, self.store.classes)
-        # Confidence -> opacity and size, so doubtful calls recede and confident ones stand
-        # out. Measured from chance (1/classes), where a call means nothing, to certainty.
-        chance = 1.0 / max(len(self.store.classes), 2)
-        rel = np.clip((conf - chance) / (1.0 - chance), 0.0, 1.0)
-        face[:, 3] = np.where(predicted > 0, 0.3 + 0.7 * rel, 0.0)
-        labelled = table["class_number"].to_numpy() > 0
-        colors = class_color_table(self.store.classes, predicted)
-        border = np.tile(np.array([0.75, 0.75, 0.75, 1.0]), (len(zyx), 1))
-        for number, rgba in colors.items():
-            border[predicted == number] = rgba
-        border[labelled] = _LABELLED_RIM
-        sizes = self.point_size * np.where(predicted > 0, 0.5 + 0.5 * rel, 0.6)
-        features = _features(table)
-        features["class_number"] = predicted  # the writer saves predictions as classes
-        features["label"] = table["class_number"].to_numpy(dtype=np.int64)
-        with self._syncing_layers():
-            if len(zyx) != len(layer.data) or not np.array_equal(zyx, layer.data):
-                layer.data = zyx
-            layer.features = features
-            if len(zyx):
-                layer.face_color = face
-                layer.border_color = border
-                layer.size = sizes
-                # Particles without a prediction stay visible (grey) unless a filter is set.
-                layer.shown = np.where(
-                    predicted > 0, conf >= self.min_confidence, self.min_confidence <= 0
-                )
-            layer.refresh()
+        return self._layer_sync.prediction_arrays()
 
     def set_min_confidence(self, value: float) -> None:
         """Hide predictions below this confidence (0 shows every particle)."""
         self.min_confidence = float(value)
         if self.predictions_layer is not None and self.predictions_layer in self.viewer.layers:
-            self._draw_predictions()
+            self._layer_sync.draw_predictions()
 
     def center_on(self, index: int) -> None:
         """Centre the view on particle `index` and move the Z slider to its slice."""
-        from napari_cryossl.io import particle_zyx
-
-        zyx = particle_zyx(self.store.table)[int(index)]
-        layer = self.particles_layer or self.image_layer
-        world = np.asarray(layer.data_to_world(zyx)) if layer is not None else zyx * self.voxel_size
-        viewer = self.viewer
-        viewer.dims.set_point(range(3), tuple(world))
-        displayed = list(viewer.dims.displayed)
-        viewer.camera.center = tuple(world[displayed])
-        for lyr in (self.particles_layer, self.predictions_layer):
-            if lyr is not None and lyr in viewer.layers:
-                lyr.selected_data = {int(index)}
+        self._layer_sync.center_on(index)
 
     # ------------------------------------------------------------------ workers
     def start_worker(self, worker) -> None:
@@ -621,24 +353,7 @@ class Session(QObject):
         The deferred start lets the caller connect the worker's signals first (a worker
         that fails at once would otherwise emit ``finished`` before anyone listens).
         """
-        from qtpy.QtCore import QTimer
-
-        self._workers.add(worker)
-        worker.finished.connect(lambda w=worker: self._worker_done(w))
-        if len(self._workers) == 1:
-            self.busy_changed.emit(True)
-        QTimer.singleShot(0, worker.start)
-
-    def _worker_done(self, worker) -> None:
-        self._workers.discard(worker)
-        if not self._workers:
-            self.busy_changed.emit(False)
+        self._worker_runner.start(worker)
 
     def quit_workers(self) -> None:
-        for worker in list(self._workers):
-            worker.quit()
-
-
-def _features(table):
-    cols = [c for c in ("class_number", "probability", "score", "source") if c in table]
-    return table[cols].reset_index(drop=True).copy()
+        self._worker_runner.quit_all()

@@ -1,0 +1,52 @@
+"""The background jobs of a `Session`: napari thread workers, started and kept until they end.
+
+`WorkerRunner` holds every running worker (so none is garbage-collected mid-run), reports
+when the first one starts and the last one ends (the session's ``busy_changed``), and
+quits them all when the dock closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class WorkerRunner:
+    """Starts napari thread workers and keeps them until they finish.
+
+    Args:
+        on_busy: called with True when a worker starts while none runs, and with False
+            when the last running worker finishes.
+    """
+
+    def __init__(self, on_busy: Callable[[bool], object]) -> None:
+        self._workers: set = set()
+        self._on_busy = on_busy
+
+    @property
+    def busy(self) -> bool:
+        """Whether any worker is running (or about to start)."""
+        return bool(self._workers)
+
+    def start(self, worker) -> None:
+        """Start a napari thread worker at the next event-loop turn; keep it until it ends.
+
+        The deferred start lets the caller connect the worker's signals first (a worker
+        that fails at once would otherwise emit ``finished`` before anyone listens).
+        """
+        from qtpy.QtCore import QTimer
+
+        self._workers.add(worker)
+        worker.finished.connect(lambda w=worker: self._done(w))
+        if len(self._workers) == 1:
+            self._on_busy(True)
+        QTimer.singleShot(0, worker.start)
+
+    def _done(self, worker) -> None:
+        self._workers.discard(worker)
+        if not self._workers:
+            self._on_busy(False)
+
+    def quit_all(self) -> None:
+        """Ask every running worker to stop (generators close and write their checkpoint)."""
+        for worker in list(self._workers):
+            worker.quit()

@@ -1,0 +1,475 @@
+"""Supervised fine-tuning of a classifier on the labelled particles: ``iter_finetune``.
+
+``_FinetuneJob`` is the fine-tuning side of the shared loop (``loop._train_epochs``):
+the label split (``labels.split_labelled``), class-balanced batches, the warm-up and
+cosine schedule, validation after every epoch with the best classifier kept at ``out``,
+and the resumable state (split, optimiser, schedule) in ``last_checkpoint_path(out)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_cryossl.status import TrainStatus
+from napari_cryossl.train.checkpoints import (
+    _plain_config,
+    _rng_state,
+    _set_rng_state,
+    last_checkpoint_path,
+)
+from napari_cryossl.train.config import FinetuneConfig
+from napari_cryossl.train.labels import split_labelled
+from napari_cryossl.train.loop import (
+    _backward_step,
+    _Job,
+    _loader,
+    _plain_loader,
+    _source,
+    _train_epochs,
+)
+
+__all__ = ["iter_finetune"]
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+class _FinetuneJob(_Job):
+    stage = "finetune"
+
+    def __init__(self, data, config: FinetuneConfig, out, *, init, resume: bool, distributed):
+        import torch
+
+        from napari_cryossl.augment import SubtomogramAugment
+        from napari_cryossl.devices import (
+            InputError,
+            amp_dtype,
+            make_grad_scaler,
+            memory_format,
+            select_device,
+        )
+        from napari_cryossl.distributed import DistributedContext
+        from napari_cryossl.models import (
+            Classifier,
+            build_encoder,
+            encoder_from_checkpoint,
+            load_checkpoint,
+        )
+
+        asked_preset = config.preset  # None: whatever the init/resume checkpoint holds
+        self.device = select_device(config.device)
+        config = config.resolved(self.device.type)
+        self.config = config
+        self.data = data
+        self.out = Path(out)
+        self.last_path = last_checkpoint_path(self.out)
+        self.ctx = (
+            distributed
+            if distributed is not None
+            else DistributedContext.from_environment(self.device)
+        )
+        self.seed = int(config.seed)
+        self.n_epochs = int(config.epochs)
+        self.save_every = max(int(config.save_every), 1)
+        self.num_workers = int(config.num_workers)
+        self.source = _source(data)
+        self.init = Path(init) if init is not None else None
+        self.notes: list[str] = []
+
+        resume_state = None
+        if resume and self.last_path.is_file():
+            resume_state = load_checkpoint(
+                self.last_path,
+                kind="classifier",
+                preset=asked_preset,
+                box_size=data.box_size,
+                map_location="cpu",
+            )
+        labels = np.asarray(data.class_numbers, dtype=np.int64)
+        if resume_state is not None:
+            train_rows, val_rows, info = self._resume_split(resume_state, labels)
+        else:
+            train_rows, val_rows, info = split_labelled(
+                labels,
+                label_fraction=config.label_fraction,
+                val_fraction=config.val_fraction,
+                seed=self.seed,
+                source=self.source,
+            )
+        self.train_rows, self.val_rows, self.split_info = train_rows, val_rows, info
+        if info.get("note"):
+            self.notes.append(info["note"])
+        self.classes = np.asarray(info["classes"], dtype=np.int64)
+        self.n_train = len(train_rows)
+        if self.n_train < self.ctx.world_size:
+            raise InputError(
+                f"{self.source}: {self.n_train} training particles for "
+                f"{self.ctx.world_size} processes; use fewer processes"
+            )
+        self.local_batch = max(int(config.batch_size) // self.ctx.world_size, 1)
+        # Labelled sets are small: keep every example, including a partial last batch.
+        self.drop_last = False
+
+        self.balanced = bool(config.balanced)
+        self.min_steps = int(config.min_steps or 0)
+        torch.manual_seed(self.seed)
+        preset = asked_preset
+        if resume_state is not None:
+            preset = resume_state["preset"]
+            encoder = encoder_from_checkpoint(resume_state)
+            self.method = resume_state.get("method", "finetune")
+        elif self.init is not None:
+            init_state = load_checkpoint(self.init, preset=preset, box_size=data.box_size)
+            encoder = encoder_from_checkpoint(init_state)
+            preset = init_state["preset"]
+            self.method = f"finetune from {init_state.get('method') or 'checkpoint'}"
+            trained_vs = init_state.get("voxel_size")
+            if (
+                trained_vs
+                and data.voxel_size
+                and abs(trained_vs - data.voxel_size) > 0.02 * trained_vs
+            ):
+                self.notes.append(
+                    f"{self.init} was pretrained at {trained_vs:g} Å/voxel, the particles are "
+                    f"{data.voxel_size:g} Å/voxel"
+                )
+        else:
+            preset = config.preset
+            encoder = build_encoder(preset, data.box_size, **(config.encoder_options or {}))
+            self.method = "supervised"
+        if config.freeze_encoder and "(linear probe)" not in self.method:
+            self.method += " (linear probe)"
+        self.preset = preset
+        self.model = Classifier(encoder, len(self.classes), dropout=config.dropout)
+        if config.freeze_encoder:
+            self.model.encoder.requires_grad_(False)
+        self.model.to(self.device, memory_format=memory_format(self.device))
+        if resume_state is None and config.head_init == "probe":
+            self._head_from_probe()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(
+                params, lr=config.lr, weight_decay=config.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+            )
+        self.total_steps = max(self.n_epochs * self.steps_per_epoch, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.dtype = amp_dtype(self.device, config.amp)
+        self.scaler = make_grad_scaler(self.device, self.dtype)
+        self.augment = (
+            SubtomogramAugment(**dict(config.augment_options)) if config.augment else None
+        )
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(config.label_smoothing))
+        self.trainable = self.ctx.wrap(self.model, self.device) if self.ctx.enabled else self.model
+        self.best = {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": 0}
+        self._wrote_out = False
+        self._correct = 0
+        self._seen = 0
+        if resume_state is not None:
+            self._restore(resume_state)
+        if self.ctx.enabled and self.ctx.rank > 0:
+            torch.manual_seed(self.seed + 7919 * self.ctx.rank + self.global_step)
+
+    # -- schedule and batches ---------------------------------------------------------------
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up over ``warmup`` of the steps, then a cosine decay to 0."""
+        total = max(int(self.total_steps), 1)
+        warm = int(round(float(self.config.warmup) * total))
+        if step < warm:
+            return (step + 1) / warm
+        t = min(step - warm, total - warm) / max(total - warm, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+
+    @functools.cached_property
+    def steps_per_epoch(self) -> int:
+        if not self.balanced:
+            return len(self.epoch_batches(0))
+        per_epoch = math.ceil(self.n_train / max(self.local_batch * self.ctx.world_size, 1))
+        return max(per_epoch, math.ceil(self.min_steps / max(self.n_epochs, 1)), 1)
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """Class-balanced batches (``balanced``): every class is drawn equally often.
+
+        Global batch k holds ``batch_size`` draws of a class chosen uniformly at random;
+        each class cycles through random permutations of its particles, so none is
+        repeated before all of its class have been seen. Rank r takes its slice of
+        every global batch. Depends only on (seed, epoch, labels): resumable.
+        """
+        if not self.balanced:
+            return super().epoch_batches(epoch)
+        rng = np.random.default_rng([self.seed, epoch, 0x5EED])
+        labels = np.asarray(self.data.class_numbers, dtype=np.int64)[self.train_rows]
+        members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+        global_batch = self.local_batch * self.ctx.world_size
+        n_draws = self.steps_per_epoch * global_batch
+        classes = rng.integers(0, len(members), n_draws)
+        order = np.empty(n_draws, dtype=np.int64)
+        for c, rows in enumerate(members):
+            where = np.flatnonzero(classes == c)
+            cycles = math.ceil(len(where) / len(rows)) if len(where) else 0
+            pool = np.concatenate([rng.permutation(rows) for _ in range(cycles)] or [rows[:0]])
+            order[where] = pool[: len(where)]
+        r, b = self.ctx.rank, self.local_batch
+        return [
+            order[k * global_batch + r * b : k * global_batch + (r + 1) * b]
+            for k in range(self.steps_per_epoch)
+        ]
+
+    # -- setup helpers ----------------------------------------------------------------------
+    def _head_from_probe(self) -> None:
+        """Set the last layer to the linear probe on the training particles (head_init="probe")."""
+        import torch
+
+        from napari_cryossl.probe import embed, fit_logistic
+
+        train = self.data.subset(self.train_rows)
+        labels = np.asarray(train.class_numbers, dtype=np.int64)
+        weight, bias = fit_logistic(
+            embed(self.model.encoder, train, batch_size=self.local_batch * 4),
+            np.searchsorted(self.classes, labels),
+            len(self.classes),
+        )
+        linear = self.model.head[-1]
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(weight))
+            linear.bias.copy_(torch.from_numpy(bias))
+        self.method += ", head from linear probe"
+
+    def _resume_split(self, state: dict, labels: np.ndarray):
+        from napari_cryossl.devices import InputError
+
+        split = state.get("split") or {}
+        train_rows = np.asarray(split.get("train_rows", []), dtype=np.int64)
+        val_rows = np.asarray(split.get("val_rows", []), dtype=np.int64)
+        classes = [int(c) for c in state.get("class_numbers") or []]
+        rows = np.concatenate([train_rows, val_rows])
+        if (
+            len(train_rows) == 0
+            or rows.max(initial=-1) >= len(labels)
+            or not set(labels[rows].tolist()) <= set(classes)
+            or (labels[rows] <= 0).any()
+        ):
+            raise InputError(
+                f"{self.last_path}: the labelled particles have changed since this run was "
+                "started; start a new run without --resume"
+            )
+        info = dict(split.get("info") or {})
+        info["classes"] = classes
+        return train_rows, val_rows, info
+
+    def _restore(self, state: dict) -> None:
+        from napari_cryossl.devices import InputError
+
+        try:
+            self.model.load_state_dict(state["model"])
+            if state.get("optimizer") is None:
+                raise KeyError("optimizer")
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise InputError(
+                f"{self.last_path}: does not match this fine-tuning setup ({exc}); start a "
+                "new run without --resume or use the same options"
+            ) from exc
+        # More (or fewer) epochs than the interrupted run: the schedule reads
+        # ``total_steps``, which already stretches the cosine to the new end.
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+        best = state.get("best") or {}
+        self.best.update({k: best[k] for k in ("val_accuracy", "val_loss", "epoch") if k in best})
+        self._wrote_out = self.out.is_file()
+        self.restore_progress(state.get("progress"), self.last_path)
+        _set_rng_state(state.get("rng"), self.device)
+
+    # -- loop hooks ---------------------------------------------------------------------------
+    def loader(self, batches):
+        return _loader(self, batches, self.train_rows)
+
+    def _targets(self, labels):
+        import torch
+
+        index = np.searchsorted(self.classes, labels.numpy())
+        return torch.from_numpy(index).to(self.device, non_blocking=True)
+
+    def train_step(self, boxes, labels) -> float:
+        from napari_cryossl.devices import autocast, to_device
+
+        x = to_device(boxes, self.device)
+        y = self._targets(labels)
+        self.trainable.train()
+        if self.config.freeze_encoder:
+            self.model.encoder.eval()
+        if self.augment is not None:
+            x = self.augment(x)
+        with autocast(self.device, self.dtype):
+            logits = self.trainable(x)
+        loss = self.criterion(logits.float(), y)
+        _backward_step(self, loss)
+        self.scheduler.step()
+        self._correct += int((logits.detach().argmax(1) == y).sum())
+        self._seen += int(y.numel())
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"fine-tuning loss became {value} at step {self.global_step + 1}; lower the "
+                "learning rate (--lr)"
+            )
+        return value
+
+    def evaluate(self) -> dict:
+        """Validation loss and accuracy of the current weights (no augmentation, eval mode)."""
+        import torch
+
+        from napari_cryossl.devices import autocast, to_device
+
+        if len(self.val_rows) == 0:
+            return {}
+        self.model.eval()
+        total_loss, correct = 0.0, 0
+        batches = [self.val_rows[i : i + 64] for i in range(0, len(self.val_rows), 64)]
+        with torch.inference_mode():
+            for boxes, labels, _rows in _plain_loader(self, batches):
+                x = to_device(boxes, self.device)
+                y = self._targets(labels)
+                with autocast(self.device, self.dtype):
+                    logits = self.model(x)
+                total_loss += float(
+                    torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+                )
+                correct += int((logits.argmax(1) == y).sum())
+        n = len(self.val_rows)
+        return {"val_loss": total_loss / n, "val_accuracy": correct / n}
+
+    def end_epoch(self, mean_loss: float) -> dict:
+        train_acc = self.ctx.mean(self._correct / max(self._seen, 1), self.device)
+        self._correct = self._seen = 0
+        metrics: dict[str, Any] = {"train_loss": mean_loss, "train_accuracy": train_acc}
+        val = self.evaluate()
+        metrics.update(val)
+        if val:
+            better = val["val_accuracy"] > self.best["val_accuracy"] or (
+                val["val_accuracy"] == self.best["val_accuracy"]
+                and val["val_loss"] < self.best["val_loss"]
+            )
+            if better:
+                self.best = {
+                    "val_accuracy": val["val_accuracy"],
+                    "val_loss": val["val_loss"],
+                    "epoch": self.epoch,
+                }
+                self._write_out(metrics)
+            metrics["best_val_accuracy"] = self.best["val_accuracy"]
+            metrics["best_epoch"] = self.best["epoch"]
+        else:
+            # Without validation examples the latest weights are the best we know.
+            self.best["epoch"] = self.epoch
+            self._write_out(metrics)
+        metrics["n_train"] = int(self.n_train)
+        metrics["n_val"] = int(len(self.val_rows))
+        if self.notes:
+            metrics["note"] = "; ".join(self.notes)
+        return metrics
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _names(self) -> list[str]:
+        names = {int(k): v for k, v in (self.config.class_names or {}).items()}
+        return [str(names.get(int(c), f"class {int(c)}")) for c in self.classes]
+
+    def _state(self, **extra):
+        from napari_cryossl.models import checkpoint_state
+
+        return checkpoint_state(
+            self.model,
+            voxel_size=self.data.voxel_size,
+            class_numbers=[int(c) for c in self.classes],
+            class_names=self._names(),
+            method=self.method,
+            config=_plain_config(self.config),
+            init=str(self.init) if self.init is not None else None,
+            **extra,
+        )
+
+    def _write_out(self, metrics: dict) -> None:
+        """The classifier to predict with: the best validation weights so far."""
+        from napari_cryossl.models import save_checkpoint
+
+        if self.ctx.is_main:
+            plain = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+            save_checkpoint(self.out, self._state(epoch=self.epoch, metrics=plain))
+        self._wrote_out = True
+
+    def save(self, *, reason: str) -> Path | None:
+        from napari_cryossl.models import save_checkpoint
+
+        if not self.ctx.is_main:
+            return self.last_path
+        state = self._state(
+            epoch=self.epoch,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            grad_scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            progress=self.progress_state(),
+            rng=_rng_state(self.device),
+            best=dict(self.best),
+            split={
+                "train_rows": self.train_rows,
+                "val_rows": self.val_rows,
+                "info": {k: v for k, v in self.split_info.items() if k != "counts"},
+            },
+            stopped=reason != "epoch",
+        )
+        save_checkpoint(self.last_path, state)
+        if not self._wrote_out:
+            # Stopped before the first validation: leave a usable classifier at ``out``.
+            save_checkpoint(self.out, self._state(epoch=self.epoch))
+            self._wrote_out = True
+        return self.last_path
+
+
+def iter_finetune(
+    data,
+    config: FinetuneConfig,
+    out,
+    *,
+    init=None,
+    resume: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    distributed=None,
+) -> Iterator[TrainStatus]:
+    """Train a classifier on the labelled particles (class number > 0).
+
+    Starts from a pretrained encoder (``init``) or from random weights. SGD with
+    momentum and a cosine learning-rate decay minimise the cross-entropy. After every
+    epoch the validation split is evaluated and the best model is written to ``out``.
+    Class numbers may be sparse (e.g. 2, 5, 7): the checkpoint stores the sorted list
+    and output i means class ``classes[i]``.
+
+    Args:
+        data: a ``SubtomogramSet``; unlabelled rows (0) are ignored.
+        config: ``FinetuneConfig``.
+        out: classifier checkpoint (the best validation model); the resumable state
+            goes to ``last_checkpoint_path(out)``.
+        init: encoder (or classifier) checkpoint to start from; its box size must match.
+        resume: continue from ``last_checkpoint_path(out)`` if it exists.
+        should_stop: polled before every step; True stops (on every rank).
+        distributed: a ``distributed.DistributedContext``; None detects torchrun.
+
+    Yields:
+        ``TrainStatus`` after every step, every epoch and at the end.
+
+    Raises:
+        InputError: fewer than 2 labelled classes, bad settings, a checkpoint for
+            another box size or preset.
+        DeviceOutOfMemoryError: the GPU ran out of memory (checkpoint saved first).
+    """
+    job = _FinetuneJob(data, config, out, init=init, resume=resume, distributed=distributed)
+    return _train_epochs(job, should_stop)
