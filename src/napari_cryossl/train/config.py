@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari_cryossl.options import (
-    DEVICE_HELP,
     MODEL_PRESETS,
     RECIPE_NAMES,
     SSL_METHODS,
-    WORKERS_HELP,
+    device_option,
     option,
+    workers_option,
 )
 
 __all__ = [
@@ -185,9 +185,9 @@ class PretrainConfig:
     )
     lr: float | None = option(None, "learning rate (default: the method's)", minimum=0)
     weight_decay: float | None = None
-    device: str = option("auto", DEVICE_HELP)
+    device: str = device_option()
     seed: int = option(0, "seeds the weights, the data order and the augmentation")
-    num_workers: int = option(0, WORKERS_HELP, minimum=0, flag="--workers")
+    num_workers: int = workers_option()
     keep_state: bool = option(False, KEEP_STATE_HELP)
     amp: bool = True
     save_every: int = 1
@@ -321,9 +321,9 @@ class FinetuneConfig:
         minimum=1,
     )
     class_names: dict[int, str] | None = None
-    device: str = option("auto", DEVICE_HELP)
+    device: str = device_option()
     seed: int = option(0, "seeds the label split, the weights and the augmentation")
-    num_workers: int = option(0, WORKERS_HELP, minimum=0, flag="--workers")
+    num_workers: int = workers_option()
     keep_state: bool = option(False, KEEP_STATE_HELP)
     amp: bool = True
     save_every: int = 1
