@@ -35,6 +35,7 @@ __all__ = [
     "SuggestSettings",
     "cluster",
     "embed_particles",
+    "iter_embed_particles",
     "map_2d",
     "suggest",
 ]
@@ -68,6 +69,51 @@ class SuggestSettings:
     batch_size: int = option(64, BATCH_HELP, minimum=1)
 
 
+def iter_embed_particles(
+    model_or_checkpoint, data, *, device="auto", batch_size: int = EmbedSettings.batch_size
+):
+    """Embed every particle of ``data`` batch by batch: the generator form that the dock
+    runs in a worker (progress, cancel). Yields a ``TrainStatus`` (stage "embed", one
+    step per batch), then the (N, F) float32 embeddings in the set's order.
+
+    ``model_or_checkpoint``: an encoder or classifier checkpoint path, its loaded state,
+    or an encoder module (e.g. random weights, for a first look).
+    """
+    import math
+    import time
+
+    import torch
+
+    from napari_cryossl.devices import select_device
+    from napari_cryossl.models import encoder_from_checkpoint, load_checkpoint
+    from napari_cryossl.status import TrainStatus
+
+    t0 = time.perf_counter()
+    device = select_device(device)
+    if isinstance(model_or_checkpoint, torch.nn.Module):
+        encoder = model_or_checkpoint.to(device).eval()
+    else:
+        state = (
+            model_or_checkpoint
+            if isinstance(model_or_checkpoint, dict)
+            else load_checkpoint(model_or_checkpoint, box_size=data.box_size)
+        )
+        encoder = encoder_from_checkpoint(state).to(device).eval()
+    b, n, step = int(encoder.box_size), len(data), max(int(batch_size), 1)
+    n_steps = max(math.ceil(n / step), 1)
+    out = []
+    for k, start in enumerate(range(0, n, step)):
+        idx = np.arange(start, min(start + step, n))
+        x = torch.from_numpy(np.asarray(data.load(idx), dtype=np.float32))
+        with torch.inference_mode():  # per batch: never left on while suspended
+            out.append(encoder(x.reshape(len(idx), 1, b, b, b).to(device)).float().cpu().numpy())
+        yield TrainStatus(
+            stage="embed", epoch=0, n_epochs=1, step=k + 1, n_steps=n_steps, loss=None,
+            metrics={"particles": int(idx[-1]) + 1}, elapsed_s=time.perf_counter() - t0,
+        )
+    yield np.concatenate(out) if out else np.zeros((0, encoder.feature_dim), np.float32)
+
+
 def embed_particles(
     model_or_checkpoint, data, *, device="auto", batch_size: int = EmbedSettings.batch_size
 ) -> np.ndarray:
@@ -75,17 +121,12 @@ def embed_particles(
 
     ``model_or_checkpoint``: an encoder or classifier checkpoint path, or its loaded state.
     """
-    from napari_cryossl.devices import select_device
-    from napari_cryossl.models import encoder_from_checkpoint, load_checkpoint
-    from napari_cryossl.probe import embed
-
-    state = (
-        model_or_checkpoint
-        if isinstance(model_or_checkpoint, dict)
-        else load_checkpoint(model_or_checkpoint, box_size=data.box_size)
-    )
-    encoder = encoder_from_checkpoint(state).to(select_device(device))
-    return embed(encoder, data, batch_size=int(batch_size))
+    result = None
+    for item in iter_embed_particles(
+        model_or_checkpoint, data, device=device, batch_size=batch_size
+    ):
+        result = item
+    return result
 
 
 def _standardised(embeddings: np.ndarray) -> np.ndarray:

@@ -86,7 +86,7 @@ class ExportWidget(QWidget):
         self.classes.setToolTip("What to write as rlnClassNumber (0 = unlabelled)")
         self.use_filter = QCheckBox("skip doubtful predictions")
         self.use_filter.setToolTip(
-            "Leave out predicted particles below step 6's minimum confidence (labels are kept)"
+            "Leave out predicted particles below step 7's minimum confidence (labels are kept)"
         )
         form.addRow("Class:", self.classes)
         form.addRow(self.use_filter)

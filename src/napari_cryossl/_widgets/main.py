@@ -17,6 +17,7 @@ from napari_cryossl._widgets.data import DataWidget
 from napari_cryossl._widgets.export import ExportWidget
 from napari_cryossl._widgets.labelling import LabellingWidget
 from napari_cryossl._widgets.picking import PickingWidget
+from napari_cryossl._widgets.population import PopulationWidget
 from napari_cryossl._widgets.prediction import PredictionWidget
 from napari_cryossl._widgets.saliency import SaliencyWidget
 from napari_cryossl._widgets.training import FinetuneWidget, PretrainWidget
@@ -30,10 +31,11 @@ SECTIONS = (
     ("picking", "2 · Picking", PickingWidget),
     ("labelling", "3 · Labelling", LabellingWidget),
     ("pretrain", "4 · Pretraining (self-supervised)", PretrainWidget),
-    ("finetune", "5 · Fine-tuning", FinetuneWidget),
-    ("prediction", "6 · Prediction", PredictionWidget),
-    ("saliency", "7 · Saliency (Grad-CAM)", SaliencyWidget),
-    ("export", "8 · Export", ExportWidget),
+    ("population", "5 · Map and suggestions", PopulationWidget),
+    ("finetune", "6 · Fine-tuning", FinetuneWidget),
+    ("prediction", "7 · Prediction", PredictionWidget),
+    ("saliency", "8 · Saliency (Grad-CAM)", SaliencyWidget),
+    ("export", "9 · Export", ExportWidget),
 )
 
 

@@ -138,7 +138,7 @@ class PredictionWidget(QWidget):
             classifier = self.session.classifier_path
             if classifier is None or not Path(classifier).is_file():
                 raise InputError(
-                    "no classifier yet: fine-tune one in step 5 (or choose a checkpoint)"
+                    "no classifier yet: fine-tune one in step 6 (or choose a checkpoint)"
                 )
             table = self.session.store.table
             if len(table) == 0:

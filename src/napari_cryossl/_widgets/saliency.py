@@ -118,7 +118,7 @@ class SaliencyWidget(QWidget):
             self.session.require_tomogram()
             classifier = self.session.classifier_path
             if classifier is None or not Path(classifier).is_file():
-                raise InputError("no classifier yet: fine-tune one in step 5 first")
+                raise InputError("no classifier yet: fine-tune one in step 6 first")
             table = self.session.store.table
             if indices is None:
                 indices = (

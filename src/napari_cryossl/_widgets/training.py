@@ -366,7 +366,10 @@ class PretrainWidget(_TrainingSection):
             self.session.box_size = int(self.box_size.value())
             self.session.models_changed.emit()
             if not self.cancelled:
-                self.status.info(f"encoder saved to {out}; continue with step 5 (Fine-tuning)")
+                self.status.info(
+                    f"encoder saved to {out}; see the population in step 5 (Map) or "
+                    "fine-tune in step 6"
+                )
 
     def _on_tomogram(self) -> None:
         if self.session.tomogram is not None:
@@ -492,7 +495,7 @@ class FinetuneWidget(_TrainingSection):
             text = f"classifier saved to {out}"
             if isinstance(acc, float):
                 text += f" (validation accuracy {acc:.1%})"
-            self.status.info(text + "; continue with step 6 (Prediction)")
+            self.status.info(text + "; continue with step 7 (Prediction)")
 
     def _choose_init(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Encoder checkpoint", "", CHECKPOINT_FILTER)

@@ -1,0 +1,135 @@
+"""Section 5, the map: lasso labelling, undo, clusters, instant predictions, clicks that
+move the viewer, suggestions and the gallery, in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.backend_bases import MouseEvent
+
+from napari_cryossl.io import particle_zyx, write_particles
+
+TIMEOUT_MS = 120_000
+
+
+def _mouse(canvas, kind: str, xy_data, button=1) -> None:
+    """A matplotlib mouse event at a map position, through the canvas's own dispatch
+    (what the Qt canvas sends the lasso and rectangle selectors)."""
+    x, y = canvas.axes.transData.transform(np.asarray(xy_data, dtype=float))
+    MouseEvent(kind, canvas, x, y, button=button)._process()
+
+
+def _drag(canvas, path) -> None:
+    _mouse(canvas, "button_press_event", path[0])
+    for xy in path[1:]:
+        _mouse(canvas, "motion_notify_event", xy)
+    _mouse(canvas, "button_release_event", path[-1])
+
+
+def _mapped(dock, tomogram, truth, tmp_path, qtbot):
+    viewer, widget = dock()
+    assert widget.data.open_path(tomogram)
+    star = tmp_path / "picks.star"
+    unlabelled = truth.copy()
+    unlabelled["class_number"] = 0
+    write_particles(unlabelled, star, voxel_size=10.0)
+    assert widget.picking.import_file(star) == len(truth)
+    session = widget.session
+    for name in ("A", "B"):
+        session.store.add_class(name)
+    section = widget.show_section("population")
+    section.device.setCurrentText("cpu")
+    section.n_clusters.setValue(2)
+    worker = section.start()
+    assert worker is not None
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    assert section.coords is not None, section.status.text()
+    return viewer, widget, session, section
+
+
+def test_lasso_labels_the_particles_inside_and_undo_restores(dock, tomogram, truth, tmp_path, qtbot):
+    viewer, widget, session, section = _mapped(dock, tomogram, truth, tmp_path, qtbot)
+    canvas = section.canvas
+    xy = section.coords
+    n = len(xy)
+    assert n == len(truth) and section.embeddings.shape[0] == n
+    assert "random weights" in section.status.text()  # no encoder yet: said so
+
+    # a lasso around the left half of the map (by x), drawn on the canvas
+    x_cut = float(np.median(xy[:, 0]))
+    (x0, x1), (y0, y1) = canvas.axes.get_xlim(), canvas.axes.get_ylim()
+    lo = (x0 + 0.01 * (x1 - x0), y0 + 0.01 * (y1 - y0))  # inside the axes, around all points
+    hi = (x1, y1 - 0.01 * (y1 - y0))
+    path = [(lo[0], lo[1]), (x_cut, lo[1]), (x_cut, hi[1]), (lo[0], hi[1]), (lo[0], lo[1])]
+    _drag(canvas, path)
+    inside = np.flatnonzero(xy[:, 0] < x_cut)
+    assert len(inside) > 0
+    np.testing.assert_array_equal(section.selection, inside)
+    assert session.particles_layer.selected_data == set(inside.tolist())
+
+    session.set_current_class(2)
+    assert section.label_selection() == len(inside)
+    labels = session.store.table["class_number"].to_numpy()
+    assert (labels[inside] == 2).all() and (np.delete(labels, inside) == 0).all()
+    # saved through the annotation store: a fresh read of its file has them
+    from napari_cryossl.annotations import AnnotationStore
+
+    again = AnnotationStore.for_tomogram(session.tomogram.path)
+    assert (again.table["class_number"].to_numpy()[inside] == 2).all()
+
+    section.undo()
+    assert (session.store.table["class_number"].to_numpy() == 0).all()
+
+
+def test_instant_predictions_follow_each_label_and_clicks_move_the_viewer(
+    dock, tomogram, truth, tmp_path, qtbot
+):
+    viewer, widget, session, section = _mapped(dock, tomogram, truth, tmp_path, qtbot)
+    true_class = truth["class_number"].to_numpy()
+    table = session.store.table
+    # match store rows to the truth by position
+    order = [
+        int(np.argmin(np.linalg.norm(particle_zyx(truth) - p, axis=1)))
+        for p in particle_zyx(table)
+    ]
+    cls = true_class[order]
+    first = [int(np.flatnonzero(cls == c)[0]) for c in (1, 2)]
+    session.label_particles([first[0]], 1)
+    assert "predicted_class" not in session.store.table or (
+        session.store.table["predicted_class"].to_numpy() == 0
+    ).all()  # one class labelled: nothing to predict yet
+    session.label_particles([first[1]], 2)  # the second class: instant predictions
+    predicted = session.store.table["predicted_class"].to_numpy()
+    assert (predicted > 0).all()
+    assert predicted[first[0]] == 1 and predicted[first[1]] == 2
+    section.color_by.setCurrentText("predictions")
+
+    # a click on a map point centres the viewer on that particle
+    target = int(np.flatnonzero(np.arange(len(table)) != first[0])[0])
+    _mouse(section.canvas, "button_press_event", section.coords[target])
+    _mouse(section.canvas, "button_release_event", section.coords[target])
+    world = session.particles_layer.data_to_world(particle_zyx(session.store.table)[target])
+    np.testing.assert_allclose(viewer.dims.point[0], world[0], atol=session.voxel_size)
+    assert session.particles_layer.selected_data == {target}
+
+    # suggestions: unlabelled particles only; Next steps the viewer through them
+    suggested = section.suggest(3)
+    labels = session.store.table["class_number"].to_numpy()
+    assert suggested and all(labels[i] == 0 for i in suggested)
+    assert section.next_suggestion() == suggested[1 % len(suggested)]
+
+    # a cluster becomes a class; the gallery shows the chosen particles
+    number = section.class_from_cluster(1)
+    members = np.flatnonzero(section.clusters == 1)
+    assert number in session.class_numbers()
+    assert (session.store.table["class_number"].to_numpy()[members] == number).all()
+    assert section.show_gallery(members) == min(len(members), 48)
+    assert section.gallery_grid.count() == min(len(members), 48)
+
+
+def test_the_map_is_dropped_when_particles_change(dock, tomogram, truth, tmp_path, qtbot):
+    viewer, widget, session, section = _mapped(dock, tomogram, truth, tmp_path, qtbot)
+    session.store.remove_particles([0])
+    assert section.coords is None
+    assert "compute the map again" in section.status.text()
+    assert not section.label_button.isEnabled()
