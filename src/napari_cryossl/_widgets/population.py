@@ -247,7 +247,7 @@ class PopulationWidget(QWidget):
         self.cluster_choice = QSpinBox()
         self.cluster_choice.setRange(1, 1)
         row.addWidget(self.cluster_choice)
-        self.cluster_button = QPushButton("Make a class from it")
+        self.cluster_button = QPushButton("New class")
         self.cluster_button.setToolTip("A new class holding every particle of this cluster")
         row.addWidget(self.cluster_button, 1)
         layout.addLayout(row)
@@ -264,6 +264,7 @@ class PopulationWidget(QWidget):
         self.n_suggest.setValue(describe(SuggestSettings, "n").default)
         self.n_suggest.setToolTip(describe(SuggestSettings, "n").tooltip())
         self.suggest_button = QPushButton("Suggest")
+        self.suggest_button.setMinimumWidth(60)
         self.suggest_button.setToolTip(
             "The unlabelled particles worth labelling next: least certain, spread out"
         )
@@ -641,6 +642,11 @@ class PopulationWidget(QWidget):
         return index
 
     # gallery ----------------------------------------------------------------------
+    def _visible_width(self) -> int:
+        """The width the dock shows of this section (its scroll area's viewport)."""
+        area = _enclosing_scroll_area(self)
+        return area.viewport().width() if area is not None else self.width()
+
     def show_gallery(self, indices=None) -> int:
         """Central slices of particles (default: the selection, else the chosen
         cluster), at most ``GALLERY_MAX``; a click on a tile goes to that particle."""
@@ -662,7 +668,7 @@ class PopulationWidget(QWidget):
         box = int(session.point_size * 1.5) // 2 * 2 + 2
         zyx = particle_zyx(session.store.table)[idx]
         boxes, _inside = extract_subtomograms(session.tomogram.data, zyx, box)
-        columns = max(1, (self.width() - 20) // (GALLERY_TILE_PX + 2))
+        columns = max(1, (self._visible_width() - 24) // (GALLERY_TILE_PX + 10))
         for k, (i, vol) in enumerate(zip(idx, boxes, strict=True)):
             tile = QToolButton()
             tile.setIcon(QIcon(QPixmap.fromImage(_slice_image(vol[box // 2]))))
@@ -672,6 +678,15 @@ class PopulationWidget(QWidget):
             tile.clicked.connect(lambda _c=False, i=int(i): self.go_to(i))
             self.gallery_grid.addWidget(tile, k // columns, k % columns)
         return len(idx)
+
+
+def _enclosing_scroll_area(widget):
+    from qtpy.QtWidgets import QScrollArea
+
+    parent = widget.parent()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parent()
+    return parent
 
 
 def _slice_image(plane: np.ndarray) -> QImage:
