@@ -134,16 +134,38 @@ def main(argv: list[str] | None = None) -> int:
     wait(pre.start(), "pretraining")
     shot("pretraining")
 
-    # 5. Fine-tuning on the labels --------------------------------------------------------------
-    print("5. fine-tuning", flush=True)
+    # 5. The map: every pick embedded by the new encoder, coloured by label; a cluster's gallery
+    print("5. map", flush=True)
+    mp = dock.show_section("population")
+    mp.n_clusters.setValue(n_classes)
+    wait(mp.start(), "map")
+    mp.color_by.setCurrentText("labels")
+    shot("map")
+    mp.color_by.setCurrentText("clusters")
+    biggest = int(np.bincount(mp.clusters[mp.clusters > 0]).argmax())
+    mp.select(np.flatnonzero(mp.clusters == biggest))
+    mp.show_gallery()
+    from qtpy.QtWidgets import QScrollArea
+
+    area = mp.parent()
+    while area is not None and not isinstance(area, QScrollArea):
+        area = area.parent()
+    if area is not None:
+        pump(0.3)
+        area.ensureWidgetVisible(mp.gallery)
+    shot("gallery")
+    mp.color_by.setCurrentText("labels")
+
+    # 6. Fine-tuning on the labels --------------------------------------------------------------
+    print("6. fine-tuning", flush=True)
     ft = dock.show_section("finetune")
     ft.epochs.setValue(1 if args.fast else 30)
     ft.batch_size.setValue(8)
     wait(ft.start(), "fine-tuning")
     shot("finetuning")
 
-    # 6. Prediction ---------------------------------------------------------------------------
-    print("6. prediction", flush=True)
+    # 7. Prediction ---------------------------------------------------------------------------
+    print("7. prediction", flush=True)
     pr = dock.show_section("prediction")
     wait(pr.start(), "prediction")
     correct = (session.store.table["predicted_class"].to_numpy() == true_class)[true_class > 0]
@@ -151,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     truth_layer.visible = False
     shot("prediction")
 
-    # 7. Grad-CAM: the most confident particle in 2D, then all particles in 3D ----------------------------------
-    print("7. saliency", flush=True)
+    # 8. Grad-CAM: the most confident particle in 2D, then all particles in 3D ----------------------------------
+    print("8. saliency", flush=True)
     sal = dock.show_section("saliency")
     target = int(np.argmax(session.store.table["probability"].to_numpy()))
     pr.jump_to(target)
@@ -173,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     viewer.dims.ndisplay = 2
     session.predictions_layer.visible = True
 
-    # 8. Export ------------------------------------------------------------------------------------
-    print("8. export", flush=True)
+    # 9. Export ------------------------------------------------------------------------------------
+    print("9. export", flush=True)
     sal.heatmap_layer.visible = False
     ex = dock.show_section("export")
     n = ex.export(work / "particles.star")
