@@ -63,7 +63,8 @@ def _add_relion5_option(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write the STAR as RELION 5 particles (rlnCenteredCoordinateX/Y/ZAngst: Å from "
         "each tomogram's centre, rlnTomoName, classes, probabilities) and the matching "
-        "tomogram set beside it (OUT_tomograms.star)",
+        "tomogram set beside it (OUT_tomograms.star); written from the particle table, so "
+        "other columns of an input STAR (angles...) are not copied",
     )
 
 

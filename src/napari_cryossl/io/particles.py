@@ -94,13 +94,15 @@ def read_particles(
 
     Returns:
         The particle table (`PARTICLE_COLUMNS`); ``attrs["format"]`` names the flavour read
-        ("relion3/4", "relion5", "subtomograms", "csv") and ``attrs["voxel_size"]`` the
-        voxel size used or found in the file (absent when unknown).
+        ("relion3/4", "relion5", "subtomograms", "csv"), ``attrs["voxel_size"]`` the
+        voxel size used or found in the file (absent when unknown) and
+        ``attrs["rescaled"]`` is True when RELION-4 pixels were rescaled to voxels.
 
     Raises:
         InputError: missing/unreadable/empty file, no particle block or no known columns,
             partial or non-numeric coordinates, bad class numbers, RELION-5 coordinates
-            without geometry, coordinates outside the tomogram, image stacks (``n@file``).
+            without geometry, coordinates outside the tomogram, image stacks (``n@file``),
+            a `tomograms` file that is not a readable tomogram set.
     """
     path = Path(path)
     suffix = path.suffix.lower()
