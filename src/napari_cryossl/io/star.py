@@ -378,7 +378,6 @@ def replace_star_columns(
     columns: Mapping[str, Sequence],
     *,
     rows: Sequence[int] | None = None,
-    drop: Sequence[str] = (),
 ) -> None:
     """Copy a STAR file, setting some columns of its particle block, atomically.
 
@@ -392,8 +391,6 @@ def replace_star_columns(
         columns: label -> one value per particle (ints stay ints, floats are written with
             full precision, NaN as ``nan``); with ``rows``, one per kept particle.
         rows: keep only these particles of the particle block, in this order (None: all).
-        drop: labels to remove from the particle block (absent ones are ignored), e.g.
-            rlnCoordinateX/Y/Z when writing RELION-5 centred coordinates instead.
 
     Raises:
         InputError: `source` unreadable or without a particle block, or a column whose
@@ -405,7 +402,6 @@ def replace_star_columns(
     frame = _block_frame(blocks[name]).copy()
     if rows is not None:
         frame = frame.iloc[np.asarray(rows, dtype=np.int64)].reset_index(drop=True)
-    frame = frame.drop(columns=[c for c in drop if c in frame.columns and c not in columns])
     for label, values in columns.items():
         arr = np.asarray(values)
         if arr.ndim != 1 or len(arr) != len(frame):
