@@ -36,6 +36,12 @@ _API: dict[str, str] = {
     "write_particles": "io",
     "make_particle_table": "io",
     "particle_zyx": "io",
+    # RELION 5 tomogram sets and Dynamo tables (subtomogram averaging)
+    "RelionTomogram": "io",
+    "read_tomograms_star": "io",
+    "write_tomograms_star": "io",
+    "write_dynamo_table": "io",
+    "read_dynamo_table": "io",
     # Ground truth: simulated subtomograms and tomograms
     "SimulationConfig": "simulate",
     "simulate_subtomograms": "simulate",

@@ -45,13 +45,26 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         "--tomogram",
         type=Path,
         default=None,
-        help="tomogram MRC for coordinate STAR files (default: from rlnTomoName next to the STAR)",
+        help="tomogram MRC for coordinate STAR files, or a RELION tomograms.star that lists "
+        "the tomograms (pixel size, binning, size; rlnTomoReconstructedTomogram) "
+        "(default: from rlnTomoName next to the STAR)",
     )
     p.add_argument(
         "--box-size",
         type=_positive_int,
         default=None,
         help="subtomogram box edge in voxels when extracting from a tomogram (default 32)",
+    )
+
+
+def _add_relion5_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--relion5",
+        action="store_true",
+        help="write the STAR as RELION 5 particles (rlnCenteredCoordinateX/Y/ZAngst: Å from "
+        "each tomogram's centre, rlnTomoName, classes, probabilities) and the matching "
+        "tomogram set beside it (OUT_tomograms.star); written from the particle table, so "
+        "other columns of an input STAR (angles...) are not copied",
     )
 
 
@@ -121,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--diameter", type=float, help="particle diameter in Å")
     size.add_argument("--diameter-px", type=float, help="particle diameter in voxels")
     add_arguments(p, PickSettings)
-    p.add_argument("--out", type=Path, required=True, help="picks.star or picks.csv")
+    p.add_argument(
+        "--out", type=Path, required=True, help="picks.star, picks.csv or picks.tbl (Dynamo)"
+    )
+    _add_relion5_option(p)
 
     # pretrain -------------------------------------------------------------------
     p = sub.add_parser(
@@ -165,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
     _add_data_options(p)
     add_arguments(p, PredictSettings)
-    p.add_argument("--out", type=Path, required=True, help="PREDICTIONS.star (or .csv)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="PREDICTIONS.star (or .csv; or .tbl: a Dynamo table for subtomogram averaging)",
+    )
+    _add_relion5_option(p)
     p.add_argument("--embeddings", type=Path, default=None, help="also save embeddings (.npy)")
 
     # gradcam --------------------------------------------------------------------
@@ -255,7 +277,49 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_set(args: argparse.Namespace):
     from napari_cryossl.dataset import SubtomogramSet
 
-    return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomogram=args.tomogram)
+    tomogram = args.tomogram
+    if tomogram is not None and Path(tomogram).suffix.lower() == ".star":  # a tomogram set
+        return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomograms=tomogram)
+    return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomogram=tomogram)
+
+
+def _tomograms_star_beside(out: Path) -> Path:
+    """Where a RELION-5 particle file's tomogram set goes: OUT_tomograms.star (never a
+    project's own tomograms.star)."""
+    return Path(out).with_name(Path(out).stem + "_tomograms.star")
+
+
+def _write_particle_file(table, out: Path, *, voxel_size, records, relion5: bool) -> str:
+    """A particle table as OUT by suffix: STAR (RELION 4 pixels, or RELION 5 with its
+    tomogram set beside), CSV, or a Dynamo .tbl; returns a note on extra files written."""
+    from napari_cryossl.io import (
+        InputError,
+        write_dynamo_table,
+        write_particles,
+        write_tomograms_star,
+    )
+
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if relion5 and suffix != ".star":
+        raise InputError(f"{out}: --relion5 writes RELION STAR files; use a .star --out")
+    if suffix == ".tbl":
+        doc = write_dynamo_table(table, out, voxel_size=voxel_size)
+        return f" (table map {doc})" if doc is not None else ""
+    if not relion5:
+        write_particles(table, out)
+        return ""
+    if not records:
+        raise InputError(
+            f"{out}: --relion5 needs particles with coordinates in tomograms (these are "
+            "subtomogram files)"
+        )
+    names = set(table["tomo_name"].astype(str)) - {""} if len(table) else set()
+    used = {k: v for k, v in records.items() if k in names} or records
+    write_particles(table, out, relion5=True, tomograms=used)
+    tomograms_out = _tomograms_star_beside(out)
+    write_tomograms_star(used, tomograms_out)
+    return f" (tomogram set {tomograms_out})"
 
 
 def _refuse_overwrite(args: argparse.Namespace) -> None:
@@ -406,11 +470,24 @@ def cmd_pick(args: argparse.Namespace) -> int:
             tomo.data, diameter_px, progress=progress, **dataclasses.asdict(settings)
         )
     # The tomogram as seen from the STAR's folder, so later commands find it from anywhere.
-    table["tomo_name"] = _tomogram_reference(Path(args.tomogram), Path(args.out))
-    write_particles(table, args.out, voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape)
+    name = _tomogram_reference(Path(args.tomogram), Path(args.out))
+    table["tomo_name"] = name
+    if Path(args.out).suffix.lower() in (".star", ".csv") and not args.relion5:
+        write_particles(table, args.out, voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape)
+        note = ""
+    else:
+        from napari_cryossl.io import RelionTomogram
+
+        note = _write_particle_file(
+            table,
+            Path(args.out),
+            voxel_size=tomo.voxel_size,
+            records={name: RelionTomogram.from_tomogram(tomo, name=name)},
+            relion5=args.relion5,
+        )
     print(
         f"{len(table)} particles picked in {args.tomogram} "
-        f"(diameter {diameter_px:.1f} px, voxel {tomo.voxel_size:g} Å) -> {args.out}"
+        f"(diameter {diameter_px:.1f} px, voxel {tomo.voxel_size:g} Å) -> {args.out}{note}"
     )
     hint = _picking_hint(len(table), diameter_px, tomo.shape)
     if hint:
@@ -519,24 +596,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     result = results[-1] if results else None
     if result is None or not _rank0():
         return 0
-    _write_predictions(args.particles, args.out, data.table, result)
+    note = _write_predictions(
+        args.particles, args.out, data.table, result, data=data, relion5=args.relion5
+    )
     if args.embeddings is not None:
         np.save(args.embeddings, result.embeddings)
     counts = np.bincount(result.class_numbers)
     summary = ", ".join(f"class {c}: {n}" for c, n in enumerate(counts) if n)
-    print(f"{len(result.class_numbers)} particles classified -> {args.out} ({summary})")
+    print(f"{len(result.class_numbers)} particles classified -> {args.out}{note} ({summary})")
     return 0
 
 
-def _write_predictions(source: Path, out: Path, table, result) -> None:
-    """Write predictions with the same rows, in the same order, as the input file.
+def _write_predictions(
+    source: Path, out: Path, table, result, *, data=None, relion5: bool = False
+) -> str:
+    """Write predictions with the same rows, in the same order, as the input file; returns a
+    note on extra files written.
 
     A STAR output keeps every column of the input STAR (angles, optics groups, ...) and
     sets rlnClassNumber / rlnMaxValueProbDistribution; a CSV output is written from the
-    particle table.
+    particle table. With `relion5` (or a .tbl output: a Dynamo table) the file is written
+    from the particle table in that form (see `_write_particle_file`).
     """
     from napari_cryossl.io import replace_star_columns, write_particles
 
+    if relion5 or Path(out).suffix.lower() == ".tbl":
+        table = table.copy()
+        table["class_number"] = result.class_numbers
+        table["probability"] = result.confidence
+        voxel = None if data is None else data.voxel_size / data.binning
+        records = {} if data is None else data.relion_tomograms
+        return _write_particle_file(
+            table, Path(out), voxel_size=voxel, records=records, relion5=relion5
+        )
     if Path(out).suffix.lower() == ".star" and Path(source).suffix.lower() == ".star":
         replace_star_columns(
             source,
@@ -551,6 +643,7 @@ def _write_predictions(source: Path, out: Path, table, result) -> None:
         table["class_number"] = result.class_numbers
         table["probability"] = result.confidence
         write_particles(table, out)
+    return ""
 
 
 def _write_rows(source: Path, out: Path, table, rows, columns: dict | None = None) -> None:

@@ -7,7 +7,10 @@ Training, prediction and Grad-CAM should not care where the boxes come from:
   `napari_cryossl.io.read_mrc` and kept in RAM up to a byte budget;
 - **coordinates in tomograms**: a STAR/CSV of particle centres plus the tomogram(s); boxes
   are cut on demand from the memory-mapped tomogram (`napari_cryossl.extract`), so a set
-  of 100 000 particles in a 20 GB tomogram costs no RAM until a batch is loaded;
+  of 100 000 particles in a 20 GB tomogram costs no RAM until a batch is loaded. The
+  tomograms are given, found by name next to the STAR file, or listed by a RELION
+  ``tomograms.star`` (whose pixel sizes, binnings and sizes map RELION-5 centred Å and
+  RELION-4 unbinned pixels onto each, possibly binned, tomogram);
 - **arrays in memory**: simulated data and tests (`SubtomogramSet.from_arrays`).
 
 Whatever the source, `SubtomogramSet.load` returns float32 (n, B, B, B) boxes, each with
@@ -26,6 +29,7 @@ import copy
 import mmap
 import threading
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +40,14 @@ from napari_cryossl.io import (
     TOMOGRAM_SUFFIXES,
     InputError,
     InputWarning,
+    RelionTomogram,
     Tomogram,
-    centred_to_voxels,
     make_particle_table,
     open_tomogram,
     particle_zyx,
     read_mrc,
     read_particles,
-    voxels_to_centred,
+    read_tomograms_star,
 )
 
 __all__ = ["DEFAULT_BOX_SIZE", "DEFAULT_CACHE_BYTES", "SubtomogramSet"]
@@ -103,6 +107,11 @@ class SubtomogramSet:
         binning: average-pooling factor applied to every box.
         source_path: the STAR file the set was read from, or None.
         kind: "arrays", "files" (standalone subtomogram MRCs) or "tomogram" (coordinates).
+        relion_tomograms: for coordinate sets, each tomogram as RELION records it
+            (``rlnTomoName`` -> `napari_cryossl.io.RelionTomogram`): from the
+            ``tomograms.star`` when one was given, else from the tomogram itself (binning
+            1). What RELION-5 output (`napari_cryossl.io.write_particles` with
+            ``relion5=True``, `napari_cryossl.io.write_tomograms_star`) needs.
     """
 
     def __init__(
@@ -118,6 +127,7 @@ class SubtomogramSet:
         rows: np.ndarray | None = None,
         tomograms: dict[str, Tomogram | Path] | None = None,
         cache: _ArrayCache | None = None,
+        relion_tomograms: dict[str, RelionTomogram] | None = None,
     ) -> None:
         self.table = table.reset_index(drop=True)
         self.kind = kind
@@ -131,6 +141,7 @@ class SubtomogramSet:
         self._tomograms: dict[str, Tomogram | Path] = dict(tomograms or {})
         self._tomogram_keys: list[str] = list(self._tomograms)
         self._cache = cache if cache is not None else _ArrayCache(DEFAULT_CACHE_BYTES)
+        self.relion_tomograms: dict[str, RelionTomogram] = dict(relion_tomograms or {})
 
     # -- constructors ---------------------------------------------------------------------
 
@@ -200,6 +211,7 @@ class SubtomogramSet:
             binning=binning,
             tomograms={str(tomo.path): tomo},
             rows=np.zeros(len(table), dtype=np.int64),  # every row -> tomogram 0
+            relion_tomograms=_records_of(table, tomo),
         )
 
     @classmethod
@@ -211,15 +223,21 @@ class SubtomogramSet:
         tomogram=None,
         binning: int = 1,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        tomograms=None,
     ) -> SubtomogramSet:
         """A STAR (or CSV) file of standalone subtomograms or of coordinates in tomograms.
 
         Subtomograms (every row has ``rlnImageName``): ``box_size`` is inferred from the
         files, which must all be cubic and of one size; if given it must equal the (binned)
         file size. Coordinates (no image names): each particle's tomogram is `tomogram`
-        when given (then the STAR may name at most one tomogram), else found from
-        ``rlnTomoName`` / ``rlnMicrographName`` next to the STAR file (trying the name, then
-        with .mrc, .rec, .map appended); ``box_size`` defaults to `DEFAULT_BOX_SIZE`.
+        when given (then the STAR may name at most one tomogram), else the one `tomograms`
+        (a RELION ``tomograms.star``) names for its ``rlnTomoName``
+        (``rlnTomoReconstructedTomogram``), else found from ``rlnTomoName`` /
+        ``rlnMicrographName`` next to the STAR file (trying the name, then with .mrc, .rec,
+        .map appended); ``box_size`` defaults to `DEFAULT_BOX_SIZE`. Coordinates become
+        voxels of each tomogram: RELION-5 centred Å with its size and voxel size (RELION's
+        centre and pixel size from `tomograms`), RELION-4 pixels rescaled from the
+        tilt-series pixel size the file (or `tomograms`) records to its voxel size.
 
         Args:
             path: STAR or CSV particle file.
@@ -227,15 +245,30 @@ class SubtomogramSet:
             tomogram: `Tomogram` or tomogram path, for coordinate files.
             binning: average-pooling factor for every box.
             cache_bytes: RAM budget for caching standalone subtomograms (per process).
+            tomograms: a RELION tomogram set: a ``tomograms.star`` path or
+                `napari_cryossl.io.read_tomograms_star`'s mapping (not with `tomogram`).
 
         Raises:
             InputError: empty file, mixed image/coordinate rows, missing or inconsistent
-                files, a tomogram that cannot be found, a box size that does not match.
+                files, a tomogram that cannot be found, a box size that does not match, a
+                tomogram whose shape disagrees with its tomograms.star record.
         """
         path = Path(path)
         tomo = None
+        if tomogram is not None and tomograms is not None:
+            raise InputError(
+                f"{path}: give either a tomogram or a tomograms.star (RELION tomogram set), "
+                "not both"
+            )
         if tomogram is not None:
             tomo = _as_tomogram(tomogram)
+        records = None
+        if tomograms is not None:
+            records = (
+                dict(tomograms)
+                if isinstance(tomograms, Mapping)
+                else read_tomograms_star(tomograms)
+            )
         table = _read_table(path, tomo)
         if len(table) == 0:
             raise InputError(f"{path}: the particle file lists no particles")
@@ -250,7 +283,7 @@ class SubtomogramSet:
                 f"{path}: {int(has_image.sum())} of {len(table)} rows name a subtomogram "
                 "(rlnImageName) and the others do not; split them into two files"
             )
-        return cls._from_coordinates(path, table, box_size, tomo, binning, cache_bytes)
+        return cls._from_coordinates(path, table, box_size, tomo, binning, cache_bytes, records)
 
     @classmethod
     def _from_files(cls, path, table, box_size, binning, cache_bytes) -> SubtomogramSet:
@@ -295,7 +328,7 @@ class SubtomogramSet:
         )
 
     @classmethod
-    def _from_coordinates(cls, path, table, box_size, tomo, binning, cache_bytes):
+    def _from_coordinates(cls, path, table, box_size, tomo, binning, cache_bytes, records=None):
         if box_size is None:
             box_size = DEFAULT_BOX_SIZE
         box_size, binning = _check_box(box_size, binning, str(path))
@@ -310,6 +343,7 @@ class SubtomogramSet:
                 )
             tomos = {str(tomo.path): tomo}
             rows = np.zeros(len(table), dtype=np.int64)
+            relion = _records_of(table, tomo)
         else:
             if (names == "").any():
                 raise InputError(
@@ -317,12 +351,33 @@ class SubtomogramSet:
                     "tomogram name (rlnTomoName / rlnMicrographName); pass the tomogram "
                     "(--tomogram)"
                 )
-            found = {name: _find_tomogram(name, path) for name in distinct}
+            if records is not None:
+                found, relion = _tomograms_from_records(distinct, records, path)
+            else:
+                found = {name: _find_tomogram(name, path) for name in distinct}
+                relion = None
             tomos = {str(p): open_tomogram(p) for p in found.values()}
+            if relion is not None:  # RELION's voxel size, its record checked against the file
+                for name, p in found.items():
+                    tomo_i, relion[name] = _reconcile(tomos[str(p)], relion[name], path)
+                    tomos[str(p)] = tomo_i
+            else:
+                relion = {
+                    name: RelionTomogram.from_tomogram(tomos[str(p)], name=name)
+                    for name, p in found.items()
+                }
             keys = list(tomos)
             rows = names.map({n: keys.index(str(p)) for n, p in found.items()})
             rows = rows.to_numpy(dtype=np.int64)
-            table = _to_tomogram_voxels(path, table, tomos, keys, rows)
+            # Read again, now that every tomogram is known: RELION-5 Å and RELION-4 pixels
+            # become each tomogram's voxels in io, which also checks the bounds.
+            table = _read_table(
+                path,
+                None,
+                shapes={n: tomos[str(p)].shape for n, p in found.items()},
+                voxel_sizes={n: tomos[str(p)].voxel_size for n, p in found.items()},
+                records=relion if records is not None else None,
+            )
         sizes = {t.voxel_size for t in tomos.values()}
         if len(sizes) > 1:
             raise InputError(
@@ -345,6 +400,7 @@ class SubtomogramSet:
             tomograms=tomos,
             rows=rows,
             cache=_ArrayCache(cache_bytes),
+            relion_tomograms=relion,
         )
 
     # -- the view ---------------------------------------------------------------------------
@@ -538,48 +594,104 @@ def _picklable_tomogram(tomo: Tomogram | Path) -> Tomogram | Path:
     return tomo
 
 
-#: Geometry under which `read_particles` leaves RELION-5 centred Å values recoverable
-#: exactly: 1 Å per voxel and a centre at 2^30 (a power of two), inside which every real
-#: coordinate lies. Used only when the tomograms are not known yet.
-_NEUTRAL_SHAPE = (2**31, 2**31, 2**31)
-_NEUTRAL_VOXEL = 1.0
+def _read_table(
+    path: Path,
+    tomo: Tomogram | None,
+    *,
+    shapes=None,
+    voxel_sizes=None,
+    records=None,
+) -> pd.DataFrame:
+    """Read the particle file in the geometry of its tomogram(s).
 
-
-def _read_table(path: Path, tomo: Tomogram | None) -> pd.DataFrame:
-    """Read the particle file; with no tomogram yet, in a neutral geometry (see below).
-
-    RELION-5 centred Å coordinates need each tomogram's shape and voxel size, but which
-    tomogram a particle belongs to is in the file itself. Reading once with the neutral
-    geometry gives the tomogram names and keeps the Å values recoverable
-    (`_to_tomogram_voxels` converts them once the tomograms are found).
+    With one tomogram: its shape and voxel size. With the tomograms by name (`shapes`,
+    `voxel_sizes`, RELION's `records`): each particle's. With nothing yet: a first read
+    that only tells which tomograms the file names (RELION-5 coordinates NaN, RELION-4
+    pixels as written); `SubtomogramSet._from_coordinates` then reads it again.
     """
     if tomo is not None:
         return read_particles(path, tomogram_shape=tomo.shape, voxel_size=tomo.voxel_size)
-    return read_particles(path, tomogram_shape=_NEUTRAL_SHAPE, voxel_size=_NEUTRAL_VOXEL)
+    if shapes is None:
+        return read_particles(path, allow_missing_geometry=True)
+    return read_particles(path, tomogram_shape=shapes, voxel_size=voxel_sizes, tomograms=records)
 
 
-def _to_tomogram_voxels(path, table, tomos, keys, rows) -> pd.DataFrame:
-    """Finish a neutral-geometry read: RELION-5 Å -> each tomogram's voxels; check bounds."""
-    table = table.copy()
-    xyz = table[["x", "y", "z"]].to_numpy(dtype=np.float64, copy=True)
-    relion5 = table.attrs.get("format") == "relion5"
-    for t, key in enumerate(keys):
-        tomo = tomos[key]
-        sel = rows == t
-        if relion5:
-            angst = voxels_to_centred(xyz[sel], _NEUTRAL_SHAPE, _NEUTRAL_VOXEL)
-            xyz[sel] = centred_to_voxels(angst, tomo.shape, tomo.voxel_size)
-        limits = np.array(tomo.shape[::-1], dtype=np.float64) - 0.5
-        outside = np.flatnonzero(sel & ~np.all((xyz >= -0.5) & (xyz < limits), axis=1))
-        if len(outside):
-            i = int(outside[0])
+def _records_of(table: pd.DataFrame, tomo: Tomogram) -> dict[str, RelionTomogram]:
+    """The RELION record of the one tomogram of a set, under the name its particles use."""
+    names = sorted(set(table["tomo_name"].fillna("").astype(str)) - {""}) if len(table) else []
+    name = names[0] if len(names) == 1 else Path(tomo.path).stem
+    return {name: RelionTomogram.from_tomogram(tomo, name=name)}
+
+
+def _tomograms_from_records(names, records: dict, path: Path):
+    """Each named tomogram's file (its rlnTomoReconstructedTomogram, else found by name next
+    to the STAR file) and its record."""
+    unknown = [n for n in names if n not in records]
+    if unknown:
+        listed = ", ".join(list(records)[:8]) + (", ..." if len(records) > 8 else "")
+        raise InputError(
+            f"{path}: tomogram {unknown[0]!r} is not in the tomograms.star "
+            f"(rlnTomoName there: {listed or 'none'})"
+        )
+    found = {}
+    for name in names:
+        record = records[name]
+        if record.path is not None and record.path.is_file():
+            found[name] = record.path
+            continue
+        try:
+            found[name] = _find_tomogram(name, path)
+        except InputError as err:
+            if record.path is not None:
+                named = f"{record.path} (rlnTomoReconstructedTomogram) does not exist and "
+            else:
+                named = "the tomograms.star names no reconstruction and "
+            raise InputError(f"{path}: tomogram {name!r}: {named}{err}") from err
+    return found, {name: records[name] for name in names}
+
+
+def _reconcile(tomo: Tomogram, record: RelionTomogram, path: Path):
+    """The tomogram with RELION's voxel size, and its record, checked against each other.
+
+    RELION's record (tilt-series pixel size x binning, size / binning) is what its
+    coordinates refer to. A reconstruction of another binning than the record says is
+    accepted when its header's voxel size tells the binning and the shape then agrees; a
+    shape that still disagrees by more than a voxel is refused (the coordinates would land
+    elsewhere).
+    """
+    def agrees(rec: RelionTomogram) -> bool:
+        return all(abs(a - b) <= 1 for a, b in zip(rec.shape, tomo.shape, strict=True))
+
+    if not agrees(record):
+        binning = tomo.voxel_size / record.tilt_series_pixel_size
+        candidate = RelionTomogram(
+            name=record.name,
+            tilt_series_pixel_size=record.tilt_series_pixel_size,
+            size_xyz=record.size_xyz,
+            binning=binning,
+            path=Path(tomo.path),
+        )
+        if not agrees(candidate):
             raise InputError(
-                f"{path}: particle {i + 1} at x,y,z = {tuple(round(float(v), 2) for v in xyz[i])} "
-                f"px lies outside its tomogram {tomo.path} (shape z,y,x = {tomo.shape}); "
-                f"{len(outside)} such particles. Are the coordinates for another binning?"
+                f"{path}: tomogram {record.name!r} ({tomo.path}) is "
+                f"{_fmt_shape(tomo.shape[::-1])} voxels (X x Y x Z) of {tomo.voxel_size:g} Å, "
+                f"but the tomograms.star records {_fmt_shape(record.size_xyz)} pixels of "
+                f"{record.tilt_series_pixel_size:g} Å at binning {record.binning:g} "
+                f"({_fmt_shape(record.shape[::-1])} voxels): is it another reconstruction?"
             )
-    table[["x", "y", "z"]] = xyz
-    return table
+        record = candidate
+    elif abs(tomo.voxel_size / record.voxel_size - 1.0) > 1e-3:
+        warnings.warn(
+            f"{tomo.path}: the MRC header says {tomo.voxel_size:g} Å per voxel, the "
+            f"tomograms.star {record.voxel_size:g} Å (tilt-series pixel "
+            f"{record.tilt_series_pixel_size:g} Å x binning {record.binning:g}); using the "
+            "tomograms.star's",
+            InputWarning,
+            stacklevel=4,
+        )
+    if tomo.voxel_size != record.voxel_size:
+        tomo = Tomogram(path=tomo.path, data=tomo.data, voxel_size=record.voxel_size)
+    return tomo, record
 
 
 def _find_tomogram(name: str, star_path: Path) -> Path:
@@ -594,7 +706,8 @@ def _find_tomogram(name: str, star_path: Path) -> Path:
             return candidate
     raise InputError(
         f"{star_path}: tomogram {name!r} not found (tried {', '.join(tried)}); pass the "
-        "tomogram explicitly (--tomogram)"
+        "tomogram explicitly (--tomogram), or the RELION tomograms.star that lists it "
+        "(--tomogram tomograms.star)"
     )
 
 

@@ -1,8 +1,10 @@
-"""Step 8, Export: particles with their classes and probabilities as RELION STAR or CSV.
+"""Step 9, Export: particles with their classes and probabilities as RELION STAR, CSV or a
+Dynamo table.
 
-Writes through `io.write_particles` (the same writer as `cryossl predict`), so files
-follow RELION conventions: XYZ pixel coordinates, 1-based rlnClassNumber,
-rlnMaxValueProbDistribution for the predicted probability, rlnTomoName.
+Writes through `io.write_particles` / `io.write_dynamo_table` (the same writers as
+`cryossl predict`), so files follow RELION conventions: XYZ pixel coordinates (RELION 4)
+or Å from the tomogram centre with a tomogram set beside (RELION 5), 1-based
+rlnClassNumber, rlnMaxValueProbDistribution for the predicted probability, rlnTomoName.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from qtpy.QtWidgets import (
 
 from napari_cryossl._widgets._common import StatusLine, notify_error
 from napari_cryossl._widgets._session import Session
+
+#: The STAR flavours the dock writes.
+STAR_FORMATS = {
+    "RELION 4 (pixels)": "relion4",
+    "RELION 5 (Å from centre)": "relion5",
+}
 
 #: What goes into rlnClassNumber.
 CLASS_SOURCES = {
@@ -88,25 +96,52 @@ class ExportWidget(QWidget):
         self.use_filter.setToolTip(
             "Leave out predicted particles below step 7's minimum confidence (labels are kept)"
         )
+        self.star_format = QComboBox()
+        for label, key in STAR_FORMATS.items():
+            self.star_format.addItem(label, key)
+        self.star_format.setToolTip(
+            "RELION 4: rlnCoordinateX/Y/Z in pixels of this tomogram. RELION 5: "
+            "rlnCenteredCoordinateX/Y/ZAngst (Å from the tomogram centre) and the tomogram "
+            "set beside it (NAME_tomograms.star)"
+        )
         form.addRow("Class:", self.classes)
+        form.addRow("STAR:", self.star_format)
         form.addRow(self.use_filter)
         layout.addLayout(form)
         row = QHBoxLayout()
         self.star_button = QPushButton("Save STAR…")
         self.csv_button = QPushButton("Save CSV…")
+        self.dynamo_button = QPushButton("Save Dynamo…")
+        self.dynamo_button.setToolTip(
+            "A Dynamo table (.tbl) for subtomogram averaging: x, y, z (1-based voxels), "
+            "class, tomogram index; the table map (.doc) beside it names the tomogram"
+        )
         row.addWidget(self.star_button)
         row.addWidget(self.csv_button)
+        row.addWidget(self.dynamo_button)
         layout.addLayout(row)
         self.status = StatusLine()
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.star_button.clicked.connect(lambda: self._ask(".star"))
         self.csv_button.clicked.connect(lambda: self._ask(".csv"))
+        self.dynamo_button.clicked.connect(lambda: self._ask(".tbl"))
 
     def export(self, path) -> int:
-        """Write the particles to `path` (.star or .csv); returns how many (0 on error)."""
-        from napari_cryossl.io import write_particles
+        """Write the particles to `path` (.star, .csv or .tbl); returns how many (0 on error).
 
+        A .star file is RELION 4 or RELION 5 as the *STAR* choice says; RELION 5 also
+        writes the tomogram set beside it (``<name>_tomograms.star``).
+        """
+        from napari_cryossl.io import (
+            RelionTomogram,
+            write_dynamo_table,
+            write_particles,
+            write_tomograms_star,
+        )
+
+        path = Path(path)
+        extra = ""
         try:
             self.session.require_tomogram()
             tomo = self.session.tomogram
@@ -116,16 +151,29 @@ class ExportWidget(QWidget):
                 min_confidence=self.session.min_confidence if self.use_filter.isChecked() else 0.0,
                 tomo_name=Path(tomo.path).name,
             )
-            write_particles(
-                table,
-                path,
-                voxel_size=self.session.voxel_size,
-                tomogram_shape=tuple(int(s) for s in tomo.shape),
-            )
+            shape = tuple(int(s) for s in tomo.shape)
+            relion5 = self.star_format.currentData() == "relion5"
+            if path.suffix.lower() == ".tbl":
+                write_dynamo_table(table, path, voxel_size=self.session.voxel_size)
+            elif path.suffix.lower() == ".star" and relion5:
+                name = Path(tomo.path).name
+                table["tomo_name"] = name  # every particle of the dock is in this tomogram
+                record = RelionTomogram(
+                    name=name,
+                    tilt_series_pixel_size=self.session.voxel_size,
+                    size_xyz=(shape[2], shape[1], shape[0]),
+                    path=Path(tomo.path).resolve(),
+                )
+                write_particles(table, path, relion5=True, tomograms={name: record})
+                tomograms = path.with_name(path.stem + "_tomograms.star")
+                write_tomograms_star({name: record}, tomograms)
+                extra = f" (+ {tomograms.name})"
+            else:
+                write_particles(table, path, voxel_size=self.session.voxel_size, tomogram_shape=shape)
         except Exception as exc:
             self.status.error(notify_error(exc))
             return 0
-        self.status.info(f"{len(table)} particles saved to {Path(path).name}")
+        self.status.info(f"{len(table)} particles saved to {path.name}{extra}")
         self.status.setToolTip(str(path))
         return len(table)
 
@@ -134,7 +182,11 @@ class ExportWidget(QWidget):
             default = str(self.session.work_dir / f"particles{suffix}")
         except Exception:
             default = f"particles{suffix}"
-        kind = "RELION STAR (*.star)" if suffix == ".star" else "CSV (*.csv)"
+        kind = {
+            ".star": "RELION STAR (*.star)",
+            ".csv": "CSV (*.csv)",
+            ".tbl": "Dynamo table (*.tbl)",
+        }[suffix]
         path, _ = QFileDialog.getSaveFileName(self, "Save particles", default, kind)
         if path:
             if Path(path).suffix.lower() != suffix:

@@ -8,6 +8,7 @@ the coordinates against the tomogram geometry and write atomically.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import starfile
 from napari_cryossl.io.atomic import atomic_write
 from napari_cryossl.io.coordinates import _check_inside, _Geometry
 from napari_cryossl.io.errors import _fail, _read_text
+from napari_cryossl.io.relion5 import read_tomograms_star
 from napari_cryossl.io.star import _read_star_particles, _star_particle_frame
 from napari_cryossl.io.tables import (
     PARTICLE_SOURCES,
@@ -41,6 +43,7 @@ def read_particles(
     voxel_size=None,
     source: str = "imported",
     allow_missing_geometry: bool = False,
+    tomograms=None,
 ) -> pd.DataFrame:
     """Read a particle file (RELION 3/4/5 STAR, subtomogram STAR, CSV) into a particle table.
 
@@ -48,9 +51,15 @@ def read_particles(
 
     - RELION 3/4: ``rlnCoordinateX/Y/Z`` in pixels, ``rlnTomoName`` or
       ``rlnMicrographName`` naming the tomogram.
+    - RELION 4 coordinates are pixels of the unbinned tilt series: when the file records
+      their pixel size (``rlnTomoTiltSeriesPixelSize`` in the particle or optics block) or
+      `tomograms` does, and `voxel_size` (or `tomograms`) gives the tomogram's, they are
+      rescaled to the tomogram's voxels (``x * pixel size / voxel size``), so files refer
+      to binned tomograms correctly. Without both they are kept as written.
     - RELION 5: ``rlnCenteredCoordinateX/Y/ZAngst`` (Å from the tomogram centre), converted
-      with `tomogram_shape` and `voxel_size` (both required; see `centred_to_voxels`). When
-      a file has both kinds, the centred ones are used if the geometry is known.
+      with `tomogram_shape` and `voxel_size` or with `tomograms` (RELION's own centre,
+      ``rlnTomoSizeX/Y/Z / 2`` unbinned pixels; see `centred_to_voxels`). When a file has
+      both kinds, the centred ones are used if the geometry is known.
     - Subtomogram lists: ``rlnImageName`` per particle, one MRC file each; relative names are
       resolved against the STAR file's folder (or, as in a RELION project, the nearest
       parent folder where the first one exists) and stored as absolute paths.
@@ -77,22 +86,31 @@ def read_particles(
         allow_missing_geometry: give NaN coordinates (instead of raising) to RELION-5
             particles whose tomogram geometry is not given; for callers that first read a
             file to learn which tomograms it names.
+        tomograms: a RELION tomogram set: the path of a ``tomograms.star`` or
+            `read_tomograms_star`'s mapping (name -> `RelionTomogram`). It gives each
+            named tomogram's shape, voxel size, centre and tilt-series pixel size where
+            `tomogram_shape` / `voxel_size` do not (those describe the tomogram as opened
+            and take precedence).
 
     Returns:
         The particle table (`PARTICLE_COLUMNS`); ``attrs["format"]`` names the flavour read
-        ("relion3/4", "relion5", "subtomograms", "csv") and ``attrs["voxel_size"]`` the
-        voxel size used or found in the file (absent when unknown).
+        ("relion3/4", "relion5", "subtomograms", "csv"), ``attrs["voxel_size"]`` the
+        voxel size used or found in the file (absent when unknown) and
+        ``attrs["rescaled"]`` is True when RELION-4 pixels were rescaled to voxels.
 
     Raises:
         InputError: missing/unreadable/empty file, no particle block or no known columns,
             partial or non-numeric coordinates, bad class numbers, RELION-5 coordinates
-            without geometry, coordinates outside the tomogram, image stacks (``n@file``).
+            without geometry, coordinates outside the tomogram, image stacks (``n@file``),
+            a `tomograms` file that is not a readable tomogram set.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in PARTICLE_SUFFIXES:
         raise _fail(path, f"unsupported particle file type {suffix!r}; expected .star or .csv")
-    geometry = _Geometry(tomogram_shape, voxel_size, path)
+    if tomograms is not None and not isinstance(tomograms, Mapping):
+        tomograms = read_tomograms_star(tomograms)
+    geometry = _Geometry(tomogram_shape, voxel_size, path, tomograms)
     if source not in PARTICLE_SOURCES:
         raise _fail(path, f"unknown source {source!r}; expected one of {PARTICLE_SOURCES}")
     if suffix == ".star":
@@ -198,6 +216,7 @@ def write_particles(
     voxel_size: float | None = None,
     tomogram_shape=None,
     relion5: bool = False,
+    tomograms=None,
 ) -> None:
     """Write a particle table as a RELION STAR or a CSV file (by suffix), atomically.
 
@@ -207,7 +226,12 @@ def write_particles(
     any probability is set, ``rlnAutopickFigureOfMerit`` when any score is set,
     ``rlnImageName`` when any particle has a file (relative to the STAR folder when inside
     it), ``rlnTomoName`` when any particle names a tomogram. With ``relion5=True`` the
-    coordinates are written as ``rlnCenteredCoordinateX/Y/ZAngst`` instead.
+    coordinates are written as ``rlnCenteredCoordinateX/Y/ZAngst`` instead (RELION 5: Å
+    from each particle's tomogram centre), from `tomogram_shape` and `voxel_size` (one
+    tomogram, or mappings name -> value) or from `tomograms` (RELION's centre,
+    ``rlnTomoSizeX/Y/Z / 2``); with a single tomogram in `tomograms`, particles without a
+    name get its name (RELION 5 needs ``rlnTomoName``). `write_tomograms_star` writes the
+    matching tomogram set.
 
     CSV: ``x,y,z,class`` plus ``probability``, ``score``, ``tomo_name``, ``image_name``
     when set. Numbers are written with full precision so reading gives back the same table.
@@ -215,9 +239,12 @@ def write_particles(
     Args:
         table: particle table (`PARTICLE_COLUMNS`; missing optional columns take defaults).
         path: destination ``.star`` or ``.csv`` (its folder must exist).
-        voxel_size: Å per voxel (needed for ``relion5``).
-        tomogram_shape: (nz, ny, nx) (needed for ``relion5``).
+        voxel_size: Å per voxel (needed for ``relion5`` without `tomograms`), or a mapping
+            tomogram name -> Å.
+        tomogram_shape: (nz, ny, nx) (needed for ``relion5`` without `tomograms`), or a
+            mapping tomogram name -> (nz, ny, nx).
         relion5: write RELION-5 centred Å coordinates.
+        tomograms: for ``relion5``: name -> `RelionTomogram` (or a ``tomograms.star`` path).
 
     Raises:
         InputError: unsupported suffix, invalid table, RELION-5 without geometry, names that
@@ -244,6 +271,10 @@ def write_particles(
         with atomic_write(path) as tmp:
             frame.to_csv(tmp, index=False, na_rep="nan")
         return
-    frame = _star_particle_frame(t, images, path, voxel_size, tomogram_shape, relion5)
+    if tomograms is not None and not isinstance(tomograms, Mapping):
+        tomograms = read_tomograms_star(tomograms)
+    frame = _star_particle_frame(
+        t, images, path, voxel_size, tomogram_shape, relion5, tomograms=tomograms
+    )
     with atomic_write(path) as tmp:
         starfile.write({"particles": frame}, tmp, float_format=None, na_rep="nan")

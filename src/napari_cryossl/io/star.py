@@ -21,13 +21,11 @@ import pandas as pd
 import starfile
 
 from napari_cryossl.io.atomic import atomic_write
-from napari_cryossl.io.coordinates import _Geometry, voxels_to_centred
+from napari_cryossl.io.coordinates import _Geometry, _rescale_pixels
 from napari_cryossl.io.errors import (
     InputWarning,
     _fail,
-    _positive_float,
     _read_text,
-    _tomogram_shape,
 )
 from napari_cryossl.io.tables import _class_array, _resolve_images, make_particle_table
 
@@ -52,6 +50,8 @@ _MICROGRAPH = "rlnMicrographName"
 _CLASS = "rlnClassNumber"
 _PROBABILITY = "rlnMaxValueProbDistribution"
 _SCORE = "rlnAutopickFigureOfMerit"
+_TS_PIXEL = "rlnTomoTiltSeriesPixelSize"  # Å per unbinned tilt-series pixel (RELION 4/5)
+_OPTICS_GROUP = "rlnOpticsGroup"
 _KNOWN_STAR = (*_COORD, *_CENTRED, _IMAGE)  # a particle block needs at least one of these
 
 # starfile reads these tokens as missing values, whatever the column.
@@ -147,6 +147,7 @@ def _read_star_particles(
     tomo = _star_text(frame, _TOMO if _TOMO in frame.columns else _MICROGRAPH, n)
     sizes, voxel = geometry.per_row(tomo)
     known = np.isfinite(sizes).all(axis=1) & np.isfinite(voxel)
+    centres = geometry.centres(tomo, sizes, voxel)
     unresolved = np.zeros(n, dtype=bool)
     if all(has_a) and (known.all() or not all(has_px)):
         if not known.all() and not allow_missing:
@@ -163,13 +164,24 @@ def _read_star_particles(
                 f"centre) {problem}",
             )
         xyz_a = np.column_stack([_star_float(frame, c, where) for c in _CENTRED]).reshape(n, 3)
-        # Same arithmetic as centred_to_voxels (RELION 5: Å / pixel size + size / 2).
-        xyz = xyz_a / voxel[:, None] + sizes / 2.0
+        # Same arithmetic as centred_to_voxels (RELION 5: Å / pixel size + size / 2), with
+        # RELION's own centre (size / 2 unbinned pixels) when the tomogram's record is known.
+        xyz = xyz_a / voxel[:, None] + centres
         unresolved = ~known  # NaN coordinates, kept only with allow_missing_geometry
         attrs["format"] = "relion5"
     elif all(has_px):
         xyz = np.column_stack([_star_float(frame, c, where) for c in _COORD]).reshape(n, 3)
         attrs["format"] = "relion3/4"
+        # RELION 4 writes pixels of the unbinned tilt series: with that pixel size (the
+        # file's own, else the tomogram set's) and the tomogram's voxel size, rescale.
+        pixel = _file_pixel_sizes(blocks, frame, where)
+        pixel = np.where(np.isfinite(pixel), pixel, geometry.pixel_sizes(tomo))
+        rescaled = _rescale_pixels(xyz, pixel, voxel)
+        if not np.array_equal(rescaled, xyz, equal_nan=True):
+            xyz = rescaled
+            attrs["rescaled"] = True
+        elif n and np.isfinite(pixel).all() and len(set(pixel.tolist())) == 1:
+            attrs["voxel_size"] = float(pixel[0])  # the pixels as written
     else:
         xyz = np.full((n, 3), np.nan)
         attrs["format"] = "subtomograms"
@@ -197,7 +209,7 @@ def _read_star_particles(
         probability=_star_float(frame, _PROBABILITY, where, finite=False),
     )
     pixel = _optics_pixel_size(blocks, attrs["format"])
-    if pixel is not None:
+    if pixel is not None and not attrs.get("rescaled") and "voxel_size" not in attrs:
         attrs["voxel_size"] = pixel
     return table, attrs
 
@@ -256,7 +268,43 @@ def _optics_pixel_size(blocks: Mapping[str, Any], flavour: str) -> float | None:
     return None
 
 
-def _star_particle_frame(t, images, path, voxel_size, tomogram_shape, relion5) -> pd.DataFrame:
+def _file_pixel_sizes(blocks: Mapping[str, Any], frame: pd.DataFrame, where) -> np.ndarray:
+    """(n,) Å per pixel of each particle's rlnCoordinateX/Y/Z as the file records it; NaN
+    where it does not.
+
+    ``rlnTomoTiltSeriesPixelSize`` in the particle block, else in the optics block (per
+    ``rlnOpticsGroup`` when both blocks carry it, else the optics block's one value). RELION
+    4 writes rlnCoordinateX/Y/Z in pixels of the unbinned tilt series.
+    """
+    n = len(frame)
+    if _TS_PIXEL in frame.columns:
+        values = _star_float(frame, _TS_PIXEL, where, finite=False)
+        bad = np.isfinite(values) & (values <= 0)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise _fail(where, f"particle {i + 1}: {_TS_PIXEL} = {values[i]:g} is not positive")
+        return values
+    optics = _block_frame(blocks.get("optics")) if "optics" in blocks else None
+    if optics is None or len(optics) == 0 or _TS_PIXEL not in optics.columns:
+        return np.full(n, np.nan)
+    sizes = pd.to_numeric(optics[_TS_PIXEL].astype(object), errors="coerce").to_numpy(
+        dtype=np.float64, na_value=np.nan
+    )
+    sizes = np.where(sizes > 0, sizes, np.nan)
+    if _OPTICS_GROUP in optics.columns and _OPTICS_GROUP in frame.columns:
+        groups = pd.to_numeric(optics[_OPTICS_GROUP].astype(object), errors="coerce")
+        by_group = {g: v for g, v in zip(groups.tolist(), sizes.tolist(), strict=True)}
+        rows = pd.to_numeric(frame[_OPTICS_GROUP].astype(object), errors="coerce")
+        return np.array([by_group.get(g, np.nan) for g in rows.tolist()], dtype=np.float64)
+    distinct = set(sizes[np.isfinite(sizes)].tolist())
+    if len(distinct) == 1:
+        return np.full(n, distinct.pop())
+    return np.full(n, np.nan)
+
+
+def _star_particle_frame(
+    t, images, path, voxel_size, tomogram_shape, relion5, tomograms=None
+) -> pd.DataFrame:
     n = len(t)
     xyz = t[["x", "y", "z"]].to_numpy(dtype=np.float64)
     has_image = np.array([bool(s) for s in images], dtype=bool)
@@ -266,17 +314,30 @@ def _star_particle_frame(t, images, path, voxel_size, tomogram_shape, relion5) -
         raise _fail(path, f"particle {i + 1} has neither finite coordinates nor an image_name")
     write_coords = not (n > 0 and has_image.all() and np.isnan(xyz).all())
     columns: dict[str, Any] = {}
+    tomo_names = t["tomo_name"].to_numpy(dtype=object)
+    if relion5 and tomograms and len(tomograms) == 1 and not any(tomo_names):
+        tomo_names = np.full(n, str(next(iter(tomograms))), dtype=object)  # the one tomogram
     if write_coords:
         if relion5:
-            if tomogram_shape is None or voxel_size is None:
+            if not tomograms and (tomogram_shape is None or voxel_size is None):
                 raise _fail(
                     path,
-                    "relion5=True needs tomogram_shape and voxel_size to write centred Å "
-                    "coordinates",
+                    "relion5=True needs tomogram_shape and voxel_size (or tomograms) to write "
+                    "centred Å coordinates",
                 )
-            shape = _tomogram_shape(tomogram_shape, path)
-            vs = _positive_float(voxel_size, "voxel_size", path)
-            centred = voxels_to_centred(xyz, shape, vs)
+            geometry = _Geometry(tomogram_shape, voxel_size, path, tomograms)
+            sizes, voxel = geometry.per_row(tomo_names)
+            known = np.isfinite(sizes).all(axis=1) & np.isfinite(voxel)
+            missing = ~known & np.isfinite(xyz).all(axis=1)
+            if missing.any():
+                i = int(np.flatnonzero(missing)[0])
+                raise _fail(
+                    path,
+                    f"relion5=True needs the shape and voxel size of tomogram {tomo_names[i]!r} "
+                    f"(particle {i + 1}), which were not given",
+                )
+            # RELION 5: Å = (voxel - centre) * voxel size (see voxels_to_centred).
+            centred = (xyz - geometry.centres(tomo_names, sizes, voxel)) * voxel[:, None]
             for i, label in enumerate(_CENTRED):
                 columns[label] = centred[:, i]
         else:
@@ -293,8 +354,8 @@ def _star_particle_frame(t, images, path, voxel_size, tomogram_shape, relion5) -
         if not columns:  # the name starts the row: a leading "data_" would open a new block
             names = [f"./{s}" if s.startswith("data_") else s for s in names]
         columns[_IMAGE] = names
-    if (t["tomo_name"] != "").any():
-        columns[_TOMO] = [_star_safe(s, _TOMO, path, allow_empty=True) for s in t["tomo_name"]]
+    if any(tomo_names):
+        columns[_TOMO] = [_star_safe(str(s), _TOMO, path, allow_empty=True) for s in tomo_names]
     return pd.DataFrame(columns, index=pd.RangeIndex(n))
 
 
