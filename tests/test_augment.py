@@ -234,3 +234,21 @@ def test_reapplied_wedge_empties_the_missing_wedge_and_keeps_the_scale():
     missing = torch.from_numpy(~missing_wedge_mask((16, 16, 16), 60.0))
     assert float(spec[:, missing].max()) < 1e-3 * float(spec.max())
     torch.testing.assert_close(out.std(dim=(2, 3, 4)), x.std(dim=(2, 3, 4)), atol=1e-4, rtol=1e-4)
+
+
+def test_noise_adds_fresh_noise_scaled_to_each_box():
+    """noise=k adds Gaussian noise of k x the box's std, new at every call."""
+    import torch
+
+    from napari_cryossl.augment import SubtomogramAugment
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 16, 16, 16) * torch.tensor([1.0, 2.0, 4.0, 8.0]).view(4, 1, 1, 1, 1)
+    aug = SubtomogramAugment(crop_p=0.0, affine_p=0.0, noise=0.5)
+    first, second = aug(x), aug(x)
+    added = (first - x).flatten(1).std(dim=1) / x.flatten(1).std(dim=1)
+    assert torch.allclose(added, torch.full((4,), 0.5), atol=0.05)
+    assert not torch.allclose(first, second)  # fresh noise each time
+    assert torch.equal(SubtomogramAugment(crop_p=0.0, affine_p=0.0)(x), x)  # default: none
+    with pytest.raises(ValueError, match="noise"):
+        SubtomogramAugment(noise=-1.0)

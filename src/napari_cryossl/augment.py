@@ -291,6 +291,10 @@ class SubtomogramAugment(nn.Module):
             z, y and x; ``rotate_z_deg`` is ignored).
         wedge_deg: re-apply the missing wedge of a ±wedge_deg tilt series about y
             after the transforms (None: don't).
+        noise: add fresh Gaussian noise of ``noise`` x each box's own standard
+            deviation after the transforms (0: none). At low SNR a network can learn
+            the noise of its few training boxes by heart; new noise at every step
+            takes that away (noise injection, a classic regulariser).
         generator: optional ``torch.Generator`` (CPU) for the random draws;
             defaults to torch's global generator so ``torch.manual_seed`` works.
     """
@@ -305,6 +309,7 @@ class SubtomogramAugment(nn.Module):
         scale: float = 0.1,
         rotation: str = "z",
         wedge_deg: float | None = None,
+        noise: float = 0.0,
         *,
         generator: torch.Generator | None = None,
     ):
@@ -324,6 +329,9 @@ class SubtomogramAugment(nn.Module):
             raise ValueError(f"rotation must be 'z' or 'so3', got {rotation!r}")
         if wedge_deg is not None and not 0 < float(wedge_deg) <= 90:
             raise ValueError(f"wedge_deg must be in (0, 90] or None, got {wedge_deg}")
+        if not 0.0 <= float(noise) < 10.0:
+            raise ValueError(f"noise must be in [0, 10) (x the box's std), got {noise}")
+        self.noise = float(noise)
         self.rotation = rotation
         self.wedge_deg = None if wedge_deg is None else float(wedge_deg)
         self.crop_p = float(crop_p)
@@ -338,7 +346,7 @@ class SubtomogramAugment(nn.Module):
         return (
             f"crop_p={self.crop_p}, crop_scale={self.crop_scale}, affine_p={self.affine_p}, "
             f"rotate_z_deg={self.rotate_z_deg}, translate={self.translate}, scale={self.scale}, "
-            f"rotation={self.rotation!r}, wedge_deg={self.wedge_deg}"
+            f"rotation={self.rotation!r}, wedge_deg={self.wedge_deg}, noise={self.noise}"
         )
 
     def _uniform(self, n: int, lo: float, hi: float, dims: int = 1) -> torch.Tensor:
@@ -393,4 +401,8 @@ class SubtomogramAugment(nn.Module):
                 out[dev_idx] = affine_3d(out[dev_idx], angle[idx], shift[idx], scale[idx])
         if self.wedge_deg is not None:
             out = reapply_wedge(out, self.wedge_deg)
+        if self.noise > 0:
+            std = out.flatten(1).std(dim=1).view(n, *([1] * (out.dim() - 1)))
+            fresh = torch.randn(out.shape, generator=self.generator).to(out.device, out.dtype)
+            out = out + self.noise * std * fresh
         return out
