@@ -80,7 +80,8 @@ def augment_options(pairs: list[str] | None) -> dict | None:
 def run_seed(seed: int, args, data=None) -> dict:
     import torch
 
-    from napari_cryossl.models import build_encoder, encoder_from_checkpoint, load_checkpoint
+    from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
+    from napari_cryossl.models import build_encoder
     from napari_cryossl.probe import linear_probe
     from napari_cryossl.train import PretrainConfig, iter_pretrain
 

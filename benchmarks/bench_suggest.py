@@ -65,8 +65,8 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from napari_cryossl.checkpoints import load_checkpoint
     from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.models import load_checkpoint
     from napari_cryossl.population import embed_particles
     from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
 

@@ -12,9 +12,9 @@ import textwrap
 import numpy as np
 import pytest
 
+from napari_cryossl.checkpoints import load_checkpoint
 from napari_cryossl.dataset import SubtomogramSet
 from napari_cryossl.distributed import DistributedContext, is_main_process, shard_range
-from napari_cryossl.models import load_checkpoint
 from napari_cryossl.predict import predict
 from napari_cryossl.train import FinetuneConfig, iter_finetune, run
 

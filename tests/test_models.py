@@ -6,18 +6,14 @@ import torch
 from torch import nn
 
 from napari_cryossl import models
-from napari_cryossl.models import (
-    PRESETS,
-    Classifier,
-    InputError,
-    build_encoder,
+from napari_cryossl.checkpoints import (
     checkpoint_state,
     classifier_from_checkpoint,
-    count_flops,
     encoder_from_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from napari_cryossl.models import PRESETS, Classifier, InputError, build_encoder, count_flops
 
 torch.set_num_threads(1)
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
 from napari_cryossl.dataset import SubtomogramSet
 from napari_cryossl.extract import extract_subtomograms
 from napari_cryossl.io import InputError, make_particle_table, write_mrc
-from napari_cryossl.models import Classifier, build_encoder, checkpoint_state, save_checkpoint
+from napari_cryossl.models import Classifier, build_encoder
 from napari_cryossl.saliency import gradcam, gradcam_for_set, paste_heatmaps
 
 BOX = 16

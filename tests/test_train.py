@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
 from napari_cryossl.dataset import SubtomogramSet
 from napari_cryossl.devices import DeviceOutOfMemoryError
 from napari_cryossl.io import InputError
-from napari_cryossl.models import build_encoder, encoder_from_checkpoint, load_checkpoint
+from napari_cryossl.models import build_encoder
 from napari_cryossl.predict import predict
 from napari_cryossl.probe import linear_probe
 from napari_cryossl.simulate import clean_shapes_config, simulate_subtomograms

@@ -84,8 +84,8 @@ def iter_embed_particles(
 
     import torch
 
+    from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
     from napari_cryossl.devices import select_device
-    from napari_cryossl.models import encoder_from_checkpoint, load_checkpoint
     from napari_cryossl.status import TrainStatus
 
     t0 = time.perf_counter()

@@ -94,15 +94,16 @@ def load_classifier(model_or_checkpoint, *, box_size: int | None = None, class_n
 
     Args:
         model_or_checkpoint: a checkpoint path (from ``cryossl finetune``), a state
-            dict from ``models.load_checkpoint``, or a ``models.Classifier``.
+            dict from ``checkpoints.load_checkpoint``, or a ``models.Classifier``.
         box_size: required box size (an ``InputError`` names the file on mismatch).
         class_numbers: class number of each output, for a bare model (default 1..C).
 
     Returns:
         ``(model, classes int64 (C,), class_names list[str], state dict or None)``.
     """
+    from napari_cryossl.checkpoints import classifier_from_checkpoint, load_checkpoint
     from napari_cryossl.devices import InputError
-    from napari_cryossl.models import Classifier, classifier_from_checkpoint, load_checkpoint
+    from napari_cryossl.models import Classifier
 
     state = None
     if isinstance(model_or_checkpoint, str | os.PathLike):

@@ -94,7 +94,7 @@ def linear_probe(encoder, train, test, *, l2: float = 1e-2, max_iter: int = 200)
     """Fit a linear classifier on frozen embeddings of `train`, score it on `test`.
 
     Args:
-        encoder: an ``RB3DEncoder`` (e.g. ``models.encoder_from_checkpoint``).
+        encoder: an ``RB3DEncoder`` (e.g. ``checkpoints.encoder_from_checkpoint``).
         train, test: ``SubtomogramSet`` with class numbers (every row labelled).
         l2: weight of the squared-weight penalty (the embeddings are standardised).
         max_iter: L-BFGS iterations.

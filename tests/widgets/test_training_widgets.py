@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
+from napari_cryossl.checkpoints import load_checkpoint
 from napari_cryossl.io import particle_zyx, read_particles
-from napari_cryossl.models import load_checkpoint
 
 TIMEOUT_MS = 180_000
 BENCH_OUT = Path(
@@ -111,7 +111,7 @@ def test_pretraining_runs_in_a_worker_while_napari_stays_responsive(dock, tomogr
 
 
 def test_cancel_keeps_a_checkpoint_and_resume_continues(dock, tomogram, truth, qtbot):
-    from napari_cryossl.models import load_checkpoint
+    from napari_cryossl.checkpoints import load_checkpoint
 
     viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=0)
     pre = widget.pretrain

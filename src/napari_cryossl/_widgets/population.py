@@ -227,8 +227,9 @@ class PopulationWidget(QWidget):
         def job():
             import torch
 
+            from napari_cryossl.checkpoints import load_checkpoint
             from napari_cryossl.dataset import SubtomogramSet
-            from napari_cryossl.models import build_encoder, load_checkpoint
+            from napari_cryossl.models import build_encoder
             from napari_cryossl.population import cluster, iter_embed_particles, map_2d
 
             if model is not None:

@@ -151,8 +151,8 @@ class PredictionWidget(QWidget):
         n_rows = len(table)
 
         def job():
+            from napari_cryossl.checkpoints import load_checkpoint
             from napari_cryossl.dataset import SubtomogramSet
-            from napari_cryossl.models import load_checkpoint
             from napari_cryossl.predict import iter_predict
 
             box = int(load_checkpoint(classifier, kind="classifier")["box_size"])

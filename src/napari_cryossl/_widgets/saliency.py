@@ -144,8 +144,8 @@ class SaliencyWidget(QWidget):
         radius = 0.6 * self.session.point_size if self.session.particle_diameter_a else None
 
         def job():
+            from napari_cryossl.checkpoints import load_checkpoint
             from napari_cryossl.dataset import SubtomogramSet
-            from napari_cryossl.models import load_checkpoint
             from napari_cryossl.saliency import iter_gradcam, paste_heatmaps
 
             state = load_checkpoint(classifier, kind="classifier")

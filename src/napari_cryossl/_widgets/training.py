@@ -476,7 +476,7 @@ class FinetuneWidget(_TrainingSection):
 
             box_size, preset = box, None
             if init is not None:  # the classifier must match the encoder's box and architecture
-                from napari_cryossl.models import load_checkpoint
+                from napari_cryossl.checkpoints import load_checkpoint
 
                 state = load_checkpoint(init, kind="encoder")
                 box_size, preset = int(state["box_size"]), state["preset"]

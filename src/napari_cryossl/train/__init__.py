@@ -20,7 +20,7 @@ a ``thread_worker``), the CLI (under a tqdm bar) and the tests (directly)::
 - ``run(generator, TrainingCallbacks(on_step, on_epoch, should_stop))`` drives a
   generator with callbacks and returns the last status.
 
-Checkpoints (``models.save_checkpoint``: atomic, ``torch.load(weights_only=True)``) carry
+Checkpoints (``checkpoints.save_checkpoint``: atomic, ``torch.load(weights_only=True)``) carry
 the preset, box size, voxel size, normalisation, method, epoch, and for classifiers the
 sorted class numbers and names. ``out`` is what a user keeps and moves around: weights
 only (pretraining: the encoder after every epoch and when stopped; fine-tuning: the

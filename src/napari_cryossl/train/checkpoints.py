@@ -3,7 +3,7 @@
 ``out`` is what a user keeps (weights only); the resumable state (optimiser, schedule,
 MoCo key encoder and queue, progress, random state) goes to ``last_checkpoint_path(out)``
 (``<out stem>.last<suffix>``). The checkpoints themselves are written by
-``models.save_checkpoint`` (atomic, loadable with ``weights_only=True``), so everything
+``checkpoints.save_checkpoint`` (atomic, loadable with ``weights_only=True``), so everything
 stored here is plain values and tensors.
 """
 

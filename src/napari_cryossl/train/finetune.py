@@ -46,6 +46,7 @@ class _FinetuneJob(_Job):
         import torch
 
         from napari_cryossl.augment import SubtomogramAugment
+        from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
         from napari_cryossl.devices import (
             InputError,
             amp_dtype,
@@ -54,12 +55,7 @@ class _FinetuneJob(_Job):
             select_device,
         )
         from napari_cryossl.distributed import DistributedContext
-        from napari_cryossl.models import (
-            Classifier,
-            build_encoder,
-            encoder_from_checkpoint,
-            load_checkpoint,
-        )
+        from napari_cryossl.models import Classifier, build_encoder
 
         asked_preset = config.preset  # None: whatever the init/resume checkpoint holds
         self.device = select_device(config.device)
@@ -385,7 +381,7 @@ class _FinetuneJob(_Job):
         return [str(names.get(int(c), f"class {int(c)}")) for c in self.classes]
 
     def _state(self, **extra):
-        from napari_cryossl.models import checkpoint_state
+        from napari_cryossl.checkpoints import checkpoint_state
 
         return checkpoint_state(
             self.model,
@@ -400,7 +396,7 @@ class _FinetuneJob(_Job):
 
     def _write_out(self, metrics: dict) -> None:
         """The classifier to predict with: the best validation weights so far."""
-        from napari_cryossl.models import save_checkpoint
+        from napari_cryossl.checkpoints import save_checkpoint
 
         if self.ctx.is_main:
             plain = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
@@ -408,7 +404,7 @@ class _FinetuneJob(_Job):
         self._wrote_out = True
 
     def save(self, *, reason: str) -> Path | None:
-        from napari_cryossl.models import save_checkpoint
+        from napari_cryossl.checkpoints import save_checkpoint
 
         if not self.ctx.is_main:
             return self.last_path

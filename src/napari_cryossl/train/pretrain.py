@@ -36,6 +36,7 @@ class _PretrainJob(_Job):
         import torch
 
         from napari_cryossl.augment import SubtomogramAugment
+        from napari_cryossl.checkpoints import load_checkpoint
         from napari_cryossl.devices import (
             InputError,
             amp_dtype,
@@ -44,7 +45,7 @@ class _PretrainJob(_Job):
             select_device,
         )
         from napari_cryossl.distributed import DistributedContext
-        from napari_cryossl.models import build_encoder, load_checkpoint
+        from napari_cryossl.models import build_encoder
         from napari_cryossl.ssl import build_ssl
 
         self.config = config
@@ -203,7 +204,7 @@ class _PretrainJob(_Job):
         return value
 
     def save(self, *, reason: str) -> Path | None:
-        from napari_cryossl.models import checkpoint_state, save_checkpoint
+        from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
 
         if not self.ctx.is_main:
             return self.out
