@@ -563,3 +563,4 @@ def count_flops(model: nn.Module, box_size: int | None = None) -> int:
             h.remove()
         model.train(was_training)
     return total
+
