@@ -39,8 +39,8 @@ def loop(embeddings, truth, strategy: str, *, rounds: int, step: int, seed: int)
         rest = labels == 0
         predicted, _ = clf.predict(embeddings[rest])
         curve.append((int((labels > 0).sum()), float((predicted == truth[rest]).mean())))
-        if strategy == "suggest":
-            chosen = suggest(embeddings, labels, step)
+        if strategy != "random":
+            chosen = suggest(embeddings, labels, step, strategy=strategy)
         else:
             chosen = rng.choice(np.flatnonzero(rest), size=step, replace=False)
         labels[chosen] = truth[chosen]
@@ -82,25 +82,28 @@ def main(argv=None) -> int:
     embeddings = embed_particles(state, data, device="cpu")
     print(f"{len(data)} particles embedded in {time.perf_counter() - t0:.0f} s", flush=True)
 
+    strategies = ("random", "auto", "margin", "typical")
     curves = {s: [loop(embeddings, truth, s, rounds=args.rounds, step=args.step, seed=r)
-                  for r in range(args.runs)] for s in ("random", "suggest")}
+                  for r in range(args.runs)] for s in strategies}
     n_labels = [n for n, _ in curves["random"][0]]
     mean = {s: np.mean([[a for _, a in c] for c in cs], axis=0) for s, cs in curves.items()}
-    print("| labels | random | suggest |\n|---|---|---|")
+    print("| labels | " + " | ".join(strategies) + " |\n|---" * (len(strategies) + 1) + "|")
     for i, n in enumerate(n_labels):
-        print(f"| {n} | {mean['random'][i]:.3f} | {mean['suggest'][i]:.3f} |")
+        print(f"| {n} | " + " | ".join(f"{mean[s][i]:.3f}" for s in strategies) + " |")
     target = mean["random"][-1]
-    reach = next((n for n, a in zip(n_labels, mean["suggest"], strict=True) if a >= target), None)
-    print(
-        f"random labelling reaches {target:.3f} with {n_labels[-1]} labels; suggestions "
-        f"reach it with {reach if reach is not None else 'more than ' + str(n_labels[-1])} "
-        "labels" + (f" ({reach / n_labels[-1]:.0%})" if reach else ""),
-    )
+    reach = {}
+    for s in strategies[1:]:
+        reach[s] = next((n for n, a in zip(n_labels, mean[s], strict=True) if a >= target), None)
+        print(
+            f"random labelling reaches {target:.3f} with {n_labels[-1]} labels; {s} "
+            f"reaches it with {reach[s] if reach[s] is not None else 'more than ' + str(n_labels[-1])} "
+            "labels" + (f" ({reach[s] / n_labels[-1]:.0%})" if reach[s] else ""),
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "suggest.json").write_text(json.dumps({
         "encoder": str(args.encoder), "structures": names, "snr": args.snr,
         "per_class": args.per_class, "n_labels": n_labels,
-        "random": mean["random"].tolist(), "suggest": mean["suggest"].tolist(),
+        **{s: mean[s].tolist() for s in strategies},
         "labels_to_reach_random": reach, "runs": args.runs,
         "date": time.strftime("%Y-%m-%d"),
     }, indent=2))

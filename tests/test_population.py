@@ -74,15 +74,25 @@ def test_suggestions_are_unlabelled_uncertain_and_spread():
     x, y = _blobs(n_per_class=60, spread=1.5, seed=1)
     labels = np.zeros_like(y)
     labels[[0, 60, 120]] = [1, 2, 3]
-    chosen = suggest(x, labels, 10)
+    chosen = suggest(x, labels, 10, strategy="margin")
     assert len(chosen) == 10 and len(set(chosen.tolist())) == 10
     assert np.all(labels[chosen] == 0)
-    # more uncertain than the average unlabelled particle
+    # margin: more uncertain than the average unlabelled particle
     clf = InstantClassifier().fit(x, labels)
     p = np.sort(clf.predict_proba(x), axis=1)
     margin = p[:, -1] - p[:, -2]
     assert margin[chosen].mean() < margin[labels == 0].mean()
-    # without two labelled classes: spread over the population, one per group first
+    # typical (what "auto" does with few labels): unlabelled particles from the dense
+    # middle of the groups, not their uncertain fringes
+    typical = suggest(x, labels, 6)
+    np.testing.assert_array_equal(typical, suggest(x, labels, 6, strategy="typical"))
+    assert np.all(labels[typical] == 0) and len(set(typical.tolist())) == 6
+    centre = np.array([x[y == c].mean(0) for c in (1, 2, 3)])
+    own = np.linalg.norm(x - centre[y - 1], axis=1)
+    assert own[typical].mean() < own[labels == 0].mean()
+    # without any label: one per group first
     first = suggest(x, np.zeros_like(y), 3)
     assert sorted(y[first].tolist()) == [1, 2, 3]
     assert len(suggest(x, np.ones_like(y), 5)) == 0  # nothing left to label
+    with pytest.raises(ValueError, match="strategy"):
+        suggest(x, labels, 3, strategy="best")

@@ -322,12 +322,50 @@ def _k_centre(x: np.ndarray, pool: np.ndarray, centres: np.ndarray, n: int) -> l
     return [int(pool[i]) for i in chosen]
 
 
+def _typical(x: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> list[int]:
+    """TypiClust (Hacohen et al. 2022, "Active learning on a budget"): k-means with
+    (labelled + n) clusters; from the largest clusters that hold no label yet, the most
+    typical particle (the smallest mean distance to its 20 nearest neighbours in its
+    cluster). With few labels, typical particles of uncovered groups teach a classifier
+    more than uncertain ones, which are mostly outliers then."""
+    from sklearn.cluster import KMeans
+
+    labelled = np.flatnonzero(labels > 0)
+    k = min(len(labelled) + n, len(x))
+    groups = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(
+        principal_components(x, 32)
+    )
+    covered = set(groups[labelled].tolist())
+    sizes = np.bincount(groups, minlength=k)
+    order = [g for g in np.argsort(-sizes, kind="stable") if g not in covered and sizes[g]]
+    chosen: list[int] = []
+    for g in order[:n]:
+        members = np.flatnonzero((groups == g) & (labels <= 0))
+        if not len(members):
+            continue
+        pts = x[members]
+        d = np.linalg.norm(pts[:, None, :] - pts[None], axis=2) if len(pts) <= 2000 else None
+        if d is None:  # a huge cluster: the member nearest its mean
+            chosen.append(int(members[np.argmin(np.linalg.norm(pts - pts.mean(0), axis=1))]))
+            continue
+        m = min(20, len(pts) - 1)
+        knn = np.sort(d, axis=1)[:, 1 : m + 1].mean(1) if m > 0 else np.zeros(len(pts))
+        chosen.append(int(members[np.argmin(knn)]))
+    return chosen
+
+
+#: ``suggest(strategy="auto")`` picks typical particles (TypiClust) while fewer than this
+#: many labels per class exist, then uncertain ones (margin sampling spread by k-centre).
+TYPICAL_UNTIL_PER_CLASS = 5
+
+
 def suggest(
     embeddings: np.ndarray,
     class_numbers,
     n: int,
     *,
     candidates: int = 5,
+    strategy: str = "auto",
 ) -> np.ndarray:
     """The ``n`` unlabelled particles most worth labelling next, most informative first.
 
@@ -337,10 +375,16 @@ def suggest(
         n: how many to suggest.
         candidates: the k-centre choice runs over the ``candidates × n`` least certain
             particles (margin sampling), so the suggestions are both uncertain and spread.
+        strategy: "margin" (the least certain under the instant classifier, spread by
+            k-centre), "typical" (TypiClust: typical particles of groups without a
+            label) or "auto" (typical while fewer than ``TYPICAL_UNTIL_PER_CLASS``
+            labels per labelled class, then margin).
 
     Returns:
         Row indices (int64), at most ``n``, none of them labelled.
     """
+    if strategy not in ("auto", "margin", "typical"):
+        raise ValueError(f"strategy must be 'auto', 'margin' or 'typical', got {strategy!r}")
     x = _standardised(embeddings)
     labels = np.asarray(class_numbers, dtype=np.int64)
     unlabelled = np.flatnonzero(labels <= 0)
@@ -348,8 +392,19 @@ def suggest(
     n = int(n)
     if n <= 0 or len(unlabelled) == 0:
         return np.zeros(0, np.int64)
+    n_classes = len(np.unique(labels[labelled]))
+    if strategy == "auto":
+        few = len(labelled) < TYPICAL_UNTIL_PER_CLASS * max(n_classes, 1)
+        strategy = "typical" if few or n_classes < 2 else "margin"
+    if strategy == "typical":
+        chosen = _typical(x, labels, n)
+        if len(chosen) < n:  # fewer uncovered groups than asked: spread the rest
+            rest = np.setdiff1d(unlabelled, chosen)
+            chosen += _k_centre(x, rest, np.concatenate([labelled, chosen]).astype(np.int64),
+                                n - len(chosen))
+        return np.asarray(chosen[:n], dtype=np.int64)
     pool = unlabelled
-    if len(np.unique(labels[labelled])) >= 2:
+    if n_classes >= 2:
         p = InstantClassifier().fit(x, labels).predict_proba(x[unlabelled])
         top2 = np.sort(p, axis=1)[:, -2:]
         margin = top2[:, 1] - top2[:, 0]
