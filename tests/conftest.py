@@ -21,3 +21,63 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_ome_zarr(
+    path,
+    volume,
+    voxel_size: float = 10.0,
+    *,
+    unit: str | None = "angstrom",
+    chunks: int = 16,
+    n_levels: int = 2,
+    version: str = "0.4",
+):
+    """Write a ZYX volume as an OME-Zarr multiscale image with zarr itself (NGFF 0.4 on
+    Zarr v2, or 0.5 on Zarr v3): level i is the volume binned 2^i times (mean), its scale
+    voxel_size · 2^i in `unit` (no unit when None)."""
+    import numpy as np
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w", zarr_format=2 if version == "0.4" else 3)
+    level = np.asarray(volume)
+    datasets = []
+    for i in range(n_levels):
+        if i:
+            z, y, x = (s // 2 * 2 for s in level.shape)
+            level = (
+                level[:z, :y, :x]
+                .reshape(z // 2, 2, y // 2, 2, x // 2, 2)
+                .mean(axis=(1, 3, 5))
+                .astype(level.dtype)
+            )
+        array = group.create_array(
+            str(i),
+            shape=level.shape,
+            dtype=level.dtype,
+            chunks=tuple(min(chunks, s) for s in level.shape),
+        )
+        array[...] = level
+        datasets.append(
+            {
+                "path": str(i),
+                "coordinateTransformations": [{"type": "scale", "scale": [voxel_size * 2**i] * 3}],
+            }
+        )
+    axes = [{"name": n, "type": "space"} for n in "zyx"]
+    if unit is not None:
+        for axis in axes:
+            axis["unit"] = unit
+    multiscale = {"name": "tomogram", "axes": axes, "datasets": datasets}
+    if version == "0.4":
+        group.attrs["multiscales"] = [{"version": "0.4", **multiscale}]
+    else:
+        group.attrs["ome"] = {"version": version, "multiscales": [multiscale]}
+    return path
+
+
+@pytest.fixture
+def ome_zarr_writer():
+    """`write_ome_zarr(path, volume, voxel_size, ...)`; skips the test without zarr."""
+    pytest.importorskip("zarr")
+    return write_ome_zarr

@@ -49,6 +49,7 @@ from napari_cryossl.io import (
     read_particles,
     read_tomograms_star,
 )
+from napari_cryossl.io.mrc import _tomogram_exists
 
 __all__ = ["DEFAULT_BOX_SIZE", "DEFAULT_CACHE_BYTES", "SubtomogramSet"]
 
@@ -234,7 +235,7 @@ class SubtomogramSet:
         (a RELION ``tomograms.star``) names for its ``rlnTomoName``
         (``rlnTomoReconstructedTomogram``), else found from ``rlnTomoName`` /
         ``rlnMicrographName`` next to the STAR file (trying the name, then with .mrc, .rec,
-        .map appended); ``box_size`` defaults to `DEFAULT_BOX_SIZE`. Coordinates become
+        .map, .zarr appended); ``box_size`` defaults to `DEFAULT_BOX_SIZE`. Coordinates become
         voxels of each tomogram: RELION-5 centred Å with its size and voxel size (RELION's
         centre and pixel size from `tomograms`), RELION-4 pixels rescaled from the
         tilt-series pixel size the file (or `tomograms`) records to its voxel size.
@@ -580,12 +581,15 @@ def _as_tomogram(tomogram) -> Tomogram:
 
 
 def _picklable_tomogram(tomo: Tomogram | Path) -> Tomogram | Path:
-    """A memory-mapped tomogram travels as its path (reopened on use); in-RAM data as is.
+    """A memory-mapped or OME-Zarr tomogram travels as its path (reopened on use); in-RAM
+    data as is.
 
     Pickling a numpy memmap would copy every voxel into each DataLoader worker.
     """
-    if isinstance(tomo, Path) or not Path(tomo.path).is_file():
+    if isinstance(tomo, Path) or not _tomogram_exists(tomo.path):
         return tomo
+    if tomo.levels:  # OME-Zarr: lazy arrays on disk
+        return Path(tomo.path)
     base = tomo.data
     while base is not None:
         if isinstance(base, (np.memmap, mmap.mmap)):
@@ -702,7 +706,7 @@ def _find_tomogram(name: str, star_path: Path) -> Path:
     for suffix in _TOMOGRAM_SUFFIXES:
         candidate = base.with_name(base.name + suffix)
         tried.append(str(candidate))
-        if candidate.is_file():
+        if _tomogram_exists(candidate):
             return candidate
     raise InputError(
         f"{star_path}: tomogram {name!r} not found (tried {', '.join(tried)}); pass the "

@@ -21,8 +21,9 @@ Conventions (the ones a user must know to line boxes up with other software):
 
 Memory: only one box is read at a time, and boxes are read in z order (then y, x) so
 that reads from a memory-mapped file on disk are close to sequential; results come back
-in the caller's order. `iter_subtomogram_batches` streams particle sets that do not fit
-in RAM.
+in the caller's order. From a chunked array (an OME-Zarr tomogram's ``zarr.Array``) a box
+reads and decompresses only the chunks it overlaps. `iter_subtomogram_batches` streams
+particle sets that do not fit in RAM.
 """
 
 from __future__ import annotations
@@ -210,6 +211,13 @@ class _MappedPages:
             self._mmap.madvise(mmap.MADV_DONTNEED)
         except (AttributeError, OSError, ValueError):  # no madvise here, or a closed mapping
             self._mmap = None
+
+
+def _is_chunked(data) -> bool:
+    """Whether `data` is stored in compressed chunks (zarr, dask, chunked HDF5) rather than
+    in RAM or a memory map: then one large read decodes each chunk once, where many small
+    reads (plane by plane) would decode the same chunks again and again."""
+    return not isinstance(data, np.ndarray) and getattr(data, "chunks", None) is not None
 
 
 def _shared_mmap_of(data) -> mmap.mmap | None:

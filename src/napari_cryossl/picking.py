@@ -39,7 +39,9 @@ Gaussian support + NMS half-width, so each chunk's core is exactly what the whol
 computation gives there (and the border of the volume is handled the same way in both).
 Only one chunk (plus halo) is in memory at a time, and the memmap's pages are unmapped from
 the process after each chunk (they stay in the page cache), so the resident size stays near
-one chunk however large the tomogram.
+one chunk however large the tomogram. From a chunked store (an OME-Zarr tomogram) each
+chunk plus halo is one read, which decodes only the stored chunks it overlaps; the picks
+are the same as from an MRC file of the same voxels.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from napari_cryossl.extract import _MappedPages, _volume_and_name
+from napari_cryossl.extract import _is_chunked, _MappedPages, _volume_and_name
 from napari_cryossl.io import InputError, make_particle_table
 from napari_cryossl.options import option
 
@@ -362,12 +364,16 @@ def _dog(
 
 
 def _background_level(data) -> float:
-    """Median grey value from a strided subsample (at most ~1M voxels, read slice by slice)."""
+    """Median grey value from a strided subsample (at most ~1M voxels, read slice by slice,
+    or in one strided read from a chunked store: the same voxels either way)."""
     shape = data.shape
     step = max(1, math.ceil((math.prod(shape) / 1_000_000) ** (1 / 3)))
-    planes = [
-        np.asarray(data[z, ::step, ::step], dtype=np.float32) for z in range(0, shape[0], step)
-    ]
+    if _is_chunked(data):
+        planes = [np.asarray(data[::step, ::step, ::step], dtype=np.float32)]
+    else:
+        planes = [
+            np.asarray(data[z, ::step, ::step], dtype=np.float32) for z in range(0, shape[0], step)
+        ]
     values = np.concatenate([p.ravel() for p in planes])
     values = values[np.isfinite(values)]
     return float(np.median(values)) if len(values) else 0.0
@@ -376,8 +382,10 @@ def _background_level(data) -> float:
 def _read_block(
     data, index: tuple[slice, ...], name: str, bounds=None, pages: _MappedPages | None = None
 ) -> np.ndarray:
-    """Copy a region to float32 RAM, a few z-slices at a time so mapped pages can go between."""
+    """Copy a region to float32 RAM, a few z-slices at a time so mapped pages can go between
+    (in one read from a chunked store, which then decodes each of its chunks once)."""
     zs = range(*index[0].indices(data.shape[0]))
+    step = max(len(zs), 1) if _is_chunked(data) else _READ_SLICES
     block = np.empty(
         (
             len(zs),
@@ -385,9 +393,9 @@ def _read_block(
         ),
         dtype=np.float32,
     )
-    for k in range(0, len(zs), _READ_SLICES):
-        block[k : k + _READ_SLICES] = data[
-            (slice(zs.start + k, min(zs.start + k + _READ_SLICES, zs.stop)), *index[1:])
+    for k in range(0, len(zs), step):
+        block[k : k + step] = data[
+            (slice(zs.start + k, min(zs.start + k + step, zs.stop)), *index[1:])
         ]
         if pages is not None:
             pages.release()

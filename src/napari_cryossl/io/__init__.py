@@ -2,8 +2,9 @@
 
 Conventions (docs/coordinates.md has the full story, with examples):
 
-- Arrays are **ZYX** voxels. `open_tomogram` returns a read-only ``numpy.memmap``, so a
-  multi-GB tomogram costs no RAM until boxes are read from it.
+- Arrays are **ZYX** voxels. `open_tomogram` returns a read-only ``numpy.memmap`` (MRC) or
+  a lazy ``zarr.Array`` (OME-Zarr), so a multi-GB tomogram costs no RAM until boxes are
+  read from it.
 - Particle files are **XYZ**: pixels (0-based voxel centres of the tomogram) for RELION 3/4
   ``rlnCoordinateX/Y/Z`` and CSV ``x,y,z``; Ångström from the tomogram centre for RELION-5
   ``rlnCenteredCoordinateX/Y/ZAngst``, converted as RELION does:
@@ -21,7 +22,8 @@ One module per concern, from the bottom up:
 
 - `errors`: `InputError`, `InputWarning` and the argument checks every reader shares;
 - `atomic`: `atomic_write` and the clean-up of what a killed writer left;
-- `mrc`: `Tomogram`, `open_tomogram`, `read_mrc`, `write_mrc`;
+- `omezarr`: OME-Zarr images (`read_ome_zarr`: metadata checked, levels opened lazily);
+- `mrc`: `Tomogram`, `open_tomogram` (MRC files and OME-Zarr folders), `read_mrc`, `write_mrc`;
 - `coordinates`: RELION-5 centred Å <-> voxels, the tomogram geometry of a file
   (`RelionTomogram`: a tomogram as RELION records it);
 - `tables`: the particle table (`PARTICLE_COLUMNS`, `make_particle_table`, `particle_zyx`);
@@ -49,6 +51,7 @@ from napari_cryossl.io.mrc import (
     read_mrc,
     write_mrc,
 )
+from napari_cryossl.io.omezarr import OmeZarrImage, read_ome_zarr
 from napari_cryossl.io.particles import PARTICLE_SUFFIXES, read_particles, write_particles
 from napari_cryossl.io.relion5 import read_tomograms_star, write_tomograms_star
 from napari_cryossl.io.star import _read_star_blocks as _read_star_blocks
@@ -71,6 +74,7 @@ __all__ = [
     "TOMOGRAM_SUFFIXES",
     "InputError",
     "InputWarning",
+    "OmeZarrImage",
     "RelionTomogram",
     "Tomogram",
     "atomic_write",
@@ -80,6 +84,7 @@ __all__ = [
     "particle_zyx",
     "read_dynamo_table",
     "read_mrc",
+    "read_ome_zarr",
     "read_particles",
     "read_tomograms_star",
     "remove_stale_temp_files",

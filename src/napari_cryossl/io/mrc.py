@@ -3,6 +3,8 @@
 Arrays are **ZYX** voxels. `open_tomogram` returns a read-only ``numpy.memmap``, so a
 multi-GB tomogram costs no RAM until boxes are read from it; the header is checked
 (mode, axis order, voxel size, IMOD's signed-byte flag) before any data is mapped.
+OME-Zarr folders (``.zarr``) open into the same `Tomogram`, their level 0 a lazy
+``zarr.Array`` (`napari_cryossl.io.omezarr`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ from mrcfile.dtypes import HEADER_DTYPE
 
 from napari_cryossl.io.atomic import atomic_write
 from napari_cryossl.io.errors import InputWarning, _fail, _positive_float
+from napari_cryossl.io.omezarr import ZARR_SUFFIX, _is_zarr_path, read_ome_zarr
 
-#: Suffixes accepted for tomograms (all MRC files).
-TOMOGRAM_SUFFIXES = (".mrc", ".rec", ".map")
+#: Suffixes of MRC files.
+MRC_SUFFIXES = (".mrc", ".rec", ".map")
+#: Suffixes accepted for tomograms: MRC files and OME-Zarr folders.
+TOMOGRAM_SUFFIXES = (*MRC_SUFFIXES, ZARR_SUFFIX)
 #: MRC modes we read, with their numpy dtypes (MRC2014; mode 6 is IMOD's uint16).
 MRC_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 #: Voxel size (Å) assumed when an MRC header has none; a warning says so.
@@ -35,18 +40,22 @@ _IMOD_STAMP = 1146047817  # 'IMOD' in the header's imodStamp field (bytes 152-15
 
 @dataclass(eq=False)
 class Tomogram:
-    """A tomogram on disk, memory-mapped.
+    """A tomogram on disk, memory-mapped (MRC) or chunked (OME-Zarr).
 
     Attributes:
-        path: the MRC file.
-        data: ZYX voxels, a read-only ``numpy.memmap`` for opened files (any ZYX array is
-            accepted, e.g. in tests). Reading a box reads only that box from disk.
+        path: the MRC file or the OME-Zarr folder.
+        data: ZYX voxels: a read-only ``numpy.memmap`` for MRC files, level 0 as a
+            ``zarr.Array`` for OME-Zarr (any ZYX array is accepted, e.g. in tests). Reading
+            a box reads only that box (or the chunks it overlaps) from disk.
         voxel_size: Å per voxel (isotropic).
+        levels: every resolution level of an OME-Zarr image, finest first (``levels[0]`` is
+            ``data``), lazy like ``data``; empty for MRC files.
     """
 
     path: Path
     data: np.ndarray
     voxel_size: float
+    levels: tuple = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -72,7 +81,8 @@ class _MrcLayout:
 
 
 def open_tomogram(path: str | os.PathLike) -> Tomogram:
-    """Open an MRC tomogram memory-mapped and read-only, after validating it.
+    """Open an MRC tomogram memory-mapped and read-only (or an OME-Zarr image lazily),
+    after validating it.
 
     Reads the header with mrcfile's definitions and checks it against the file size before
     mapping anything, so a corrupt or truncated file fails fast with a clear message and a
@@ -84,22 +94,33 @@ def open_tomogram(path: str | os.PathLike) -> Tomogram:
     files that mark their bytes as unsigned are read as uint8. Files whose header maps axes
     in a non-standard order (MAPC/MAPR/MAPS) are transposed (a view) to ZYX.
 
+    An OME-Zarr folder (``.zarr``, NGFF 0.4 or 0.5, 3D with the axes z, y, x) opens with
+    ``data`` = its level 0 as a ``zarr.Array`` (a slice reads only the chunks it overlaps),
+    ``levels`` = every resolution level, and the voxel size from level 0's scale converted to
+    Å from the axes' unit (see `napari_cryossl.io.omezarr.read_ome_zarr`). It needs the
+    optional ``zarr`` extra.
+
     Args:
-        path: ``.mrc``, ``.rec`` or ``.map`` file (any MRC file is accepted).
+        path: ``.mrc``, ``.rec`` or ``.map`` file (any MRC file is accepted), or a ``.zarr``
+            folder.
 
     Returns:
-        A `Tomogram` whose ``data`` is a read-only ZYX ``numpy.memmap``. The mapping stays
-        valid after the file handle is closed; no file descriptor is kept open.
+        A `Tomogram` whose ``data`` is a read-only ZYX ``numpy.memmap`` (MRC; the mapping
+        stays valid after the file handle is closed, no file descriptor is kept open) or a
+        ``zarr.Array`` (OME-Zarr).
 
     Raises:
         InputError: missing file, not MRC, truncated/corrupt, unsupported mode, 2D image or
-            single-slice stack, 4D volume stack, non-finite values in the central slice.
+            single-slice stack, 4D volume stack, non-finite values in the central slice;
+            for OME-Zarr, what `read_ome_zarr` refuses.
 
     Warns:
-        InputWarning: no usable voxel size in the header (1.0 Å is used) or anisotropic
-            voxels (the X size is used).
+        InputWarning: no usable voxel size in the header or the metadata (1.0 Å is used) or
+            anisotropic voxels (the X size is used).
     """
     path = Path(path)
+    if _is_zarr_path(path):
+        return _open_ome_zarr(path)
     layout = _inspect_mrc(path)
     try:
         with warnings.catch_warnings():
@@ -137,6 +158,30 @@ def open_tomogram(path: str | os.PathLike) -> Tomogram:
                 "the tomogram is corrupt or was written with masked values",
             )
     return Tomogram(path=path, data=data, voxel_size=float(voxel_size))
+
+
+def _open_ome_zarr(path: Path) -> Tomogram:
+    image = read_ome_zarr(path)
+    voxel_size = image.voxel_size
+    if voxel_size is None:
+        warnings.warn(
+            f"{path}: the OME-Zarr metadata give no scale for level 0; using "
+            f"{DEFAULT_VOXEL_SIZE} Å",
+            InputWarning,
+            stacklevel=3,
+        )
+        voxel_size = DEFAULT_VOXEL_SIZE
+    return Tomogram(
+        path=path, data=image.levels[0], voxel_size=float(voxel_size), levels=image.levels
+    )
+
+
+def _tomogram_exists(path: str | os.PathLike) -> bool:
+    """Whether a tomogram is at `path`: an MRC file, or an OME-Zarr (``.zarr``) folder."""
+    path = Path(path)
+    if path.suffix.lower() == ZARR_SUFFIX:
+        return path.is_dir()
+    return path.is_file()
 
 
 def read_mrc(path: str | os.PathLike) -> tuple[np.ndarray, float]:
