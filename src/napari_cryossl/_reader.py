@@ -1,14 +1,17 @@
-"""npe2 reader: tomograms (MRC) as Image layers, particle lists (STAR/CSV) as Points layers.
+"""npe2 reader: tomograms (MRC, OME-Zarr) as Image layers, particle lists (STAR/CSV) as Points.
 
 A thin adapter over `napari_cryossl.io`: every unit and axis conversion happens there.
 Layers carry ``scale = voxel size`` (Å), so several tomograms, particle lists and
 heatmaps line up in Å in the viewer, whatever their binning. Points are ZYX in tomogram
 voxels (`architecture.md`), so ``layer.data`` is the same array the core functions take.
 
-Tomograms stay memory-mapped: napari reads only the slices it shows. The contrast limits
-come from robust percentiles of a small strided subsample, because a full pass over a
-multi-GB tomogram would stall the viewer and min/max of a noisy tomogram hides every
-particle in a few extreme voxels.
+Tomograms stay memory-mapped: napari reads only the slices it shows. An OME-Zarr tomogram
+with several resolution levels becomes a multiscale Image layer of lazy dask arrays (napari
+reads the chunks of the level it shows); its scale is level 0's voxel size, like an MRC
+file's. The contrast limits come from robust percentiles of a small strided subsample (of
+the coarsest level of an OME-Zarr image), because a full pass over a multi-GB tomogram
+would stall the viewer and min/max of a noisy tomogram hides every particle in a few
+extreme voxels.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ def get_reader(path) -> Callable | None:
         suffix = Path(p).suffix.lower()
         if suffix not in TOMOGRAM_SUFFIXES + PARTICLE_SUFFIXES:
             return None
+        if suffix == ".zarr" and not _is_ome_zarr_volume(Path(p)):
+            return None  # a 2D image, a plate, labels...: for napari-ome-zarr or others
         if suffix == ".csv" and not _csv_has_coordinates(Path(p)):
             return None  # e.g. napari's own points/shapes CSV: let its reader take it
     return read_files
@@ -68,7 +73,8 @@ def read_files(path) -> list[tuple]:
 
 
 def tomogram_layer_data(path) -> tuple:
-    """One tomogram as an Image layer tuple (memory-mapped data, scale in Å)."""
+    """One tomogram as an Image layer tuple (scale in Å): memory-mapped data for an MRC
+    file; for an OME-Zarr image, lazy dask arrays, multiscale when it has several levels."""
     from napari_cryossl.io import open_tomogram
 
     tomo = open_tomogram(path)
@@ -81,11 +87,18 @@ def tomogram_layer_data(path) -> tuple:
     kwargs = {
         "name": Path(tomo.path).stem,
         "scale": (vs, vs, vs),
-        "contrast_limits": robust_contrast_limits(tomo.data),
+        "contrast_limits": robust_contrast_limits(tomo.levels[-1] if tomo.levels else tomo.data),
         "colormap": "gray",
         "metadata": metadata,
     }
-    return (tomo.data, kwargs, "image")
+    data = tomo.data
+    if tomo.levels:
+        import dask.array as da
+
+        levels = [da.from_zarr(level) for level in tomo.levels]
+        data = levels if len(levels) > 1 else levels[0]
+        kwargs["multiscale"] = len(levels) > 1
+    return (data, kwargs, "image")
 
 
 def robust_contrast_limits(data, percentiles=CONTRAST_PERCENTILES) -> tuple[float, float]:
@@ -226,6 +239,11 @@ def _named_tomogram_geometry(path: Path) -> tuple[tuple[int, int, int] | None, f
 
     for name in _tomo_names(path):
         for candidate in _tomogram_candidates(path.parent, name):
+            if candidate.suffix.lower() == ".zarr" and candidate.is_dir():
+                geometry = _ome_zarr_geometry(candidate)
+                if geometry is not None:
+                    return geometry
+                continue
             if not candidate.is_file():
                 continue
             try:
@@ -236,6 +254,28 @@ def _named_tomogram_geometry(path: Path) -> tuple[tuple[int, int, int] | None, f
                 continue
             return (nz, ny, nx), (vs if vs > 0 else None)
     return None, None
+
+
+def _ome_zarr_geometry(path: Path) -> tuple[tuple[int, int, int], float | None] | None:
+    """Shape and voxel size of an OME-Zarr tomogram (metadata only), None if unreadable."""
+    import warnings
+
+    from napari_cryossl.io import InputError, open_tomogram
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported when the tomogram itself is opened
+            tomo = open_tomogram(path)
+    except InputError:
+        return None
+    return tomo.shape, tomo.voxel_size
+
+
+def _is_ome_zarr_volume(path: Path) -> bool:
+    """Whether a ``.zarr`` folder is for this reader (see `io.omezarr.is_ome_zarr_volume`)."""
+    from napari_cryossl.io.omezarr import is_ome_zarr_volume
+
+    return is_ome_zarr_volume(path)
 
 
 def _tomo_names(path: Path) -> list[str]:

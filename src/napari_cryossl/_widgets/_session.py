@@ -191,7 +191,7 @@ class Session(QObject):
             path, layer = source, None  # another reader's layer: open ours (with Å scale)
         if not path:
             raise InputError(
-                f"layer {layer.name!r} was not opened from an MRC file; open the tomogram "
+                f"layer {layer.name!r} was not opened from a tomogram file; open the tomogram "
                 "with 'Open tomogram…' (or File ▸ Open)"
             )
         self.open_tomogram(path, layer=layer)

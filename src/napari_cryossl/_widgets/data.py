@@ -1,4 +1,5 @@
-"""Step 1, Data: open a tomogram (or adopt one already open) and show its geometry."""
+"""Step 1, Data: open a tomogram (MRC or OME-Zarr, or adopt one already open) and show its
+geometry."""
 
 from __future__ import annotations
 
@@ -28,9 +29,17 @@ class DataWidget(QWidget):
         super().__init__(parent)
         self.session = session
         layout = QVBoxLayout(self)
+        buttons = QHBoxLayout()
         self.open_button = QPushButton("Open tomogram…")
         self.open_button.setToolTip("An MRC tomogram (.mrc/.rec/.map); it stays memory-mapped")
-        layout.addWidget(self.open_button)
+        self.open_zarr_button = QPushButton("Open OME-Zarr…")
+        self.open_zarr_button.setToolTip(
+            "An OME-Zarr tomogram (a .zarr folder, e.g. from the CZ cryoET Data Portal): shown "
+            "as a multiscale image, read chunk by chunk"
+        )
+        buttons.addWidget(self.open_button)
+        buttons.addWidget(self.open_zarr_button)
+        layout.addLayout(buttons)
 
         row = QHBoxLayout()
         self.layer_combo = QComboBox()
@@ -59,6 +68,7 @@ class DataWidget(QWidget):
         layout.addStretch(1)
 
         self.open_button.clicked.connect(self._choose_file)
+        self.open_zarr_button.clicked.connect(self._choose_zarr_folder)
         self.use_button.clicked.connect(self._use_selected_layer)
         session.tomogram_changed.connect(self._show_tomogram)
         session.particles_changed.connect(self._show_tomogram)
@@ -91,6 +101,11 @@ class DataWidget(QWidget):
 
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open tomogram", "", TOMOGRAM_FILTER)
+        if path:
+            self.open_path(path)
+
+    def _choose_zarr_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open an OME-Zarr tomogram (.zarr folder)")
         if path:
             self.open_path(path)
 
@@ -128,7 +143,7 @@ class DataWidget(QWidget):
 
 
 def _is_tomogram(layer) -> bool:
-    """An Image layer read from an MRC file (by this plugin or another reader)."""
+    """An Image layer read from a tomogram file (by this plugin or another reader)."""
     from napari_cryossl.io import TOMOGRAM_SUFFIXES
 
     if (layer.metadata or {}).get("napari_cryossl") == "tomogram":
