@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -127,3 +128,17 @@ def test_linear_probe_benchmark_on_the_paper_data_probes_ten_classes(tmp_path):
     # several finished runs in one plot
     assert bench.main(["--overlay", str(out), str(out), "--out", str(tmp_path / "both")]) == 0
     assert (tmp_path / "both" / "overlay.png").stat().st_size > 0
+
+
+def test_bench_extract_smoke_measures_mrc_and_its_ome_zarr_copy(tmp_path, capsys):
+    pytest.importorskip("zarr")
+    bench = _load("bench_extract")
+    argv = ["--size-gb", "0.004", "--depth", "16", "--particles", "20", "--box", "8"]
+    argv += ["--pick", "--format", "both", "--zarr-chunks", "16", "--dir", str(tmp_path)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| mrc |" in out and "| zarr |" in out
+    counts = re.findall(r"(\w+) picking \(d=.*?, (\d+) picks", out)
+    assert [fmt for fmt, _ in counts] == ["mrc", "zarr"]
+    assert counts[0][1] == counts[1][1]  # the same picks from both formats
+    assert not list(tmp_path.iterdir())  # the temporary files are removed

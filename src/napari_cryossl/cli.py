@@ -45,8 +45,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         "--tomogram",
         type=Path,
         default=None,
-        help="tomogram MRC for coordinate STAR files, or a RELION tomograms.star that lists "
-        "the tomograms (pixel size, binning, size; rlnTomoReconstructedTomogram) "
+        help="tomogram (MRC, or OME-Zarr .zarr folder) for coordinate STAR files, or a RELION "
+        "tomograms.star that lists the tomograms (pixel size, binning, size; "
+        "rlnTomoReconstructedTomogram) "
         "(default: from rlnTomoName next to the STAR)",
     )
     p.add_argument(
@@ -129,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Difference of Gaussians, non-maximum suppression and a minimum distance. Works in chunks "
         "on a memory-mapped tomogram, so tomograms larger than RAM are fine.",
     )
-    p.add_argument("tomogram", type=Path, help="tomogram MRC (.mrc/.rec/.map)")
+    p.add_argument(
+        "tomogram", type=Path, help="tomogram: MRC (.mrc/.rec/.map) or OME-Zarr folder (.zarr)"
+    )
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--diameter", type=float, help="particle diameter in Å")
     size.add_argument("--diameter-px", type=float, help="particle diameter in voxels")
