@@ -276,8 +276,13 @@ def test_boxes_read_only_the_chunks_they_overlap(tmp_path, ome_zarr_writer, volu
     boxes, inside = extract_subtomograms(tomo, [[24, 40, 56]], 8, normalise=False)
     assert inside.all()
     np.testing.assert_array_equal(boxes[0], volume[20:28, 36:44, 52:60])
-    with pytest.raises(Exception):  # noqa: B017 - what zarr raises on a corrupt chunk
-        np.asarray(tomo.data[0:4, 0:4, 0:4])
+    # a box or a picking chunk on a corrupt chunk: an InputError naming the tomogram
+    with pytest.raises(InputError, match="t.zarr: cannot read the box of particle 0: .*corrupt"):
+        extract_subtomograms(tomo, [[4, 4, 4]], 8)
+    from napari_cryossl.picking import pick_particles
+
+    with pytest.raises(InputError, match="t.zarr: cannot read .*corrupt"):
+        pick_particles(tomo, 8.0)
 
 
 # ------------------------------------------------------------------ picking and extraction
@@ -339,6 +344,27 @@ def test_a_star_naming_a_zarr_tomogram_makes_a_subtomogram_set(pair, tmp_path):
         state = pickle.loads(pickle.dumps(data))
         assert state._tomograms == {str(zarr_path): zarr_path}
         np.testing.assert_array_equal(state.load([0, 1]), reference.load([0, 1]))
+
+
+def test_dataloader_workers_read_a_zarr_tomogram(pair):
+    """Worker processes (forked after the parent has read from the store) reopen the
+    tomogram from its path and load the same boxes."""
+    import torch
+
+    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.loader import batch_loader
+    from napari_cryossl.picking import pick_particles
+
+    tomo = open_tomogram(pair[1])
+    data = SubtomogramSet.from_table(pick_particles(tomo, 15.0), tomo, 16)
+    expected = data.load(slice(None))  # the parent's zarr I/O thread is running now
+    batches = np.array_split(np.arange(len(data)), 3)
+    loaded = {}
+    for boxes, _, rows in batch_loader(data, batches, num_workers=2):
+        for row, box in zip(rows.tolist(), boxes, strict=True):
+            loaded[row] = box[0]
+    assert sorted(loaded) == list(range(len(data)))
+    np.testing.assert_array_equal(torch.stack([loaded[i] for i in range(len(data))]), expected)
 
 
 # ------------------------------------------------------------------------------ the CLI

@@ -220,6 +220,19 @@ def _is_chunked(data) -> bool:
     return not isinstance(data, np.ndarray) and getattr(data, "chunks", None) is not None
 
 
+def _read(data, index: tuple, name: str, what: str):
+    """``data[index]``; from a chunked store, an undecodable chunk is an `InputError`."""
+    if not _is_chunked(data):
+        return data[index]
+    try:
+        return np.asarray(data[index])
+    except Exception as err:  # zarr/numcodecs raise many types for corrupt chunks
+        raise InputError(
+            f"{name}: cannot read {what}: a chunk of the tomogram is corrupt or unreadable "
+            f"({type(err).__name__}: {err})"
+        ) from err
+
+
 def _shared_mmap_of(data) -> mmap.mmap | None:
     """The `mmap.mmap` behind a read-only/shared numpy memmap (following views), else None."""
     mode = None
@@ -264,7 +277,15 @@ def _extract_one(
         if edge == "skip" or np.any(hi <= lo):
             out[...] = 0.0
             return False
-    region = np.asarray(data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.float32)
+    region = np.asarray(
+        _read(
+            data,
+            (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2])),
+            name,
+            f"the box of particle {index}",
+        ),
+        dtype=np.float32,
+    )
     if not np.isfinite(region).all():
         raise InputError(
             f"{name}: non-finite voxels (NaN or Inf) in the box of particle {index} "

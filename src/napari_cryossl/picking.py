@@ -55,7 +55,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from napari_cryossl.extract import _is_chunked, _MappedPages, _volume_and_name
+from napari_cryossl.extract import _is_chunked, _MappedPages, _read, _volume_and_name
 from napari_cryossl.io import InputError, make_particle_table
 from napari_cryossl.options import option
 
@@ -166,7 +166,7 @@ def dog_response(
     _check_polarity(polarity)
     sigma1, sigma2 = dog_sigmas(diameter_px, profile=profile)
     block = _read_block(data, (slice(None),) * 3, name)
-    return _dog(block, sigma1, sigma2, polarity, _background_level(data))
+    return _dog(block, sigma1, sigma2, polarity, _background_level(data, name))
 
 
 def pick_particles(
@@ -256,7 +256,7 @@ def pick_particles(
     samples: list[np.ndarray] = []
     cand_zyx: list[np.ndarray] = []
     cand_dog: list[np.ndarray] = []
-    background = _background_level(data)
+    background = _background_level(data, name)
     pages = _MappedPages(data)
     done = 0
     for z0 in starts[0]:
@@ -363,13 +363,14 @@ def _dog(
     return coarse - fine if polarity == "dark" else fine - coarse
 
 
-def _background_level(data) -> float:
+def _background_level(data, name: str = "tomogram") -> float:
     """Median grey value from a strided subsample (at most ~1M voxels, read slice by slice,
     or in one strided read from a chunked store: the same voxels either way)."""
     shape = data.shape
     step = max(1, math.ceil((math.prod(shape) / 1_000_000) ** (1 / 3)))
     if _is_chunked(data):
-        planes = [np.asarray(data[::step, ::step, ::step], dtype=np.float32)]
+        every = (slice(None, None, step),) * 3
+        planes = [np.asarray(_read(data, every, name, "a subsample"), dtype=np.float32)]
     else:
         planes = [
             np.asarray(data[z, ::step, ::step], dtype=np.float32) for z in range(0, shape[0], step)
@@ -394,9 +395,8 @@ def _read_block(
         dtype=np.float32,
     )
     for k in range(0, len(zs), step):
-        block[k : k + step] = data[
-            (slice(zs.start + k, min(zs.start + k + step, zs.stop)), *index[1:])
-        ]
+        part = (slice(zs.start + k, min(zs.start + k + step, zs.stop)), *index[1:])
+        block[k : k + step] = _read(data, part, name, "a picking chunk")
         if pages is not None:
             pages.release()
     if not np.isfinite(block).all():
