@@ -26,6 +26,8 @@ from napari_cryossl.io import (
 
 zarr = pytest.importorskip("zarr")
 
+from napari_cryossl.io.omezarr import ChunkedVolume  # noqa: E402
+
 VOXEL = 10.0
 
 
@@ -60,9 +62,11 @@ def test_open_tomogram_reads_an_ome_zarr_like_an_mrc(pair, volume):
     assert tomo.shape == mrc.shape == volume.shape
     assert tomo.voxel_size == mrc.voxel_size == VOXEL
     assert tomo.name == "tomo.zarr" and tomo.path == zarr_path
-    assert isinstance(tomo.data, zarr.Array)  # lazy: nothing read yet
+    assert isinstance(tomo.data, ChunkedVolume)  # lazy: nothing read yet
+    assert tomo.data.shape == volume.shape and tomo.data.chunks == (12, 12, 12)
     assert [level.shape for level in tomo.levels] == [(40, 72, 88), (20, 36, 44), (10, 18, 22)]
-    assert tomo.levels[0] is tomo.data
+    assert all(isinstance(level, zarr.Array) for level in tomo.levels)
+    assert tomo.data.array is tomo.levels[0]
     assert mrc.levels == ()
     np.testing.assert_array_equal(tomo.data[3:9, 10:20, 30:41], volume[3:9, 10:20, 30:41])
     assert ".zarr" in TOMOGRAM_SUFFIXES
@@ -283,6 +287,52 @@ def test_boxes_read_only_the_chunks_they_overlap(tmp_path, ome_zarr_writer, volu
 
     with pytest.raises(InputError, match="t.zarr: cannot read .*corrupt"):
         pick_particles(tomo, 8.0)
+
+
+def test_chunked_volume_slices_like_numpy(tmp_path, volume):
+    array = zarr.open_array(
+        str(tmp_path / "a.zarr"), mode="w", shape=volume.shape, chunks=(7, 16, 10), dtype="f4"
+    )
+    array[...] = volume
+    for cache_bytes in (0, 50_000, 10**9):  # no cache, a few chunks, everything
+        data = ChunkedVolume(array, cache_bytes=cache_bytes)
+        for key in [
+            (slice(3, 19), slice(5, 40), slice(0, 88)),
+            (5, slice(None), slice(2, 9)),
+            (slice(None, None, 9), slice(None, None, 9), slice(None, None, 9)),
+            (slice(2, 33, 4), slice(-20, None), 7),
+            (Ellipsis, slice(10, 11)),
+            (-1,),
+            (slice(30, 20), slice(None), slice(None)),  # empty
+            (slice(-50, 500), 0, slice(85, 1000)),
+        ]:
+            np.testing.assert_array_equal(data[key], volume[key], err_msg=str(key))
+        np.testing.assert_array_equal(np.asarray(data), volume)
+        assert data._cached_bytes <= cache_bytes
+    with pytest.raises(IndexError):
+        data[40]
+    with pytest.raises(IndexError):
+        data[::-1]
+    clone = pickle.loads(pickle.dumps(data))
+    assert clone._cached_bytes == 0 and clone.cache_bytes == data.cache_bytes
+
+
+def test_decoded_chunks_are_kept_for_the_next_boxes(tmp_path, ome_zarr_writer, volume):
+    """Once read, a box's chunks come from the cache: the files are not read again."""
+    from napari_cryossl.extract import extract_subtomograms
+
+    path = ome_zarr_writer(tmp_path / "t.zarr", volume, VOXEL, chunks=16, n_levels=1)
+    tomo = open_tomogram(path)
+    centers = [[24, 40, 56], [22, 38, 50], [26, 44, 60]]  # within chunks (1, 2, 3) and (1, 2, 2)
+    first, _ = extract_subtomograms(tomo, centers, 8)
+    assert 0 < tomo.data._cached_bytes <= tomo.data.cache_bytes
+    for chunk in _chunk_files(path / "0"):
+        chunk.write_bytes(b"corrupt")
+    again, _ = extract_subtomograms(tomo, centers, 8)
+    np.testing.assert_array_equal(again, first)
+    tomo.data.clear_cache()
+    with pytest.raises(InputError, match="corrupt"):
+        extract_subtomograms(tomo, centers, 8)
 
 
 # ------------------------------------------------------------------ picking and extraction

@@ -21,9 +21,10 @@ Conventions (the ones a user must know to line boxes up with other software):
 
 Memory: only one box is read at a time, and boxes are read in z order (then y, x) so
 that reads from a memory-mapped file on disk are close to sequential; results come back
-in the caller's order. From a chunked array (an OME-Zarr tomogram's ``zarr.Array``) a box
-reads and decompresses only the chunks it overlaps. `iter_subtomogram_batches` streams
-particle sets that do not fit in RAM.
+in the caller's order. From a chunked array (an OME-Zarr tomogram's
+`napari_cryossl.io.omezarr.ChunkedVolume`) a box reads and decompresses only the chunks it
+overlaps, and boxes are visited chunk by chunk so that neighbours reuse the decoded chunks
+the volume keeps. `iter_subtomogram_batches` streams particle sets that do not fit in RAM.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def extract_subtomograms(
     inside = np.zeros(n, dtype=bool)
     voxels = _nearest_voxel(centers)
     pages = _MappedPages(data)
-    for i in _z_order(voxels):
+    for i in _z_order(voxels, data):
         inside[i] = _extract_one(
             data, voxels[i], box_size, binning, normalise, edge, boxes[i], name, int(i)
         )
@@ -103,7 +104,8 @@ def iter_subtomogram_batches(
         volume, centers_zyx, box_size: as in `extract_subtomograms`.
         batch_size: boxes per batch (the last batch may be smaller).
         order: "z" (default) visits particles sorted by z, then y, x, so a tomogram on disk
-            is read nearly sequentially; "input" keeps the caller's order.
+            is read nearly sequentially (from a chunked store, by chunk first, so that
+            neighbouring boxes share decoded chunks); "input" keeps the caller's order.
         **kwargs: ``binning``, ``normalise``, ``edge`` as in `extract_subtomograms`.
 
     Yields:
@@ -125,14 +127,14 @@ def iter_subtomogram_batches(
     if order not in ("z", "input"):
         raise InputError(f"{name}: order must be 'z' or 'input', got {order!r}")
     voxels = _nearest_voxel(centers)
-    visit = _z_order(voxels) if order == "z" else np.arange(len(voxels))
+    visit = _z_order(voxels, data) if order == "z" else np.arange(len(voxels))
     pages = _MappedPages(data)
     for start in range(0, len(visit), int(batch_size)):
         indices = visit[start : start + int(batch_size)].astype(np.int64)
         boxes = np.zeros((len(indices), box_size, box_size, box_size), dtype=np.float32)
         inside = np.zeros(len(indices), dtype=bool)
         # Within a batch, read in z order even when the batch itself is in input order.
-        for j in _z_order(voxels[indices]):
+        for j in _z_order(voxels[indices], data):
             i = int(indices[j])
             inside[j] = _extract_one(
                 data, voxels[i], box_size, binning, normalise, edge, boxes[j], name, i
@@ -363,5 +365,15 @@ def _nearest_voxel(centers: np.ndarray) -> np.ndarray:
     return np.floor(centers + 0.5).astype(np.int64)
 
 
-def _z_order(voxels: np.ndarray) -> np.ndarray:
-    return np.lexsort((voxels[:, 2], voxels[:, 1], voxels[:, 0]))
+def _z_order(voxels: np.ndarray, data=None) -> np.ndarray:
+    """Visiting order: by z, then y, x; from a chunked store first by the chunk holding the
+    centre (then z, y, x), so that consecutive boxes share their chunks."""
+    keys = [voxels[:, 2], voxels[:, 1], voxels[:, 0]]
+    chunks = getattr(data, "chunks", None) if _is_chunked(data) else None
+    if (
+        isinstance(chunks, tuple)
+        and len(chunks) == 3
+        and all(isinstance(c, (int, np.integer)) and c > 0 for c in chunks)
+    ):
+        keys += [voxels[:, 2] // chunks[2], voxels[:, 1] // chunks[1], voxels[:, 0] // chunks[0]]
+    return np.lexsort(keys)

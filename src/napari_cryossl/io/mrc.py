@@ -22,7 +22,7 @@ from mrcfile.dtypes import HEADER_DTYPE
 
 from napari_cryossl.io.atomic import atomic_write
 from napari_cryossl.io.errors import InputWarning, _fail, _positive_float
-from napari_cryossl.io.omezarr import ZARR_SUFFIX, _is_zarr_path, read_ome_zarr
+from napari_cryossl.io.omezarr import ZARR_SUFFIX, ChunkedVolume, _is_zarr_path, read_ome_zarr
 
 #: Suffixes of MRC files.
 MRC_SUFFIXES = (".mrc", ".rec", ".map")
@@ -45,11 +45,12 @@ class Tomogram:
     Attributes:
         path: the MRC file or the OME-Zarr folder.
         data: ZYX voxels: a read-only ``numpy.memmap`` for MRC files, level 0 as a
-            ``zarr.Array`` for OME-Zarr (any ZYX array is accepted, e.g. in tests). Reading
-            a box reads only that box (or the chunks it overlaps) from disk.
+            `napari_cryossl.io.omezarr.ChunkedVolume` for OME-Zarr (any ZYX array is
+            accepted, e.g. in tests). Reading a box reads only that box (or the chunks it
+            overlaps) from disk.
         voxel_size: Å per voxel (isotropic).
-        levels: every resolution level of an OME-Zarr image, finest first (``levels[0]`` is
-            ``data``), lazy like ``data``; empty for MRC files.
+        levels: every resolution level of an OME-Zarr image as a ``zarr.Array``, finest
+            first (``levels[0]`` holds ``data``'s voxels), for viewers; empty for MRC files.
     """
 
     path: Path
@@ -95,7 +96,8 @@ def open_tomogram(path: str | os.PathLike) -> Tomogram:
     in a non-standard order (MAPC/MAPR/MAPS) are transposed (a view) to ZYX.
 
     An OME-Zarr folder (``.zarr``, NGFF 0.4 or 0.5, 3D with the axes z, y, x) opens with
-    ``data`` = its level 0 as a ``zarr.Array`` (a slice reads only the chunks it overlaps),
+    ``data`` = its level 0 as a ``ChunkedVolume`` (a slice reads only the chunks it
+    overlaps, one at a time, and recently decoded chunks are kept),
     ``levels`` = every resolution level, and the voxel size from level 0's scale converted to
     Å from the axes' unit (see `napari_cryossl.io.omezarr.read_ome_zarr`). It needs the
     optional ``zarr`` extra.
@@ -107,7 +109,7 @@ def open_tomogram(path: str | os.PathLike) -> Tomogram:
     Returns:
         A `Tomogram` whose ``data`` is a read-only ZYX ``numpy.memmap`` (MRC; the mapping
         stays valid after the file handle is closed, no file descriptor is kept open) or a
-        ``zarr.Array`` (OME-Zarr).
+        ``ChunkedVolume`` (OME-Zarr).
 
     Raises:
         InputError: missing file, not MRC, truncated/corrupt, unsupported mode, 2D image or
@@ -172,7 +174,10 @@ def _open_ome_zarr(path: Path) -> Tomogram:
         )
         voxel_size = DEFAULT_VOXEL_SIZE
     return Tomogram(
-        path=path, data=image.levels[0], voxel_size=float(voxel_size), levels=image.levels
+        path=path,
+        data=ChunkedVolume(image.levels[0]),
+        voxel_size=float(voxel_size),
+        levels=image.levels,
     )
 
 

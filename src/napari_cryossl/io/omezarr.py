@@ -5,8 +5,9 @@ An OME-Zarr image (NGFF 0.4 on Zarr v2, or 0.5 on Zarr v3) is a folder: a group 
 ``scale`` in the units of its axes. `napari_cryossl.io.open_tomogram` opens it through
 `read_ome_zarr` into the same `Tomogram` as an MRC file:
 
-- ``data`` is level 0 as a ``zarr.Array``: nothing is read until a region is sliced, and a
-  slice reads (and decompresses) only the chunks it overlaps;
+- ``data`` is level 0 as a `ChunkedVolume`: nothing is read until a region is sliced, a
+  slice reads (and decompresses) only the chunks it overlaps, one chunk at a time, and the
+  most recently decoded chunks are kept (within `CHUNK_CACHE_BYTES`) for the next slices;
 - ``levels`` holds every level (finest first) for viewers (napari shows them as a
   multiscale image);
 - ``voxel_size`` is level 0's scale (the dataset's ``scale`` times the multiscale's own, if
@@ -23,7 +24,10 @@ when an OME-Zarr image is opened.
 
 from __future__ import annotations
 
+import itertools
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,6 +60,12 @@ UNIT_TO_ANGSTROM = {
     "m": 1e10,
 }
 
+#: Decoded chunks kept per opened tomogram, at most (and at most 1/8 of the array). Boxes
+#: and picking blocks are read in chunk order, so neighbours find their chunks here instead
+#: of decompressing them again; with the CZ cryoET Data Portal's 256³ chunks (64 MiB of
+#: float32 each) a box re-read from disk would cost up to 8 of them.
+CHUNK_CACHE_BYTES = 256 * 1024**2
+
 _INSTALL_HINT = 'reading OME-Zarr needs zarr: pip install "napari-cryossl[zarr]"'
 
 
@@ -64,7 +74,8 @@ class OmeZarrImage:
     """What `read_ome_zarr` found: the levels, lazily, and level 0's voxel size.
 
     Attributes:
-        levels: one ``zarr.Array`` (ZYX) per resolution level, finest first.
+        levels: one ``zarr.Array`` (ZYX) per resolution level, finest first (for viewers;
+            `ChunkedVolume` reads level 0 for computations).
         voxel_size: Å per voxel of level 0 (X when anisotropic, with a warning), or None
             when the metadata give no scale.
         version: the NGFF version the metadata declare ("" when they declare none).
@@ -73,6 +84,157 @@ class OmeZarrImage:
     levels: tuple
     voxel_size: float | None
     version: str
+
+
+class ChunkedVolume:
+    """A chunked array (level 0 of an OME-Zarr image) read one chunk at a time, keeping the
+    most recently decoded chunks.
+
+    Reading a region through zarr directly decodes all the chunks it overlaps at once (up to
+    eight 64 MiB chunks for one 32³ box in 256³ chunks) and decodes them again for the next
+    box. Here every region is assembled chunk by chunk, so at most one chunk is being decoded
+    at a time, and the decoded chunks stay in a least-recently-used cache of at most
+    ``cache_bytes`` (regions that overlap more chunks than the cache holds, and strided reads,
+    go around it). The voxels are exactly zarr's. Thread-safe; pickles without its cache.
+
+    Attributes:
+        array: the underlying ``zarr.Array``.
+        shape, ndim, dtype, chunks: as the array's (``chunks`` is the chunk shape).
+        cache_bytes: the cache's budget.
+    """
+
+    def __init__(self, array, cache_bytes: int | None = None) -> None:
+        self.array = array
+        self.shape = tuple(int(s) for s in array.shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.chunks = tuple(min(int(c), s) for c, s in zip(array.chunks, self.shape, strict=True))
+        nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        if cache_bytes is None:
+            cache_bytes = min(CHUNK_CACHE_BYTES, nbytes // 8)
+        self.cache_bytes = int(cache_bytes)
+        self._chunk_bytes = int(np.prod(self.chunks)) * self.dtype.itemsize
+        self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"ChunkedVolume({self.array!r}, chunks {self.chunks}, cache "
+            f"{self._cached_bytes / 1024**2:.0f}/{self.cache_bytes / 1024**2:.0f} MiB)"
+        )
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {"array": self.array, "cache_bytes": self.cache_bytes}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["array"], state["cache_bytes"])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[...]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __getitem__(self, key) -> np.ndarray:
+        index, squeeze = self._normalise(key)
+        starts = [s.start for s in index]
+        stops = [s.stop for s in index]
+        steps = [s.step for s in index]
+        out_shape = tuple(len(range(a, b, k)) for a, b, k in zip(starts, stops, steps, strict=True))
+        out = np.empty(out_shape, dtype=self.dtype)
+        if 0 in out_shape:
+            return out[squeeze]
+        grid = [
+            range(a // c, (b - 1) // c + 1)
+            for a, b, c in zip(starts, stops, self.chunks, strict=True)
+        ]
+        n_chunks = int(np.prod([len(g) for g in grid]))
+        cached = all(k == 1 for k in steps) and n_chunks * self._chunk_bytes <= self.cache_bytes
+        for chunk in itertools.product(*grid):
+            # the part of the request inside this chunk: voxels a..b (stepping from `starts`)
+            src, dst = [], []
+            for ax, c in enumerate(chunk):
+                lo, hi = c * self.chunks[ax], min((c + 1) * self.chunks[ax], self.shape[ax])
+                a, k = starts[ax], steps[ax]
+                first = max(lo, a) if k == 1 else a + -(-(max(lo, a) - a) // k) * k
+                last = min(hi, stops[ax])
+                if first >= last:
+                    break
+                n = len(range(first, last, k))
+                src.append(slice(first, first + (n - 1) * k + 1, k))
+                dst.append(slice((first - a) // k, (first - a) // k + n))
+            else:
+                if cached:
+                    block = self._chunk(chunk)
+                    offset = [c * e for c, e in zip(chunk, self.chunks, strict=True)]
+                    local = tuple(
+                        slice(s.start - o, s.stop - o, s.step)
+                        for s, o in zip(src, offset, strict=True)
+                    )
+                    out[tuple(dst)] = block[local]
+                else:
+                    out[tuple(dst)] = self.array[tuple(src)]
+        return out[squeeze]
+
+    def clear_cache(self) -> None:
+        """Forget every cached chunk."""
+        with self._lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+
+    def _chunk(self, chunk: tuple[int, ...]) -> np.ndarray:
+        with self._lock:
+            block = self._cache.get(chunk)
+            if block is not None:
+                self._cache.move_to_end(chunk)
+                return block
+        region = tuple(
+            slice(c * e, min((c + 1) * e, s))
+            for c, e, s in zip(chunk, self.chunks, self.shape, strict=True)
+        )
+        block = np.asarray(self.array[region])
+        with self._lock:
+            if chunk not in self._cache and block.nbytes <= self.cache_bytes:
+                while self._cached_bytes + block.nbytes > self.cache_bytes:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached_bytes -= old.nbytes
+                self._cache[chunk] = block
+                self._cached_bytes += block.nbytes
+        return block
+
+    def _normalise(self, key) -> tuple[list[slice], tuple]:
+        """Basic indexing (ints, slices with positive steps, Ellipsis) as one slice per axis
+        with explicit start/stop/step, and the index that drops the integer axes."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices for a {self.ndim}-dimensional volume")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        index, squeeze = [], []
+        for k, n in zip(key, self.shape, strict=True):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step < 1:
+                    raise IndexError("only positive slice steps are supported")
+                stop = max(stop, start)
+                index.append(slice(start, stop, step))
+                squeeze.append(slice(None))
+            else:
+                try:
+                    i = int(k)
+                except TypeError:
+                    raise IndexError(f"unsupported index {k!r} (ints and slices only)") from None
+                if not -n <= i < n:
+                    raise IndexError(f"index {i} is out of bounds for an axis of size {n}")
+                i %= n
+                index.append(slice(i, i + 1, 1))
+                squeeze.append(0)
+        return index, tuple(squeeze)
 
 
 def _is_zarr_path(path) -> bool:
@@ -375,7 +537,7 @@ def _check_coarsest(level, path: Path) -> None:
         return
     z = level.shape[0] // 2
     try:
-        plane = np.asarray(level[z])
+        plane = ChunkedVolume(level, cache_bytes=0)[z]  # one chunk decoded at a time
     except Exception as err:
         raise _fail(path, f"cannot read the Zarr data ({type(err).__name__}: {err})") from err
     if not np.isfinite(plane).all():
