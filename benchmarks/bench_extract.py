@@ -76,7 +76,8 @@ def write_ome_zarr_copy(mrc_path: Path, path: Path, chunk: int, voxel_size: floa
         level1 = group.create_array(
             "1", shape=(nz // b, ny // b, nx // b), dtype="float32", chunks=(chunk,) * 3
         )
-        rows = max(b, (256 * 1024**2 // (chunk * nx * 4)) // chunk * chunk)  # ~256 MiB slabs
+        # Slabs of whole chunks (~256 MiB, at least one chunk row): no chunk is written twice.
+        rows = max(1, 256 * 1024**2 // (chunk * nx * 4) // chunk) * chunk
         for z0 in range(0, nz, chunk):
             for y0 in range(0, ny, rows):
                 slab = np.asarray(data[z0 : z0 + chunk, y0 : y0 + rows], dtype=np.float32)
