@@ -396,6 +396,37 @@ def test_a_star_naming_a_zarr_tomogram_makes_a_subtomogram_set(pair, tmp_path):
         np.testing.assert_array_equal(state.load([0, 1]), reference.load([0, 1]))
 
 
+def test_a_relion5_tomogram_set_may_name_a_zarr_reconstruction(pair, tmp_path):
+    """rlnTomoReconstructedTomogram = tomo.zarr (binned by 2 from the tilt series); the
+    centred Å particles land on the same voxels as in the MRC copy, without a binning
+    column too (then read from the OME-Zarr scale)."""
+    import starfile
+
+    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.io import RelionTomogram, write_tomograms_star
+    from napari_cryossl.picking import pick_particles
+
+    mrc_path, zarr_path = pair
+    picks = pick_particles(open_tomogram(mrc_path), 15.0)
+    picks["tomo_name"] = "TS_01"
+    reference = SubtomogramSet.from_table(picks, open_tomogram(mrc_path), 16)
+    record = RelionTomogram.from_tomogram(open_tomogram(zarr_path), name="TS_01", binning=2.0)
+    tomograms = tmp_path / "tomograms.star"
+    write_tomograms_star([record], tomograms)
+    star = tmp_path / "particles.star"
+    write_particles(picks, star, relion5=True, tomograms=tomograms)
+    unbinned = tmp_path / "tomograms_no_binning.star"
+    table = starfile.read(tomograms, always_dict=True)
+    starfile.write(
+        {k: v.drop(columns=["rlnTomoTomogramBinning"]) for k, v in table.items()}, unbinned
+    )
+    for tomo_set in (tomograms, unbinned):
+        data = SubtomogramSet.from_star(star, box_size=16, tomograms=tomo_set)
+        assert data.tomogram_paths == [zarr_path]
+        np.testing.assert_allclose(data.centers_zyx(), reference.centers_zyx(), atol=1e-6)
+        np.testing.assert_array_equal(data.load(slice(None)), reference.load(slice(None)))
+
+
 def test_dataloader_workers_read_a_zarr_tomogram(pair):
     """Worker processes (forked after the parent has read from the store) reopen the
     tomogram from its path and load the same boxes."""

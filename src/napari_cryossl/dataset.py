@@ -640,7 +640,7 @@ def _tomograms_from_records(names, records: dict, path: Path):
     found = {}
     for name in names:
         record = records[name]
-        if record.path is not None and record.path.is_file():
+        if record.path is not None and _tomogram_exists(record.path):
             found[name] = record.path
             continue
         try:

@@ -167,8 +167,8 @@ def _open_ome_zarr(path: Path) -> Tomogram:
     voxel_size = image.voxel_size
     if voxel_size is None:
         warnings.warn(
-            f"{path}: the OME-Zarr metadata give no scale for level 0; using "
-            f"{DEFAULT_VOXEL_SIZE} Å",
+            f"{path}: the image has no voxel size in its OME-Zarr metadata (no scale for "
+            f"level 0); using {DEFAULT_VOXEL_SIZE} Å",
             InputWarning,
             stacklevel=3,
         )

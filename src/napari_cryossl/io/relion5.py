@@ -24,6 +24,7 @@ import starfile
 from napari_cryossl.io.atomic import atomic_write
 from napari_cryossl.io.coordinates import RelionTomogram
 from napari_cryossl.io.errors import InputWarning, _fail
+from napari_cryossl.io.mrc import _tomogram_exists
 from napari_cryossl.io.star import (
     _STAR_BAD_CHARS,
     _STAR_NA_TOKENS,
@@ -224,7 +225,7 @@ def _binning_from_reconstruction(recon: Path | None, pixel: float, name: str, wh
     pixel size (its MRC header), or 1 (unbinned) when no reconstruction is named."""
     if recon is None:
         return 1.0
-    if not recon.is_file():
+    if not _tomogram_exists(recon):
         raise _fail(
             where,
             f"tomogram {name!r}: no rlnTomoTomogramBinning and the reconstruction {recon} "
