@@ -60,11 +60,11 @@ UNIT_TO_ANGSTROM = {
     "m": 1e10,
 }
 
-#: Decoded chunks kept per opened tomogram, at most (and at most 1/16 of the array). Boxes
-#: are read in chunk order, so neighbours find their chunks here instead of decompressing
-#: them again; with the CZ cryoET Data Portal's 256³ chunks (64 MiB of float32 each) a box
-#: read from disk costs up to 8 of them. Small enough that picking or extracting from a
-#: tomogram stays below a quarter of its size in RAM (docs/benchmarks.md).
+#: Decoded chunks kept per opened tomogram, at most. Boxes are read in chunk order, so
+#: neighbours find their chunks here instead of decompressing them again; with the CZ
+#: cryoET Data Portal's 256³ chunks (64 MiB of float32 each) a box read from disk costs up
+#: to 8 of them. Small enough that picking or extracting from a 2 GiB tomogram in 64³
+#: chunks stays below a quarter of its size in RAM (docs/benchmarks.md).
 CHUNK_CACHE_BYTES = 128 * 1024**2
 
 _INSTALL_HINT = 'reading OME-Zarr needs zarr: pip install "napari-cryossl[zarr]"'
@@ -112,7 +112,7 @@ class ChunkedVolume:
         self.chunks = tuple(min(int(c), s) for c, s in zip(array.chunks, self.shape, strict=True))
         nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         if cache_bytes is None:
-            cache_bytes = min(CHUNK_CACHE_BYTES, nbytes // 16)
+            cache_bytes = min(CHUNK_CACHE_BYTES, nbytes)
         self.cache_bytes = int(cache_bytes)
         self._chunk_bytes = int(np.prod(self.chunks)) * self.dtype.itemsize
         self._cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
