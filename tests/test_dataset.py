@@ -309,6 +309,41 @@ def test_from_table_with_picks_in_a_simulated_tomogram(tmp_path):
     assert binned.voxel_size == 2 * config.voxel_size and binned.load([0]).shape == (1, 8, 8, 8)
 
 
+def test_from_tables_spans_several_tomograms_each_box_from_its_own(tmp_path):
+    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
+
+    config = SimulationConfig(n_classes=2, box_size=16, snr=0.5)
+    tables, tomos = [], []
+    for seed, n in ((0, 5), (1, 4)):
+        volume, truth = simulate_tomogram((32, 64, 64), n, config, seed=seed)
+        write_mrc(tmp_path / f"sim{seed}.mrc", volume, config.voxel_size)
+        tables.append(truth)
+        tomos.append(open_tomogram(tmp_path / f"sim{seed}.mrc"))
+    data = SubtomogramSet.from_tables(list(zip(tables, tomos, strict=True)), 16)
+    assert len(data) == len(tables[0]) + len(tables[1])
+    assert data.tomogram is None and data.tomogram_paths == [t.path for t in tomos]
+    np.testing.assert_array_equal(
+        data.class_numbers, np.concatenate([t["class_number"].to_numpy() for t in tables])
+    )
+    expected = np.concatenate(
+        [
+            SubtomogramSet.from_table(t, tomo, 16).load(slice(None))
+            for t, tomo in zip(tables, tomos, strict=True)
+        ]
+    )
+    np.testing.assert_array_equal(data.load(range(len(data))), expected)
+    # the same order through a subset (what a DataLoader's batches do)
+    np.testing.assert_array_equal(data.subset([6, 0]).load(slice(None)), expected[[6, 0]])
+    # empty tables are allowed; different voxel sizes are not
+    empty = tables[0].iloc[:0]
+    assert len(SubtomogramSet.from_tables([(empty, tomos[0]), (tables[1], tomos[1])], 16)) == 4
+    write_mrc(tmp_path / "other.mrc", np.zeros((32, 64, 64), np.float32), 2 * config.voxel_size)
+    with pytest.raises(InputError, match="voxel sizes"):
+        SubtomogramSet.from_tables([(tables[0], tomos[0]), (tables[1], tmp_path / "other.mrc")], 16)
+    with pytest.raises(InputError, match="no tomogram"):
+        SubtomogramSet.from_tables([], 16)
+
+
 # -- pickling, DataLoader, imports --------------------------------------------------------------
 
 

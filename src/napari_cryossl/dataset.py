@@ -216,6 +216,59 @@ class SubtomogramSet:
         )
 
     @classmethod
+    def from_tables(
+        cls,
+        tables,
+        box_size: int = DEFAULT_BOX_SIZE,
+        *,
+        binning: int = 1,
+    ) -> SubtomogramSet:
+        """Particles of several tomograms in one set: rows in order, each box from its own.
+
+        Args:
+            tables: ``(table, tomogram)`` pairs; each table's x, y, z are voxels of its
+                `tomogram` (a `Tomogram` or a path). Empty tables are skipped.
+            box_size: box edge in binned voxels.
+            binning: average-pooling factor.
+
+        Raises:
+            InputError: no pair given, a particle without coordinates, or tomograms of
+                different voxel sizes.
+        """
+        pairs = [(table, _as_tomogram(tomo)) for table, tomo in tables]
+        if not pairs:
+            raise InputError("no tomogram given: nothing to build a subtomogram set from")
+        parts = []
+        tomos: dict[str, Tomogram] = {}
+        relion: dict[str, RelionTomogram] = {}
+        rows = []
+        for table, tomo in pairs:
+            part = cls.from_table(table, tomo, box_size, binning=binning)
+            key = str(tomo.path)
+            if key not in tomos:
+                tomos[key] = tomo
+                relion.update(part.relion_tomograms)
+            parts.append(part.table)
+            rows.append(np.full(len(part), list(tomos).index(key), dtype=np.int64))
+        sizes = {t.voxel_size for t in tomos.values()}
+        if len(sizes) > 1:
+            raise InputError(
+                f"the tomograms have different voxel sizes ({sorted(sizes)} Å); "
+                "classify them in separate sets"
+            )
+        box_size, binning = _check_box(box_size, binning, str(pairs[0][1].path))
+        return cls(
+            pd.concat(parts, ignore_index=True),
+            kind="tomogram",
+            box_size=box_size,
+            voxel_size=sizes.pop() * binning,
+            binning=binning,
+            tomograms=tomos,
+            rows=np.concatenate(rows),
+            relion_tomograms=relion,
+        )
+
+    @classmethod
     def from_star(
         cls,
         path,
@@ -663,6 +716,7 @@ def _reconcile(tomo: Tomogram, record: RelionTomogram, path: Path):
     shape that still disagrees by more than a voxel is refused (the coordinates would land
     elsewhere).
     """
+
     def agrees(rec: RelionTomogram) -> bool:
         return all(abs(a - b) <= 1 for a, b in zip(rec.shape, tomo.shape, strict=True))
 
