@@ -63,6 +63,11 @@ class Session(QObject):
         models_changed: a new encoder or classifier checkpoint is available.
         busy_changed(bool): a background job started or every job finished.
         labelling_changed(bool): click-to-label was switched on or off.
+        project_changed: tomograms were added to the project.
+
+    The project (`project`) is the ordered list of tomograms the session works on; opening
+    a tomogram adds it. Each keeps its own autosaved `AnnotationStore`; only the open one's
+    is `store`, the others are read (and predictions written) with `project_store`.
     """
 
     tomogram_changed = Signal()
@@ -72,11 +77,14 @@ class Session(QObject):
     models_changed = Signal()
     busy_changed = Signal(bool)
     labelling_changed = Signal(bool)
+    project_changed = Signal()
 
     def __init__(self, viewer: napari.Viewer) -> None:
         super().__init__()
         self._viewer_ref = weakref.ref(viewer)
         self.tomogram = None  # io.Tomogram
+        self.tomogram_path: Path | None = None  # the open tomogram's resolved path
+        self.project: list[Path] = []  # every tomogram of the project, in order
         self.image_layer = None
         self.store = None  # annotations.AnnotationStore
         self.particles_layer = None
@@ -134,10 +142,12 @@ class Session(QObject):
         return self._worker_runner.busy
 
     # ------------------------------------------------------------------ tomogram
-    def open_tomogram(self, path, *, layer=None) -> None:
+    def open_tomogram(self, path, *, layer=None, keep_models: bool = False) -> None:
         """Open a tomogram (reusing `layer` or an already open layer of it) and its annotations.
 
         Annotations saved for this tomogram earlier are restored into the particles layer.
+        The tomogram joins the project. With `keep_models` (switching within the project),
+        the encoder and classifier in use stay when the tomogram's folder has none of its own.
 
         Raises:
             InputError: the file is missing, not an MRC volume, or not 3D.
@@ -156,10 +166,16 @@ class Session(QObject):
             data, kwargs, _ = tomogram_layer_data(path)
             layer = self.viewer.add_image(data, **kwargs)
         self._detach_store()
+        if self.image_layer is not None and self.image_layer is not layer:
+            with contextlib.suppress(Exception):  # only the open tomogram is shown
+                self.image_layer.visible = False
+        layer.visible = True
         self.tomogram = tomo
+        self.tomogram_path = path
         self.image_layer = layer
         self.store = store
-        self.encoder_path = self.classifier_path = None
+        if not keep_models:
+            self.encoder_path = self.classifier_path = None
         for name, attr in (("encoder.pt", "encoder_path"), ("classifier.pt", "classifier_path")):
             candidate = self.work_dir / name
             if candidate.is_file():
@@ -175,10 +191,44 @@ class Session(QObject):
         self.ensure_particles_layer()
         if self._has_predictions():
             self.show_predictions()
+        self.add_to_project([path])
         self.tomogram_changed.emit()
         self.classes_changed.emit()
         self.particles_changed.emit()
         self.models_changed.emit()
+
+    # ------------------------------------------------------------------ project
+    def add_to_project(self, paths) -> list[Path]:
+        """Add tomograms (paths) to the project, each once; returns those that were new."""
+        added = []
+        for p in paths:
+            p = Path(p).resolve()
+            if p not in self.project:
+                self.project.append(p)
+                added.append(p)
+        if added:
+            self.project_changed.emit()
+        return added
+
+    def switch_to(self, path) -> None:
+        """Show another tomogram of the project (added if new), keeping the models in use."""
+        self.open_tomogram(path, keep_models=True)
+
+    def is_current(self, path) -> bool:
+        return self.tomogram_path is not None and Path(path).resolve() == self.tomogram_path
+
+    def project_store(self, path):
+        """The annotations of a project tomogram: the open one's `store`, else read from
+        its autosaved file (an empty store when it has none yet)."""
+        from napari_cryossl.annotations import AnnotationStore
+
+        if self.is_current(path):
+            return self.store
+        return AnnotationStore.for_tomogram(Path(path).resolve())
+
+    def project_tomogram(self, path):
+        """The open `Tomogram` for the current one, else the path (opened where it is used)."""
+        return self.tomogram if self.is_current(path) else Path(path).resolve()
 
     def use_layer(self, layer) -> None:
         """Start the workflow on an Image layer opened from an MRC file (by any reader)."""

@@ -1,16 +1,20 @@
 """Step 1, Data: open a tomogram (MRC or OME-Zarr, or adopt one already open) and show its
-geometry."""
+geometry; list the tomograms of the project (several files, a folder, a RELION 5
+tomograms.star) and switch between them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -63,6 +67,31 @@ class DataWidget(QWidget):
         form.addRow("Voxel size:", self.voxel_label)
         form.addRow("Annotations:", self.store_label)
         layout.addLayout(form)
+
+        layout.addWidget(QLabel("Project tomograms (click one to show it):"))
+        project_buttons = QHBoxLayout()
+        self.add_files_button = QPushButton("Add tomograms…")
+        self.add_files_button.setToolTip("Add several tomogram files to the project")
+        self.add_folder_button = QPushButton("Add folder…")
+        self.add_folder_button.setToolTip(
+            "Add every tomogram file (.mrc/.rec/.map/.zarr) of a folder"
+        )
+        self.add_star_button = QPushButton("Add tomograms.star…")
+        self.add_star_button.setToolTip(
+            "Add the reconstructed tomograms a RELION 5 tomograms.star names"
+        )
+        for button in (self.add_files_button, self.add_folder_button, self.add_star_button):
+            project_buttons.addWidget(button)
+        layout.addLayout(project_buttons)
+        self.project_list = QListWidget()
+        self.project_list.setToolTip(
+            "The tomograms of this session, with their particles and labels; each keeps its "
+            "own autosaved annotations"
+        )
+        self.project_list.setMaximumHeight(140)
+        layout.addWidget(self.project_list)
+        self._counts: dict[Path, str] = {}
+
         self.status = StatusLine()
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -70,14 +99,22 @@ class DataWidget(QWidget):
         self.open_button.clicked.connect(self._choose_file)
         self.open_zarr_button.clicked.connect(self._choose_zarr_folder)
         self.use_button.clicked.connect(self._use_selected_layer)
+        self.add_files_button.clicked.connect(self._choose_files)
+        self.add_folder_button.clicked.connect(self._choose_folder)
+        self.add_star_button.clicked.connect(self._choose_star)
+        self.project_list.itemClicked.connect(self._on_item_clicked)
         session.tomogram_changed.connect(self._show_tomogram)
         session.particles_changed.connect(self._show_tomogram)
+        session.project_changed.connect(self._refresh_project)
+        session.tomogram_changed.connect(self._refresh_project)
+        session.particles_changed.connect(self._update_current_item)
         layers = session.viewer.layers
         layers.events.inserted.connect(self._refresh_layers)
         layers.events.removed.connect(self._refresh_layers)
         layers.events.reordered.connect(self._refresh_layers)
         self._refresh_layers()
         self._show_tomogram()
+        self._refresh_project()
 
     # actions -------------------------------------------------------------
     def open_path(self, path) -> bool:
@@ -99,6 +136,85 @@ class DataWidget(QWidget):
         self.status.info(f"using layer {layer.name!r}")
         return True
 
+    def add_paths(self, paths) -> int:
+        """Add tomograms to the project; opens the first when none is open. Returns how
+        many were new."""
+        from napari_cryossl.io import InputError
+
+        try:
+            paths = [Path(p) for p in paths]
+            missing = [p for p in paths if not p.exists()]
+            if missing:
+                raise InputError(f"{missing[0]}: no such tomogram")
+            added = self.session.add_to_project(paths)
+            if self.session.tomogram is None and self.session.project:
+                self.session.switch_to(self.session.project[0])
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return 0
+        self.status.info(
+            f"{len(added)} tomogram(s) added; {len(self.session.project)} in the project"
+        )
+        return len(added)
+
+    def add_folder(self, folder) -> int:
+        """Add every tomogram file (and OME-Zarr folder) of `folder`, sorted by name."""
+        from napari_cryossl.io import InputError
+
+        paths = tomograms_in_folder(folder)
+        if not paths:
+            self.status.error(notify_error(InputError(f"{folder}: no tomogram files in it")))
+            return 0
+        return self.add_paths(paths)
+
+    def add_tomograms_star(self, path) -> int:
+        """Add the reconstructed tomograms a RELION 5 ``tomograms.star`` names."""
+        from napari_cryossl.io import InputError, read_tomograms_star
+
+        try:
+            records = read_tomograms_star(path)
+            paths = [r.path for r in records.values() if r.path is not None]
+            if not paths:
+                raise InputError(
+                    f"{path}: names no reconstructed tomogram (rlnTomoReconstructedTomogram)"
+                )
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return 0
+        return self.add_paths(paths)
+
+    def switch_to(self, path) -> bool:
+        """Show another tomogram of the project; its own annotations come with it."""
+        if self.session.is_current(path):
+            return True
+        try:
+            self.session.switch_to(path)
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return False
+        self.status.info(f"showing {Path(path).name}")
+        return True
+
+    def _on_item_clicked(self, item) -> None:
+        self.switch_to(item.data(Qt.ItemDataRole.UserRole))
+
+    def _choose_files(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(self, "Add tomograms", "", TOMOGRAM_FILTER)
+        if paths:
+            self.add_paths(paths)
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add every tomogram of a folder")
+        if folder:
+            self.add_folder(folder)
+
+    def _choose_star(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "RELION 5 tomograms.star", "", "STAR files (*.star);;All files (*)"
+        )
+        if path:
+            self.add_tomograms_star(path)
+
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open tomogram", "", TOMOGRAM_FILTER)
         if path:
@@ -115,6 +231,37 @@ class DataWidget(QWidget):
             self.use_layer(self.session.viewer.layers[name])
 
     # display -------------------------------------------------------------
+    def _count_text(self, path: Path) -> str:
+        try:
+            table = self.session.project_store(path).table
+        except Exception:  # an unreadable store: say so in the list, not as an error
+            return "annotations unreadable"
+        labelled = int((table["class_number"].to_numpy() > 0).sum())
+        return f"{len(table)} particles, {labelled} labelled"
+
+    def _item_text(self, path: Path) -> str:
+        mark = "▶ " if self.session.is_current(path) else "   "
+        return f"{mark}{path.name}: {self._counts.get(path, '')}"
+
+    def _refresh_project(self) -> None:
+        """Rebuild the list (reads every tomogram's annotations once)."""
+        self._counts = {p: self._count_text(p) for p in self.session.project}
+        self.project_list.clear()
+        for path in self.session.project:
+            item = QListWidgetItem(self._item_text(path))
+            item.setData(Qt.ItemDataRole.UserRole, str(path))
+            item.setToolTip(str(path))
+            self.project_list.addItem(item)
+            if self.session.is_current(path):
+                self.project_list.setCurrentItem(item)
+
+    def _update_current_item(self) -> None:
+        """The open tomogram's counts changed: update its row only."""
+        for row, path in enumerate(self.session.project):
+            if self.session.is_current(path) and row < self.project_list.count():
+                self._counts[path] = self._count_text(path)
+                self.project_list.item(row).setText(self._item_text(path))
+
     def _refresh_layers(self, event=None) -> None:
         current = self.layer_combo.currentText()
         names = [layer.name for layer in self.session.viewer.layers if _is_tomogram(layer)]
@@ -140,6 +287,20 @@ class DataWidget(QWidget):
         self.voxel_label.setText(f"{vs:.4g} Å")
         n = len(self.session.store.table)
         self.store_label.setText(f"{n} particles, autosaved to {self.session.store.path}")
+
+
+def tomograms_in_folder(folder) -> list[Path]:
+    """The tomogram files (and OME-Zarr folders) directly in `folder`, sorted by name."""
+    from napari_cryossl.io import TOMOGRAM_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in TOMOGRAM_SUFFIXES and not p.name.startswith(".")
+    )
 
 
 def _is_tomogram(layer) -> bool:

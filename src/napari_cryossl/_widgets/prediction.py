@@ -34,7 +34,11 @@ from qtpy.QtWidgets import (
 from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error, set_path_label
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import generator_worker
-from napari_cryossl._widgets.training import CHECKPOINT_FILTER
+from napari_cryossl._widgets.training import (
+    CHECKPOINT_FILTER,
+    ProjectCheckBox,
+    project_tables,
+)
 from napari_cryossl.options import DEVICE_CHOICES, describe
 from napari_cryossl.predict import PredictSettings
 
@@ -44,6 +48,18 @@ NO_CLASSES = (
     "no classes yet: add the classes in step 3 (Labelling) first; predictions are "
     "class numbers 1, 2, ... of those classes"
 )
+
+
+def _ensure_classes(store, classes) -> None:
+    """Give another tomogram's store the open tomogram's classes it lacks (same numbers)."""
+    by_number = {int(c["number"]): c for c in classes}
+    while (number := max(store.class_numbers(), default=0) + 1) <= max(by_number, default=0):
+        c = by_number.get(number)
+        names = {x["name"] for x in store.classes}
+        store.add_class(
+            c["name"] if c and c["name"] not in names else None,
+            color=c["color"] if c else None,
+        )
 
 
 class PredictionWidget(QWidget):
@@ -66,6 +82,13 @@ class PredictionWidget(QWidget):
         self.device.setCurrentText(describe(PredictSettings, "device").default)
         self.device.setToolTip(describe(PredictSettings, "device").tooltip())
         form.addRow("Device:", self.device)
+        self.all_tomograms = ProjectCheckBox(
+            session,
+            "All tomograms of the project",
+            "Predict the particles of every tomogram in the project (step 1); each "
+            "tomogram's predictions are saved with its own annotations",
+        )
+        form.addRow(self.all_tomograms)
         layout.addLayout(form)
         self.panel = RunPanel("Predict all particles", resumable=False, plot=False)
         layout.addWidget(self.panel)
@@ -140,15 +163,17 @@ class PredictionWidget(QWidget):
                 raise InputError(
                     "no classifier yet: fine-tune one in step 6 (or choose a checkpoint)"
                 )
-            table = self.session.store.table
-            if len(table) == 0:
+            every = self.all_tomograms.all_tomograms()
+            paths = list(self.session.project) if every else [self.session.tomogram_path]
+            pairs = project_tables(self.session, every=every)
+            counts = [len(table) for table, _ in pairs]
+            if sum(counts) == 0:
                 raise InputError("no particles to classify: pick some in step 2")
         except Exception as exc:
             self.status.error(notify_error(exc))
             return None
-        tomo = self.session.tomogram
         device = self.device.currentText()
-        n_rows = len(table)
+        n_rows = dict(zip(paths, counts, strict=True))
 
         def job():
             from napari_cryossl.checkpoints import load_checkpoint
@@ -156,7 +181,7 @@ class PredictionWidget(QWidget):
             from napari_cryossl.predict import iter_predict
 
             box = int(load_checkpoint(classifier, kind="classifier")["box_size"])
-            data = SubtomogramSet.from_table(table, tomo, box)
+            data = SubtomogramSet.from_tables(pairs, box)
             result = None
             for item in iter_predict(classifier, data, device=device):
                 if hasattr(item, "n_steps"):
@@ -181,26 +206,40 @@ class PredictionWidget(QWidget):
         if self.worker is not None:
             self.worker.quit()
 
-    def _on_result(self, result, n_rows: int) -> None:
-        store = self.session.store
+    def _on_result(self, result, n_rows: dict) -> None:
+        """Each tomogram's share of the predictions goes into its own store (rows in order)."""
         if result is None:
             return
-        if len(store.table) != n_rows:
-            self.status.error(
-                notify_error("particles were added or removed while predicting: predict again")
-            )
-            return
+        predicted = np.asarray(result.class_numbers, dtype=np.int64)
+        confidence = np.asarray(result.confidence, dtype=np.float64)
+        ends = np.cumsum(list(n_rows.values()))
+        classes = self.session.store.classes
         try:
-            # refused (InputError) when the classifier knows classes the store lacks
-            store.set_predictions(
-                np.asarray(result.class_numbers, dtype=np.int64),
-                np.asarray(result.confidence, dtype=np.float64),
-            )
+            stores = {path: self.session.project_store(path) for path in n_rows}
+            changed = [p.name for p, n in n_rows.items() if len(stores[p].table) != n]
+            if changed:
+                raise ValueError(
+                    f"particles were added or removed while predicting ({', '.join(changed)}): "
+                    "predict again"
+                )
+            for (path, n), end in zip(n_rows.items(), ends, strict=True):
+                if n == 0:
+                    continue
+                store = stores[path]
+                if store is not self.session.store:
+                    _ensure_classes(store, classes)
+                # refused (InputError) when the classifier knows classes the store lacks
+                store.set_predictions(predicted[end - n : end], confidence[end - n : end])
         except Exception as exc:  # a Qt slot: an escaping error would be a traceback
             self.status.error(notify_error(exc))
             return
-        self.session.show_predictions()
-        self.status.info(f"{n_rows} particles classified")
+        if self.session._has_predictions():
+            self.session.show_predictions()
+        total = int(ends[-1])
+        where = f" in {len(n_rows)} tomograms" if len(n_rows) > 1 else ""
+        self.status.info(f"{total} particles classified{where}")
+        if len(n_rows) > 1:
+            self.session.project_changed.emit()  # the project list shows the new state
 
     def _on_finished(self) -> None:
         self.worker = None

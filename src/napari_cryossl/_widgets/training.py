@@ -117,6 +117,47 @@ def check_labels(table, min_per_class: int = MIN_LABELS_PER_CLASS) -> None:
         )
 
 
+class ProjectCheckBox(QCheckBox):
+    """ "All tomograms of the project": shown when the project has several, then ticked."""
+
+    def __init__(self, session: Session, text: str, tooltip: str, parent=None) -> None:
+        super().__init__(text, parent)
+        self.session = session
+        self.setToolTip(tooltip)
+        self._several = False
+        session.project_changed.connect(self._on_project)
+        self._on_project()
+
+    def _on_project(self) -> None:
+        several = len(self.session.project) > 1
+        if several and not self._several:
+            self.setChecked(True)  # on by default once there is more than one tomogram
+        self._several = several
+        self.setVisible(several)
+
+    def all_tomograms(self) -> bool:
+        return self._several and self.isChecked()
+
+
+def project_tables(session: Session, *, every: bool, labelled_only: bool = False) -> list:
+    """``(table, tomogram)`` per tomogram to train or predict on: the open one only, or every
+    tomogram of the project (others' tables read from their autosaved stores), in order."""
+    paths = session.project if every else [session.tomogram_path]
+    out = []
+    for path in paths:
+        table = session.project_store(path).table
+        if labelled_only:
+            table = labelled_table(table)
+        out.append((table, session.project_tomogram(path)))
+    return out
+
+
+def _concat(pairs):
+    import pandas as pd
+
+    return pd.concat([t for t, _ in pairs], ignore_index=True)
+
+
 class _TrainingSection(QWidget):
     """Shared worker handling: start, progress, cancel, resume, errors."""
 
@@ -254,6 +295,13 @@ class PretrainWidget(_TrainingSection):
         form.addRow("Batch size:", self.batch_size)
         form.addRow("Device:", self.device)
         form.addRow(self.device_label)
+        self.all_tomograms = ProjectCheckBox(
+            session,
+            "All tomograms of the project",
+            "Pretrain on the particles of every tomogram in the project (step 1), "
+            "not only the one shown",
+        )
+        form.addRow(self.all_tomograms)
         layout.addLayout(form)
         layout.addWidget(self.panel)
         row = QHBoxLayout()
@@ -323,12 +371,14 @@ class PretrainWidget(_TrainingSection):
     def make_job(self, resume: bool):
         from napari_cryossl.io import InputError
 
-        table = self.session.store.table
+        every = self.all_tomograms.all_tomograms()
+        pairs = project_tables(self.session, every=every)
+        table = _concat(pairs)
         if len(table) < 2:
+            where = "the project's tomograms" if every else "this tomogram"
             raise InputError(
-                f"pretraining needs particles: {len(table)} in this tomogram. Pick some in step 2."
+                f"pretraining needs particles: {len(table)} in {where}. Pick some in step 2."
             )
-        tomo = self.session.tomogram
         out = self.output_path()
         if resume and not self.resume_path().is_file():
             raise InputError(f"{self.resume_path()}: no checkpoint to resume; start a new run")
@@ -345,7 +395,7 @@ class PretrainWidget(_TrainingSection):
             from napari_cryossl.dataset import SubtomogramSet
             from napari_cryossl.train import PretrainConfig, iter_pretrain
 
-            data = SubtomogramSet.from_table(table, tomo, box)
+            data = SubtomogramSet.from_tables(pairs, box)
             yield from iter_pretrain(data, PretrainConfig(**settings), out, resume=resume)
 
         return job
@@ -425,6 +475,14 @@ class FinetuneWidget(_TrainingSection):
         form.addRow("Min. steps:", self.min_steps)
         form.addRow("Device:", self.device)
         form.addRow(self.head_from_probe)
+        self.all_tomograms = ProjectCheckBox(
+            session,
+            "All tomograms of the project",
+            "Fine-tune on the labels of every tomogram in the project (step 1), not only the "
+            "one shown; class numbers mean the same classes in every tomogram",
+        )
+        self.all_tomograms.toggled.connect(self._show_state)
+        form.addRow(self.all_tomograms)
         layout.addLayout(form)
         self.labels_label = QLabel("")
         self.labels_label.setWordWrap(True)
@@ -437,6 +495,7 @@ class FinetuneWidget(_TrainingSection):
         session.particles_changed.connect(self._show_state)
         session.classes_changed.connect(self._show_state)
         session.tomogram_changed.connect(self._show_state)
+        session.project_changed.connect(self._show_state)
         self._show_state()
 
     def output_path(self) -> Path:
@@ -450,9 +509,11 @@ class FinetuneWidget(_TrainingSection):
     def make_job(self, resume: bool):
         from napari_cryossl.io import InputError
 
-        table = labelled_table(self.session.store.table)
+        pairs = project_tables(
+            self.session, every=self.all_tomograms.all_tomograms(), labelled_only=True
+        )
+        table = _concat(pairs)
         check_labels(table)
-        tomo = self.session.tomogram
         out = self.output_path()
         if resume and not self.resume_path().is_file():
             raise InputError(f"{self.resume_path()}: no checkpoint to resume; start a new run")
@@ -480,7 +541,7 @@ class FinetuneWidget(_TrainingSection):
 
                 state = load_checkpoint(init, kind="encoder")
                 box_size, preset = int(state["box_size"]), state["preset"]
-            data = SubtomogramSet.from_table(table, tomo, box_size)
+            data = SubtomogramSet.from_tables(pairs, box_size)
             config = FinetuneConfig(**settings, **({"preset": preset} if preset else {}))
             yield from iter_finetune(data, config, out, init=init, resume=resume)
 
@@ -510,9 +571,20 @@ class FinetuneWidget(_TrainingSection):
             self._update_ready()
             return
         counts = {n: c for n, c in self.session.class_counts().items() if n > 0}
+        prefix = "Labelled"
+        if self.all_tomograms.all_tomograms():
+            labels = self._labelled()["class_number"].to_numpy()
+            numbers, n = np.unique(labels, return_counts=True)
+            counts = dict.fromkeys(counts, 0) | dict(zip(numbers.tolist(), n.tolist(), strict=True))
+            prefix = f"Labelled in {len(self.session.project)} tomograms"
         parts = [f"{self.session.class_name(n)}: {c}" for n, c in counts.items()]
-        self.labels_label.setText("Labelled: " + (", ".join(parts) if parts else "none"))
+        self.labels_label.setText(f"{prefix}: " + (", ".join(parts) if parts else "none"))
         self._update_ready()
+
+    def _labelled(self):
+        """The labelled particles fine-tuning would use (every project tomogram's if chosen)."""
+        every = self.all_tomograms.all_tomograms()
+        return _concat(project_tables(self.session, every=every, labelled_only=True))
 
     def _on_finished(self) -> None:
         super()._on_finished()
@@ -527,7 +599,7 @@ class FinetuneWidget(_TrainingSection):
             reason = "open a tomogram in step 1 first"
         else:
             try:
-                check_labels(labelled_table(self.session.store.table))
+                check_labels(self._labelled())
             except Exception as exc:  # InputError: what is missing, in the user's words
                 reason = str(exc)
         button = self.panel.start_button
