@@ -121,6 +121,8 @@ def test_add_folder_and_tomograms_star(dock, tomogram, tmp_path):
     assert session.project == [tomogram.resolve()] and session.is_current(tomogram)
     assert widget.data.add_folder(tmp_path / "nowhere") == 0
     assert widget.data.status.is_error
+    assert widget.data.add_paths([tomogram.parent / "notes.txt"]) == 0
+    assert "not a tomogram file" in widget.data.status.text()
 
     other, _ = _second_tomogram(tmp_path)
     star = tmp_path / "tomograms.star"

@@ -139,13 +139,18 @@ class DataWidget(QWidget):
     def add_paths(self, paths) -> int:
         """Add tomograms to the project; opens the first when none is open. Returns how
         many were new."""
-        from napari_cryossl.io import InputError
+        from napari_cryossl.io import TOMOGRAM_SUFFIXES, InputError
 
         try:
             paths = [Path(p) for p in paths]
             missing = [p for p in paths if not p.exists()]
             if missing:
                 raise InputError(f"{missing[0]}: no such tomogram")
+            other = [p for p in paths if p.suffix.lower() not in TOMOGRAM_SUFFIXES]
+            if other:
+                raise InputError(
+                    f"{other[0]}: not a tomogram file ({', '.join(TOMOGRAM_SUFFIXES)})"
+                )
             added = self.session.add_to_project(paths)
             if self.session.tomogram is None and self.session.project:
                 self.session.switch_to(self.session.project[0])

@@ -573,7 +573,12 @@ class FinetuneWidget(_TrainingSection):
         counts = {n: c for n, c in self.session.class_counts().items() if n > 0}
         prefix = "Labelled"
         if self.all_tomograms.all_tomograms():
-            labels = self._labelled()["class_number"].to_numpy()
+            try:
+                labels = self._labelled()["class_number"].to_numpy()
+            except Exception as exc:  # another tomogram's annotations cannot be read
+                self.labels_label.setText(f"Labels of the project: {exc}")
+                self._update_ready()
+                return
             numbers, n = np.unique(labels, return_counts=True)
             counts = dict.fromkeys(counts, 0) | dict(zip(numbers.tolist(), n.tolist(), strict=True))
             prefix = f"Labelled in {len(self.session.project)} tomograms"
