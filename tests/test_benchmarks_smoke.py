@@ -236,3 +236,19 @@ def test_gpu_check_reads_the_step_rate_of_a_torchrun_log():
     assert cmd[5:8] == ["-m", "napari_cryossl", "pretrain"] and "--batch-size" in cmd
     assert gpu_check.ddp_command(1, Path("p"), Path("t"), Path("e"), preset="rb3d", box=32,
                                  batch=64, device="cuda")[1:4] == ["-m", "napari_cryossl", "pretrain"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_peer_benchmark_times_ours_and_says_when_tomotwin_is_missing(tmp_path, monkeypatch):
+    bench = _load("bench_peer")
+    monkeypatch.setitem(sys.modules, "tomotwin", None)  # as on CI: not installed
+    out = tmp_path / "peer"
+    args = ["--models", "rb3d-small", "tomotwin", "--rounds", "2", "--round-s", "0.01"]
+    assert bench.main([*args, "--batch", "2", "--device", "cpu", "--out", str(out)]) == 0
+    record = json.loads((out / "peer.json").read_text())
+    assert "TomoTwin could not be imported" in record["peer_missing"]
+    (row,) = record["rows"]
+    assert row["network"] == "rb3d-small" and row["box"] == 32
+    assert len(row["subtomograms_per_s"]) == 2 and min(row["subtomograms_per_s"]) > 0
+    assert row["gflop_per_subtomogram"] > 0 and row["ratio_to_peer_gflops"] == []
+    assert "| rb3d-small (32³) |" in (out / "peer.md").read_text()
