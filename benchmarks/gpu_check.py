@@ -463,6 +463,8 @@ def stage_inference(ctx: Context) -> dict:
                     summary["cudnn_benchmark_subtomograms_per_s"] = timed_rate(
                         forward_fn(model, x, ctx.device, dtype), ctx, best["batch"]
                     )
+            except Exception as exc:  # keep the rows measured so far
+                summary["cudnn_benchmark_error"] = f"{type(exc).__name__}: {exc}"[:200]
             finally:
                 torch.backends.cudnn.benchmark = False
             del x
