@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
+import os
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +146,124 @@ def test_bench_extract_smoke_measures_mrc_and_its_ome_zarr_copy(tmp_path, capsys
     assert [fmt for fmt, _ in counts] == ["mrc", "zarr"]
     assert counts[0][1] == counts[1][1]  # the same picks from both formats
     assert not list(tmp_path.iterdir())  # the temporary files are removed
+
+
+GPU_CHECK_STAGES = ["env", "peak", "inference", "pretrain", "finetune", "predict", "oom", "ddp"]
+
+
+def test_gpu_check_dry_run_writes_every_row_on_the_cpu(tmp_path):
+    """The GPU check's CPU dry run (what CI can run): every stage, tiny sizes, in a
+    subprocess as it is launched for real; every row has numbers, or for DDP and the
+    out-of-memory fallback an explicit "skipped: no GPU"."""
+    out = tmp_path / "gpu"
+    src = str(BENCH.parent / "src")
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+        CUDA_VISIBLE_DEVICES="",
+    )
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_check.py"), "--dry-run", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 180
+    results = json.loads((out / "gpu_check.json").read_text())
+    assert list(results) == GPU_CHECK_STAGES
+    for stage in GPU_CHECK_STAGES[:6]:
+        assert results[stage]["status"] == "ok", (stage, results[stage])
+        assert results[stage]["rows"], stage
+        assert not any("error" in row for row in results[stage]["rows"]), results[stage]
+
+    env_row = results["env"]["rows"][0]
+    assert env_row["dry_run"] is True and env_row["device"].startswith("CPU")
+    assert env_row["torch"] and env_row["date"]
+    assert results["peak"]["rows"][0]["matmul_tflops"] > 0
+    (infer,) = results["inference"]["rows"]  # rb3d-small only in the dry run
+    assert infer["preset"] == "rb3d-small" and infer["box"] == 16
+    assert infer["subtomograms_per_s"] > 0 and infer["tflops"] > 0
+    assert infer["fraction_of_peak"] > 0 and infer["seconds_per_million"] > 0
+    assert infer["batch"] in infer["batches_tried"]
+    assert {(r["batch"], r["channels_last"]) for r in results["inference"]["sweep"]} == {
+        (b, cl) for b in infer["batches_tried"] for cl in (True, False)
+    }
+    for stage in ("pretrain", "finetune"):
+        (row,) = results[stage]["rows"]
+        assert row["steps_per_s"] > 0 and math.isfinite(row["last_loss"])
+    (pred,) = results["predict"]["rows"]
+    assert pred["e2e_subtomograms_per_s"] > 0 and pred["model_subtomograms_per_s"] > 0
+    assert pred["ratio"] == pytest.approx(
+        pred["e2e_subtomograms_per_s"] / pred["model_subtomograms_per_s"]
+    )
+
+    # no GPU: the two GPU-only rows say so, and still ran what the CPU can run
+    for stage in ("oom", "ddp"):
+        assert results[stage]["status"].startswith("skipped: no GPU"), results[stage]
+    (oom,) = results["oom"]["rows"]
+    assert oom["finished"] and oom["rows_returned"] == oom["n"]
+    assert oom["batch_sizes_tried"] == [8, 4, 2] and oom["final_batch"] == 2
+    (ddp,) = results["ddp"]["rows"]  # the one-process CLI run the N-GPU run is held against
+    assert ddp["processes"] == 1 and ddp["steps_per_s"] > 0, ddp
+
+    table = (out / "gpu_check.md").read_text()
+    for label in ("inference `rb3d-small`", "MoCo pretraining step", "fine-tuning step",
+                  "`predict` end to end", "DDP pretraining", "OOM fallback"):
+        assert label in table
+    assert "CPU dry run" in table
+
+
+@pytest.mark.usefixtures("one_torch_thread")  # the dry run sets one thread; restored after
+def test_gpu_check_keeps_the_other_rows_when_a_stage_fails(tmp_path, monkeypatch):
+    gpu_check = _load("gpu_check")
+
+    def broken(ctx):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setitem(gpu_check.STAGE_FUNCTIONS, "inference", broken)
+    out = tmp_path / "gpu"
+    assert gpu_check.main(["--dry-run", "--out", str(out), "--stages", "inference", "oom"]) == 0
+    results = json.loads((out / "gpu_check.json").read_text())
+    assert list(results) == ["env", "peak", "inference", "oom"]
+    assert results["inference"]["status"].startswith("error: RuntimeError: CUDA error")
+    assert "Traceback" in results["inference"]["traceback"]
+    assert results["oom"]["rows"][0]["finished"]
+    table = (out / "gpu_check.md").read_text()
+    assert "error: RuntimeError" in table and "OOM fallback" in table
+
+
+def test_gpu_check_reads_the_step_rate_of_a_torchrun_log():
+    gpu_check = _load("gpu_check")
+    # two ranks' lines, one of them run together on one line, as torchrun prints them
+    log = (
+        "[pretrain moco] step 3/4 (75 %) epoch 1/1 loss 2.1 lr 1.0e-03 8.50 steps/s ETA 0s"
+        "[pretrain moco] step 3/4 (75 %) epoch 1/1 loss 2.2 lr 1.0e-03 8.40 steps/s ETA 0s\n"
+        "[pretrain moco] step 4/4 (100 %) epoch 1/1 loss 2.0 lr 1.0e-03 9.00 steps/s done in 1s\n"
+        "[pretrain moco] step 4/4 (100 %) epoch 1/1 loss 2.0 lr 1.0e-03 9.20 steps/s done in 1s\n"
+        "[pretrain moco] step 4/4 (100 %) epoch 1/1 loss 2.0 train_loss 2.0 5.00 steps/s done\n"
+    )
+    assert gpu_check.parse_step_rate(log) == pytest.approx(9.1)  # the epoch line (save) left out
+    assert gpu_check.arrival_rate({1: 10.0, 2: 10.5, 5: 11.5}, warmup=2) == pytest.approx(3.0)
+    assert gpu_check.arrival_rate({1: 10.0}, warmup=2) is None
+    cmd = gpu_check.ddp_command(4, Path("p.star"), Path("t.mrc"), Path("e.pt"),
+                                preset="rb3d-small", box=32, batch=256, device="cuda")
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert cmd[5:8] == ["-m", "napari_cryossl", "pretrain"] and "--batch-size" in cmd
+    assert gpu_check.ddp_command(1, Path("p"), Path("t"), Path("e"), preset="rb3d", box=32,
+                                 batch=64, device="cuda")[1:4] == ["-m", "napari_cryossl", "pretrain"]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_peer_benchmark_times_ours_and_says_when_tomotwin_is_missing(tmp_path, monkeypatch):
+    bench = _load("bench_peer")
+    monkeypatch.setitem(sys.modules, "tomotwin", None)  # as on CI: not installed
+    out = tmp_path / "peer"
+    args = ["--models", "rb3d-small", "tomotwin", "--rounds", "2", "--round-s", "0.01"]
+    assert bench.main([*args, "--batch", "2", "--device", "cpu", "--out", str(out)]) == 0
+    record = json.loads((out / "peer.json").read_text())
+    assert "TomoTwin could not be imported" in record["peer_missing"]
+    (row,) = record["rows"]
+    assert row["network"] == "rb3d-small" and row["box"] == 32
+    assert len(row["subtomograms_per_s"]) == 2 and min(row["subtomograms_per_s"]) > 0
+    assert row["gflop_per_subtomogram"] > 0 and row["ratio_to_peer_gflops"] == []
+    assert "| rb3d-small (32³) |" in (out / "peer.md").read_text()
