@@ -367,7 +367,8 @@ def _cpu_defaults(config, n_particles: int):
     from napari_cryossl.devices import select_device
     from napari_cryossl.options import CPU_PRETRAIN_EPOCHS, CPU_PRETRAIN_STEPS
 
-    if select_device(config.device).type != "cpu" or not _rank0():
+    # Every rank of a torchrun job must choose the same schedule; only rank 0 says so.
+    if select_device(config.device).type != "cpu":
         return config
     notes = []
     if config.epochs is None:
@@ -383,8 +384,9 @@ def _cpu_defaults(config, n_particles: int):
         notes.append("rb3d is the paper's network and slow here: --preset rb3d-small is ~15x faster")
     else:
         notes.append(f"{config.preset}; --preset rb3d for the paper's network (needs a GPU)")
-    print("CPU: " + "; ".join(notes) + ". The time left is shown as the run goes.",
-          file=sys.stderr, flush=True)
+    if _rank0():
+        print("CPU: " + "; ".join(notes) + ". The time left is shown as the run goes.",
+              file=sys.stderr, flush=True)
     return config
 
 
