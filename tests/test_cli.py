@@ -408,6 +408,20 @@ def test_cpu_pretraining_without_epochs_fits_minutes_not_hours(capsys):
     assert _cpu_defaults(PretrainConfig(device="cpu", epochs=50), 5000).epochs == 50
 
 
+def test_every_torchrun_rank_takes_the_same_cpu_schedule(monkeypatch, capsys):
+    """Under torchrun (RANK set) rank 1 must shorten the schedule exactly as rank 0 does,
+    or the ranks would train different numbers of steps and wait for each other; only
+    rank 0 prints the announcement."""
+    from napari_cryossl.cli import _cpu_defaults
+    from napari_cryossl.train import PretrainConfig
+
+    rank0 = _cpu_defaults(PretrainConfig(device="cpu"), 5000).epochs
+    capsys.readouterr()
+    monkeypatch.setenv("RANK", "1")
+    assert _cpu_defaults(PretrainConfig(device="cpu"), 5000).epochs == rank0
+    assert capsys.readouterr().err == ""
+
+
 def test_pick_and_gradcam_report_progress_in_a_log(simulated, tmp_path):
     """Long commands besides training also write progress lines to a log file."""
     import os
