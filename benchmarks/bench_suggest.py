@@ -87,7 +87,7 @@ def main(argv=None) -> int:
                   for r in range(args.runs)] for s in strategies}
     n_labels = [n for n, _ in curves["random"][0]]
     mean = {s: np.mean([[a for _, a in c] for c in cs], axis=0) for s, cs in curves.items()}
-    print("| labels | " + " | ".join(strategies) + " |\n|---" * (len(strategies) + 1) + "|")
+    print("| labels | " + " | ".join(strategies) + " |\n" + "|---" * (len(strategies) + 1) + "|")
     for i, n in enumerate(n_labels):
         print(f"| {n} | " + " | ".join(f"{mean[s][i]:.3f}" for s in strategies) + " |")
     target = mean["random"][-1]

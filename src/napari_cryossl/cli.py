@@ -223,10 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "suggest",
         help="the unlabelled particles worth labelling next",
-        description="Choose N unlabelled particles (no class, or class 0) to label next: the "
-        "least certain under a logistic regression on the labelled particles' embeddings "
-        "(smallest margin), spread over the population (k-centre). Writes those rows, most "
-        "informative first.",
+        description="Choose N unlabelled particles (no class, or class 0) to label next. "
+        "With few labels, the most typical particle of each group of the population that "
+        "has no label yet (TypiClust); later, the least certain under a logistic "
+        "regression on the labelled particles' embeddings (smallest margin), spread over "
+        "the population (k-centre). Writes those rows, most informative first.",
     )
     p.add_argument("model", type=Path, help="ENCODER.pt or CLASSIFIER.pt")
     _add_data_options(p)
@@ -708,7 +709,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
     from napari_cryossl.io import InputError
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.population import SuggestSettings, embed_particles, suggest
+    from napari_cryossl.population import (
+        SuggestSettings,
+        embed_particles,
+        resolved_strategy,
+        suggest,
+    )
 
     settings = settings_from_args(SuggestSettings, args)
     data = _load_set(args)
@@ -718,13 +724,12 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     embeddings = embed_particles(
         args.model, data, device=settings.device, batch_size=settings.batch_size
     )
-    chosen = suggest(embeddings, labels, settings.n)
+    chosen = suggest(embeddings, labels, settings.n, strategy=settings.strategy)
     _write_rows(args.particles, Path(args.out), data.table, chosen)
-    how = (
-        "least certain, spread out"
-        if len(np.unique(labels[labels > 0])) >= 2
-        else "spread over the population (fewer than 2 labelled classes)"
-    )
+    how = {
+        "typical": "typical particles of groups without a label",
+        "margin": "least certain, spread out",
+    }[resolved_strategy(labels, settings.strategy)]
     print(f"{len(chosen)} particles to label next ({how}) -> {args.out}")
     return 0
 

@@ -65,6 +65,13 @@ class SuggestSettings:
     """What a user chooses for ``cryossl suggest`` (declared once, ``options.py``)."""
 
     n: int = option(20, "how many particles to suggest", minimum=1)
+    strategy: str = option(
+        "auto",
+        "typical: the most typical particle of each group without a label (for few "
+        "labels); margin: the least certain, spread out; auto: typical up to 20 labels "
+        "per class, then margin",
+        choices=("auto", "typical", "margin"),
+    )
     device: str = device_option()
     batch_size: int = option(64, BATCH_HELP, minimum=1)
 
@@ -356,7 +363,20 @@ def _typical(x: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> list[i
 
 #: ``suggest(strategy="auto")`` picks typical particles (TypiClust) while fewer than this
 #: many labels per class exist, then uncertain ones (margin sampling spread by k-centre).
-TYPICAL_UNTIL_PER_CLASS = 5
+#: TypiClust is the method for low budgets (a few to a few tens of labels per class);
+#: measured on the demo's complexes (docs/benchmarks.md) it led margin sampling at every
+#: budget up to 16 per class, the largest measured.
+TYPICAL_UNTIL_PER_CLASS = 20
+
+
+def resolved_strategy(class_numbers, strategy: str = "auto") -> str:
+    """What ``suggest`` does for these labels: "typical" or "margin" ("auto" resolved)."""
+    if strategy != "auto":
+        return strategy
+    labels = np.asarray(class_numbers, dtype=np.int64)
+    n_classes = len(np.unique(labels[labels > 0]))
+    few = int((labels > 0).sum()) < TYPICAL_UNTIL_PER_CLASS * max(n_classes, 1)
+    return "typical" if few or n_classes < 2 else "margin"
 
 
 def suggest(
@@ -393,9 +413,7 @@ def suggest(
     if n <= 0 or len(unlabelled) == 0:
         return np.zeros(0, np.int64)
     n_classes = len(np.unique(labels[labelled]))
-    if strategy == "auto":
-        few = len(labelled) < TYPICAL_UNTIL_PER_CLASS * max(n_classes, 1)
-        strategy = "typical" if few or n_classes < 2 else "margin"
+    strategy = resolved_strategy(labels, strategy)
     if strategy == "typical":
         chosen = _typical(x, labels, n)
         if len(chosen) < n:  # fewer uncovered groups than asked: spread the rest
