@@ -153,3 +153,32 @@ def test_finetune_and_predict_on_a_copick_project_write_picks_back(project, tmp_
         assert ((scores > 0) & (scores <= 1)).all()
         order, want = np.lexsort(points.T), np.lexsort(xyz_a.T)
         assert np.abs(points[order] - xyz_a[want]).max() / VOXEL < 0.5
+
+
+def test_a_run_without_the_tomogram_is_skipped_with_a_warning(project):
+    from napari_cryossl.io import InputWarning
+
+    config, _ = project
+    import shutil
+
+    root = copick.from_file(str(config))
+    root.new_run("TS_empty")
+    try:
+        with pytest.warns(InputWarning, match="TS_empty"):
+            runs = read_copick(config, voxel_spacing=VOXEL, tomo_type="wbp")
+        assert [name for name, _, _ in runs] == list(RUNS)
+    finally:  # the project is shared by the module's tests
+        shutil.rmtree(config.parent / "overlay" / "ExperimentRuns" / "TS_empty")
+
+
+def test_write_copick_writes_labels_with_scores(project):
+    config, truth = project
+    tables = [t for _, _, t in read_copick(config, voxel_spacing=VOXEL, user_id="curator")]
+    table = tables[0].copy()
+    table["probability"] = 0.75
+    written = write_copick(config, table, voxel_spacing=VOXEL, session_id="labels")
+    assert sorted(obj for _, obj, _ in written) == sorted(OBJECTS.values())
+    run = copick.from_file(str(config)).get_run(RUNS[0])
+    sets = run.get_picks(user_id=COPICK_USER_ID, session_id="labels")
+    assert sum(len(p.points) for p in sets) == len(truth[RUNS[0]][0])
+    assert all(np.allclose(p.scores(), 0.75) for p in sets)
