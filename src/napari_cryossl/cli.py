@@ -39,7 +39,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         "particles",
         type=Path,
         help="PARTICLES.star: subtomograms (rlnImageName) or coordinates in a tomogram "
-        "(rlnCoordinateX/Y/Z with rlnTomoName, or RELION-5 centred Å)",
+        "(rlnCoordinateX/Y/Z with rlnTomoName, or RELION-5 centred Å), or a copick "
+        "project config .json (its runs' tomograms and picks; see the copick options)",
     )
     p.add_argument(
         "--tomogram",
