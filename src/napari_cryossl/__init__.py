@@ -42,6 +42,9 @@ _API: dict[str, str] = {
     "write_tomograms_star": "io",
     "write_dynamo_table": "io",
     "read_dynamo_table": "io",
+    # copick projects (runs, tomograms, picks)
+    "read_copick": "io",
+    "write_copick": "io",
     # Ground truth: simulated subtomograms and tomograms
     "SimulationConfig": "simulate",
     "simulate_subtomograms": "simulate",

@@ -39,7 +39,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         "particles",
         type=Path,
         help="PARTICLES.star: subtomograms (rlnImageName) or coordinates in a tomogram "
-        "(rlnCoordinateX/Y/Z with rlnTomoName, or RELION-5 centred Å)",
+        "(rlnCoordinateX/Y/Z with rlnTomoName, or RELION-5 centred Å), or a copick "
+        "project config .json (its runs' tomograms and picks; see the copick options)",
     )
     p.add_argument(
         "--tomogram",
@@ -55,6 +56,30 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help="subtomogram box edge in voxels when extracting from a tomogram (default 32)",
+    )
+    copick = p.add_argument_group(
+        "copick projects (PARTICLES is a copick config .json; needs the [copick] extra)"
+    )
+    copick.add_argument(
+        "--copick-voxel-spacing",
+        type=float,
+        default=None,
+        help="voxel spacing (Å) of the tomograms to use (default: the project's only one)",
+    )
+    copick.add_argument(
+        "--copick-tomo-type",
+        default=None,
+        help="tomogram type, e.g. wbp (default: the only one at that voxel spacing)",
+    )
+    copick.add_argument(
+        "--copick-object",
+        default=None,
+        help="read only this object's picks, as unlabelled candidates (default: every "
+        "particle object's picks, class = its label)",
+    )
+    copick.add_argument("--copick-user", default=None, help="read only picks of this user id")
+    copick.add_argument(
+        "--copick-session", default=None, help="read only picks of this session id"
     )
 
 
@@ -188,9 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         required=True,
-        help="PREDICTIONS.star (or .csv; or .tbl: a Dynamo table for subtomogram averaging)",
+        help="PREDICTIONS.star (or .csv; or .tbl: a Dynamo table for subtomogram averaging; "
+        "or a copick config .json: the predictions as picks, one set per class)",
     )
     _add_relion5_option(p)
+    p.add_argument(
+        "--copick-write",
+        action="store_true",
+        help="also write the predictions as picks into the input copick project",
+    )
+    p.add_argument(
+        "--copick-write-session",
+        default="predict",
+        help="session id of the picks written (user id napari-cryossl; default: predict)",
+    )
     p.add_argument("--embeddings", type=Path, default=None, help="also save embeddings (.npy)")
 
     # gradcam --------------------------------------------------------------------
@@ -279,8 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_set(args: argparse.Namespace):
-    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.dataset import DEFAULT_BOX_SIZE, SubtomogramSet
+    from napari_cryossl.io.copick import is_copick_config, read_copick
 
+    if is_copick_config(args.particles):
+        runs = read_copick(
+            args.particles,
+            voxel_spacing=args.copick_voxel_spacing,
+            tomo_type=args.copick_tomo_type,
+            object_name=args.copick_object,
+            user_id=args.copick_user,
+            session_id=args.copick_session,
+        )
+        box = args.box_size if args.box_size is not None else DEFAULT_BOX_SIZE
+        return SubtomogramSet.from_tables([(table, path) for _, path, table in runs], box)
     tomogram = args.tomogram
     if tomogram is not None and Path(tomogram).suffix.lower() == ".star":  # a tomogram set
         return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomograms=tomogram)
@@ -602,15 +650,61 @@ def cmd_predict(args: argparse.Namespace) -> int:
     result = results[-1] if results else None
     if result is None or not _rank0():
         return 0
-    note = _write_predictions(
-        args.particles, args.out, data.table, result, data=data, relion5=args.relion5
-    )
+    note = _write_copick_predictions(args, data, result)
+    if not _is_copick_out(args.out):
+        note += _write_predictions(
+            args.particles, args.out, data.table, result, data=data, relion5=args.relion5
+        )
     if args.embeddings is not None:
         np.save(args.embeddings, result.embeddings)
     counts = np.bincount(result.class_numbers)
     summary = ", ".join(f"class {c}: {n}" for c, n in enumerate(counts) if n)
     print(f"{len(result.class_numbers)} particles classified -> {args.out}{note} ({summary})")
     return 0
+
+
+def _is_copick_out(out: Path) -> bool:
+    return Path(out).suffix.lower() == ".json"
+
+
+def _write_copick_predictions(args: argparse.Namespace, data, result) -> str:
+    """Predictions as copick picks: into OUT when it is a copick config .json, and into
+    the input project with --copick-write; returns a note on what was written."""
+    from napari_cryossl.io import InputError
+    from napari_cryossl.io.copick import COPICK_USER_ID, is_copick_config, write_copick
+
+    targets = []
+    if _is_copick_out(args.out):
+        if not is_copick_config(args.out):
+            raise InputError(f"{args.out}: a .json --out must be an existing copick config")
+        targets.append(Path(args.out))
+    if args.copick_write:
+        if not is_copick_config(args.particles):
+            raise InputError(f"{args.particles}: --copick-write needs a copick config as input")
+        if Path(args.particles) not in targets:
+            targets.append(Path(args.particles))
+    if not targets:
+        return ""
+    table = data.table.copy()
+    table["class_number"] = result.class_numbers
+    table["probability"] = result.confidence
+    spacing = args.copick_voxel_spacing or data.voxel_size / data.binning
+    sets = 0
+    for config in targets:
+        sets += len(
+            write_copick(
+                config,
+                table,
+                voxel_spacing=spacing,
+                user_id=COPICK_USER_ID,
+                session_id=args.copick_write_session,
+            )
+        )
+    where = ", ".join(str(t) for t in targets)
+    return (
+        f" (copick: {sets} picks sets, user {COPICK_USER_ID}, session "
+        f"{args.copick_write_session}, in {where})"
+    )
 
 
 def _write_predictions(

@@ -31,7 +31,9 @@ One module per concern, from the bottom up:
 - `relion5`: RELION tomogram sets (`read_tomograms_star`, `write_tomograms_star`);
 - `particles`: `read_particles` / `write_particles` (STAR or CSV, by suffix);
 - `dynamo`: Dynamo tables for subtomogram averaging (`write_dynamo_table`,
-  `read_dynamo_table`; needs the optional dynamotable).
+  `read_dynamo_table`; needs the optional dynamotable);
+- `copick`: copick projects (`read_copick`: runs, tomograms, picks in Å -> particle tables;
+  `write_copick`: classes back as picks; needs the optional copick).
 
 Every public name is importable from ``napari_cryossl.io`` itself, as before the split.
 This package imports neither torch nor Qt.
@@ -39,6 +41,7 @@ This package imports neither torch nor Qt.
 
 from napari_cryossl.io.atomic import atomic_write, remove_stale_temp_files
 from napari_cryossl.io.coordinates import RelionTomogram, centred_to_voxels, voxels_to_centred
+from napari_cryossl.io.copick import read_copick, write_copick
 from napari_cryossl.io.dynamo import read_dynamo_table, write_dynamo_table
 from napari_cryossl.io.errors import InputError, InputWarning
 from napari_cryossl.io.errors import _read_text as _read_text
@@ -82,6 +85,7 @@ __all__ = [
     "make_particle_table",
     "open_tomogram",
     "particle_zyx",
+    "read_copick",
     "read_dynamo_table",
     "read_mrc",
     "read_ome_zarr",
@@ -90,6 +94,7 @@ __all__ = [
     "remove_stale_temp_files",
     "replace_star_columns",
     "voxels_to_centred",
+    "write_copick",
     "write_dynamo_table",
     "write_mrc",
     "write_particles",
