@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
@@ -80,9 +81,15 @@ class DataWidget(QWidget):
         self.add_star_button.setToolTip(
             "Add the reconstructed tomograms a RELION 5 tomograms.star names"
         )
+        self.add_copick_button = QPushButton("Add copick project…")
+        self.add_copick_button.setToolTip(
+            "Add the tomograms of a copick project (config .json) with their picks as "
+            "particles, classes named after its pickable objects (needs the [copick] extra)"
+        )
         for button in (self.add_files_button, self.add_folder_button, self.add_star_button):
             project_buttons.addWidget(button)
         layout.addLayout(project_buttons)
+        layout.addWidget(self.add_copick_button)
         self.project_list = QListWidget()
         self.project_list.setToolTip(
             "The tomograms of this session, with their particles and labels; each keeps its "
@@ -91,6 +98,7 @@ class DataWidget(QWidget):
         self.project_list.setMaximumHeight(140)
         layout.addWidget(self.project_list)
         self._counts: dict[Path, str] = {}
+        self._run_names: dict[Path, str] = {}  # copick run name of a tomogram path
 
         self.status = StatusLine()
         layout.addWidget(self.status)
@@ -102,6 +110,7 @@ class DataWidget(QWidget):
         self.add_files_button.clicked.connect(self._choose_files)
         self.add_folder_button.clicked.connect(self._choose_folder)
         self.add_star_button.clicked.connect(self._choose_star)
+        self.add_copick_button.clicked.connect(self._choose_copick)
         self.project_list.itemClicked.connect(self._on_item_clicked)
         session.tomogram_changed.connect(self._show_tomogram)
         session.particles_changed.connect(self._show_tomogram)
@@ -188,6 +197,52 @@ class DataWidget(QWidget):
             return 0
         return self.add_paths(paths)
 
+    def add_copick_project(self, config, **options) -> int:
+        """Add the tomograms of a copick project, each with its picks as particles.
+
+        ``options`` go to `io.copick.read_copick` (voxel_spacing, tomo_type, object_name,
+        user_id, session_id; by default the project's only voxel spacing and tomogram
+        type, and every user's picks). A tomogram's picks are added to its own annotations
+        only when it has none yet, so adding the project again never duplicates them.
+        Classes are named after the pickable objects, numbered by their labels.
+        Returns how many tomograms were new.
+        """
+        from napari_cryossl.io import InputError, particle_zyx
+        from napari_cryossl.io.copick import read_copick
+
+        try:
+            runs = read_copick(config, **options)
+            names = _copick_object_names(config)
+            for run_name, path, table in runs:
+                store = self.session.project_store(path)
+                if len(store.table):
+                    continue
+                numbers = sorted(int(c) for c in set(table["class_number"]) if int(c) > 0)
+                for number in numbers:
+                    while number not in store.class_numbers():
+                        store.add_class(names.get(number, f"class {number}"))
+                if len(table):
+                    store.add_particles(
+                        particle_zyx(table),
+                        source="imported",
+                        class_number=table["class_number"].to_numpy(dtype=np.int64),
+                        score=table["score"].to_numpy() if "score" in table else None,
+                        tomo_name=run_name,
+                    )
+            if not runs:
+                raise InputError(f"{config}: no run with a tomogram")
+        except Exception as exc:
+            self.status.error(notify_error(exc))
+            return 0
+        self._run_names.update({Path(path).resolve(): name for name, path, _t in runs})
+        added = self.add_paths([path for _name, path, _t in runs])
+        if self.session.store is not None:
+            self.session.refresh_layers()
+            self.session.classes_changed.emit()
+            self.session.particles_changed.emit()
+        self._refresh_project()
+        return added
+
     def switch_to(self, path) -> bool:
         """Show another tomogram of the project; its own annotations come with it."""
         if self.session.is_current(path):
@@ -220,6 +275,13 @@ class DataWidget(QWidget):
         if path:
             self.add_tomograms_star(path)
 
+    def _choose_copick(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "copick project config", "", "copick config (*.json);;All files (*)"
+        )
+        if path:
+            self.add_copick_project(path)
+
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Open tomogram", "", TOMOGRAM_FILTER)
         if path:
@@ -246,7 +308,9 @@ class DataWidget(QWidget):
 
     def _item_text(self, path: Path) -> str:
         mark = "▶ " if self.session.is_current(path) else "   "
-        return f"{mark}{path.name}: {self._counts.get(path, '')}"
+        run = self._run_names.get(Path(path).resolve())  # copick: every tomogram is wbp.zarr
+        name = f"{run} ({path.name})" if run else path.name
+        return f"{mark}{name}: {self._counts.get(path, '')}"
 
     def _refresh_project(self) -> None:
         """Rebuild the list (reads every tomogram's annotations once)."""
@@ -292,6 +356,13 @@ class DataWidget(QWidget):
         self.voxel_label.setText(f"{vs:.4g} Å")
         n = len(self.session.store.table)
         self.store_label.setText(f"{n} particles, autosaved to {self.session.store.path}")
+
+
+def _copick_object_names(config) -> dict[int, str]:
+    """{label: name} of a copick project's particle objects."""
+    from napari_cryossl.io.copick import _open_root, _particle_objects
+
+    return {label: name for name, label in _particle_objects(_open_root(config)).items()}
 
 
 def tomograms_in_folder(folder) -> list[Path]:
