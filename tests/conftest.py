@@ -7,6 +7,59 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+#: The copick project that `copick_project` builds: pickable objects (label -> name),
+#: runs and the tomograms' voxel spacing (Å).
+COPICK_OBJECTS = {1: "ribosome", 2: "proteasome"}
+COPICK_RUNS = ("TS_001", "TS_002")
+COPICK_VOXEL = 10.0
+
+
+@pytest.fixture(scope="module")
+def copick_project(tmp_path_factory):
+    """(config.json path, {run: (picks XYZ in Å, class numbers)}): a copick project built
+    with copick's own API in a temporary folder, shared by a test module. Two runs
+    (`COPICK_RUNS`), each a simulated 32x64x64 tomogram (wbp, `COPICK_VOXEL` Å) with 10
+    picks (user curator, session 1) of the two objects (`COPICK_OBJECTS`)."""
+    import json
+
+    import numpy as np
+
+    copick = pytest.importorskip("copick")
+    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
+
+    root_dir = tmp_path_factory.mktemp("copick")
+    config_path = root_dir / "config.json"
+    config = {
+        "config_type": "filesystem",
+        "name": "test",
+        "overlay_root": f"local://{root_dir / 'overlay'}",
+        "static_root": f"local://{root_dir / 'static'}",
+        "overlay_fs_args": {"auto_mkdir": True},
+        "pickable_objects": [
+            {"name": name, "is_particle": True, "label": label, "radius": 60.0}
+            for label, name in COPICK_OBJECTS.items()
+        ],
+    }
+    config_path.write_text(json.dumps(config))
+    root = copick.from_file(str(config_path))
+    sim = SimulationConfig(
+        n_classes=2, box_size=16, voxel_size=COPICK_VOXEL, snr=1.0, particle_diameter_a=120.0
+    )
+    truth = {}
+    for seed, name in enumerate(COPICK_RUNS):
+        vol, table = simulate_tomogram((32, 64, 64), 10, sim, seed=seed)
+        run = root.new_run(name)
+        vs = run.new_voxel_spacing(COPICK_VOXEL)
+        vs.new_tomogram("wbp").from_numpy(np.asarray(vol, dtype=np.float32))
+        xyz_a = table[["x", "y", "z"]].to_numpy(dtype=np.float64) * COPICK_VOXEL
+        classes = table["class_number"].to_numpy()
+        for label, obj in COPICK_OBJECTS.items():
+            picks = run.new_picks(object_name=obj, session_id="1", user_id="curator")
+            picks.from_numpy(xyz_a[classes == label])
+        truth[name] = (xyz_a, classes)
+    return config_path, truth
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for a test module, restored afterwards.

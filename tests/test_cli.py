@@ -397,7 +397,7 @@ def test_a_finished_result_is_not_replaced_silently(simulated, tmp_path, capsys)
 def test_cpu_pretraining_without_epochs_fits_minutes_not_hours(capsys):
     """On a CPU the method's 200 epochs would take hours: without --epochs the CLI runs
     as many epochs as fit about CPU_PRETRAIN_STEPS steps (1 to 10), and says so."""
-    from napari_cryossl.cli import _cpu_defaults
+    from napari_cryossl.cli.training import _cpu_defaults
     from napari_cryossl.options import CPU_PRETRAIN_EPOCHS, CPU_PRETRAIN_STEPS
     from napari_cryossl.train import PretrainConfig
 
@@ -412,7 +412,7 @@ def test_every_torchrun_rank_takes_the_same_cpu_schedule(monkeypatch, capsys):
     """Under torchrun (RANK set) rank 1 must shorten the schedule exactly as rank 0 does,
     or the ranks would train different numbers of steps and wait for each other; only
     rank 0 prints the announcement."""
-    from napari_cryossl.cli import _cpu_defaults
+    from napari_cryossl.cli.training import _cpu_defaults
     from napari_cryossl.train import PretrainConfig
 
     rank0 = _cpu_defaults(PretrainConfig(device="cpu"), 5000).epochs

@@ -1,11 +1,10 @@
 """copick projects: read runs, tomograms and picks; write predictions back as picks.
 
-The project is built in a temporary folder with copick's own API and read back with it.
+The project is built in a temporary folder with copick's own API (the `copick_project`
+fixture in tests/conftest.py) and read back with it.
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
@@ -16,51 +15,14 @@ from napari_cryossl.cli import main  # noqa: E402
 from napari_cryossl.io import InputError  # noqa: E402
 from napari_cryossl.io.copick import COPICK_USER_ID, read_copick, write_copick  # noqa: E402
 
+# The project of the `copick_project` fixture (tests/conftest.py), shared by this module.
 VOXEL = 10.0
 OBJECTS = {1: "ribosome", 2: "proteasome"}
 RUNS = ("TS_001", "TS_002")
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Two runs, each a simulated tomogram (wbp, 10 Å) with picks of both objects."""
-    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
-
-    root_dir = tmp_path_factory.mktemp("copick")
-    config_path = root_dir / "config.json"
-    config = {
-        "config_type": "filesystem",
-        "name": "test",
-        "overlay_root": f"local://{root_dir / 'overlay'}",
-        "static_root": f"local://{root_dir / 'static'}",
-        "overlay_fs_args": {"auto_mkdir": True},
-        "pickable_objects": [
-            {"name": name, "is_particle": True, "label": label, "radius": 60.0}
-            for label, name in OBJECTS.items()
-        ],
-    }
-    config_path.write_text(json.dumps(config))
-    root = copick.from_file(str(config_path))
-    sim = SimulationConfig(
-        n_classes=2, box_size=16, voxel_size=VOXEL, snr=1.0, particle_diameter_a=120.0
-    )
-    truth = {}
-    for seed, name in enumerate(RUNS):
-        vol, table = simulate_tomogram((32, 64, 64), 10, sim, seed=seed)
-        run = root.new_run(name)
-        vs = run.new_voxel_spacing(VOXEL)
-        vs.new_tomogram("wbp").from_numpy(np.asarray(vol, dtype=np.float32))
-        xyz_a = table[["x", "y", "z"]].to_numpy(dtype=np.float64) * VOXEL
-        classes = table["class_number"].to_numpy()
-        for label, obj in OBJECTS.items():
-            picks = run.new_picks(object_name=obj, session_id="1", user_id="curator")
-            picks.from_numpy(xyz_a[classes == label])
-        truth[name] = (xyz_a, classes)
-    return config_path, truth
-
-
-def test_read_copick_gives_one_table_per_run_in_voxels(project):
-    config, truth = project
+def test_read_copick_gives_one_table_per_run_in_voxels(copick_project):
+    config, truth = copick_project
     runs = read_copick(config, voxel_spacing=VOXEL, tomo_type="wbp")
     assert [name for name, _, _ in runs] == list(RUNS)
     for name, path, table in runs:
@@ -79,8 +41,8 @@ def test_read_copick_gives_one_table_per_run_in_voxels(project):
     assert sum(len(t) for _, _, t in cands) == sum(int((c == 1).sum()) for _, c in truth.values())
 
 
-def test_read_copick_names_the_problem(project):
-    config, _ = project
+def test_read_copick_names_the_problem(copick_project):
+    config, _ = copick_project
     with pytest.raises(InputError, match="voxel spacing 7"):
         read_copick(config, voxel_spacing=7.0)
     with pytest.raises(InputError, match="type 'denoised'"):
@@ -89,8 +51,8 @@ def test_read_copick_names_the_problem(project):
         read_copick(config, object_name="actin")
 
 
-def test_write_copick_rejects_a_class_without_object(project, tmp_path):
-    config, _ = project
+def test_write_copick_rejects_a_class_without_object(copick_project, tmp_path):
+    config, _ = copick_project
     _, _, table = read_copick(config)[0]
     table = table.copy()
     table["class_number"] = 3
@@ -98,8 +60,8 @@ def test_write_copick_rejects_a_class_without_object(project, tmp_path):
         write_copick(config, table, session_id="bad")
 
 
-def test_finetune_and_predict_on_a_copick_project_write_picks_back(project, tmp_path):
-    config, truth = project
+def test_finetune_and_predict_on_a_copick_project_write_picks_back(copick_project, tmp_path):
+    config, truth = copick_project
     classifier = tmp_path / "classifier.pt"
     common = ["--box-size", "16", "--copick-voxel-spacing", "10", "--copick-tomo-type", "wbp"]
     train = ["--preset", "rb3d-small", "--device", "cpu", "--batch-size", "4"]
@@ -155,10 +117,10 @@ def test_finetune_and_predict_on_a_copick_project_write_picks_back(project, tmp_
         assert np.abs(points[order] - xyz_a[want]).max() / VOXEL < 0.5
 
 
-def test_a_run_without_the_tomogram_is_skipped_with_a_warning(project):
+def test_a_run_without_the_tomogram_is_skipped_with_a_warning(copick_project):
     from napari_cryossl.io import InputWarning
 
-    config, _ = project
+    config, _ = copick_project
     import shutil
 
     root = copick.from_file(str(config))
@@ -171,8 +133,8 @@ def test_a_run_without_the_tomogram_is_skipped_with_a_warning(project):
         shutil.rmtree(config.parent / "overlay" / "ExperimentRuns" / "TS_empty")
 
 
-def test_write_copick_writes_labels_with_scores(project):
-    config, truth = project
+def test_write_copick_writes_labels_with_scores(copick_project):
+    config, truth = copick_project
     tables = [t for _, _, t in read_copick(config, voxel_spacing=VOXEL, user_id="curator")]
     table = tables[0].copy()
     table["probability"] = 0.75

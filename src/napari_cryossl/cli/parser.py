@@ -1,0 +1,301 @@
+"""The `cryossl` argument parser: every subcommand, option, default and help text.
+
+Kept apart from the commands so that `cryossl --help` (and the docs, which render
+this parser) need nothing but argparse; the settings dataclasses that supply most
+options are imported inside `build_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+_EPILOG = (
+    "Coordinates: STAR/CSV files are XYZ in tomogram pixels (RELION-5 centred "
+    "coordinates in Å are converted); class numbers are 1-based like "
+    "rlnClassNumber, 0 or absent = unlabelled. Multi-GPU: "
+    "torchrun --nproc_per_node=N -m napari_cryossl <command> ..."
+)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """The particles to read: a STAR file, its tomogram, the box to cut."""
+    p.add_argument(
+        "particles",
+        type=Path,
+        help="PARTICLES.star: subtomograms (rlnImageName) or coordinates in a tomogram "
+        "(rlnCoordinateX/Y/Z with rlnTomoName, or RELION-5 centred Å), or a copick "
+        "project config .json (its runs' tomograms and picks; see the copick options)",
+    )
+    p.add_argument(
+        "--tomogram",
+        type=Path,
+        default=None,
+        help="tomogram (MRC, or OME-Zarr .zarr folder) for coordinate STAR files, or a RELION "
+        "tomograms.star that lists the tomograms (pixel size, binning, size; "
+        "rlnTomoReconstructedTomogram) "
+        "(default: from rlnTomoName next to the STAR)",
+    )
+    p.add_argument(
+        "--box-size",
+        type=_positive_int,
+        default=None,
+        help="subtomogram box edge in voxels when extracting from a tomogram (default 32)",
+    )
+    copick = p.add_argument_group(
+        "copick projects (PARTICLES is a copick config .json; needs the [copick] extra)"
+    )
+    copick.add_argument(
+        "--copick-voxel-spacing",
+        type=float,
+        default=None,
+        help="voxel spacing (Å) of the tomograms to use (default: the project's only one)",
+    )
+    copick.add_argument(
+        "--copick-tomo-type",
+        default=None,
+        help="tomogram type, e.g. wbp (default: the only one at that voxel spacing)",
+    )
+    copick.add_argument(
+        "--copick-object",
+        default=None,
+        help="read only this object's picks, as unlabelled candidates (default: every "
+        "particle object's picks, class = its label)",
+    )
+    copick.add_argument("--copick-user", default=None, help="read only picks of this user id")
+    copick.add_argument(
+        "--copick-session", default=None, help="read only picks of this session id"
+    )
+
+
+def _add_relion5_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--relion5",
+        action="store_true",
+        help="write the STAR as RELION 5 particles (rlnCenteredCoordinateX/Y/ZAngst: Å from "
+        "each tomogram's centre, rlnTomoName, classes, probabilities) and the matching "
+        "tomogram set beside it (OUT_tomograms.star); written from the particle table, so "
+        "other columns of an input STAR (angles...) are not copied",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `cryossl` argument parser (also used to render the docs)."""
+    parser = argparse.ArgumentParser(
+        prog="cryossl",
+        description="Contrastive self-supervised classification of cryo-ET subtomograms "
+        "(MoCo / SimCLR / SwAV pretraining of an RB3D encoder, few-label fine-tuning, "
+        "prediction, 3D Grad-CAM).",
+        epilog=_EPILOG,
+    )
+    from napari_cryossl import __version__
+    from napari_cryossl.options import add_arguments, describe
+    from napari_cryossl.picking import PickSettings
+    from napari_cryossl.population import EmbedSettings, SuggestSettings
+    from napari_cryossl.predict import PredictSettings
+    from napari_cryossl.saliency import GradcamSettings
+    from napari_cryossl.simulate.config import SimulationConfig
+    from napari_cryossl.train import FinetuneConfig, PretrainConfig
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # simulate -----------------------------------------------------------------
+    p = sub.add_parser(
+        "simulate",
+        help="simulate ground-truth subtomograms and a crowded tomogram",
+        description="Simulate crowded subtomograms (particles.star + MRCs) and a crowded tomogram "
+        "(tomogram.mrc + tomogram_particles.star) with missing wedge, CTF and noise at a given SNR.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    add_arguments(p, SimulationConfig, only=("structures",))
+    # --classes: the default depends on --structures (10, or one class per structure)
+    classes = describe(SimulationConfig, "n_classes")
+    p.add_argument("--classes", type=_positive_int, default=None, help=classes.help)
+    p.add_argument("--per-class", type=int, default=500, help="subtomograms per class (0: none)")
+    add_arguments(
+        p, SimulationConfig, only=("box_size", "snr", "snr_reference", "voxel_size", "tilt_range_deg")
+    )
+    p.add_argument(
+        "--tomogram-shape",
+        type=_positive_int,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=None,
+        help="also simulate a crowded tomogram of this shape (voxels)",
+    )
+    p.add_argument(
+        "--tomogram-particles",
+        type=_positive_int,
+        default=None,
+        help="particles in the tomogram (default 100)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+    # pick ---------------------------------------------------------------------
+    p = sub.add_parser(
+        "pick",
+        help="Difference-of-Gaussians candidate picking in a tomogram",
+        description="Find particle candidates (dark blobs by default) of a given diameter with a "
+        "Difference of Gaussians, non-maximum suppression and a minimum distance. Works in chunks "
+        "on a memory-mapped tomogram, so tomograms larger than RAM are fine.",
+    )
+    p.add_argument(
+        "tomogram", type=Path, help="tomogram: MRC (.mrc/.rec/.map) or OME-Zarr folder (.zarr)"
+    )
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--diameter", type=float, help="particle diameter in Å")
+    size.add_argument("--diameter-px", type=float, help="particle diameter in voxels")
+    add_arguments(p, PickSettings)
+    p.add_argument(
+        "--out", type=Path, required=True, help="picks.star, picks.csv or picks.tbl (Dynamo)"
+    )
+    _add_relion5_option(p)
+
+    # pretrain -------------------------------------------------------------------
+    p = sub.add_parser(
+        "pretrain",
+        help="contrastive self-supervised pretraining of the encoder (labels not needed)",
+        description="Pretrain an RB3D encoder on all particles with MoCo, SimCLR or SwAV. "
+        "Writes ENCODER.pt after every epoch (and when stopped with Ctrl-C); --resume continues.",
+    )
+    _add_data_options(p)
+    p.add_argument("--out", type=Path, required=True, help="ENCODER.pt checkpoint to write")
+    add_arguments(p, PretrainConfig)
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (default: refuse)"
+    )
+
+    # finetune -------------------------------------------------------------------
+    p = sub.add_parser(
+        "finetune",
+        help="train a classifier on the labelled particles (rlnClassNumber)",
+        description="Fine-tune a pretrained encoder (--init) or a randomly initialised one into a "
+        "classifier, using rows with rlnClassNumber; unlabelled rows are ignored. The best "
+        "validation model is kept.",
+    )
+    _add_data_options(p)
+    p.add_argument("--out", type=Path, required=True, help="CLASSIFIER.pt checkpoint to write")
+    p.add_argument("--init", type=Path, default=None, help="ENCODER.pt from `cryossl pretrain`")
+    add_arguments(p, FinetuneConfig)
+    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (default: refuse)"
+    )
+
+    # predict --------------------------------------------------------------------
+    p = sub.add_parser(
+        "predict",
+        help="classify every particle",
+        description="Classify every particle. Writes the same rows in the same order with "
+        "rlnClassNumber = predicted class and rlnMaxValueProbDistribution = its probability.",
+    )
+    p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
+    _add_data_options(p)
+    add_arguments(p, PredictSettings)
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="PREDICTIONS.star (or .csv; or .tbl: a Dynamo table for subtomogram averaging; "
+        "or a copick config .json: the predictions as picks, one set per class)",
+    )
+    _add_relion5_option(p)
+    p.add_argument(
+        "--copick-write",
+        action="store_true",
+        help="also write the predictions as picks into the input copick project",
+    )
+    p.add_argument(
+        "--copick-write-session",
+        default="predict",
+        help="session id of the picks written (user id napari-cryossl; default: predict)",
+    )
+    p.add_argument("--embeddings", type=Path, default=None, help="also save embeddings (.npy)")
+
+    # gradcam --------------------------------------------------------------------
+    p = sub.add_parser(
+        "gradcam",
+        help="3D Grad-CAM heatmaps: what the network looked at",
+        description="3D Grad-CAM (M3d-CAM style) for each particle. Writes one heatmap MRC per "
+        "subtomogram, or one tomogram-sized heatmap MRC when the particles come from a tomogram.",
+    )
+    p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
+    _add_data_options(p)
+    add_arguments(p, GradcamSettings)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+
+    # embed ------------------------------------------------------------------------
+    p = sub.add_parser(
+        "embed",
+        help="embeddings, a 2D map and clusters of every particle",
+        description="Embed every particle with an encoder or classifier checkpoint. Writes the "
+        "input rows plus cryosslMapX, cryosslMapY (a UMAP map, or PCA without umap-learn) and "
+        "cryosslCluster (k-means with --clusters N, else HDBSCAN; 0 = noise), and the "
+        "embedding vectors to OUT.npy (one row per particle, same order).",
+    )
+    p.add_argument("model", type=Path, help="ENCODER.pt or CLASSIFIER.pt")
+    _add_data_options(p)
+    add_arguments(p, EmbedSettings)
+    p.add_argument("--out", type=Path, required=True, help="OUT.star (or .csv); OUT.npy beside it")
+
+    # suggest ----------------------------------------------------------------------
+    p = sub.add_parser(
+        "suggest",
+        help="the unlabelled particles worth labelling next",
+        description="Choose N unlabelled particles (no class, or class 0) to label next. "
+        "With few labels, the most typical particle of each group of the population that "
+        "has no label yet (TypiClust); later, the least certain under a logistic "
+        "regression on the labelled particles' embeddings (smallest margin), spread over "
+        "the population (k-centre). Writes those rows, most informative first.",
+    )
+    p.add_argument("model", type=Path, help="ENCODER.pt or CLASSIFIER.pt")
+    _add_data_options(p)
+    add_arguments(p, SuggestSettings)
+    p.add_argument("--out", type=Path, required=True, help="NEXT.star (or .csv)")
+
+    # demo -------------------------------------------------------------------------
+    p = sub.add_parser(
+        "demo",
+        help="the whole pipeline on built-in simulated data",
+        description="simulate -> pick -> pretrain -> fine-tune on a few labels -> predict -> Grad-CAM "
+        "on a simulated crowded tomogram of real complexes, with a summary of accuracy against the "
+        "ground truth and time per stage.",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: the user cache folder, e.g. ~/.cache/napari-cryossl/demo; "
+        "the summary prints it)",
+    )
+    p.add_argument(
+        "--data",
+        choices=["complexes", "shapes"],
+        default="complexes",
+        help="built-in real complexes (default; the classes carry their names) or the "
+        "simulator's synthetic shapes of equal size and mass (the harder case)",
+    )
+    p.add_argument(
+        "--gui",
+        action="store_true",
+        help="open napari at the end, the dock holding the demo's tomogram, classes, labels, "
+        "predictions and models",
+    )
+    p.add_argument(
+        "--preset",
+        choices=["cpu", "gpu"],
+        default=None,
+        help="size of the run (default: gpu if CUDA else cpu)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
