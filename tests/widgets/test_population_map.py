@@ -4,6 +4,7 @@ move the viewer, suggestions and the gallery, in a real viewer."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from matplotlib.backend_bases import MouseEvent
 
 from napari_cryossl.io import particle_zyx, write_particles
@@ -133,3 +134,35 @@ def test_the_map_is_dropped_when_particles_change(dock, tomogram, truth, tmp_pat
     assert section.coords is None
     assert "compute the map again" in section.status.text()
     assert not section.label_button.isEnabled()
+
+
+def test_a_large_map_shows_every_particle_in_its_colour_and_the_lasso_still_selects(qtbot):
+    """From `_MANY_POINTS` on, the map draws grouped dots (fast) instead of a scatter:
+    every particle is still drawn once, in its colour, and a lasso selects the same ones."""
+    from napari_cryossl._widgets._map_canvas import _MANY_POINTS, MapCanvas
+
+    canvas = MapCanvas()
+    qtbot.addWidget(canvas)
+    n = _MANY_POINTS + 500
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(n, 2))
+    palette = np.array([[0.5, 0.5, 0.5, 0.5], [1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.75]])
+    kind = rng.integers(0, 3, n)
+    canvas.set_points(xy, palette[kind])
+    canvas.draw()
+    drawn = {}
+    for line in canvas.dots:
+        x, y = line.get_data()
+        rgba = tuple(np.round(np.asarray(line.get_color(), float), 3))
+        drawn[rgba] = drawn.get(rgba, 0) + len(x)
+        assert line.get_alpha() is None or line.get_alpha() == pytest.approx(rgba[3])
+    assert sum(drawn.values()) == n
+    assert drawn == {tuple(c): int((kind == k).sum()) for k, c in enumerate(palette)}
+    assert len(canvas.points.get_offsets()) == 0  # the scatter stays empty
+    square = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
+    inside = canvas.select_polygon(square)
+    expected = np.flatnonzero((np.abs(xy) < 1).all(axis=1))
+    assert set(inside.tolist()) == set(expected.tolist()) and len(expected) > 100
+    # recolouring regroups: all red now
+    canvas.set_colors(np.tile(palette[1], (n, 1)))
+    assert len(canvas.dots) == 1 and len(canvas.dots[0].get_data()[0]) == n
