@@ -157,7 +157,9 @@ def test_out_of_memory_halves_the_batch_and_still_returns_every_row(classifier):
     handle = classifier.encoder.register_forward_pre_hook(fail_when_large)
     try:
         items = list(
-            iter_predict(classifier, data, batch_size=8, device="cpu", class_numbers=CLASSES)
+            iter_predict(
+                classifier, data, batch_size=8, device="cpu", class_numbers=CLASSES, amp=False
+            )
         )
     finally:
         handle.remove()
