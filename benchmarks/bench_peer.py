@@ -4,8 +4,10 @@ Times the classifiers that ``predict`` runs (``rb3d`` and ``rb3d-small`` at 32^3
 TomoTwin's SiameseNet3D (Rice et al. 2023, 37^3 boxes; the network as TomoTwin builds it:
 ``SiameseNet3D(norm_name="GroupNorm", norm_kwargs={"num_groups": 64},
 output_channels=32).get_model()``), a peer's 3D CNN doing the same kind of work. Same
-process, same device, same batch (16), random input, ``torch.inference_mode``; bf16
-autocast on CUDA, float32 on the CPU. FLOPs are counted for every network alike with
+process, same device, same batch (16), random input, ``torch.inference_mode``, in the
+layout and precision ``predict`` uses on the device (``devices.memory_format``,
+``devices.amp_dtype``: channels-last; bfloat16 autocast on CUDA and on CPUs with native
+bfloat16, else float32), ours with Conv+BatchNorm fused as ``predict`` runs them. FLOPs are counted for every network alike with
 ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add of every convolution and
 matrix product).
 
@@ -80,13 +82,15 @@ def build_networks(names: list[str]) -> tuple[list[Net], str | None]:
     return nets, missing
 
 
-def count_gflop(model, x) -> float:
+def count_gflop(model, x, device, dtype) -> float:
     """GFLOP of one forward pass per subtomogram, by ``FlopCounterMode``."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from napari_cryossl.devices import autocast
+
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
+    with torch.inference_mode(), counter, autocast(device, dtype):
         model(x)
     return counter.get_total_flops() / x.shape[0] / 1e9
 
@@ -110,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_cryossl.devices import amp_dtype, autocast, describe, select_device
+    from napari_cryossl.devices import (
+        amp_dtype,
+        autocast,
+        describe,
+        memory_format,
+        select_device,
+        to_device,
+    )
+    from napari_cryossl.models import for_inference
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,12 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no network to time")
     load_before = os.getloadavg()
     generator = torch.Generator().manual_seed(0)
+    layout = memory_format(device)
     for net in nets:
-        net.model = net.model.to(device).eval()
         net.params_m = sum(p.numel() for p in net.model.parameters()) / 1e6
+        # ours as `predict` runs them (Conv+BatchNorm fused); every network in the layout
+        # and precision `predict` uses on this device
+        model = net.model.eval() if net.name == PEER else for_inference(net.model, dtype)
+        net.model = model.to(device, memory_format=layout)
         net.x = torch.randn(args.batch, 1, net.box, net.box, net.box, generator=generator)
-        net.x = net.x.to(device)
-        net.gflop = count_gflop(net.model, net.x)
+        net.x = to_device(net.x, device)
+        net.gflop = count_gflop(net.model, net.x, device, dtype)
 
     def call(net: Net):
         with autocast(device, dtype):

@@ -65,7 +65,8 @@ def reference(model, data):
 @pytest.mark.parametrize("batch_size", [1, 4, 64])
 def test_predictions_match_a_direct_forward_pass_in_input_order(classifier, checkpoint, batch_size):
     data = SubtomogramSet.from_arrays(volumes(), voxel_size=10.0)
-    pred = predict(checkpoint, data, batch_size=batch_size, device="cpu")
+    # float32 (amp off): the same arithmetic as the direct pass, up to rounding
+    pred = predict(checkpoint, data, batch_size=batch_size, device="cpu", amp=False)
     prob, emb = reference(classifier, data)
     np.testing.assert_allclose(pred.probabilities, prob, atol=1e-5)
     np.testing.assert_allclose(pred.embeddings, emb, atol=1e-4, rtol=1e-4)
@@ -77,6 +78,29 @@ def test_predictions_match_a_direct_forward_pass_in_input_order(classifier, chec
     assert pred.classes.tolist() == CLASSES
     assert pred.class_names == ["ribosome", "proteasome", "membrane"]
     assert np.ptp(pred.probabilities[:, 0]) > 0.05  # rows differ, so the order is checked
+
+
+def test_bfloat16_on_the_cpu_gives_the_float32_classes(monkeypatch, tmp_path):
+    """Where the CPU has native bfloat16 the default (amp on) predicts in bfloat16; the
+    classes and confidences must be those of float32 (forced on here, so the check runs
+    on any CPU)."""
+    monkeypatch.setenv("CRYOSSL_CPU_BF16", "1")
+    torch.manual_seed(1)
+    model = Classifier(build_encoder("rb3d-small", BOX), len(CLASSES))
+    for module in model.modules():  # running statistics as after training
+        if isinstance(module, torch.nn.BatchNorm3d | torch.nn.BatchNorm1d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / "small.pt"
+    state = checkpoint_state(model.eval(), voxel_size=10.0, class_numbers=CLASSES, epoch=1)
+    save_checkpoint(path, state)
+    data = SubtomogramSet.from_arrays(volumes(64, seed=3), voxel_size=10.0)
+    low = predict(path, data, device="cpu", tta=1)
+    full = predict(path, data, device="cpu", tta=1, amp=False)
+    assert np.ptp(full.probabilities[:, 0]) > 0.05  # the boxes give different answers
+    agree = (low.class_numbers == full.class_numbers).mean()
+    assert agree >= 0.9, agree
+    np.testing.assert_allclose(low.probabilities, full.probabilities, atol=0.05)
 
 
 def test_iter_predict_reports_progress_then_the_result(checkpoint):
@@ -133,7 +157,9 @@ def test_out_of_memory_halves_the_batch_and_still_returns_every_row(classifier):
     handle = classifier.encoder.register_forward_pre_hook(fail_when_large)
     try:
         items = list(
-            iter_predict(classifier, data, batch_size=8, device="cpu", class_numbers=CLASSES)
+            iter_predict(
+                classifier, data, batch_size=8, device="cpu", class_numbers=CLASSES, amp=False
+            )
         )
     finally:
         handle.remove()

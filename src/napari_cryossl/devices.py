@@ -7,10 +7,12 @@ One place decides how the training and inference loops use the hardware, so that
   Under ``torchrun`` "auto" and "cuda" mean ``cuda:$LOCAL_RANK`` (one GPU per process).
   Apple's MPS is not used: 3D convolutions and 3D grid sampling are incomplete there.
 - Mixed precision (``autocast``): bfloat16 on GPUs that support it (Ampere and newer),
-  else float16 with a gradient scaler; plain float32 on the CPU, where autocast to
-  bfloat16 makes 3D convolutions slower, not faster.
-- ``channels_last_3d`` memory layout on CUDA: cuDNN's fastest 3D-convolution kernels
-  for reduced precision want NDHWC tensors.
+  else float16 with a gradient scaler. On the CPU bfloat16 only where the processor
+  computes it natively (AVX512-BF16 or AMX: oneDNN then runs 3D convolutions about twice
+  as fast, docs/benchmarks.md); elsewhere float32, where bfloat16 would be emulated and
+  slower.
+- ``channels_last_3d`` memory layout: cuDNN's fastest 3D-convolution kernels want NDHWC
+  tensors, and so do oneDNN's on the CPU (1.3-1.5x for both presets, measured).
 - Host-to-device copies from pinned memory with ``non_blocking=True``, so the copy of
   batch k+1 overlaps the computation of batch k.
 - A CUDA out-of-memory error becomes ``DeviceOutOfMemoryError`` with a message that
@@ -32,6 +34,8 @@ __all__ = [
     "InputError",
     "amp_dtype",
     "autocast",
+    "channels_last_format",
+    "cpu_has_native_bf16",
     "describe",
     "empty_cache",
     "is_out_of_memory",
@@ -132,11 +136,30 @@ def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
     """Reduced-precision dtype for autocast on ``device``, or None for float32.
 
     bfloat16 where the GPU supports it (same range as float32: no loss scaling needed),
-    else float16. None on the CPU.
+    else float16. On the CPU bfloat16 where the processor has native bfloat16
+    arithmetic (``cpu_has_native_bf16``), else None.
     """
-    if not enabled or device.type != "cuda":
+    if not enabled:
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_native_bf16() else None
+    if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), as oneDNN
+    sees it. ``CRYOSSL_CPU_BF16=0`` turns CPU bfloat16 off, ``=1`` forces it on."""
+    forced = os.environ.get("CRYOSSL_CPU_BF16", "").strip()
+    if forced in {"0", "1"}:
+        return forced == "1"
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        )
+    except (AttributeError, RuntimeError):  # private helpers moved in another release
+        return False
 
 
 @contextlib.contextmanager
@@ -160,8 +183,17 @@ def make_grad_scaler(device: torch.device, dtype: torch.dtype | None):
 
 
 def memory_format(device: torch.device) -> torch.memory_format:
-    """``channels_last_3d`` on CUDA (cuDNN's fast NDHWC kernels), else contiguous."""
-    return torch.channels_last_3d if device.type == "cuda" else torch.contiguous_format
+    """``channels_last_3d`` on CUDA and the CPU (cuDNN's and oneDNN's fast NDHWC
+    kernels), else contiguous."""
+    return channels_last_format() if device.type in {"cuda", "cpu"} else torch.contiguous_format
+
+
+def channels_last_format() -> torch.memory_format:
+    """``channels_last_3d``, unless ``CRYOSSL_CHANNELS_LAST=0`` asks for the contiguous
+    layout (to compare the two)."""
+    if os.environ.get("CRYOSSL_CHANNELS_LAST", "").strip() == "0":
+        return torch.contiguous_format
+    return torch.channels_last_3d
 
 
 def to_device(
@@ -172,14 +204,15 @@ def to_device(
     Args:
         x: CPU tensor; pin it (``DataLoader(pin_memory=True)`` does) for an async copy.
         device: target device.
-        channels_last: use ``channels_last_3d`` (5D tensors only); None: on CUDA.
+        channels_last: use ``channels_last_3d`` (5D tensors only); None: as
+            ``memory_format(device)`` says.
 
     Returns:
         The tensor on ``device``.
     """
     out = x.to(device, non_blocking=x.is_pinned())
     if channels_last is None:
-        channels_last = device.type == "cuda"
+        channels_last = memory_format(device) == torch.channels_last_3d
     if channels_last and out.ndim == 5:
         out = out.contiguous(memory_format=torch.channels_last_3d)
     return out

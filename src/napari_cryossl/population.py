@@ -92,28 +92,32 @@ def iter_embed_particles(
     import torch
 
     from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
-    from napari_cryossl.devices import select_device
+    from napari_cryossl.devices import amp_dtype, autocast, memory_format, select_device, to_device
+    from napari_cryossl.models import for_inference
     from napari_cryossl.status import TrainStatus
 
     t0 = time.perf_counter()
     device = select_device(device)
     if isinstance(model_or_checkpoint, torch.nn.Module):
-        encoder = model_or_checkpoint.to(device).eval()
+        encoder = model_or_checkpoint
     else:
         state = (
             model_or_checkpoint
             if isinstance(model_or_checkpoint, dict)
             else load_checkpoint(model_or_checkpoint, box_size=data.box_size)
         )
-        encoder = encoder_from_checkpoint(state).to(device).eval()
+        encoder = encoder_from_checkpoint(state)
+    dtype = amp_dtype(device)
+    encoder = for_inference(encoder, dtype).to(device, memory_format=memory_format(device))
     b, n, step = int(encoder.box_size), len(data), max(int(batch_size), 1)
     n_steps = max(math.ceil(n / step), 1)
     out = []
     for k, start in enumerate(range(0, n, step)):
         idx = np.arange(start, min(start + step, n))
         x = torch.from_numpy(np.asarray(data.load(idx), dtype=np.float32))
-        with torch.inference_mode():  # per batch: never left on while suspended
-            out.append(encoder(x.reshape(len(idx), 1, b, b, b).to(device)).float().cpu().numpy())
+        with torch.inference_mode(), autocast(device, dtype):  # per batch, not while suspended
+            x = to_device(x.reshape(len(idx), 1, b, b, b), device)
+            out.append(encoder(x).float().cpu().numpy())
         yield TrainStatus(
             stage="embed", epoch=0, n_epochs=1, step=k + 1, n_steps=n_steps, loss=None,
             metrics={"particles": int(idx[-1]) + 1}, elapsed_s=time.perf_counter() - t0,

@@ -8,9 +8,11 @@ a progress bar or a napari ``thread_worker``, and the ``Predictions`` last.
 How the hardware is used (see ``devices.py``): batches are loaded by a ``DataLoader``
 (worker processes for file- or tomogram-backed sets when ``num_workers`` > 0), into
 pinned memory on CUDA, copied with ``non_blocking=True``, and run under
-``torch.inference_mode`` with autocast (bfloat16/float16) and the ``channels_last_3d``
-layout on GPUs. When the GPU runs out of memory the batch is split in halves and
-retried, down to one particle, before giving up with a clear message.
+``torch.inference_mode`` on a copy of the classifier with Conv+BatchNorm fused
+(``models.for_inference``), in the ``channels_last_3d`` layout, with autocast to
+bfloat16/float16 on GPUs and to bfloat16 on CPUs that compute it natively. When the GPU
+runs out of memory the batch is split in halves and retried, down to one particle,
+before giving up with a clear message.
 
 Under torchrun each rank classifies a contiguous share of the particles (no padding,
 so nothing is counted twice) and rank 0 gathers them back into the input order; the
@@ -229,7 +231,8 @@ def iter_predict(
         batch_size: particles loaded per step (halved automatically on GPU OOM).
         device: "auto", "cpu", "cuda", "cuda:N" or a ``torch.device``.
         num_workers: DataLoader worker processes (useful for file- or tomogram-backed sets).
-        amp: autocast to bfloat16/float16 on CUDA (ignored on the CPU).
+        amp: autocast to bfloat16/float16 on CUDA, to bfloat16 on CPUs with native
+            bfloat16 (``devices.amp_dtype``); False: float32.
         class_numbers: class number of each output for a bare ``Classifier``.
         check_voxel_size: refuse data at another voxel size than the checkpoint's.
         distributed: a ``distributed.DistributedContext``; None detects torchrun.
@@ -260,6 +263,7 @@ def iter_predict(
         to_device,
     )
     from napari_cryossl.distributed import DistributedContext
+    from napari_cryossl.models import for_inference
 
     if int(batch_size) < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")
@@ -276,8 +280,8 @@ def iter_predict(
             else "classifier"
         )
         _check_voxel_size(state, data, where)
-    model = model.to(dev, memory_format=memory_format(dev)).eval()
     dtype = amp_dtype(dev, amp)
+    model = for_inference(model, dtype).to(dev, memory_format=memory_format(dev))
     if tta is None:
         tta = int(((state or {}).get("config") or {}).get("tta") or 1)
     if int(tta) < 1:

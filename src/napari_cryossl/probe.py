@@ -27,21 +27,25 @@ class ProbeResult:
 
 
 def embed(encoder, data, batch_size: int = 64) -> np.ndarray:
-    """(N, F) float32 embeddings of every subtomogram of `data`, in eval mode.
+    """(N, F) float32 embeddings of every subtomogram of `data`, in eval mode (on a fused
+    copy of the encoder: the one given keeps its mode).
 
     Runs on the device the encoder's weights are on; returns a CPU array.
     """
     import torch
 
-    encoder = encoder.eval()
+    from napari_cryossl.devices import memory_format, to_device
+    from napari_cryossl.models import for_inference
+
     device = next(encoder.parameters()).device
+    encoder = for_inference(encoder).to(memory_format=memory_format(device))
     b = int(encoder.box_size)
     out = []
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             idx = np.arange(start, min(start + batch_size, len(data)))
             x = torch.from_numpy(np.asarray(data.load(idx), dtype=np.float32))
-            x = x.reshape(len(idx), 1, b, b, b).to(device)
+            x = to_device(x.reshape(len(idx), 1, b, b, b), device)
             out.append(encoder(x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, encoder.feature_dim), np.float32)
 

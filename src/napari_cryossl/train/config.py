@@ -153,7 +153,8 @@ class PretrainConfig:
         device: "auto", "cpu", "cuda" or "cuda:N".
         seed: seeds weights, data order and augmentation.
         num_workers: DataLoader worker processes.
-        amp: mixed precision on CUDA.
+        amp: mixed precision (``devices.amp_dtype``): on CUDA, and bfloat16 on CPUs that
+            compute it natively.
         save_every: write the checkpoint every this many epochs (and always at the end
             and when stopped).
         augment: ``SubtomogramAugment`` arguments (None: the recipe's views).
