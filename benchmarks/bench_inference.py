@@ -26,9 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.devices import describe, select_device
+    from napari_cryossl.devices import (
+        amp_dtype,
+        autocast,
+        describe,
+        memory_format,
+        select_device,
+        to_device,
+    )
     from napari_cryossl.io import make_particle_table, open_tomogram, write_mrc
-    from napari_cryossl.models import Classifier, build_encoder, count_flops
+    from napari_cryossl.models import Classifier, build_encoder, count_flops, for_inference
     from napari_cryossl.predict import predict
 
     parser = argparse.ArgumentParser(
@@ -47,17 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     model = Classifier(build_encoder(args.preset, args.box), n_classes=10).to(device).eval()
     flops = count_flops(model, args.box)
 
-    # model alone, in-memory tensors on the device
-    x = torch.randn(args.batch_size, 1, args.box, args.box, args.box, device=device)
-    amp = device.type == "cuda"
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        model(x)  # warm-up
+    # model alone, in-memory tensors on the device, run as `predict` runs it (Conv+BN
+    # fused, the device's layout and autocast dtype)
+    dtype = amp_dtype(device)
+    fast = for_inference(model, dtype).to(device, memory_format=memory_format(device))
+    x = to_device(torch.randn(args.batch_size, 1, args.box, args.box, args.box), device)
+    with torch.inference_mode(), autocast(device, dtype):
+        fast(x)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
         n_batches = max(1, args.n // args.batch_size)
         t0 = time.perf_counter()
         for _ in range(n_batches):
-            model(x)
+            fast(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
         model_rate = n_batches * args.batch_size / (time.perf_counter() - t0)
@@ -88,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = e2e_rate / model_rate
     print(f"device: {describe()} ({platform.processor() or platform.machine()})")
-    print(f"preset {args.preset}, box {args.box}^3, batch {args.batch_size}, n {args.n}")
+    print(
+        f"preset {args.preset}, box {args.box}^3, batch {args.batch_size}, n {args.n}, "
+        f"{str(dtype or 'float32').removeprefix('torch.')}, {memory_format(device)}"
+    )
     print(f"FLOPs per subtomogram: {flops / 1e9:.2f} GFLOP")
     print(
         f"model alone: {model_rate:.1f} subtomograms/s ({model_rate * flops / 1e12:.3f} TFLOP/s achieved)"
