@@ -267,3 +267,37 @@ def test_peer_benchmark_times_ours_and_says_when_tomotwin_is_missing(tmp_path, m
     assert len(row["subtomograms_per_s"]) == 2 and min(row["subtomograms_per_s"]) > 0
     assert row["gflop_per_subtomogram"] > 0 and row["ratio_to_peer_gflops"] == []
     assert "| rb3d-small (32³) |" in (out / "peer.md").read_text()
+
+
+def _has_revision(rev: str) -> bool:
+    root = BENCH.parent
+    probe = subprocess.run(
+        ["git", "-C", str(root), "cat-file", "-e", f"{rev}:src/napari_cryossl/models.py"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+def test_speedup_benchmark_times_the_old_and_the_new_networks_on_the_same_work(tmp_path, capsys):
+    speedup = _load("bench_speedup")
+    if not _has_revision(speedup.BASELINE):
+        pytest.skip(f"this checkout lacks the baseline commit {speedup.BASELINE} (shallow clone)")
+    out = tmp_path / "speedup.json"
+    argv = ["--box", "16", "--infer-batch", "2", "--train-batch", "4", "--rounds", "1"]
+    assert speedup.main([*argv, "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["case"].split(",")[0] for r in result["rows"]] == [
+        "inference", "fine-tuning step", "MoCo pretraining step"
+    ]
+    assert all(r["old_s"] > 0 and r["new_s"] > 0 and r["speedup"] > 0 for r in result["rows"])
+    assert "| inference, batch 2 |" in capsys.readouterr().out
+
+
+def test_profile_script_prints_the_operators_of_each_case(capsys):
+    profile = _load("profile_networks")
+    argv = ["--box", "16", "--batch", "2", "--repeats", "1", "--top", "3", "--threads", "1"]
+    assert profile.main(argv) == 0
+    text = capsys.readouterr().out
+    for case in ("inference", "finetune", "moco"):
+        assert f"\n{case}: " in text
+    assert "convolution" in text  # a 3D CNN spends its time in convolutions
