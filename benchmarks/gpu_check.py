@@ -388,7 +388,7 @@ def stage_inference(ctx: Context) -> dict:
     import torch
 
     from napari_cryossl.devices import amp_dtype
-    from napari_cryossl.models import Classifier, build_encoder, count_flops
+    from napari_cryossl.models import Classifier, build_encoder, count_flops, for_inference
 
     s = ctx.sizes
     dtype = amp_dtype(ctx.device)
@@ -396,8 +396,10 @@ def stage_inference(ctx: Context) -> dict:
     rows, best_rows, notes = [], [], []
     for preset in s.presets:
         torch.manual_seed(0)
-        model = Classifier(build_encoder(preset, s.box), n_classes=10).to(ctx.device).eval()
+        model = Classifier(build_encoder(preset, s.box), n_classes=10)
         flops = count_flops(model, s.box)
+        # as `predict` runs it: Conv+BatchNorm fused, FC weights in the autocast dtype
+        model = for_inference(model, dtype).to(ctx.device)
         best = None
         for channels_last in (True, False):
             fmt_ = torch.channels_last_3d if channels_last else torch.contiguous_format
