@@ -7,7 +7,8 @@ and run the way that commit ran it: contiguous float32 tensors on the CPU, the m
 eval mode for inference. Today's code runs the way ``predict`` and ``train`` run it now:
 ``models.for_inference`` (Conv+BatchNorm fused), ``devices.memory_format`` and
 ``devices.amp_dtype`` (channels-last; bfloat16 where the CPU has it natively). Both get
-the same weights, the same boxes, the same augmentation and the same optimiser.
+the same weights, the same boxes, the same augmentation and the same optimiser (today's:
+the old MoCo step runs today's objective and fused Adam around the old encoder).
 
 The timing is interleaved (each round times every case in turn, old then new), so load
 from other work on the machine hits both alike; the table gives the median of the

@@ -174,10 +174,11 @@ class SSLObjective(nn.Module):
         lr = float(self.hparams["lr"])
         wd = float(self.hparams.get("weight_decay", 0.0))
         params = [p for p in self.parameters() if p.requires_grad or self._freezable(p)]
-        if name == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        if name == "adamw":
-            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        if name in {"adam", "adamw"}:
+            from napari_cryossl.devices import fused_adam
+
+            kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+            return kind(params, lr=lr, weight_decay=wd, fused=fused_adam(params))
         if name == "sgd":
             return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=0.9)
         if name == "lars":

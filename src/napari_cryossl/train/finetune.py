@@ -50,6 +50,7 @@ class _FinetuneJob(_Job):
         from napari_cryossl.devices import (
             InputError,
             amp_dtype,
+            fused_adam,
             make_grad_scaler,
             memory_format,
             select_device,
@@ -150,7 +151,7 @@ class _FinetuneJob(_Job):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if config.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(
-                params, lr=config.lr, weight_decay=config.weight_decay
+                params, lr=config.lr, weight_decay=config.weight_decay, fused=fused_adam(params)
             )
         else:
             self.optimizer = torch.optim.SGD(
