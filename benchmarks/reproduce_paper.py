@@ -631,6 +631,13 @@ def main(argv: list[str] | None = None) -> int:
         help="override the configuration's pretraining epochs (a longer pretraining "
         "stands for what a GPU affords)",
     )
+    parser.add_argument(
+        "--finetune-epochs",
+        type=int,
+        default=None,
+        help="override the configuration's fine-tuning epochs (the default recipe on a "
+        "GPU fine-tunes for 120)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         import torch
@@ -655,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = replace(cfg, head_init=args.head_init)
     if args.pretrain_epochs:
         cfg = replace(cfg, pretrain_epochs=args.pretrain_epochs)
+    if args.finetune_epochs:
+        cfg = replace(cfg, finetune_epochs=args.finetune_epochs)
     out = args.out or Path("benchmarks/out") / cfg.name
     rows = run_experiment(cfg, out, device=args.device, seed=args.seed)
     print(summarise(rows, out))
