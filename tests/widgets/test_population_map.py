@@ -55,6 +55,9 @@ def test_lasso_labels_the_particles_inside_and_undo_restores(dock, tomogram, tru
     n = len(xy)
     assert n == len(truth) and section.embeddings.shape[0] == n
     assert "random weights" in section.status.text()  # no encoder yet: said so
+    # the new map is painted: every particle a point with its colour (unlabelled: grey)
+    assert len(canvas.points.get_offsets()) == n
+    assert len(canvas.points.get_facecolors()) == n
 
     # a lasso around the left half of the map (by x), drawn on the canvas
     x_cut = float(np.median(xy[:, 0]))

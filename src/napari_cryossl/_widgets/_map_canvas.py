@@ -57,9 +57,12 @@ class MapCanvas(FigureCanvasQTAgg):
         self.set_mode("lasso")
 
     # drawing ------------------------------------------------------------------------
-    def set_points(self, xy: np.ndarray, colors: np.ndarray) -> None:
+    def set_points(self, xy: np.ndarray, colors: np.ndarray | None = None) -> None:
+        """New positions (and limits); ``colors=None`` leaves the painting to a
+        `set_colors` that follows, so a new map is painted once, not twice."""
         self.xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-        self._paint(colors)
+        if colors is not None:
+            self._paint(colors)
         if len(self.xy):
             lo, hi = self.xy.min(0), self.xy.max(0)
             pad = 0.05 * np.maximum(hi - lo, 1e-6)

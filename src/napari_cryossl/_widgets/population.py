@@ -281,7 +281,8 @@ class PopulationWidget(QWidget):
         self.selection = np.zeros(0, np.int64)
         self.suggestions, self.suggestion_pos = [], -1
         self._last_labels = None
-        self.canvas.set_points(coords, self._colors())
+        # positions now; the colours once, after the instant classifier (if any) has run
+        self.canvas.set_points(coords)
         n_groups = int(groups.max()) if len(groups) else 0
         self.cluster_choice.setRange(1, max(n_groups, 1))
         self._watch_points_layer()
@@ -289,7 +290,7 @@ class PopulationWidget(QWidget):
         self.status.info(
             f"{len(coords)} particles mapped ({method.upper()}, {n_groups} clusters){note}"
         )
-        self._on_particles_changed()
+        self._on_particles_changed()  # predicts instantly and paints the points
         self._update_ready()
 
     def _on_finished(self) -> None:
