@@ -39,14 +39,26 @@ class WorkerRunner:
         worker.finished.connect(lambda w=worker: self._done(w))
         if len(self._workers) == 1:
             self._on_busy(True)
-        QTimer.singleShot(0, worker.start)
+        # a worker quit before its turn (the dock closed at once) never starts
+        QTimer.singleShot(0, lambda: None if worker.abort_requested else worker.start())
 
     def _done(self, worker) -> None:
         self._workers.discard(worker)
         if not self._workers:
             self._on_busy(False)
 
-    def quit_all(self) -> None:
-        """Ask every running worker to stop (generators close and write their checkpoint)."""
-        for worker in list(self._workers):
+    def quit_all(self, wait_ms: int = 30_000) -> bool:
+        """Ask every running worker to stop (generators close and write their checkpoint)
+        and wait up to `wait_ms` for their threads to end; False if one is still running.
+
+        Waiting matters when napari closes: a worker thread that outlives the Qt objects
+        it reports to (say, the device probe still importing torch) aborts the process.
+        """
+        from qtpy.QtCore import QThreadPool
+
+        workers = list(self._workers)
+        for worker in workers:
             worker.quit()
+        if not workers or wait_ms <= 0:
+            return True
+        return bool(QThreadPool.globalInstance().waitForDone(int(wait_ms)))

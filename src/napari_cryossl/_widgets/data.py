@@ -12,6 +12,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -70,7 +71,7 @@ class DataWidget(QWidget):
         layout.addLayout(form)
 
         layout.addWidget(QLabel("Project tomograms (click one to show it):"))
-        project_buttons = QHBoxLayout()
+        project_buttons = QGridLayout()
         self.add_files_button = QPushButton("Add tomograms…")
         self.add_files_button.setToolTip("Add several tomogram files to the project")
         self.add_folder_button = QPushButton("Add folder…")
@@ -86,10 +87,11 @@ class DataWidget(QWidget):
             "Add the tomograms of a copick project (config .json) with their picks as "
             "particles, classes named after its pickable objects (needs the [copick] extra)"
         )
-        for button in (self.add_files_button, self.add_folder_button, self.add_star_button):
-            project_buttons.addWidget(button)
+        # two by two: four labels in one row overflow a dock of napari's default width
+        for i, button in enumerate((self.add_files_button, self.add_folder_button,
+                                    self.add_star_button, self.add_copick_button)):
+            project_buttons.addWidget(button, i // 2, i % 2)
         layout.addLayout(project_buttons)
-        layout.addWidget(self.add_copick_button)
         self.project_list = QListWidget()
         self.project_list.setToolTip(
             "The tomograms of this session, with their particles and labels; each keeps its "

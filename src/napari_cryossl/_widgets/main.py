@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from qtpy.QtWidgets import QSizePolicy, QToolBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QSizePolicy, QStyle, QToolBox, QVBoxLayout, QWidget
 
 from napari_cryossl._widgets._session import get_session
 from napari_cryossl._widgets.data import DataWidget
@@ -57,7 +57,12 @@ class CryoSSLWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.toolbox)
-        self.setMinimumWidth(360)
+        # As wide as the widest section needs beside a vertical scroll bar: napari sizes a
+        # dock from its minimum width, and a narrower dock cuts buttons off at the right.
+        bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+        widest = max(self.toolbox.widget(i).minimumSizeHint().width()
+                     for i in range(self.toolbox.count()))
+        self.setMinimumWidth(max(360, widest + bar + 2 * self.toolbox.frameWidth() + 12))
         # Expanding: napari's dock then gives the sections the whole height.
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
         self.destroyed.connect(self.session.quit_workers)

@@ -103,16 +103,15 @@ class PopulationWidget(QWidget):
         self.panel = RunPanel("Compute map", resumable=False, plot=False)
         layout.addWidget(self.panel)
 
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Colour by:"))
+        # two rows: side by side, napari's styled combo boxes overflow a dock's width
+        view_form = QFormLayout()
         self.color_by = QComboBox()
         self.color_by.addItems(["labels", "predictions", "clusters"])
-        row.addWidget(self.color_by, 1)
-        row.addWidget(QLabel("Select:"))
+        view_form.addRow("Colour by:", self.color_by)
         self.select_mode = QComboBox()
         self.select_mode.addItems(["lasso", "rectangle"])
-        row.addWidget(self.select_mode, 1)
-        layout.addLayout(row)
+        view_form.addRow("Select:", self.select_mode)
+        layout.addLayout(view_form)
         self.canvas = MapCanvas(self)
         layout.addWidget(self.canvas, 1)
 
