@@ -317,6 +317,35 @@ def test_chunked_volume_slices_like_numpy(tmp_path, volume):
     assert clone._cached_bytes == 0 and clone.cache_bytes == data.cache_bytes
 
 
+def test_a_chunk_is_decoded_only_after_the_cache_made_room_for_it(tmp_path, volume):
+    """RAM budget: the cache plus the chunk being decoded stay within ``cache_bytes``, so a
+    tomogram in large chunks (the Data Portal's 256³) is never held twice over."""
+    array = zarr.open_array(
+        str(tmp_path / "a.zarr"), mode="w", shape=volume.shape, chunks=(8, 16, 16), dtype="f4"
+    )
+    array[...] = volume
+    chunk_bytes = 8 * 16 * 16 * 4
+    data = ChunkedVolume(array, cache_bytes=3 * chunk_bytes)
+    held_while_decoding = []
+
+    class Watched:  # the zarr array, reporting what the cache holds at each decode
+        shape, dtype, chunks = array.shape, array.dtype, array.chunks
+
+        def __getitem__(self, key):
+            held_while_decoding.append(data._cached_bytes)
+            return array[key]
+
+    data.array = Watched()
+    rng = np.random.default_rng(0)
+    for _ in range(30):  # boxes all over the volume: chunks come and go
+        z, y, x = (int(rng.integers(0, s - 6)) for s in volume.shape)
+        np.testing.assert_array_equal(
+            data[z : z + 6, y : y + 6, x : x + 6], volume[z : z + 6, y : y + 6, x : x + 6]
+        )
+    assert len(held_while_decoding) > 3  # the cache did fill and turn over
+    assert max(held_while_decoding) + chunk_bytes <= data.cache_bytes
+
+
 def test_decoded_chunks_are_kept_for_the_next_boxes(tmp_path, ome_zarr_writer, volume):
     """Once read, a box's chunks come from the cache: the files are not read again."""
     from napari_cryossl.extract import extract_subtomograms

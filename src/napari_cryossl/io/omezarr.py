@@ -95,8 +95,8 @@ class ChunkedVolume:
     eight 64 MiB chunks for one 32³ box in 256³ chunks) and decodes them again for the next
     box. Here every region is assembled chunk by chunk, so at most one chunk is being decoded
     at a time, and the decoded chunks stay in a least-recently-used cache of at most
-    ``cache_bytes`` (regions that overlap more chunks than the cache holds, and strided reads,
-    go around it). The voxels are exactly zarr's. Thread-safe; pickles without its cache.
+    ``cache_bytes``, counting the chunk being decoded (strided reads go around it). The
+    voxels are exactly zarr's. Thread-safe; pickles without its cache.
 
     Attributes:
         array: the underlying ``zarr.Array``.
@@ -151,8 +151,9 @@ class ChunkedVolume:
             range(a // c, (b - 1) // c + 1)
             for a, b, c in zip(starts, stops, self.chunks, strict=True)
         ]
-        n_chunks = int(np.prod([len(g) for g in grid]))
-        cached = all(k == 1 for k in steps) and n_chunks * self._chunk_bytes <= self.cache_bytes
+        # every chunk through the cache (each copied out at once, so a region may span more
+        # chunks than the cache holds); strided reads (thumbnails) go around it
+        cached = all(k == 1 for k in steps) and self._chunk_bytes <= self.cache_bytes
         for chunk in itertools.product(*grid):
             # the part of the request inside this chunk: voxels a..b (stepping from `starts`)
             src, dst = [], []
@@ -195,15 +196,24 @@ class ChunkedVolume:
             slice(c * e, min((c + 1) * e, s))
             for c, e, s in zip(chunk, self.chunks, self.shape, strict=True)
         )
+        with self._lock:
+            # Make room before decoding, not after: the decoded chunk and zarr's transient
+            # buffers then never sit beside a full cache (with 256³ chunks of 64 MiB that
+            # is the difference between meeting a RAM budget and missing it).
+            self._evict_for(self._chunk_bytes)
         block = np.asarray(self.array[region])
         with self._lock:
             if chunk not in self._cache and block.nbytes <= self.cache_bytes:
-                while self._cached_bytes + block.nbytes > self.cache_bytes:
-                    _, old = self._cache.popitem(last=False)
-                    self._cached_bytes -= old.nbytes
+                self._evict_for(block.nbytes)
                 self._cache[chunk] = block
                 self._cached_bytes += block.nbytes
         return block
+
+    def _evict_for(self, nbytes: int) -> None:
+        """Drop the least recently used chunks until `nbytes` more fit (lock held)."""
+        while self._cache and self._cached_bytes + nbytes > self.cache_bytes:
+            _, old = self._cache.popitem(last=False)
+            self._cached_bytes -= old.nbytes
 
     def _normalise(self, key) -> tuple[list[slice], tuple]:
         """Basic indexing (ints, slices with positive steps, Ellipsis) as one slice per axis
