@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QScrollArea
-
+from napari_cryossl._widgets._common import enclosing_scroll_area
 from napari_cryossl._widgets.main import SECTIONS
 
 
@@ -16,9 +15,7 @@ def test_every_section_fits_the_docks_width_without_a_horizontal_scroll_bar(
     for attr, title, _cls in SECTIONS:
         section = dock.show_section(attr)
         qtbot.wait(50)  # the layout settles, the scroll bars follow
-        area = section.parent()
-        while area is not None and not isinstance(area, QScrollArea):
-            area = area.parent()
+        area = enclosing_scroll_area(section)
         assert area is not None
         assert section.minimumSizeHint().width() <= area.viewport().width(), title
         assert area.horizontalScrollBar().maximum() == 0, title  # nothing hidden at the right

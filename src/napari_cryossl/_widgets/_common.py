@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSizePolicy,
     QVBoxLayout,
     QWidget,
@@ -82,6 +83,14 @@ def set_path_label(label, path, empty: str = "none yet") -> None:
     parts = path.parts
     label.setText(str(path) if len(parts) <= 3 else "…/" + "/".join(parts[-2:]))
     label.setToolTip(str(path))
+
+
+def enclosing_scroll_area(widget) -> QScrollArea | None:
+    """The scroll area a dock section sits in (QToolBox gives each its own), or None."""
+    parent = widget.parent()
+    while parent is not None and not isinstance(parent, QScrollArea):
+        parent = parent.parent()
+    return parent
 
 
 def format_duration(seconds: float) -> str:

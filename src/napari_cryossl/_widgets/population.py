@@ -39,7 +39,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error
+from napari_cryossl._widgets._common import (
+    RunPanel,
+    StatusLine,
+    enclosing_scroll_area,
+    notify_error,
+)
 from napari_cryossl._widgets._map_canvas import MapCanvas
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import generator_worker
@@ -527,7 +532,7 @@ class PopulationWidget(QWidget):
     # gallery ----------------------------------------------------------------------
     def _visible_width(self) -> int:
         """The width the dock shows of this section (its scroll area's viewport)."""
-        area = _enclosing_scroll_area(self)
+        area = enclosing_scroll_area(self)
         return area.viewport().width() if area is not None else self.width()
 
     def show_gallery(self, indices=None) -> int:
@@ -561,15 +566,6 @@ class PopulationWidget(QWidget):
             tile.clicked.connect(lambda _c=False, i=int(i): self.go_to(i))
             self.gallery_grid.addWidget(tile, k // columns, k % columns)
         return len(idx)
-
-
-def _enclosing_scroll_area(widget):
-    from qtpy.QtWidgets import QScrollArea
-
-    parent = widget.parent()
-    while parent is not None and not isinstance(parent, QScrollArea):
-        parent = parent.parent()
-    return parent
 
 
 def _slice_image(plane: np.ndarray) -> QImage:
