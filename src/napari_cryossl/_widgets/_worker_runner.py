@@ -53,6 +53,8 @@ class WorkerRunner:
 
         Waiting matters when napari closes: a worker thread that outlives the Qt objects
         it reports to (say, the device probe still importing torch) aborts the process.
+        The wait is on Qt's global thread pool, where napari runs every thread worker, so
+        it also covers other plugins' workers still running then; none is asked to quit.
         """
         from qtpy.QtCore import QThreadPool
 
