@@ -174,11 +174,14 @@ def map_2d(embeddings: np.ndarray, *, method: str = "auto", seed: int = 0) -> tu
             # UMAP's neighbour search on the leading 50 components: the same map, several
             # times faster than on hundreds of features (the usual practice).
             # 200 layout epochs (UMAP's own choice above 10,000 points; 500 below)
+            pcs = principal_components(x, 50).astype(np.float32)
+            k = min(15, n - 1)
             reducer = umap.UMAP(
-                n_components=2, random_state=int(seed), n_neighbors=min(15, n - 1),
+                n_components=2, random_state=int(seed), n_neighbors=k,
                 n_epochs=200 if n > 2000 else None,
+                precomputed_knn=_exact_neighbours(pcs, k) if n <= EXACT_KNN_UNTIL else (None,) * 3,
             )
-            coords = reducer.fit_transform(principal_components(x, 50))
+            coords = reducer.fit_transform(pcs)
             return coords.astype(np.float32), "umap"
     if n == 0:
         return np.zeros((0, 2), np.float32), "pca"
@@ -186,6 +189,23 @@ def map_2d(embeddings: np.ndarray, *, method: str = "auto", seed: int = 0) -> tu
     if coords.shape[1] < 2:
         coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
     return coords.astype(np.float32), "pca"
+
+
+#: ``map_2d`` finds UMAP's neighbours exactly (scikit-learn, brute force on 50
+#: components) up to this many particles, and leaves larger sets to UMAP's approximate
+#: search (pynndescent). Exact is better, and faster where it counts: pynndescent's numba
+#: functions compile on their first call of each process, about 30 s on a 2-core CPU,
+#: while the exact search of 10,000 particles takes 0.3 s (docs/benchmarks.md).
+EXACT_KNN_UNTIL = 50_000
+
+
+def _exact_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, distances) of each point's ``k`` nearest neighbours, itself first, in the
+    form UMAP's ``precomputed_knn`` takes."""
+    from sklearn.neighbors import NearestNeighbors
+
+    distances, indices = NearestNeighbors(n_neighbors=k).fit(points).kneighbors(points)
+    return indices.astype(np.int32), distances.astype(np.float32)
 
 
 def principal_components(x: np.ndarray, k: int) -> np.ndarray:
