@@ -37,6 +37,7 @@ __all__ = [
     "embed_particles",
     "iter_embed_particles",
     "map_2d",
+    "map_and_cluster",
     "suggest",
 ]
 
@@ -261,6 +262,16 @@ def cluster(
         ).fit_predict(coords)
         return labels.astype(np.int64) + 1  # -1 (noise) -> 0
     raise ValueError(f"cluster method must be 'kmeans', 'hdbscan' or 'auto', got {method!r}")
+
+
+def map_and_cluster(
+    embeddings: np.ndarray, *, method: str = "auto", n_clusters: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, str, np.ndarray]:
+    """``map_2d`` and ``cluster`` of the same embeddings, in one call (the dock runs it in
+    its helper process): ((N, 2) coordinates, the map method used, (N,) cluster numbers)."""
+    coords, used = map_2d(embeddings, method=method, seed=seed)
+    return coords, used, cluster(embeddings, n_clusters=n_clusters, seed=seed)
 
 
 @dataclass

@@ -169,3 +169,16 @@ def test_a_large_map_shows_every_particle_in_its_colour_and_the_lasso_still_sele
     # recolouring regroups: all red now
     canvas.set_colors(np.tile(palette[1], (n, 1)))
     assert len(canvas.dots) == 1 and len(canvas.dots[0].get_data()[0]) == n
+
+
+def test_the_map_is_computed_in_a_helper_process_that_closing_the_dock_stops(
+    dock, tomogram, truth, tmp_path, qtbot
+):
+    """UMAP's numba code and HDBSCAN hold the GIL for long stretches: the dock runs them in
+    a helper process (kept warm between maps), which must not outlive the dock."""
+    viewer, widget, session, section = _mapped(dock, tomogram, truth, tmp_path, qtbot)
+    process = section.helper._process
+    assert process is not None and process.is_alive()
+    viewer.window.remove_dock_widget(widget)
+    widget.deleteLater()
+    qtbot.waitUntil(lambda: not process.is_alive(), timeout=10_000)

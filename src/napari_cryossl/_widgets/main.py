@@ -66,6 +66,8 @@ class CryoSSLWidget(QWidget):
         # Expanding: napari's dock then gives the sections the whole height.
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
         self.destroyed.connect(self.session.quit_workers)
+        helper = self.population.helper  # not a bound method: the section dies with the dock
+        self.destroyed.connect(lambda *_: helper.close())
 
     def show_section(self, attr: str) -> QWidget:
         """Open the section named `attr` (e.g. "labelling") and return its widget."""

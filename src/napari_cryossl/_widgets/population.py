@@ -45,6 +45,7 @@ from napari_cryossl._widgets._common import (
     enclosing_scroll_area,
     notify_error,
 )
+from napari_cryossl._widgets._helper_process import HelperProcess
 from napari_cryossl._widgets._map_canvas import MapCanvas
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import generator_worker
@@ -82,6 +83,7 @@ class PopulationWidget(QWidget):
         self._updating = False
         self._watched_layer = None
         self.instant_seconds = float("nan")
+        self.helper = HelperProcess()  # maps and clusters off the GIL (started on first map)
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
@@ -234,7 +236,7 @@ class PopulationWidget(QWidget):
             from napari_cryossl.checkpoints import load_checkpoint
             from napari_cryossl.dataset import SubtomogramSet
             from napari_cryossl.models import build_encoder
-            from napari_cryossl.population import cluster, iter_embed_particles, map_2d
+            from napari_cryossl.population import iter_embed_particles, map_and_cluster
 
             if model is not None:
                 source = load_checkpoint(model)
@@ -250,12 +252,16 @@ class PopulationWidget(QWidget):
                     embeddings = item
                 else:
                     yield item
-            coords, used = map_2d(embeddings, method=method)
-            groups = cluster(embeddings, n_clusters=n_clusters)
+            yield f"mapping and clustering {len(embeddings)} particles…"
+            # in the helper process: HDBSCAN and UMAP's numba code hold the GIL for
+            # hundreds of milliseconds, which would freeze the viewer from this thread
+            coords, used, groups = yield from self.helper.call(
+                map_and_cluster, embeddings, method=method, n_clusters=n_clusters
+            )
             return embeddings, coords, used, groups, zyx
 
         worker = generator_worker(job)
-        worker.yielded.connect(self.panel.update_status)
+        worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_result)
         worker.errored.connect(lambda exc: self.status.error(notify_error(exc)))
         worker.finished.connect(self._on_finished)
@@ -266,9 +272,19 @@ class PopulationWidget(QWidget):
         self.session.start_worker(worker)
         return worker
 
+    def _on_progress(self, item) -> None:
+        if isinstance(item, str):
+            self.panel.reset(item)
+        elif item is not None:
+            self.panel.update_status(item)
+
     def cancel(self) -> None:
         if self.worker is not None:
             self.worker.quit()
+
+    def close_helper(self) -> None:
+        """Stop the helper process (the dock closes)."""
+        self.helper.close()
 
     def _on_result(self, result) -> None:
         if result is None:

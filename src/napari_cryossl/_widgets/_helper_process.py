@@ -1,0 +1,134 @@
+"""A helper process for CPU work that would freeze the viewer if run in a thread.
+
+Some library code holds Python's GIL for hundreds of milliseconds at a time, and a
+thread worker then freezes napari just as if it ran on the GUI thread. Measured while the
+dock computed a map of 10,000 particles (docs/benchmarks.md): scikit-learn's HDBSCAN
+(0.5 s without a release), numba compiling UMAP's functions on their first call
+(0.3 s), importing scikit-learn or pynndescent (0.15-0.27 s). In a separate process these
+hold another interpreter's GIL, and the viewer stays fluid.
+
+One process is started on first use (spawned: a clean interpreter, no Qt, no OpenGL)
+and kept, so that numba's compiled functions and the imported libraries stay warm for
+the next map. It is terminated when a call is cancelled (the work is abandoned; the
+next call starts a fresh one) and when the dock closes. Written here rather than with
+``multiprocessing.Pool`` or ``concurrent.futures``: a pool cannot be stopped mid-task
+without private attributes, and ``Pool`` waits forever when its process dies (say, out
+of memory), where this one reports it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+def _serve(conn) -> None:
+    """The helper's loop: run each (function, args, kwargs) received, send the outcome."""
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # the dock's end closed
+            return
+        if task is None:
+            return
+        fn, args, kwargs = task
+        try:
+            outcome = ("ok", fn(*args, **kwargs))
+        except BaseException as exc:  # sent back and raised on the dock's side
+            outcome = ("error", exc, traceback.format_exc())
+        try:
+            conn.send(outcome)
+        except Exception as exc:  # the result (or the error) does not pickle
+            conn.send(("error", RuntimeError(f"cannot send the result back: {exc}"), ""))
+
+
+class HelperProcessError(RuntimeError):
+    """The helper process ended before it answered (killed, out of memory, crashed)."""
+
+
+class HelperProcess:
+    """Runs picklable module-level functions in one kept child process, one at a time."""
+
+    def __init__(self) -> None:
+        self._process = None
+        self._conn = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def _ensure(self) -> None:
+        if self.running:
+            return
+        self.close()
+        context = multiprocessing.get_context("spawn")
+        here, there = context.Pipe()
+        process = context.Process(target=_serve, args=(there,), daemon=True,
+                                  name="napari-cryossl helper")
+        process.start()
+        there.close()
+        self._process, self._conn = process, here
+
+    def call(self, fn: Callable, *args, poll_s: float = 0.05, **kwargs) -> Iterator[None]:
+        """Run ``fn(*args, **kwargs)`` in the helper; a generator for a thread worker.
+
+        Yields None every ``poll_s`` seconds while the helper works (a napari generator
+        worker checks for cancel at each yield) and returns ``fn``'s result, as the value
+        of ``yield from``. ``fn``'s exception is raised here, with the helper's traceback
+        as its cause. Closing the generator before the answer (a cancel) terminates the
+        helper.
+        """
+        self._ensure()
+        conn, process = self._conn, self._process
+        conn.send((fn, args, kwargs))
+        answered = False
+        try:
+            while not conn.poll(poll_s):
+                if not process.is_alive():
+                    break
+                yield None
+            try:
+                outcome = conn.recv()
+            except (EOFError, OSError):  # its end of the pipe closed: it died
+                process.join(timeout=5)
+                raise HelperProcessError(
+                    f"the helper process ended before it answered (exit code "
+                    f"{process.exitcode}; out of memory?)"
+                ) from None
+            answered = True
+        finally:
+            if not answered:
+                self.close()
+        if outcome[0] == "ok":
+            return outcome[1]
+        _, exc, text = outcome
+        raise exc from (_RemoteTraceback(text) if text else None)
+
+    def run(self, fn: Callable, *args, **kwargs) -> Any:
+        """``call`` without the yields: wait for the answer."""
+        gen = self.call(fn, *args, **kwargs)
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+    def close(self) -> None:
+        """Stop the helper (at once: any work in progress is abandoned)."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            conn.close()
+        if process is not None:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
+
+
+class _RemoteTraceback(Exception):
+    """The helper's traceback, shown as the cause of the error it raised."""
+
+    def __str__(self) -> str:
+        return "\n" + str(self.args[0])
