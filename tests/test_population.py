@@ -82,14 +82,20 @@ def test_suggestions_are_unlabelled_uncertain_and_spread():
     p = np.sort(clf.predict_proba(x), axis=1)
     margin = p[:, -1] - p[:, -2]
     assert margin[chosen].mean() < margin[labels == 0].mean()
-    # typical (what "auto" does with few labels): unlabelled particles from the dense
-    # middle of the groups, not their uncertain fringes
-    typical = suggest(x, labels, 6)
-    np.testing.assert_array_equal(typical, suggest(x, labels, 6, strategy="typical"))
+    # typical: unlabelled particles from the dense middle of the groups, not their
+    # uncertain fringes
+    typical = suggest(x, labels, 6, strategy="typical")
     assert np.all(labels[typical] == 0) and len(set(typical.tolist())) == 6
     centre = np.array([x[y == c].mean(0) for c in (1, 2, 3)])
     own = np.linalg.norm(x - centre[y - 1], axis=1)
     assert own[typical].mean() < own[labels == 0].mean()
+    # auto (the default): typical candidates, the least certain of them, least certain first
+    auto = suggest(x, labels, 6)
+    candidates = suggest(x, labels, 18, strategy="typical")
+    assert len(auto) == 6 and set(auto.tolist()) <= set(candidates.tolist())
+    assert np.all(np.diff(margin[auto]) >= 0)
+    assert margin[auto].max() <= np.sort(margin[candidates])[5] + 1e-12
+    assert own[auto].mean() < own[labels == 0].mean()  # still typical, not fringe
     # without any label: one per group first
     first = suggest(x, np.zeros_like(y), 3)
     assert sorted(y[first].tolist()) == [1, 2, 3]

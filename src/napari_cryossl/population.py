@@ -12,11 +12,12 @@ population and spend each click where it teaches most:
 - ``InstantClassifier``: a logistic regression on the embeddings, refitted after each
   label in well under a second for 10,000 particles, so predictions follow the clicks
   before and between fine-tunings;
-- ``suggest``: the unlabelled particles worth labelling next: the least certain under
-  the instant classifier (smallest margin between its two most likely classes), spread
-  over the map by k-centre selection so that one click per region is spent, not ten on
-  one ambiguous cluster. With fewer than two labelled classes: k-centre only (cover the
-  population).
+- ``suggest``: the unlabelled particles worth labelling next. By default the typical
+  particles (TypiClust: the densest particle of each k-means group without a label) on
+  which the instant classifier is least certain (smallest margin between its two most
+  likely classes): representative picks, not outliers, spent where the classifier
+  still hesitates. "margin" (least certain, spread over the map by k-centre) and
+  "typical" alone are there too.
 
 GUI-free; the CLI's ``embed`` and ``suggest`` and the napari map are thin layers over it.
 """
@@ -68,9 +69,9 @@ class SuggestSettings:
     n: int = option(20, "how many particles to suggest", minimum=1)
     strategy: str = option(
         "auto",
-        "typical: the most typical particle of each group without a label (for few "
-        "labels); margin: the least certain, spread out; auto: typical up to 20 labels "
-        "per class, then margin",
+        "typical: the most typical particle of each group without a label; margin: the "
+        "least certain, spread out; auto: typical particles, the least certain of them "
+        "first (typical alone while one class has labels)",
         choices=("auto", "typical", "margin"),
     )
     device: str = device_option()
@@ -396,22 +397,23 @@ def _typical(x: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> list[i
     return chosen
 
 
-#: ``suggest(strategy="auto")`` picks typical particles (TypiClust) while fewer than this
-#: many labels per class exist, then uncertain ones (margin sampling spread by k-centre).
-#: TypiClust is the method for low budgets (a few to a few tens of labels per class);
-#: measured on the demo's complexes (docs/benchmarks.md) it led margin sampling at every
-#: budget up to 16 per class, the largest measured.
-TYPICAL_UNTIL_PER_CLASS = 20
+#: ``suggest(strategy="auto")`` draws this many typical candidates (TypiClust) per
+#: particle asked for and keeps the least certain of them under the instant classifier.
+#: With few labels every candidate is uncertain and auto is TypiClust; as the labels grow,
+#: the typical particles of groups the classifier already gets right are passed over for
+#: those of groups it hesitates on, with no threshold to switch at. Chosen (3, between 2
+#: and 5, which did alike) on two demo encoders and confirmed on a third
+#: (docs/benchmarks.md, "Suggestions vs random clicks").
+TYPICAL_CANDIDATES = 3
 
 
 def resolved_strategy(class_numbers, strategy: str = "auto") -> str:
-    """What ``suggest`` does for these labels: "typical" or "margin" ("auto" resolved)."""
+    """What ``suggest`` does for these labels: "typical", "margin" or "auto" ("auto" is
+    "typical" until two classes have labels: no classifier to be uncertain under)."""
     if strategy != "auto":
         return strategy
     labels = np.asarray(class_numbers, dtype=np.int64)
-    n_classes = len(np.unique(labels[labels > 0]))
-    few = int((labels > 0).sum()) < TYPICAL_UNTIL_PER_CLASS * max(n_classes, 1)
-    return "typical" if few or n_classes < 2 else "margin"
+    return "auto" if len(np.unique(labels[labels > 0])) >= 2 else "typical"
 
 
 def suggest(
@@ -432,8 +434,8 @@ def suggest(
             particles (margin sampling), so the suggestions are both uncertain and spread.
         strategy: "margin" (the least certain under the instant classifier, spread by
             k-centre), "typical" (TypiClust: typical particles of groups without a
-            label) or "auto" (typical while fewer than ``TYPICAL_UNTIL_PER_CLASS``
-            labels per labelled class, then margin).
+            label) or "auto" (``TYPICAL_CANDIDATES`` × n typical particles, the least
+            certain of them first).
 
     Returns:
         Row indices (int64), at most ``n``, none of them labelled.
@@ -449,13 +451,19 @@ def suggest(
         return np.zeros(0, np.int64)
     n_classes = len(np.unique(labels[labelled]))
     strategy = resolved_strategy(labels, strategy)
-    if strategy == "typical":
-        chosen = _typical(x, labels, n)
-        if len(chosen) < n:  # fewer uncovered groups than asked: spread the rest
+    if strategy in ("typical", "auto"):
+        want = n if strategy == "typical" else TYPICAL_CANDIDATES * n
+        chosen = _typical(x, labels, want)
+        if len(chosen) < want:  # fewer uncovered groups than asked: spread the rest
             rest = np.setdiff1d(unlabelled, chosen)
             chosen += _k_centre(x, rest, np.concatenate([labelled, chosen]).astype(np.int64),
-                                n - len(chosen))
-        return np.asarray(chosen[:n], dtype=np.int64)
+                                want - len(chosen))
+        chosen = np.asarray(chosen, dtype=np.int64)
+        if strategy == "auto" and len(chosen) > n:  # the least certain candidates first
+            p = InstantClassifier().fit(x, labels).predict_proba(x[chosen])
+            top2 = np.sort(p, axis=1)[:, -2:]
+            chosen = chosen[np.argsort(top2[:, 1] - top2[:, 0], kind="stable")]
+        return chosen[:n]
     pool = unlabelled
     if n_classes >= 2:
         p = InstantClassifier().fit(x, labels).predict_proba(x[unlabelled])

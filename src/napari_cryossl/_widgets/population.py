@@ -154,7 +154,8 @@ class PopulationWidget(QWidget):
         self.suggest_button = QPushButton("Suggest")
         self.suggest_button.setMinimumWidth(60)
         self.suggest_button.setToolTip(
-            "The unlabelled particles worth labelling next: least certain, spread out"
+            "The unlabelled particles worth labelling next: typical particles of the "
+            "groups the instant classifier is least certain about"
         )
         self.next_button = QToolButton()
         self.next_button.setText("Next ▶")

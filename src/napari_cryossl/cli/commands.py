@@ -286,6 +286,7 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     how = {
         "typical": "typical particles of groups without a label",
         "margin": "least certain, spread out",
+        "auto": "typical particles, the least certain first",
     }[resolved_strategy(labels, settings.strategy)]
     print(f"{len(chosen)} particles to label next ({how}) -> {args.out}")
     return 0
