@@ -78,3 +78,25 @@ def test_a_helper_that_dies_mid_call_is_reported_not_waited_for_forever():
                 pass
     finally:
         helper.close()
+
+
+def test_calls_from_two_threads_take_turns():
+    """The map and the suggestions may ask at once: each gets its own answer."""
+    import threading
+
+    helper = HelperProcess()
+    x, _ = _groups()
+    results = {}
+
+    def ask(name, n):
+        results[name] = helper.run(map_and_cluster, x[:n], method="pca")[0].shape
+
+    try:
+        threads = [threading.Thread(target=ask, args=(k, n)) for k, n in (("a", 60), ("b", 90))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert results == {"a": (60, 2), "b": (90, 2)}
+    finally:
+        helper.close()

@@ -117,9 +117,15 @@ def test_instant_predictions_follow_each_label_and_clicks_move_the_viewer(
     assert session.particles_layer.selected_data == {target}
 
     # suggestions: unlabelled particles only; Next steps the viewer through them
-    suggested = section.suggest(3)
+    worker = section.suggest(3)  # in the helper process, off the GUI thread
+    assert worker is not None and not section.suggest_button.isEnabled()
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    suggested = section.suggestions
+    assert section.suggest_button.isEnabled()
     labels = session.store.table["class_number"].to_numpy()
     assert suggested and all(labels[i] == 0 for i in suggested)
+    assert section.suggestion_pos == 0  # the viewer went to the first
     assert section.next_suggestion() == suggested[1 % len(suggested)]
 
     # a cluster becomes a class; the gallery shows the chosen particles

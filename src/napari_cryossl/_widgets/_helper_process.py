@@ -19,6 +19,7 @@ of memory), where this one reports it.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -49,11 +50,13 @@ class HelperProcessError(RuntimeError):
 
 
 class HelperProcess:
-    """Runs picklable module-level functions in one kept child process, one at a time."""
+    """Runs picklable module-level functions in one kept child process, one at a time
+    (calls from several threads take turns)."""
 
     def __init__(self) -> None:
         self._process = None
         self._conn = None
+        self._lock = threading.Lock()  # one call at a time (the map, the suggestions)
 
     @property
     def running(self) -> bool:
@@ -80,9 +83,15 @@ class HelperProcess:
         as its cause. Closing the generator before the answer (a cancel) terminates the
         helper.
         """
-        self._ensure()
-        conn, process = self._conn, self._process
-        conn.send((fn, args, kwargs))
+        while not self._lock.acquire(timeout=poll_s):  # another call runs: wait our turn
+            yield None
+        try:
+            self._ensure()
+            conn, process = self._conn, self._process
+            conn.send((fn, args, kwargs))
+        except BaseException:
+            self._lock.release()
+            raise
         answered = False
         try:
             while not conn.poll(poll_s):
@@ -101,6 +110,7 @@ class HelperProcess:
         finally:
             if not answered:
                 self.close()
+            self._lock.release()
         if outcome[0] == "ok":
             return outcome[1]
         _, exc, text = outcome

@@ -71,6 +71,7 @@ class PopulationWidget(QWidget):
         super().__init__(parent)
         self.session = session
         self.worker = None
+        self.suggest_worker = None
         self.embeddings: np.ndarray | None = None
         self.coords: np.ndarray | None = None
         self.clusters: np.ndarray | None = None
@@ -327,6 +328,8 @@ class PopulationWidget(QWidget):
             button.setEnabled(ready)
             if not ready:
                 button.setToolTip("compute the map first")
+        if self.suggest_worker is not None:
+            self.suggest_button.setEnabled(False)
         self.undo_button.setEnabled(bool(self.undo_stack))
         self.next_button.setEnabled(bool(self.suggestions))
 
@@ -517,22 +520,50 @@ class PopulationWidget(QWidget):
         return number
 
     # suggestions ------------------------------------------------------------------
-    def suggest(self, n: int | None = None) -> list[int]:
-        """The particles most worth labelling next; the viewer goes to the first."""
+    def suggest(self, n: int | None = None):
+        """Find the particles most worth labelling next, in the helper process (its
+        k-means takes about a second for 10,000 particles, too long for the GUI thread);
+        the viewer then goes to the first. Returns the worker (None if not started)."""
         from napari_cryossl.population import suggest
 
-        if self.embeddings is None:
-            return []
+        if self.embeddings is None or self.suggest_worker is not None:
+            return None
         labels = self.session.store.table["class_number"].to_numpy(dtype=np.int64)
         n = self.n_suggest.value() if n is None else int(n)
-        self.suggestions = [int(i) for i in suggest(self.embeddings, labels, n)]
+        embeddings, helper = self.embeddings, self.helper
+
+        def job():
+            chosen = yield from helper.call(suggest, embeddings, labels, n)
+            return embeddings, [int(i) for i in chosen]
+
+        worker = generator_worker(job)
+        worker.returned.connect(self._on_suggestions)
+        worker.errored.connect(lambda exc: self.status.error(notify_error(exc)))
+        worker.finished.connect(self._on_suggest_finished)
+        self.suggest_worker = worker
+        self.suggestion_label.setText("finding the particles worth labelling next…")
+        self._update_ready()
+        self.session.start_worker(worker)
+        return worker
+
+    def _on_suggestions(self, result) -> None:
+        if result is None:
+            return
+        embeddings, chosen = result
+        if embeddings is not self.embeddings:  # the map changed meanwhile
+            return
+        labels = self.session.store.table["class_number"].to_numpy(dtype=np.int64)
+        # a particle labelled while the helper worked is no suggestion any more
+        self.suggestions = [i for i in chosen if i < len(labels) and labels[i] <= 0]
         self.suggestion_pos = -1
         if not self.suggestions:
             self.suggestion_label.setText("every particle is labelled")
         else:
             self.next_suggestion()
+
+    def _on_suggest_finished(self) -> None:
+        self.suggest_worker = None
         self._update_ready()
-        return self.suggestions
 
     def next_suggestion(self) -> int | None:
         if not self.suggestions:
