@@ -1,11 +1,11 @@
 """A helper process for CPU work that would freeze the viewer if run in a thread.
 
 Some library code holds Python's GIL for hundreds of milliseconds at a time, and a
-thread worker then freezes napari just as if it ran on the GUI thread. Measured while the
-dock computed a map of 10,000 particles (docs/benchmarks.md): scikit-learn's HDBSCAN
-(0.5 s without a release), numba compiling UMAP's functions on their first call
-(0.3 s), importing scikit-learn or pynndescent (0.15-0.27 s). In a separate process these
-hold another interpreter's GIL, and the viewer stays fluid.
+thread worker then freezes napari just as if it ran on the GUI thread. Measured for
+10,000 particles (``benchmarks/bench_gil.py``, docs/benchmarks.md): scikit-learn's
+HDBSCAN (0.34-0.42 s without a release, every time), numba compiling UMAP's functions on
+their first call (0.45 s), importing scikit-learn or pynndescent (0.13-0.2 s). In a
+separate process these hold another interpreter's GIL, and the viewer stays fluid.
 
 One process is started on first use (spawned: a clean interpreter, no Qt, no OpenGL)
 and kept, so that numba's compiled functions and the imported libraries stay warm for
