@@ -301,3 +301,26 @@ def test_profile_script_prints_the_operators_of_each_case(capsys):
     for case in ("inference", "finetune", "moco"):
         assert f"\n{case}: " in text
     assert "convolution" in text  # a 3D CNN spends its time in convolutions
+
+
+def test_suggest_benchmark_reports_the_labels_needed_at_every_random_budget(tmp_path, capsys):
+    import torch
+
+    from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
+    from napari_cryossl.models import build_encoder
+
+    torch.manual_seed(0)
+    encoder = tmp_path / "encoder.pt"
+    save_checkpoint(encoder, checkpoint_state(build_encoder("rb3d-small", 16), voxel_size=20.0))
+    bench = _load("bench_suggest")
+    out = tmp_path / "suggest"
+    assert bench.main(["--encoder", str(encoder), "--structures", "apoferritin,GluA3-NTD",
+                       "--per-class", "20", "--rounds", "2", "--step", "2", "--runs", "1",
+                       "--threads", "1", "--out", str(out)]) == 0
+    result = json.loads((out / "suggest.json").read_text())
+    assert result["n_labels"] == [2, 4, 6]
+    for strategy in ("auto", "margin", "typical"):
+        needed = result["labels_to_reach_random_at_each_n"][strategy]
+        assert len(needed) == 3 and all(n is None or 2 <= n <= 6 for n in needed)
+        assert all(0.0 <= a <= 1.0 for a in result[strategy])
+    assert "labels needed for random's accuracy" in capsys.readouterr().out
