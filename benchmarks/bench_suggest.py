@@ -40,7 +40,9 @@ def loop(embeddings, truth, strategy: str, *, rounds: int, step: int, seed: int)
         clf = InstantClassifier().fit(embeddings, labels)
         rest = labels == 0
         predicted, _ = clf.predict(embeddings[rest])
-        curve.append((int((labels > 0).sum()), float((predicted == truth[rest]).mean())))
+        recall = [float((predicted[truth[rest] == c] == c).mean()) for c in np.unique(truth)]
+        curve.append((int((labels > 0).sum()), float((predicted == truth[rest]).mean()),
+                      float(np.mean(recall))))
         if strategy != "random":
             chosen = suggest(embeddings, labels, step, strategy=strategy)
         else:
@@ -56,6 +58,11 @@ def main(argv=None) -> int:
     p.add_argument("--per-class", type=int, default=250)
     p.add_argument("--snr", type=float, default=0.5)
     p.add_argument("--data-seed", type=int, default=11, help="seeds the simulated set")
+    p.add_argument(
+        "--counts", default=None,
+        help="particles per class, e.g. 250,100,40,16 (imbalanced, as real picks are); "
+             "default: --per-class of each",
+    )
     p.add_argument("--voxel-size", type=float, default=20.0)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--step", type=int, default=4)
@@ -80,7 +87,15 @@ def main(argv=None) -> int:
         voxel_size=args.voxel_size, snr=args.snr,
     )
     t0 = time.perf_counter()
-    volumes, truth = simulate_subtomograms(args.per_class, cfg, seed=args.data_seed)
+    counts = [int(c) for c in args.counts.split(",")] if args.counts else None
+    if counts and len(counts) != len(names):
+        p.error(f"--counts needs one number per structure ({len(names)})")
+    volumes, truth = simulate_subtomograms(max(counts or [args.per_class]), cfg,
+                                           seed=args.data_seed)
+    if counts:  # the first `count` particles of each class (their order is random)
+        keep = np.concatenate([np.flatnonzero(truth == c)[:k]
+                               for c, k in zip(np.unique(truth), counts, strict=True)])
+        volumes, truth = volumes[np.sort(keep)], truth[np.sort(keep)]
     data = SubtomogramSet.from_arrays(volumes, truth, voxel_size=cfg.voxel_size)
     embeddings = embed_particles(state, data, device="cpu")
     print(f"{len(data)} particles embedded in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -88,8 +103,11 @@ def main(argv=None) -> int:
     strategies = ("random", "auto", "margin", "typical")
     curves = {s: [loop(embeddings, truth, s, rounds=args.rounds, step=args.step, seed=r)
                   for r in range(args.runs)] for s in strategies}
-    n_labels = [n for n, _ in curves["random"][0]]
-    mean = {s: np.mean([[a for _, a in c] for c in cs], axis=0) for s, cs in curves.items()}
+    n_labels = [row[0] for row in curves["random"][0]]
+    mean = {s: np.mean([[row[1] for row in c] for c in cs], axis=0) for s, cs in curves.items()}
+    # balanced accuracy (mean recall over the classes): what matters with rare classes
+    balanced = {s: np.mean([[row[2] for row in c] for c in cs], axis=0)
+                for s, cs in curves.items()}
     print("| labels | " + " | ".join(strategies) + " |\n" + "|---" * (len(strategies) + 1) + "|")
     for i, n in enumerate(n_labels):
         print(f"| {n} | " + " | ".join(f"{mean[s][i]:.3f}" for s in strategies) + " |")
@@ -107,12 +125,26 @@ def main(argv=None) -> int:
             f"{needed[s][i]} ({needed[s][i] / n:.0%})" if needed[s][i] else f"> {n_labels[-1]}"
             for s in strategies[1:]) + " |")
     reach = {s: needed[s][-1] for s in strategies[1:]}
+    needed_balanced = {
+        s: [next((n for n, a in zip(n_labels, balanced[s], strict=True) if a >= target), None)
+            for target in balanced["random"]]
+        for s in strategies[1:]
+    }
+    print("\nbalanced accuracy (mean recall over the classes):")
+    print("| labels | " + " | ".join(strategies) + " |\n" + "|---" * (len(strategies) + 1) + "|")
+    for i, n in enumerate(n_labels):
+        print(f"| {n} | " + " | ".join(f"{balanced[s][i]:.3f}" for s in strategies) + " |")
+    print(f"labels needed for random's balanced accuracy at {n_labels[-1]} labels: " + ", ".join(
+        f"{s} {needed_balanced[s][-1] or '> ' + str(n_labels[-1])}" for s in strategies[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "suggest.json").write_text(json.dumps({
         "encoder": str(args.encoder), "structures": names, "snr": args.snr,
         "per_class": args.per_class, "n_labels": n_labels,
         **{s: mean[s].tolist() for s in strategies},
         "labels_to_reach_random": reach, "labels_to_reach_random_at_each_n": needed,
+        "counts": np.bincount(truth)[np.unique(truth)].tolist(),
+        "balanced_accuracy": {s: balanced[s].tolist() for s in strategies},
+        "labels_to_reach_random_balanced_at_each_n": needed_balanced,
         "data_seed": args.data_seed, "runs": args.runs,
         "date": time.strftime("%Y-%m-%d"),
     }, indent=2))

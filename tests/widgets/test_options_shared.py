@@ -95,3 +95,16 @@ def test_prediction_and_gradcam_sections_take_their_devices_from_the_settings(do
         assert tuple(box.itemText(i) for i in range(box.count())) == DEVICE_CHOICES
         assert box.currentText() == "cpu" == _parser_action(parser, command, "device").default
         assert box.toolTip() == describe(cls, "device").tooltip()
+
+
+def test_cli_and_dock_offer_the_same_suggestion_strategies(dock):
+    from napari_cryossl.cli import build_parser
+    from napari_cryossl.options import describe
+    from napari_cryossl.population import SuggestSettings
+
+    action = _parser_action(build_parser(), "suggest", "strategy")
+    _viewer, widget = dock()
+    box = widget.population.suggest_strategy
+    assert tuple(action.choices) == tuple(box.itemText(i) for i in range(box.count()))
+    assert action.default == box.currentText() == "auto"
+    assert box.toolTip().lower().startswith(describe(SuggestSettings, "strategy").help[:20].lower())

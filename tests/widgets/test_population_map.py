@@ -127,6 +127,15 @@ def test_instant_predictions_follow_each_label_and_clicks_move_the_viewer(
     assert suggested and all(labels[i] == 0 for i in suggested)
     assert section.suggestion_pos == 0  # the viewer went to the first
     assert section.next_suggestion() == suggested[1 % len(suggested)]
+    # the chosen strategy is the one used (the same rows the core gives)
+    from napari_cryossl.population import suggest
+
+    section.suggest_strategy.setCurrentText("margin")
+    worker = section.suggest(3)
+    with qtbot.waitSignal(worker.finished, timeout=TIMEOUT_MS):
+        pass
+    expected = suggest(section.embeddings, labels, 3, strategy="margin")
+    assert section.suggestions == [int(i) for i in expected]
 
     # a cluster becomes a class; the gallery shows the chosen particles
     number = section.class_from_cluster(1)

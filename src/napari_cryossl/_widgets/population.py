@@ -152,6 +152,11 @@ class PopulationWidget(QWidget):
         self.n_suggest.setRange(1, 1000)
         self.n_suggest.setValue(describe(SuggestSettings, "n").default)
         self.n_suggest.setToolTip(describe(SuggestSettings, "n").tooltip())
+        self.suggest_strategy = QComboBox()
+        spec = describe(SuggestSettings, "strategy")
+        self.suggest_strategy.addItems(spec.choices)
+        self.suggest_strategy.setCurrentText(spec.default)
+        self.suggest_strategy.setToolTip(spec.tooltip())
         self.suggest_button = QPushButton("Suggest")
         self.suggest_button.setMinimumWidth(60)
         self.suggest_button.setToolTip(
@@ -162,6 +167,7 @@ class PopulationWidget(QWidget):
         self.next_button.setText("Next ▶")
         self.suggestion_label = QLabel("")
         row.addWidget(self.n_suggest)
+        row.addWidget(self.suggest_strategy)
         row.addWidget(self.suggest_button, 1)
         row.addWidget(self.next_button)
         layout.addLayout(row)
@@ -531,9 +537,10 @@ class PopulationWidget(QWidget):
         labels = self.session.store.table["class_number"].to_numpy(dtype=np.int64)
         n = self.n_suggest.value() if n is None else int(n)
         embeddings, helper = self.embeddings, self.helper
+        strategy = self.suggest_strategy.currentText()
 
         def job():
-            chosen = yield from helper.call(suggest, embeddings, labels, n)
+            chosen = yield from helper.call(suggest, embeddings, labels, n, strategy=strategy)
             return embeddings, [int(i) for i in chosen]
 
         worker = generator_worker(job)
