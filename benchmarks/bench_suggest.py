@@ -148,6 +148,11 @@ def main(argv=None) -> int:
         "data_seed": args.data_seed, "runs": args.runs,
         "date": time.strftime("%Y-%m-%d"),
     }, indent=2))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from plot_suggest import _title, plot
+
+    result = json.loads((args.out / "suggest.json").read_text())
+    print(plot([(_title(args.out, result), result)], args.out / "suggest.png"))
     return 0
 
 
