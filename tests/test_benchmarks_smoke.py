@@ -324,3 +324,7 @@ def test_suggest_benchmark_reports_the_labels_needed_at_every_random_budget(tmp_
         assert len(needed) == 3 and all(n is None or 2 <= n <= 6 for n in needed)
         assert all(0.0 <= a <= 1.0 for a in result[strategy])
     assert "labels needed for random's accuracy" in capsys.readouterr().out
+    assert (out / "suggest.png").stat().st_size > 10_000  # the accuracy-vs-labels plot
+    plot = _load("plot_suggest")
+    assert plot.main([str(out), str(out), "--out", str(tmp_path / "both.png")]) == 0
+    assert (tmp_path / "both.png").stat().st_size > 10_000
