@@ -100,3 +100,29 @@ def test_calls_from_two_threads_take_turns():
         assert results == {"a": (60, 2), "b": (90, 2)}
     finally:
         helper.close()
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_in_the_helper(tmp_path):
+    """napari scripts often run at top level; the helper must not re-run them."""
+    import subprocess
+    import sys
+
+    marker = tmp_path / "runs.txt"
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        f"marker = Path({str(marker)!r})\n"
+        "marker.write_text(marker.read_text() + 'x' if marker.exists() else 'x')\n"
+        "import numpy as np\n"
+        "from napari_cryossl._widgets._helper_process import HelperProcess\n"
+        "from napari_cryossl.population import map_and_cluster\n"
+        "helper = HelperProcess()\n"
+        "x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)\n"
+        "print(helper.run(map_and_cluster, x, method='pca')[0].shape)\n"
+        "helper.close()\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "(40, 2)" in run.stdout
+    assert marker.read_text() == "x"  # the script ran once, not again in the helper

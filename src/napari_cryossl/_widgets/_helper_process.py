@@ -45,6 +45,33 @@ def _serve(conn) -> None:
             conn.send(("error", RuntimeError(f"cannot send the result back: {exc}"), ""))
 
 
+def _start_without_main(process) -> None:
+    """Start a spawned process without re-running the parent's ``__main__``.
+
+    Spawn normally imports the parent's main script in the child. A napari script without
+    an ``if __name__ == "__main__"`` guard (``viewer = napari.Viewer(); napari.run()`` at
+    top level, common) would then open a second viewer in the helper and never serve.
+    The helper's code lives in this importable module and needs nothing from
+    ``__main__``, so the main-module entries are left out of the preparation data (the
+    one part of ``multiprocessing.spawn`` patched, and only while starting).
+    """
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def without_main(name):
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = without_main
+    try:
+        process.start()
+    finally:
+        spawn.get_preparation_data = original
+
+
 class HelperProcessError(RuntimeError):
     """The helper process ended before it answered (killed, out of memory, crashed)."""
 
@@ -70,7 +97,7 @@ class HelperProcess:
         here, there = context.Pipe()
         process = context.Process(target=_serve, args=(there,), daemon=True,
                                   name="napari-cryossl helper")
-        process.start()
+        _start_without_main(process)
         there.close()
         self._process, self._conn = process, here
 
