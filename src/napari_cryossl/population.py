@@ -269,8 +269,9 @@ def map_and_cluster(
     embeddings: np.ndarray, *, method: str = "auto", n_clusters: int | None = None,
     seed: int = 0,
 ) -> tuple[np.ndarray, str, np.ndarray]:
-    """``map_2d`` and ``cluster`` of the same embeddings, in one call (the dock runs it in
-    its helper process): ((N, 2) coordinates, the map method used, (N,) cluster numbers)."""
+    """``map_2d`` and ``cluster`` of the same embeddings, in one call (``cryossl embed``,
+    and the dock in its helper process): ((N, 2) coordinates, the map method used, (N,)
+    cluster numbers)."""
     coords, used = map_2d(embeddings, method=method, seed=seed)
     return coords, used, cluster(embeddings, n_clusters=n_clusters, seed=seed)
 
@@ -397,6 +398,14 @@ def _typical(x: np.ndarray, labels: np.ndarray, n: int, seed: int = 0) -> list[i
     return chosen
 
 
+def _margins(x: np.ndarray, labels: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """How sure the instant classifier fitted on ``labels`` is of each of ``rows``: the
+    gap between its two most likely classes (small: uncertain)."""
+    p = InstantClassifier().fit(x, labels).predict_proba(x[rows])
+    top2 = np.sort(p, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0]
+
+
 #: ``suggest(strategy="auto")`` draws this many typical candidates (TypiClust) per
 #: particle asked for and keeps the least certain of them under the instant classifier.
 #: With few labels every candidate is uncertain and auto is TypiClust; as the labels grow,
@@ -460,15 +469,10 @@ def suggest(
                                 want - len(chosen))
         chosen = np.asarray(chosen, dtype=np.int64)
         if strategy == "auto" and len(chosen) > n:  # the least certain candidates first
-            p = InstantClassifier().fit(x, labels).predict_proba(x[chosen])
-            top2 = np.sort(p, axis=1)[:, -2:]
-            chosen = chosen[np.argsort(top2[:, 1] - top2[:, 0], kind="stable")]
+            chosen = chosen[np.argsort(_margins(x, labels, chosen), kind="stable")]
         return chosen[:n]
     pool = unlabelled
     if n_classes >= 2:
-        p = InstantClassifier().fit(x, labels).predict_proba(x[unlabelled])
-        top2 = np.sort(p, axis=1)[:, -2:]
-        margin = top2[:, 1] - top2[:, 0]
-        order = np.argsort(margin, kind="stable")
+        order = np.argsort(_margins(x, labels, unlabelled), kind="stable")
         pool = unlabelled[order[: max(n * int(candidates), n)]]
     return np.asarray(_k_centre(x, pool, labelled, n), dtype=np.int64)

@@ -290,10 +290,6 @@ class PopulationWidget(QWidget):
         if self.worker is not None:
             self.worker.quit()
 
-    def close_helper(self) -> None:
-        """Stop the helper process (the dock closes)."""
-        self.helper.close()
-
     def _on_result(self, result) -> None:
         if result is None:
             return

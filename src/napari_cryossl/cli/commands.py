@@ -231,15 +231,16 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.population import EmbedSettings, cluster, embed_particles, map_2d
+    from napari_cryossl.population import EmbedSettings, embed_particles, map_and_cluster
 
     data = _load_set(args)
     settings = settings_from_args(EmbedSettings, args)
     embeddings = embed_particles(
         args.model, data, device=settings.device, batch_size=settings.batch_size
     )
-    coords, method = map_2d(embeddings, method=settings.map, seed=settings.seed)
-    groups = cluster(embeddings, n_clusters=settings.clusters, seed=settings.seed)
+    coords, method, groups = map_and_cluster(
+        embeddings, method=settings.map, n_clusters=settings.clusters, seed=settings.seed
+    )
     out = Path(args.out)
     _write_rows(
         args.particles,
