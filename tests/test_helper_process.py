@@ -16,6 +16,14 @@ from napari_cryossl._widgets._helper_process import HelperProcess, HelperProcess
 from napari_cryossl.population import map_and_cluster
 
 
+@pytest.fixture
+def helper():
+    """A helper process, stopped at the end of the test whatever happened."""
+    helper = HelperProcess()
+    yield helper
+    helper.close()
+
+
 def _groups(n=120, seed=0):
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, 3, n)
@@ -23,83 +31,64 @@ def _groups(n=120, seed=0):
     return (centres[truth] + rng.normal(size=(n, 16))).astype(np.float32), truth
 
 
-def test_the_helper_gives_what_the_core_gives_and_stays_up_for_the_next_call():
+def test_the_helper_gives_what_the_core_gives_and_stays_up_for_the_next_call(helper):
     x, _ = _groups()
-    helper = HelperProcess()
-    try:
-        coords, used, groups = helper.run(map_and_cluster, x, method="pca", n_clusters=3)
-        expected = map_and_cluster(x, method="pca", n_clusters=3)
-        np.testing.assert_allclose(coords, expected[0], rtol=1e-5, atol=1e-5)
-        assert used == "pca"
-        np.testing.assert_array_equal(groups, expected[2])
-        pid = helper._process.pid
-        helper.run(map_and_cluster, x[:50], method="pca", n_clusters=2)
-        assert helper._process.pid == pid  # kept: imports and numba stay warm
-    finally:
-        helper.close()
+    coords, used, groups = helper.run(map_and_cluster, x, method="pca", n_clusters=3)
+    expected = map_and_cluster(x, method="pca", n_clusters=3)
+    np.testing.assert_allclose(coords, expected[0], rtol=1e-5, atol=1e-5)
+    assert used == "pca"
+    np.testing.assert_array_equal(groups, expected[2])
+    pid = helper._process.pid
+    helper.run(map_and_cluster, x[:50], method="pca", n_clusters=2)
+    assert helper._process.pid == pid  # kept: imports and numba stay warm
+    helper.close()
     assert not helper.running
 
 
-def test_an_error_in_the_helper_is_raised_here_with_its_message():
-    helper = HelperProcess()
-    try:
-        with pytest.raises(ValueError, match="map method must be"):
-            helper.run(map_and_cluster, np.zeros((20, 4), np.float32), method="tsne")
-        # and the helper still works afterwards
-        coords, _used, _clusters = helper.run(map_and_cluster, _groups()[0], method="pca")
-        assert coords.shape == (120, 2)
-    finally:
-        helper.close()
+def test_an_error_in_the_helper_is_raised_here_with_its_message(helper):
+    with pytest.raises(ValueError, match="map method must be"):
+        helper.run(map_and_cluster, np.zeros((20, 4), np.float32), method="tsne")
+    # and the helper still works afterwards
+    coords, _used, _clusters = helper.run(map_and_cluster, _groups()[0], method="pca")
+    assert coords.shape == (120, 2)
 
 
-def test_a_cancelled_call_stops_the_helper_and_the_next_call_starts_a_new_one():
-    helper = HelperProcess()
-    try:
-        calls = helper.call(time.sleep, 60)
-        next(calls)  # the helper is working
-        process = helper._process
-        assert process.is_alive()
-        calls.close()  # what a cancelled worker does to its generator
-        assert not process.is_alive() and not helper.running
-        coords, _, _ = helper.run(map_and_cluster, _groups()[0], method="pca")
-        assert coords.shape == (120, 2)
-    finally:
-        helper.close()
+def test_a_cancelled_call_stops_the_helper_and_the_next_call_starts_a_new_one(helper):
+    calls = helper.call(time.sleep, 60)
+    next(calls)  # the helper is working
+    process = helper._process
+    assert process.is_alive()
+    calls.close()  # what a cancelled worker does to its generator
+    assert not process.is_alive() and not helper.running
+    coords, _, _ = helper.run(map_and_cluster, _groups()[0], method="pca")
+    assert coords.shape == (120, 2)
 
 
-def test_a_helper_that_dies_mid_call_is_reported_not_waited_for_forever():
-    helper = HelperProcess()
-    try:
-        calls = helper.call(time.sleep, 60)
-        next(calls)
-        os.kill(helper._process.pid, signal.SIGKILL)  # as the kernel's OOM killer would
-        with pytest.raises(HelperProcessError, match="ended before it answered"):
-            for _ in calls:
-                pass
-    finally:
-        helper.close()
+def test_a_helper_that_dies_mid_call_is_reported_not_waited_for_forever(helper):
+    calls = helper.call(time.sleep, 60)
+    next(calls)
+    os.kill(helper._process.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+    with pytest.raises(HelperProcessError, match="ended before it answered"):
+        for _ in calls:
+            pass
 
 
-def test_calls_from_two_threads_take_turns():
+def test_calls_from_two_threads_take_turns(helper):
     """The map and the suggestions may ask at once: each gets its own answer."""
     import threading
 
-    helper = HelperProcess()
     x, _ = _groups()
     results = {}
 
     def ask(name, n):
         results[name] = helper.run(map_and_cluster, x[:n], method="pca")[0].shape
 
-    try:
-        threads = [threading.Thread(target=ask, args=(k, n)) for k, n in (("a", 60), ("b", 90))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert results == {"a": (60, 2), "b": (90, 2)}
-    finally:
-        helper.close()
+    threads = [threading.Thread(target=ask, args=(k, n)) for k, n in (("a", 60), ("b", 90))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {"a": (60, 2), "b": (90, 2)}
 
 
 def test_a_script_without_a_main_guard_is_not_run_again_in_the_helper(tmp_path):
