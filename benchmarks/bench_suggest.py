@@ -51,6 +51,30 @@ def loop(embeddings, truth, strategy: str, *, rounds: int, step: int, seed: int)
     return curve
 
 
+def _mean_curves(curves: dict, column: int) -> dict:
+    """Each strategy's mean over runs of one column of its curve rows (1: accuracy,
+    2: balanced accuracy)."""
+    return {s: np.mean([[row[column] for row in c] for c in cs], axis=0)
+            for s, cs in curves.items()}
+
+
+def _labels_needed(n_labels: list[int], mean: dict) -> dict:
+    """Labels each strategy needs to reach random's accuracy at each budget (None: more
+    than the loop's last budget)."""
+    return {
+        s: [next((n for n, a in zip(n_labels, mean[s], strict=True) if a >= target), None)
+            for target in mean["random"]]
+        for s in mean if s != "random"
+    }
+
+
+def _print_curves(n_labels: list[int], mean: dict) -> None:
+    strategies = list(mean)
+    print("| labels | " + " | ".join(strategies) + " |\n" + "|---" * (len(strategies) + 1) + "|")
+    for i, n in enumerate(n_labels):
+        print(f"| {n} | " + " | ".join(f"{mean[s][i]:.3f}" for s in strategies) + " |")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--encoder", type=Path, required=True, help="encoder or classifier checkpoint")
@@ -104,20 +128,11 @@ def main(argv=None) -> int:
     curves = {s: [loop(embeddings, truth, s, rounds=args.rounds, step=args.step, seed=r)
                   for r in range(args.runs)] for s in strategies}
     n_labels = [row[0] for row in curves["random"][0]]
-    mean = {s: np.mean([[row[1] for row in c] for c in cs], axis=0) for s, cs in curves.items()}
+    mean = _mean_curves(curves, 1)
     # balanced accuracy (mean recall over the classes): what matters with rare classes
-    balanced = {s: np.mean([[row[2] for row in c] for c in cs], axis=0)
-                for s, cs in curves.items()}
-    print("| labels | " + " | ".join(strategies) + " |\n" + "|---" * (len(strategies) + 1) + "|")
-    for i, n in enumerate(n_labels):
-        print(f"| {n} | " + " | ".join(f"{mean[s][i]:.3f}" for s in strategies) + " |")
-    # labels each strategy needs to reach random's accuracy at each budget (None: more
-    # than the loop's last budget)
-    needed = {
-        s: [next((n for n, a in zip(n_labels, mean[s], strict=True) if a >= target), None)
-            for target in mean["random"]]
-        for s in strategies[1:]
-    }
+    balanced = _mean_curves(curves, 2)
+    _print_curves(n_labels, mean)
+    needed = _labels_needed(n_labels, mean)
     print("\nlabels needed for random's accuracy at N labels:")
     print("| N (random) | " + " | ".join(strategies[1:]) + " |\n" + "|---" * len(strategies) + "|")
     for i, n in enumerate(n_labels[1:], start=1):
@@ -125,15 +140,9 @@ def main(argv=None) -> int:
             f"{needed[s][i]} ({needed[s][i] / n:.0%})" if needed[s][i] else f"> {n_labels[-1]}"
             for s in strategies[1:]) + " |")
     reach = {s: needed[s][-1] for s in strategies[1:]}
-    needed_balanced = {
-        s: [next((n for n, a in zip(n_labels, balanced[s], strict=True) if a >= target), None)
-            for target in balanced["random"]]
-        for s in strategies[1:]
-    }
+    needed_balanced = _labels_needed(n_labels, balanced)
     print("\nbalanced accuracy (mean recall over the classes):")
-    print("| labels | " + " | ".join(strategies) + " |\n" + "|---" * (len(strategies) + 1) + "|")
-    for i, n in enumerate(n_labels):
-        print(f"| {n} | " + " | ".join(f"{balanced[s][i]:.3f}" for s in strategies) + " |")
+    _print_curves(n_labels, balanced)
     print(f"labels needed for random's balanced accuracy at {n_labels[-1]} labels: " + ", ".join(
         f"{s} {needed_balanced[s][-1] or '> ' + str(n_labels[-1])}" for s in strategies[1:]))
     args.out.mkdir(parents=True, exist_ok=True)
