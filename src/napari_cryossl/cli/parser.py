@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     from napari_cryossl.population import EmbedSettings, SuggestSettings
     from napari_cryossl.predict import PredictSettings
     from napari_cryossl.saliency import GradcamSettings
-    from napari_cryossl.simulate.config import SimulationConfig
+    from napari_cryossl.simulate.config import CLUTTER_OPTIONS, SimulationConfig
     from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="particles in the tomogram (default 100)",
     )
+    add_arguments(p, SimulationConfig, only=CLUTTER_OPTIONS)  # clutter in the tomogram
     p.add_argument("--seed", type=int, default=0)
 
     # pick ---------------------------------------------------------------------

@@ -31,13 +31,24 @@ One module per concern, from the bottom up:
 - `render`: particles on the voxel grid (assemblies, real densities) and random poses;
 - `optics`: CTF, missing wedge, band limit and band-limited noise;
 - `subtomograms`: `simulate_subtomograms`, `simulate_subtomogram_details`, `class_templates`;
-- `tomogram`: `simulate_tomogram`;
+- `clutter`: gold fiducials, membranes, ice, filaments and a carbon edge in tomograms,
+  their table and the tests of picks against it (`match_clutter`, `clutter_mask`);
+- `tomogram`: `simulate_tomogram`, `simulate_tomogram_details`;
 - `files`: `simulate_to_disk`.
 
 Every public name is importable from ``napari_cryossl.simulate`` itself, as before the
 split.
 """
 
+from napari_cryossl.simulate.clutter import (
+    CLUTTER_COLUMNS,
+    CLUTTER_KINDS,
+    clutter_distance,
+    clutter_mask,
+    match_clutter,
+    read_clutter,
+    write_clutter,
+)
 from napari_cryossl.simulate.config import SimulationConfig, clean_shapes_config
 from napari_cryossl.simulate.files import simulate_to_disk
 from napari_cryossl.simulate.optics import _transfer as _transfer
@@ -49,18 +60,31 @@ from napari_cryossl.simulate.subtomograms import (
     simulate_subtomogram_details,
     simulate_subtomograms,
 )
-from napari_cryossl.simulate.tomogram import simulate_tomogram
+from napari_cryossl.simulate.tomogram import (
+    SimulatedTomogram,
+    simulate_tomogram,
+    simulate_tomogram_details,
+)
 
 __all__ = [
+    "CLUTTER_COLUMNS",
+    "CLUTTER_KINDS",
     "SimulationConfig",
     "SimulatedSubtomograms",
+    "SimulatedTomogram",
     "class_names",
     "class_templates",
     "clean_shapes_config",
+    "clutter_distance",
+    "clutter_mask",
     "contrast_transfer",
+    "match_clutter",
     "missing_wedge_mask",
+    "read_clutter",
     "simulate_subtomogram_details",
     "simulate_subtomograms",
     "simulate_to_disk",
     "simulate_tomogram",
+    "simulate_tomogram_details",
+    "write_clutter",
 ]

@@ -21,6 +21,19 @@ from napari_cryossl.options import option
 _CHUNK = 32
 
 
+#: The settings of clutter in tomograms (`cryossl simulate` adds their flags).
+CLUTTER_OPTIONS = (
+    "clutter",
+    "gold_per_um2",
+    "vesicles_per_um2",
+    "membranes_per_um2",
+    "ice_per_um2",
+    "actin_per_um2",
+    "microtubules_per_um2",
+    "carbon_edge",
+)
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """Physical and geometric settings of a simulation.
@@ -87,6 +100,16 @@ class SimulationConfig:
             each box's noise to its own signal, var(noise_i) = var(signal_i) / snr, so
             every box has the requested SNR (the definition of Liu et al.'s simulator
             of the paper's data). Identical for classes of equal mass.
+        clutter: True (default) adds clutter to simulated tomograms
+            (`simulate.clutter`: gold fiducials, vesicles, flat membranes, ice
+            contamination, actin-like filaments, microtubule-like tubes and, with
+            `carbon_edge`, a carbon film), rendered before the optics; subtomogram sets
+            never hold clutter.
+        gold_per_um2, vesicles_per_um2, membranes_per_um2, ice_per_um2, actin_per_um2,
+            microtubules_per_um2: expected number of each kind per µm² of the
+            tomogram's XY field of view (the count is within one of it).
+        carbon_edge: a carbon support film beyond a straight edge at the bottom or top of
+            the tomogram (needs `clutter`).
     """
 
     n_classes: int = option(
@@ -99,7 +122,11 @@ class SimulationConfig:
     voxel_size: float = option(10.0, "voxel size", unit="Å", minimum=0.0)
     snr: float | None = option(0.05, "var(signal)/var(noise); inf: noise-free", minimum=0.0)
     tilt_range_deg: float = option(
-        60.0, "± tilt range; 90: no missing wedge", unit="degrees", minimum=0.0, maximum=90.0,
+        60.0,
+        "± tilt range; 90: no missing wedge",
+        unit="degrees",
+        minimum=0.0,
+        maximum=90.0,
         flag="--tilt-range",
     )
     defocus_um: float = 5.0
@@ -132,6 +159,57 @@ class SimulationConfig:
         "each box at the SNR of its own particle (Liu et al.'s definition)",
         choices=("set", "subtomogram"),
     )
+
+    clutter: bool = option(
+        True,
+        "no clutter in the simulated tomogram (gold fiducials, vesicles, membranes, ice, "
+        "actin, microtubules): particles only",
+        negate=True,
+        flag="--no-clutter",
+    )
+    gold_per_um2: float = option(
+        20.0,
+        "gold fiducials (50-100 Å) in tomograms",
+        unit="per µm² of XY field of view",
+        minimum=0.0,
+        flag="--gold",
+    )
+    vesicles_per_um2: float = option(
+        4.0,
+        "lipid vesicles (300-1000 Å) in tomograms",
+        unit="per µm² of XY field of view",
+        minimum=0.0,
+        flag="--vesicles",
+    )
+    membranes_per_um2: float = option(
+        1.0,
+        "flat membrane patches (1000-3000 Å) in tomograms",
+        unit="per µm² of XY field of view",
+        minimum=0.0,
+        flag="--membranes",
+    )
+    ice_per_um2: float = option(
+        2.0,
+        "ice contamination blobs (200-600 Å radius) in tomograms",
+        unit="per µm² of XY field of view",
+        minimum=0.0,
+        flag="--ice",
+    )
+    actin_per_um2: float = option(
+        8.0,
+        "actin-like filaments (70 Å, 1000-4000 Å long) in tomograms",
+        unit="per µm² of XY field of view",
+        minimum=0.0,
+        flag="--actin",
+    )
+    microtubules_per_um2: float = option(
+        1.0,
+        "microtubule-like tubes (250 Å, 2000-10000 Å long) in tomograms",
+        unit="per µm² of XY field of view",
+        minimum=0.0,
+        flag="--microtubules",
+    )
+    carbon_edge: bool = option(False, "a carbon support film with its edge in simulated tomograms")
 
     def __post_init__(self) -> None:
         problems = []
@@ -191,6 +269,10 @@ class SimulationConfig:
                 "tomogram_snr_reference must be 'particles' or 'volume', "
                 f"got {self.tomogram_snr_reference!r}"
             )
+        for name in (n for n in CLUTTER_OPTIONS if n.endswith("_per_um2")):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                problems.append(f"{name} must be >= 0, got {value}")
         if not problems and self.structures is None and self.particle_diameter_px > self.box_size:
             problems.append(
                 f"particles of {self.particle_diameter_a:g} Å are "

@@ -22,10 +22,11 @@ from napari_cryossl.io import (
     write_mrc,
     write_particles,
 )
+from napari_cryossl.simulate.clutter import write_clutter
 from napari_cryossl.simulate.config import SimulationConfig, _seeds
 from napari_cryossl.simulate.shapes import class_names
 from napari_cryossl.simulate.subtomograms import simulate_subtomograms
-from napari_cryossl.simulate.tomogram import simulate_tomogram
+from napari_cryossl.simulate.tomogram import simulate_tomogram_details
 
 # --------------------------------------------------------------------------- files
 
@@ -49,6 +50,8 @@ def simulate_to_disk(
       ``rlnClassNumber`` of every subtomogram, one MRC each under ``subtomograms/``;
     - ``tomogram.mrc`` and ``tomogram_particles.star`` (``rlnCoordinateX/Y/Z`` in
       pixels, ``rlnTomoName``, ``rlnClassNumber``), when `tomogram_shape` is given;
+    - ``clutter.csv``: the tomogram's clutter (`simulate.clutter.CLUTTER_COLUMNS`: kind,
+      x, y, z in the same voxels as the particles, geometry, density), when it holds any;
     - ``simulation.json``: the settings, the seed and the class names.
 
     Args:
@@ -63,8 +66,8 @@ def simulate_to_disk(
             of subtomograms), "write" (subtomogram files), "tomogram" (0 then 1).
 
     Returns:
-        Paths by key: ``particles_star``, ``tomogram``, ``tomogram_particles_star``
-        (those written) and ``metadata``.
+        Paths by key: ``particles_star``, ``tomogram``, ``tomogram_particles_star``,
+        ``clutter`` (those written) and ``metadata``.
     """
     out = Path(out_dir)
     _seeds(seed)  # bad seeds fail before anything is written
@@ -99,9 +102,11 @@ def simulate_to_disk(
         n_tomo = 100 if n_tomogram_particles is None else n_tomogram_particles
         if progress is not None:
             progress("tomogram", 0, 1)
-        volume, table = simulate_tomogram(
+        result = simulate_tomogram_details(
             tuple(tomogram_shape), n_tomo, config, seed=seed, workers=workers
         )
+        volume, table, clutter = result.volume, result.particles, result.clutter
+        del result  # the volume is freed once written
         paths["tomogram"] = out / "tomogram.mrc"
         write_mrc(paths["tomogram"], volume, config.voxel_size)
         del volume
@@ -115,6 +120,8 @@ def simulate_to_disk(
             voxel_size=config.voxel_size,
             tomogram_shape=tuple(tomogram_shape),
         )
+        if len(clutter):
+            paths["clutter"] = write_clutter(clutter, out / "clutter.csv")
     meta = {
         "config": asdict(config),
         "seed": seed,

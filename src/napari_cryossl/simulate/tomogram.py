@@ -8,12 +8,14 @@ noise at the configured SNR.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import fft as sfft
 
 from napari_cryossl.io import InputError, make_particle_table
+from napari_cryossl.simulate.clutter import _draw_clutter, _render_clutter, clutter_distance
 from napari_cryossl.simulate.config import _CHUNK, SimulationConfig, _seeds
 from napari_cryossl.simulate.optics import (
     _band,
@@ -44,11 +46,14 @@ def _place_particles(
     config: SimulationConfig,
     rng: np.random.Generator,
     margin: float | None = None,
+    clutter: pd.DataFrame | None = None,
 ) -> np.ndarray:
     """Random sequential placement without heavy overlap; (n, 3) zyx centres.
 
     Centres stay `margin` (default half a nominal diameter) from the faces; two
-    particles are at least `tomogram_gap * (r_i + r_j)` apart (r: class bounding radius).
+    particles are at least `tomogram_gap * (r_i + r_j)` apart (r: class bounding radius),
+    and at least `tomogram_gap * r_i` from the matter of any `clutter` object (without
+    clutter the draws are those of a tomogram without it).
     """
     n = len(classes)
     if margin is None:
@@ -68,9 +73,15 @@ def _place_particles(
     batch = 256
     while count < n and tries < max_tries:
         cands = rng.uniform(lo, hi, size=(batch, 3))
-        for cand in cands:
+        if clutter is not None and len(clutter):
+            free = clutter_distance(clutter, cands).min(axis=1)
+        else:
+            free = np.full(batch, np.inf)
+        for cand, room in zip(cands, free, strict=True):
             tries += 1
             r = radii[classes[count]]
+            if room < config.tomogram_gap * r:
+                continue
             if count:
                 d = np.linalg.norm(placed[:count] - cand, axis=1)
                 if np.any(d < config.tomogram_gap * (placed_r[:count] + r)):
@@ -84,9 +95,34 @@ def _place_particles(
         raise InputError(
             f"simulation settings: could place only {count} of {n} particles of "
             f"{config.particle_diameter_px:.1f} voxels without overlap in a tomogram of shape "
-            f"{tuple(shape)}; use fewer particles or a larger tomogram"
+            f"{tuple(shape)}"
+            + (
+                f" beside {len(clutter)} clutter objects"
+                if clutter is not None and len(clutter)
+                else ""
+            )
+            + "; use fewer particles or a larger tomogram"
         )
     return placed
+
+
+@dataclass
+class SimulatedTomogram:
+    """A simulated tomogram with its ground truth (`simulate_tomogram_details`).
+
+    Attributes:
+        volume: float32 ZYX tomogram, protein dark.
+        particles: the particle table (x, y, z voxels, class_number, source "simulated").
+        clutter: the clutter table (`simulate.clutter.CLUTTER_COLUMNS`: kind, x, y, z and
+            the geometry in voxels, density), empty when there is none.
+        density: the density before the optics (float32 ZYX, protein = 1, positive),
+            when asked for with ``keep_density=True``; else None.
+    """
+
+    volume: np.ndarray
+    particles: pd.DataFrame
+    clutter: pd.DataFrame
+    density: np.ndarray | None = None
 
 
 def simulate_tomogram(
@@ -99,6 +135,28 @@ def simulate_tomogram(
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Simulate a crowded tomogram and its ground-truth particle table.
 
+    The same as `simulate_tomogram_details` without the clutter table:
+    ``(volume, particles)``.
+    """
+    result = simulate_tomogram_details(shape_zyx, n_particles, config, seed, workers=workers)
+    return result.volume, result.particles
+
+
+def simulate_tomogram_details(
+    shape_zyx: tuple[int, int, int],
+    n_particles: int,
+    config: SimulationConfig,
+    seed: int = 0,
+    *,
+    workers: int | None = None,
+    keep_density: bool = False,
+) -> SimulatedTomogram:
+    """Simulate a crowded tomogram with its particle and clutter tables.
+
+    With `config.clutter` (the default), clutter is drawn first
+    (`napari_cryossl.simulate.clutter`: gold fiducials, vesicles, membranes, ice,
+    filaments, optionally a carbon edge, at the configured amounts per µm² of field of
+    view) from its own random stream; the particles are then placed around it.
     Particles of balanced random classes are placed at random without heavy overlap
     (centre distance >= `tomogram_gap` × the sum of bounding radii, about a
     diameter), in uniform random orientations. The whole volume is then filtered
@@ -109,6 +167,10 @@ def simulate_tomogram(
     the signal variance in a `box_size` box around each, divided by snr, so the
     subtomograms one extracts have the same SNR as `simulate_subtomograms`.
 
+    Clutter is rendered into the same density as the particles, so it goes through
+    the same optics; the noise level refers to the signal around the particles,
+    clutter included where it is near them.
+
     Memory: about three float32 copies of the (padded) volume at the peak; the
     density is rendered particle by particle in small windows.
 
@@ -118,11 +180,12 @@ def simulate_tomogram(
         config: simulation settings.
         seed: the output is a function of (shape, n_particles, config, seed).
         workers: threads for scipy.fft.
+        keep_density: also return the density before the optics (one more copy).
 
     Returns:
-        ``(volume, table)``: float32 ZYX volume, protein dark; the particle table
+        `SimulatedTomogram`: the float32 ZYX volume, protein dark; the particle table
         (`napari_cryossl.io.PARTICLE_COLUMNS`) with x, y, z centres in voxels,
-        class_number and source "simulated".
+        class_number and source "simulated"; the clutter table; the density if asked.
     """
     shape = tuple(int(s) for s in shape_zyx)
     if len(shape) != 3 or min(shape) < 1:
@@ -142,7 +205,8 @@ def simulate_tomogram(
         radii = bank.radii
         margin = float(np.median(radii))  # real particles differ in size: the typical one
     classes = (np.arange(n) % config.n_classes)[rng.permutation(n)]
-    zyx = _place_particles(shape, classes, radii, config, rng, margin)
+    clutter = _draw_clutter(shape, config, seed)
+    zyx = _place_particles(shape, classes, radii, config, rng, margin, clutter)
     rotations = _random_rotations(n, rng)
 
     # render particle by particle into a padded volume (windows computed in batches)
@@ -171,6 +235,10 @@ def simulate_tomogram(
         boxes = _render(local, sigmas[cls], weights[cls], (window,) * 3)
         for box, c in zip(boxes, corner, strict=True):
             volume[c[0] : c[0] + window, c[1] : c[1] + window, c[2] : c[2] + window] += box
+    _render_clutter(volume, clutter, offset, config.voxel_size)
+    density = None
+    if keep_density:
+        density = volume[tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))].copy()
 
     spectrum = _rfft3(volume, workers)
     del volume
@@ -191,7 +259,7 @@ def simulate_tomogram(
         if variance > 0:
             _add_band_noise(out, math.sqrt(variance / config.snr), config, noise_seed, workers)
     table = make_particle_table(zyx, class_number=classes + 1, source="simulated")
-    return out, table
+    return SimulatedTomogram(out, table, clutter, density)
 
 
 def _rfft3(volume: np.ndarray, workers: int | None) -> np.ndarray:
