@@ -13,7 +13,7 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.path import Path as MplPath
 from matplotlib.widgets import LassoSelector, RectangleSelector
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QSize, Signal
 from qtpy.QtWidgets import QSizePolicy
 
 __all__ = ["MapCanvas"]
@@ -55,6 +55,14 @@ class MapCanvas(FigureCanvasQTAgg):
                                         edgecolors="black", linewidths=0.6, zorder=4)
         self.selector = None
         self.set_mode("lasso")
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt naming)
+        # matplotlib asks for the figure's size in pixels (360 wide): the map takes the
+        # width the dock gives it instead of widening the section
+        return QSize(200, 260)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt naming)
+        return QSize(120, 260)
 
     # drawing ------------------------------------------------------------------------
     def set_points(self, xy: np.ndarray, colors: np.ndarray | None = None) -> None:

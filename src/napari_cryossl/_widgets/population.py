@@ -40,8 +40,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_cryossl._widgets._common import (
+    ElidedLabel,
     RunPanel,
     StatusLine,
+    compact_combo,
     enclosing_scroll_area,
     notify_error,
 )
@@ -88,10 +90,10 @@ class PopulationWidget(QWidget):
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
-        self.model_label = QLabel("")
-        self.model_label.setWordWrap(True)
+        # a checkpoint's name cannot wrap: elided, whole in the tooltip
+        self.model_label = ElidedLabel("")
         form.addRow("Model:", self.model_label)
-        self.map_method = QComboBox()
+        self.map_method = compact_combo(QComboBox())
         spec = describe(EmbedSettings, "map")
         self.map_method.addItems(spec.choices)
         self.map_method.setCurrentText(spec.default)
@@ -102,7 +104,7 @@ class PopulationWidget(QWidget):
         self.n_clusters.setSpecialValueText("auto (HDBSCAN)")
         self.n_clusters.setToolTip(describe(EmbedSettings, "clusters").tooltip())
         form.addRow("Clusters:", self.n_clusters)
-        self.device = QComboBox()
+        self.device = compact_combo(QComboBox())
         self.device.addItems(DEVICE_CHOICES)
         self.device.setCurrentText(describe(EmbedSettings, "device").default)
         self.device.setToolTip(describe(EmbedSettings, "device").tooltip())
@@ -113,10 +115,10 @@ class PopulationWidget(QWidget):
 
         # two rows: side by side, napari's styled combo boxes overflow a dock's width
         view_form = QFormLayout()
-        self.color_by = QComboBox()
+        self.color_by = compact_combo(QComboBox())
         self.color_by.addItems(["labels", "predictions", "clusters"])
         view_form.addRow("Colour by:", self.color_by)
-        self.select_mode = QComboBox()
+        self.select_mode = compact_combo(QComboBox())
         self.select_mode.addItems(["lasso", "rectangle"])
         view_form.addRow("Select:", self.select_mode)
         layout.addLayout(view_form)
@@ -147,12 +149,16 @@ class PopulationWidget(QWidget):
             "particle (until the next fine-tune)"
         )
         layout.addWidget(self.instant)
-        row = QHBoxLayout()
+        # Every row fits the dock at every step: the spin box and the strategy on one
+        # row, the buttons on the next, the (wrapped) line about the current suggestion
+        # under them.
+        suggest_form = QFormLayout()
+        suggest_row = QHBoxLayout()
         self.n_suggest = QSpinBox()
         self.n_suggest.setRange(1, 1000)
         self.n_suggest.setValue(describe(SuggestSettings, "n").default)
         self.n_suggest.setToolTip(describe(SuggestSettings, "n").tooltip())
-        self.suggest_strategy = QComboBox()
+        self.suggest_strategy = compact_combo(QComboBox())
         spec = describe(SuggestSettings, "strategy")
         self.suggest_strategy.addItems(spec.choices)
         self.suggest_strategy.setCurrentText(spec.default)
@@ -163,13 +169,17 @@ class PopulationWidget(QWidget):
             "The unlabelled particles worth labelling next: typical particles of the "
             "groups the instant classifier is least certain about"
         )
-        self.next_button = QToolButton()
-        self.next_button.setText("Next ▶")
+        self.next_button = QPushButton("Next ▶")
+        self.next_button.setToolTip("Centre the viewer on the next suggested particle")
         self.suggestion_label = QLabel("")
-        row.addWidget(self.n_suggest)
-        row.addWidget(self.suggest_strategy)
+        self.suggestion_label.setWordWrap(True)
+        suggest_row.addWidget(self.n_suggest)
+        suggest_row.addWidget(self.suggest_strategy, 1)
+        suggest_form.addRow("Suggest:", suggest_row)
+        layout.addLayout(suggest_form)
+        row = QHBoxLayout()
         row.addWidget(self.suggest_button, 1)
-        row.addWidget(self.next_button)
+        row.addWidget(self.next_button, 1)
         layout.addLayout(row)
         layout.addWidget(self.suggestion_label)
         self.gallery_button = QPushButton("Gallery of the selection")
