@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -71,7 +73,8 @@ def test_pretrain_yields_a_status_per_step_and_epoch_and_a_loadable_checkpoint(t
     assert all(s.n_steps == 6 and s.n_epochs == 2 and s.stage == "pretrain" for s in statuses)
     assert all(np.isfinite(s.loss) for s in steps)
     assert [s.epoch for s in epochs] == [1, 2]
-    assert all(s.checkpoint == out for s in epochs)
+    # during the run the state goes beside the final name; the encoder at the end
+    assert all(s.checkpoint == last_checkpoint_path(out) for s in epochs)
     assert np.isclose(epochs[0].loss, np.mean([s.loss for s in steps[:3]]))
     final = statuses[-1]
     assert final.done and final.event == "done" and final.fraction == 1.0
@@ -170,10 +173,53 @@ def test_a_finished_pretraining_leaves_a_small_encoder_and_no_resume_state(tmp_p
     assert clf.is_file() and not last_checkpoint_path(clf).exists()
 
 
+@pytest.mark.parametrize("stop", ["close", "error"])
+def test_a_stopped_or_failed_run_never_replaces_the_model_already_at_out(tmp_path, stop):
+    """Cancel, Ctrl-C (close) and a crash mid-run leave the finished model at ``out``
+    byte for byte; the interrupted run's state is beside it, loadable, and resumable."""
+    data = random_set(24, labels_for(24))
+    out = tmp_path / "classifier.pt"
+    run(iter_finetune(data, finetune_config(epochs=1), out))
+    before = out.read_bytes()
+
+    class FailsOnThirdLoad(SubtomogramSet):
+        loads = 0
+
+        def load(self, indices):
+            type(self).loads += 1
+            if type(self).loads == 3:
+                raise RuntimeError("disk went away")
+            return super().load(indices)
+
+    again = data
+    if stop == "error":
+        again = FailsOnThirdLoad.from_arrays(
+            data.load(np.arange(len(data))), labels_for(24), voxel_size=data.voxel_size
+        )
+    gen = iter_finetune(again, finetune_config(epochs=5), out, resume=False)
+    with pytest.raises(RuntimeError) if stop == "error" else contextlib.nullcontext():
+        for i, _status in enumerate(gen):
+            if i == 2:
+                gen.close()
+                break
+    assert out.read_bytes() == before
+    state = load_checkpoint(last_checkpoint_path(out), kind="classifier")
+    assert state["progress"]["global_step"] >= 2
+    # pretraining too
+    enc = tmp_path / "encoder.pt"
+    run(iter_pretrain(random_set(16), pretrain_config(epochs=1), enc))
+    enc_before = enc.read_bytes()
+    gen = iter_pretrain(random_set(16), pretrain_config(epochs=4), enc)
+    next(gen)
+    gen.close()
+    assert enc.read_bytes() == enc_before
+    load_checkpoint(last_checkpoint_path(enc), kind="encoder")
+
+
 def test_resume_refuses_a_checkpoint_for_another_preset_box_or_method(tmp_path):
     out = tmp_path / "encoder.pt"
-    run(iter_pretrain(random_set(8), pretrain_config(epochs=1), out))
-    with pytest.raises(InputError, match="encoder.pt.*20\\^3|20\\^3.*encoder.pt"):
+    run(iter_pretrain(random_set(8), pretrain_config(epochs=1, keep_state=True), out))
+    with pytest.raises(InputError, match="encoder.last.pt.*20\\^3.*--box-size 16"):
         iter_pretrain(random_set(8, box=20), pretrain_config(), out, resume=True)
     with pytest.raises(InputError, match="rb3d-small"):
         iter_pretrain(random_set(8), pretrain_config(preset="rb3d"), out, resume=True)
@@ -195,8 +241,9 @@ def test_should_stop_ends_the_run_before_the_next_step_and_saves(tmp_path):
     assert statuses[-1].checkpoint == last_checkpoint_path(out)
     state = load_checkpoint(last_checkpoint_path(out), kind="classifier")
     assert state["progress"]["global_step"] == 2
-    # a usable classifier exists even though no epoch finished
-    assert load_checkpoint(out, kind="classifier")["class_numbers"] == [1, 2, 3]
+    # a stopped run leaves nothing under the final name; its state is a usable classifier
+    assert not out.exists()
+    assert state["class_numbers"] == [1, 2, 3]
 
 
 def test_run_drives_callbacks_and_stops_through_should_stop(tmp_path):

@@ -235,7 +235,8 @@ def load_checkpoint(
     if box_size is not None and int(state["box_size"]) != int(box_size):
         raise InputError(
             f"{path}: was trained on {state['box_size']}^3 boxes, not {int(box_size)}^3; "
-            "extract subtomograms with the checkpoint's box size"
+            f"cut the particles at the checkpoint's box size (--box-size {state['box_size']}, "
+            "which the commands that take this checkpoint use when --box-size is left out)"
         )
     return state
 

@@ -6,6 +6,12 @@ clicking) -> fine-tune -> predict every pick -> Grad-CAM pasted into tomogram sp
 The summary reports picking recall/precision and classification accuracy against the
 ground truth on the picks nobody labelled, and the wall time of each stage.
 
+Picks that match no true particle are junk. The simulated person labels a few of them
+too, as the class ``predict.JUNK_CLASS_NAME`` ("not a particle"), which gets the last
+class number (one more than the complexes); the classifier learns it like any other
+class, and the summary says how many of the other false picks it flags as junk and how
+confident it is about the false picks it gives a particle class.
+
 The particles are real macromolecular complexes from the built-in set
 (docs/simulator.md), and the classes carry their names. Two sizes: `cpu` (four complexes
 of similar size in a binned tomogram, a minute or two on a laptop) and `gpu` (six
@@ -41,6 +47,8 @@ class DemoPreset:
     particle_diameter_a: float = 150.0
     finetune_min_steps: int | None = None  # None: the fine-tuning recipe's
     finetune_batch_size: int | None = None  # None: the fine-tuning recipe's
+    # False picks labelled "not a particle" (the last class); None: labels_per_class, 0: none.
+    junk_labels: int | None = None
     # Built-in complex names, "builtin" (all ten), or None for the synthetic shapes.
     structures: str | tuple[str, ...] | None = None
 
@@ -110,13 +118,24 @@ class DemoResult:
     particle_diameter_a: float = float("nan")
     per_class: dict[str, float] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
+    # Junk ("not a particle", class number ``junk_class``; 0 when the demo labels none).
+    junk_class: int = 0
+    n_junk_labelled: int = 0
+    n_false_picks: int = 0  # unlabelled picks that match no true particle
+    n_flagged_junk: int = 0  # ... of which predicted "not a particle"
+    floor_flagged_junk: int = 0  # ... of which the floor calls "not a particle"
+    false_pick_confidence: float = float("nan")  # mean, over false picks given a particle class
+    particle_confidence: float = float("nan")  # mean, over true particles (unlabelled)
+    temperature: float = 1.0  # the classifier's calibrated temperature
+    ece: float = float("nan")  # expected calibration error on the unlabelled picks (15 bins)
 
     def summary(self) -> str:
         lines = [
             f"napari-cryossl demo -> {self.out}",
             f"  picking: {self.n_picked} picks, recall {self.recall:.1%} of {self.n_true} true "
             f"particles, precision {self.precision:.1%}",
-            f"  labels: {self.n_labelled} picks labelled from the ground truth",
+            f"  labels: {self.n_labelled} picks labelled from the ground truth"
+            + (f" ({self.n_junk_labelled} false picks as junk)" if self.n_junk_labelled else ""),
             f"  accuracy on the unlabelled matched picks: {self.accuracy:.1%} "
             f"(chance {self.chance:.1%}; floor {self.floor:.1%}: logistic regression on "
             "rotation-invariant radial features fitted on the same labels)",
@@ -126,11 +145,37 @@ class DemoResult:
                 "  per class: "
                 + ", ".join(f"{name} {acc:.0%}" for name, acc in self.per_class.items())
             )
+        lines += self._junk_lines()
         lines += ["  time per stage:"]
         lines += [f"    {name:<10} {sec:7.1f} s" for name, sec in self.stage_seconds.items()]
         lines.append(f"    {'total':<10} {sum(self.stage_seconds.values()):7.1f} s")
         lines += [f"  {key}: {path}" for key, path in self.files.items()]
         return "\n".join(lines)
+
+
+    def _junk_lines(self) -> list[str]:
+        from napari_cryossl.predict import JUNK_CLASS_NAME
+
+        lines = []
+        if self.junk_class:
+            n, flagged = self.n_false_picks, self.n_flagged_junk
+            lines.append(
+                f'  false picks: {flagged} of {n} unlabelled false picks flagged "{JUNK_CLASS_NAME}" '
+                f"(class {self.junk_class}, {self.n_junk_labelled} labelled; floor "
+                f"{self.floor_flagged_junk} of {n})"
+            )
+        if self.n_false_picks:
+            lines.append(
+                f"  confidence: {self.false_pick_confidence:.2f} on average for the "
+                f"{self.n_false_picks - self.n_flagged_junk} false picks given a particle class, "
+                f"{self.particle_confidence:.2f} for the true particles"
+            )
+        if np.isfinite(self.ece):
+            lines.append(
+                f"  calibration: temperature {self.temperature:.2f} (fitted on the validation "
+                f"labels); expected calibration error on the unlabelled picks {self.ece:.3f}"
+            )
+        return lines
 
 
 def _run(generator, desc: str, verbose: bool) -> None:
@@ -177,6 +222,16 @@ def default_folder() -> Path:
     return Path(platformdirs.user_cache_dir("napari-cryossl")) / "demo"
 
 
+def _unused_folder(folder: Path) -> Path:
+    """``folder`` while it is empty or absent, else ``folder-2``, ``folder-3``...: each demo
+    run keeps its own files."""
+    candidate, n = folder, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = folder.with_name(f"{folder.name}-{n}")
+    return candidate
+
+
 def run_demo(
     out: Path | str | None,
     *,
@@ -186,6 +241,7 @@ def run_demo(
     gui: bool = False,
     verbose: bool = True,
     preset_overrides: dict | None = None,
+    overwrite: bool = False,
 ) -> DemoResult:
     """Run the whole pipeline on simulated data and print a summary.
 
@@ -197,6 +253,8 @@ def run_demo(
         gui: open napari with every layer at the end.
         verbose: print the summary.
         preset_overrides: fields of the preset to change (tests use a tiny run).
+        overwrite: replace the files of an earlier demo in ``out`` (False: refuse, before
+            any work). Without ``out`` each run gets a folder of its own.
     """
     import dataclasses
 
@@ -205,7 +263,7 @@ def run_demo(
     from napari_cryossl.devices import select_device
     from napari_cryossl.io import open_tomogram, particle_zyx, write_mrc, write_particles
     from napari_cryossl.picking import pick_particles
-    from napari_cryossl.predict import predict
+    from napari_cryossl.predict import JUNK_CLASS_NAME, predict
     from napari_cryossl.saliency import gradcam_for_set
     from napari_cryossl.simulate import SimulationConfig, class_names, simulate_tomogram
     from napari_cryossl.train import (
@@ -221,8 +279,15 @@ def run_demo(
     cfg = PRESETS[preset]
     if preset_overrides:
         cfg = dataclasses.replace(cfg, **preset_overrides)
-    out = Path(out) if out is not None else default_folder()
+    from napari_cryossl.io import refuse_to_replace
+
+    if out is None:
+        out = _unused_folder(default_folder())
+    out = Path(out)
+    refuse_to_replace([out], overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    if verbose:  # first, so a user knows where to look while it runs
+        print(f"napari-cryossl demo ({preset} preset) -> {out}", flush=True)
     result = DemoResult(out=out)
     rng = np.random.default_rng(seed)
 
@@ -300,6 +365,15 @@ def run_demo(
             candidates, size=min(cfg.labels_per_class, len(candidates)), replace=False
         )
         labels[chosen] = c
+    # ... and a few false picks as "not a particle", the last class (docstring above)
+    n_junk = cfg.labels_per_class if cfg.junk_labels is None else int(cfg.junk_labels)
+    false_picks = np.flatnonzero(match < 0)
+    if n_junk > 0 and len(false_picks):
+        result.junk_class = cfg.n_classes + 1
+        chosen = rng.choice(false_picks, size=min(n_junk, len(false_picks)), replace=False)
+        labels[chosen] = result.junk_class
+        result.n_junk_labelled = len(chosen)
+        result.class_names.append(JUNK_CLASS_NAME)
     result.n_labelled = int((labels > 0).sum())
     labelled_table = picks.copy()
     labelled_table["class_number"] = labels
@@ -325,17 +399,41 @@ def run_demo(
     with stage("predict"):
         pred = predict(classifier_path, data, device=device)
         evaluate = (true_class > 0) & (labels == 0)
-        correct = pred.class_numbers == true_class
+        # the right answer for every pick: its complex, or "not a particle" (0 without junk)
+        answer = np.where(match >= 0, true_class, result.junk_class)
+        correct = pred.class_numbers == answer
         result.accuracy = float(correct[evaluate].mean())
+        unlabelled_false = (match < 0) & (labels == 0)
         for c, name in enumerate(result.class_names, start=1):
-            mask = evaluate & (true_class == c)
+            mask = (labels == 0) & (answer == c)
             if mask.any():
                 result.per_class[name] = float(correct[mask].mean())
-        # The floor on exactly the same labels and picks (docs/benchmarks.md).
+        # The floor on exactly the same labels (junk included) and picks (docs/benchmarks.md).
         boxes = data.load(np.arange(len(data)))
         floor = FloorClassifier().fit(boxes[labels > 0], labels[labels > 0])
-        result.floor = float((floor.predict(boxes[evaluate]) == true_class[evaluate]).mean())
-        result.chance = 1.0 / cfg.n_classes
+        floor_pred = floor.predict(boxes)
+        result.floor = float((floor_pred[evaluate] == true_class[evaluate]).mean())
+        result.chance = 1.0 / len(result.class_names)
+        # junk: false picks flagged, and how sure the classifier is about the others
+        result.n_false_picks = int(unlabelled_false.sum())
+        is_junk = pred.class_numbers == result.junk_class
+        result.n_flagged_junk = int((is_junk & unlabelled_false).sum()) if result.junk_class else 0
+        result.floor_flagged_junk = (
+            int(((floor_pred == result.junk_class) & unlabelled_false).sum())
+            if result.junk_class
+            else 0
+        )
+        missed = unlabelled_false & ~is_junk
+        if missed.any():
+            result.false_pick_confidence = float(pred.confidence[missed].mean())
+        if evaluate.any():
+            result.particle_confidence = float(pred.confidence[evaluate].mean())
+        result.temperature = float(pred.temperature)
+        scored = (labels == 0) & (answer > 0)  # every unlabelled pick with a right answer
+        if scored.any():
+            from napari_cryossl.train.calibration import expected_calibration_error
+
+            result.ece = expected_calibration_error(pred.confidence[scored], correct[scored])
         predicted = picks.copy()
         predicted["class_number"] = pred.class_numbers
         predicted["probability"] = pred.confidence

@@ -14,6 +14,15 @@ bfloat16/float16 on GPUs and to bfloat16 on CPUs that compute it natively. When 
 runs out of memory the batch is split in halves and retried, down to one particle,
 before giving up with a clear message.
 
+Confidence is calibrated: a classifier from ``cryossl finetune`` stores a temperature T
+fitted on its validation labels (``train/calibration.py``), and every logit is divided by
+it before the softmax (T = 1 for checkpoints without one).
+
+Junk: a class named ``JUNK_CLASS_NAME`` ("not a particle") is an ordinary class of the
+classifier, labelled like the others (false picks: ice, gold, carbon edges, empty
+background). Predictions carry its class number like any other; ``junk_class_number``
+finds it, and Grad-CAM leaves particles predicted as junk blank.
+
 Under torchrun each rank classifies a contiguous share of the particles (no padding,
 so nothing is counted twice) and rank 0 gathers them back into the input order; the
 other ranks get ``None``.
@@ -36,13 +45,28 @@ from napari_cryossl.options import BATCH_HELP, device_option, option, workers_op
 from napari_cryossl.status import TrainStatus
 
 __all__ = [
+    "JUNK_CLASS_NAME",
     "PredictSettings",
     "Predictions",
     "batch_loader",
     "iter_predict",
+    "junk_class_number",
     "load_classifier",
     "predict",
 ]
+
+#: The name of the class for picks that are not particles (gold, ice, carbon, noise).
+#: Name a class this way and prediction, the demo and Grad-CAM treat it as junk; the demo
+#: gives it the last class number (one more than the particle classes).
+JUNK_CLASS_NAME = "not a particle"
+
+
+def junk_class_number(classes, class_names) -> int | None:
+    """The class number named ``JUNK_CLASS_NAME`` (case and spaces ignored), or None."""
+    for number, name in zip(classes, class_names, strict=False):
+        if str(name).strip().lower() == JUNK_CLASS_NAME:
+            return int(number)
+    return None
 
 
 @dataclass
@@ -75,6 +99,8 @@ class Predictions:
         embeddings: float32 (N, F) encoder features (input to the last layer).
         classes: int64 (C,) the class number of each probability column.
         class_names: names of ``classes`` (from the checkpoint; "class N" if unnamed).
+        temperature: the logits were divided by this before the softmax (the
+            checkpoint's calibrated temperature; 1.0 for older checkpoints).
     """
 
     probabilities: np.ndarray
@@ -83,9 +109,23 @@ class Predictions:
     embeddings: np.ndarray
     classes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     class_names: list[str] = field(default_factory=list)
+    temperature: float = 1.0
 
     def __len__(self) -> int:
         return len(self.class_numbers)
+
+    @property
+    def junk_class(self) -> int | None:
+        """The class number of ``JUNK_CLASS_NAME``, if the classifier has that class."""
+        return junk_class_number(self.classes, self.class_names)
+
+    @property
+    def is_junk(self) -> np.ndarray:
+        """bool (N,): the particle was predicted to be "not a particle"."""
+        junk = self.junk_class
+        if junk is None:
+            return np.zeros(len(self.class_numbers), dtype=bool)
+        return np.asarray(self.class_numbers) == junk
 
 
 # --------------------------------------------------------------------------- models
@@ -129,7 +169,7 @@ def load_classifier(model_or_checkpoint, *, box_size: int | None = None, class_n
     if box_size is not None and int(model.box_size) != int(box_size):
         raise InputError(
             f"{where}: was trained on {model.box_size}^3 boxes, not {int(box_size)}^3; "
-            "extract subtomograms with the checkpoint's box size"
+            f"cut the particles at the checkpoint's box size (--box-size {model.box_size})"
         )
     if state is not None and state.get("class_numbers") is not None:
         classes = np.asarray(state["class_numbers"], dtype=np.int64)
@@ -145,6 +185,16 @@ def load_classifier(model_or_checkpoint, *, box_size: int | None = None, class_n
     if len(names) != len(classes):
         names = [f"class {int(c)}" for c in classes]
     return model, classes, names, state
+
+
+def checkpoint_temperature(state: dict | None) -> float:
+    """The calibrated temperature stored in a classifier checkpoint (1.0 if none)."""
+    t = (state or {}).get("temperature")
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        return 1.0
+    return t if t > 0 and np.isfinite(t) else 1.0
 
 
 def _check_voxel_size(state: dict | None, data, where: str) -> None:
@@ -222,6 +272,7 @@ def iter_predict(
     check_voxel_size: bool = True,
     distributed=None,
     tta: int | None = None,
+    temperature: float | None = None,
 ) -> Iterator[Any]:
     """Classify every particle, yielding progress; the last item is the ``Predictions``.
 
@@ -241,6 +292,8 @@ def iter_predict(
             every particle, so results are deterministic). None: what the classifier
             was trained for (its checkpoint's ``config["tta"]``; 1 for older ones).
             The embeddings are always those of the unrotated box.
+        temperature: divide the logits by this before the softmax; None: the
+            checkpoint's calibrated temperature (1 when it has none, or for a bare model).
 
     Yields:
         ``status.TrainStatus(stage="predict", step=batches done, n_steps=batches)`` after
@@ -287,6 +340,9 @@ def iter_predict(
     if int(tta) < 1:
         raise InputError(f"test-time augmentation needs at least 1 view, got {tta}")
     views = tta_rotations(int(tta)).to(dev)
+    t_scale = checkpoint_temperature(state) if temperature is None else float(temperature)
+    if not t_scale > 0:
+        raise InputError(f"the temperature must be positive, got {temperature}")
 
     rows = ctx.shard(len(data))
     batches = [rows[i : i + int(batch_size)] for i in range(0, len(rows), int(batch_size))]
@@ -301,11 +357,11 @@ def iter_predict(
         with autocast(dev, dtype):
             e = model.encoder(x)
             logits = model.head(e)
-        p = torch.softmax(logits.float(), dim=1)
+        p = torch.softmax(logits.float() / t_scale, dim=1)
         for rotation in views[1:]:
             xr = rotate_3d(x, rotation.expand(x.shape[0], 3, 3))
             with autocast(dev, dtype):
-                p = p + torch.softmax(model(xr).float(), dim=1)
+                p = p + torch.softmax(model(xr).float() / t_scale, dim=1)
         return p / len(views), e.float()
 
     done = 0
@@ -341,6 +397,7 @@ def iter_predict(
         embeddings=emb,
         classes=classes,
         class_names=names,
+        temperature=t_scale,
     )
 
 
@@ -356,6 +413,7 @@ def predict(
     check_voxel_size: bool = True,
     distributed=None,
     tta: int | None = None,
+    temperature: float | None = None,
 ) -> Predictions | None:
     """Classify every particle of ``data`` (see ``iter_predict`` for the arguments).
 
@@ -374,6 +432,7 @@ def predict(
         check_voxel_size=check_voxel_size,
         distributed=distributed,
         tta=tta,
+        temperature=temperature,
     ):
         if isinstance(item, Predictions):
             result = item

@@ -110,6 +110,8 @@ def gradcam(
     batch_size: int = GradcamSettings.batch_size,
     class_numbers=None,
     amp: bool = True,
+    skip_junk: bool = True,
+    class_names=None,
 ) -> np.ndarray:
     """Grad-CAM heatmaps of subtomograms, one per particle, in [0, 1].
 
@@ -125,10 +127,13 @@ def gradcam(
         class_numbers: class number of each output of a bare model (default 1..C;
             checkpoints carry their own).
         amp: autocast on CUDA.
+        skip_junk: leave the map of a particle predicted as ``predict.JUNK_CLASS_NAME``
+            ("not a particle") all zeros (only where ``target`` is None).
+        class_names: names of the outputs of a bare model (checkpoints carry their own).
 
     Returns:
         float32 (N, B, B, B), ZYX like the input; each map scaled to [0, 1] (all zeros
-        where the class score has no positive evidence).
+        where the class score has no positive evidence, and for junk with ``skip_junk``).
 
     Raises:
         InputError: wrong box shape, unknown layer or class number.
@@ -136,9 +141,12 @@ def gradcam(
     import torch
 
     from napari_cryossl.devices import amp_dtype, autocast, select_device, to_device
-    from napari_cryossl.predict import forward_in_chunks, load_classifier
+    from napari_cryossl.predict import forward_in_chunks, junk_class_number, load_classifier
 
-    model, classes, _names, _state = load_classifier(model, class_numbers=class_numbers)
+    model, classes, names, _state = load_classifier(model, class_numbers=class_numbers)
+    names = list(class_names) if class_names is not None else names
+    junk = junk_class_number(classes, names) if skip_junk else None
+    junk_index = -1 if junk is None else int(np.searchsorted(classes, junk))
     x_all = _as_batch(volumes, model.box_size)
     n = x_all.shape[0]
     b = int(model.box_size)
@@ -179,7 +187,8 @@ def gradcam(
         flat = maps.flatten(1)
         lo = flat.min(1, keepdim=True).values
         span = flat.max(1, keepdim=True).values - lo
-        flat = torch.where(span > 0, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
+        keep = (span > 0) & ((idx >= 0) | (pick != junk_index))[:, None]  # junk: blank
+        flat = torch.where(keep, (flat - lo) / span.clamp_min(1e-12), torch.zeros_like(flat))
         return flat.view(-1, b, b, b)
 
     targets = np.full(n, -1, dtype=np.int64) if index is None else index
@@ -220,7 +229,7 @@ def iter_gradcam(
     from napari_cryossl.status import TrainStatus
 
     t0 = time.perf_counter()
-    model, classes, _names, _state = load_classifier(model_or_checkpoint, box_size=data.box_size)
+    model, classes, names, _state = load_classifier(model_or_checkpoint, box_size=data.box_size)
     n, step = len(data), max(int(batch_size), 1)
     n_steps = max(math.ceil(n / step), 1)
     maps = []
@@ -229,7 +238,7 @@ def iter_gradcam(
         maps.append(
             gradcam(
                 model, data.load(idx), target=target_class, layer=layer, device=device,
-                batch_size=step, class_numbers=classes,
+                batch_size=step, class_numbers=classes, class_names=names,
             )
         )
         yield TrainStatus(
@@ -333,6 +342,7 @@ def gradcam_for_set(
     batch_size: int = GradcamSettings.batch_size,
     radius: float | None = None,
     progress=None,
+    overwrite: bool = True,
 ) -> list[Path]:
     """Grad-CAM of every particle of a set, written as MRC files (what ``cryossl gradcam`` does).
 
@@ -345,6 +355,7 @@ def gradcam_for_set(
         model_or_checkpoint: classifier checkpoint path, state, or ``Classifier``.
         data: a ``SubtomogramSet`` with the classifier's box size.
         out: output folder (created).
+        overwrite: replace heatmap files already in ``out`` (False: refuse before any work).
         target_class: class number to explain; None: each particle's predicted class.
         layer: Grad-CAM layer (default: the last residual block).
         device: "auto", "cpu", "cuda", "cuda:N".
@@ -359,8 +370,24 @@ def gradcam_for_set(
     from napari_cryossl.io import write_mrc
     from napari_cryossl.predict import load_classifier
 
-    model, classes, _names, _state = load_classifier(model_or_checkpoint, box_size=data.box_size)
+    model, classes, class_names, _state = load_classifier(
+        model_or_checkpoint, box_size=data.box_size
+    )
     out = Path(out)
+    tomo_paths = list(getattr(data, "tomogram_paths", []) or [])
+    names = (
+        data.table["image_name"].fillna("").astype(str).tolist()
+        if hasattr(data, "table")
+        else [""] * len(data)
+    )
+    targets = (
+        [out / f"{Path(path).stem}_gradcam.mrc" for path in tomo_paths]
+        if tomo_paths
+        else _heatmap_files(out, names)
+    )
+    from napari_cryossl.io import refuse_to_replace
+
+    refuse_to_replace(targets, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     n = len(data)
     step = max(int(batch_size), 1) * 4  # load a few passes at a time to bound memory
@@ -379,6 +406,7 @@ def gradcam_for_set(
                 device=device,
                 batch_size=batch_size,
                 class_numbers=classes,
+                class_names=class_names,
             )
             done += len(idx)
             if progress is not None:
@@ -386,7 +414,6 @@ def gradcam_for_set(
             yield idx, maps
 
     written: list[Path] = []
-    tomo_paths = list(getattr(data, "tomogram_paths", []) or [])
     if tomo_paths:
         from napari_cryossl.io import open_tomogram
 
@@ -402,26 +429,29 @@ def gradcam_for_set(
                     tomo.shape, centers[idx], maps, binning=binning, radius=radius
                 )
                 np.maximum(volume, pasted, out=volume)
-            target = out / f"{Path(path).stem}_gradcam.mrc"
+            target = targets[t]
             write_mrc(target, volume, tomo.voxel_size)
             written.append(target)
         return written
-    names = (
-        data.table["image_name"].fillna("").astype(str).tolist()
-        if hasattr(data, "table")
-        else [""] * n
-    )
-    used: set[str] = set()
     for idx, maps in maps_for(np.arange(n)):
         for i, m in zip(idx, maps, strict=True):
-            stem = Path(names[i]).stem if names[i] else f"particle_{i + 1:06d}"
-            if stem in used:  # two subtomograms with the same file name in different folders
-                stem = f"{stem}_{i + 1:06d}"
-            used.add(stem)
-            target = out / f"{stem}_gradcam.mrc"
-            write_mrc(target, m, data.voxel_size)
-            written.append(target)
+            write_mrc(targets[i], m, data.voxel_size)
+            written.append(targets[i])
     return written
+
+
+def _heatmap_files(out: Path, names: list[str]) -> list[Path]:
+    """One ``<subtomogram stem>_gradcam.mrc`` per particle (``particle_000001`` without a
+    file name); a stem seen twice (same file name in two folders) gets the row number."""
+    used: set[str] = set()
+    files = []
+    for i, name in enumerate(names):
+        stem = Path(name).stem if name else f"particle_{i + 1:06d}"
+        if stem in used:
+            stem = f"{stem}_{i + 1:06d}"
+        used.add(stem)
+        files.append(out / f"{stem}_gradcam.mrc")
+    return files
 
 
 def _tomogram_of_each_particle(data, n_tomograms: int) -> np.ndarray:

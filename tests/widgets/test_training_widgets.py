@@ -123,10 +123,12 @@ def test_cancel_keeps_a_checkpoint_and_resume_continues(dock, tomogram, truth, q
     with qtbot.waitSignals([worker.aborted, worker.finished], timeout=TIMEOUT_MS):
         pre.panel.cancel_button.click()
     out = session.work_dir / "encoder.pt"
-    state = load_checkpoint(out, kind="encoder")
+    # a cancelled run writes its state beside the final name, never under it
+    assert not out.exists() and session.encoder_path is None
+    state = load_checkpoint(session.work_dir / "encoder.last.pt", kind="encoder")
     assert state["epoch"] < 200
     assert pre.panel.resume_button.isEnabled()
-    assert "cancelled" in pre.status.text()
+    assert "cancelled" in pre.status.text() and "encoder.last.pt" in pre.status.text()
     assert len(session.store.table) == len(truth)  # the annotations are untouched
 
     worker = pre.start(resume=True)
@@ -138,6 +140,41 @@ def test_cancel_keeps_a_checkpoint_and_resume_continues(dock, tomogram, truth, q
     pre.cancel()
     _wait(qtbot, worker)
     assert statuses and statuses[0].epoch >= state["epoch"]
+
+
+def test_a_new_run_never_replaces_the_classifier_in_use(dock, tomogram, truth, qtbot):
+    """Start then Cancel, and Start to the end, both leave the first classifier intact."""
+    import hashlib
+
+    from napari_cryossl.checkpoints import load_checkpoint
+
+    viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
+    ft = widget.show_section("finetune")
+    _small_settings(ft, epochs=1)
+    _wait(qtbot, ft.start())
+    first = session.work_dir / "classifier.pt"
+    assert session.classifier_path == first
+    digest = hashlib.sha256(first.read_bytes()).hexdigest()
+
+    _small_settings(ft, epochs=200)
+    worker = ft.start()
+    assert ft.output_path() == session.work_dir / "classifier-2.pt"
+    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT_MS):
+        pass
+    with qtbot.waitSignals([worker.aborted, worker.finished], timeout=TIMEOUT_MS):
+        ft.panel.cancel_button.click()
+    assert hashlib.sha256(first.read_bytes()).hexdigest() == digest
+    assert session.classifier_path == first
+    assert "classifier.pt is unchanged" in ft.status.text()
+    assert not (session.work_dir / "classifier-2.pt").exists()
+    load_checkpoint(session.work_dir / "classifier-2.last.pt", kind="classifier")  # loadable
+
+    _small_settings(ft, epochs=1)
+    _wait(qtbot, ft.start())
+    third = session.work_dir / "classifier-3.pt"  # -2 holds the cancelled run's state
+    assert session.classifier_path == third and third.is_file()
+    assert hashlib.sha256(first.read_bytes()).hexdigest() == digest
+    assert "classifier.pt is kept" in ft.status.text()
 
 
 def test_finetune_can_start_its_last_layer_from_a_linear_probe(dock, tomogram, truth, qtbot):

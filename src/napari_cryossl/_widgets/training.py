@@ -159,11 +159,20 @@ def _concat(pairs):
 
 
 class _TrainingSection(QWidget):
-    """Shared worker handling: start, progress, cancel, resume, errors."""
+    """Shared worker handling: start, progress, cancel, resume, errors.
+
+    Every new run trains into a file of its own (``encoder.pt``, then ``encoder-2.pt``...
+    beside it), which the core writes only when the run finishes, so neither Start nor
+    Cancel ever replaces a model the user already has; Resume continues the last run.
+    """
+
+    #: the file name of a run's model in the session's work folder
+    base_name = ""
 
     def __init__(self, session: Session, start_text: str, parent=None) -> None:
         super().__init__(parent)
         self.session = session
+        self.run_out: Path | None = None  # the model file of the current (or last) run
         self.worker = None
         self.cancelled = False
         self.last_status = None
@@ -174,11 +183,19 @@ class _TrainingSection(QWidget):
         self.panel.cancel_requested.connect(self.cancel)
 
     def output_path(self) -> Path:
-        raise NotImplementedError
+        """Where the current (or last) run writes its model; before any run, where the
+        next one would."""
+        from napari_cryossl.train import unused_checkpoint_path  # numpy-only at import
+
+        if self.run_out is not None:
+            return self.run_out
+        return unused_checkpoint_path(self.session.work_dir / self.base_name)
 
     def resume_path(self) -> Path:
-        """The checkpoint Resume continues from."""
-        return self.output_path()
+        """The resume state Resume continues from."""
+        from napari_cryossl.train import last_checkpoint_path  # numpy-only at import
+
+        return last_checkpoint_path(self.output_path())
 
     def make_job(self, resume: bool):
         """Return a generator function (no arguments) that yields TrainStatus; may raise InputError."""
@@ -190,6 +207,10 @@ class _TrainingSection(QWidget):
             return None
         try:
             self.session.require_tomogram()
+            if not resume:
+                from napari_cryossl.train import unused_checkpoint_path
+
+                self.run_out = unused_checkpoint_path(self.session.work_dir / self.base_name)
             job = self.make_job(resume)
         except Exception as exc:
             self.status.error(notify_error(exc))
@@ -236,10 +257,27 @@ class _TrainingSection(QWidget):
         self.panel.resume_button.setEnabled(can_resume)
         if self.cancelled:
             message = "cancelled" + (
-                f"; checkpoint kept in {out} (Resume continues)" if can_resume else ""
+                f"; the run so far is in {self.resume_path().name} (Resume continues)"
+                if can_resume
+                else ""
             )
+            kept = self._model_in_use()
+            if kept is not None:
+                message += f"; {kept.name} is unchanged and still in use"
             self.status.info(message)
             notify_info(message)
+
+    def _model_in_use(self) -> Path | None:
+        """The session's model of this kind (what a cancelled run leaves in use)."""
+        return None
+
+    def _saved_text(self, out: Path, what: str) -> str:
+        """What a finished run says: where it saved, and that an older model was kept."""
+        default = self.session.work_dir / self.base_name
+        text = f"{what} saved to {out.name}"
+        if out != default and default.is_file():
+            text += f" ({default.name} is kept)"
+        return text
 
     def output_path_or_none(self) -> Path | None:
         try:
@@ -250,6 +288,8 @@ class _TrainingSection(QWidget):
 
 class PretrainWidget(_TrainingSection):
     """Self-supervised pretraining of the encoder on every particle (no labels needed)."""
+
+    base_name = "encoder.pt"
 
     def __init__(self, session: Session, parent=None) -> None:
         super().__init__(session, "Start pretraining", parent)
@@ -360,14 +400,6 @@ class PretrainWidget(_TrainingSection):
             self.epochs.setValue(int(defaults["epochs"]))
 
     # run -------------------------------------------------------------------------
-    def output_path(self) -> Path:
-        return self.session.work_dir / "encoder.pt"
-
-    def resume_path(self) -> Path:
-        from napari_cryossl.train import last_checkpoint_path
-
-        return last_checkpoint_path(self.output_path())
-
     def make_job(self, resume: bool):
         from napari_cryossl.io import InputError
 
@@ -403,11 +435,8 @@ class PretrainWidget(_TrainingSection):
     def _on_success(self) -> None:
         self._adopt_encoder()
 
-    def _on_finished(self) -> None:
-        super()._on_finished()
-        out = self.output_path_or_none()
-        if self.cancelled and out is not None and out.is_file():
-            self._adopt_encoder()  # a cancelled run's checkpoint is a usable encoder too
+    def _model_in_use(self) -> Path | None:
+        return self.session.encoder_path
 
     def _adopt_encoder(self) -> None:
         out = self.output_path()
@@ -415,11 +444,10 @@ class PretrainWidget(_TrainingSection):
             self.session.encoder_path = out
             self.session.box_size = int(self.box_size.value())
             self.session.models_changed.emit()
-            if not self.cancelled:
-                self.status.info(
-                    f"encoder saved to {out}; see the population in step 5 (Map) or "
-                    "fine-tune in step 6"
-                )
+            self.status.info(
+                self._saved_text(out, "encoder")
+                + "; see the population in step 5 (Map) or fine-tune in step 6"
+            )
 
     def _on_tomogram(self) -> None:
         if self.session.tomogram is not None:
@@ -432,6 +460,8 @@ class PretrainWidget(_TrainingSection):
 
 class FinetuneWidget(_TrainingSection):
     """Train a classifier on the labelled particles, starting from the pretrained encoder."""
+
+    base_name = "classifier.pt"
 
     def __init__(self, session: Session, parent=None) -> None:
         super().__init__(session, "Start fine-tuning", parent)
@@ -498,14 +528,6 @@ class FinetuneWidget(_TrainingSection):
         session.project_changed.connect(self._show_state)
         self._show_state()
 
-    def output_path(self) -> Path:
-        return self.session.work_dir / "classifier.pt"
-
-    def resume_path(self) -> Path:
-        from napari_cryossl.train import last_checkpoint_path  # numpy-only at import
-
-        return last_checkpoint_path(self.output_path())
-
     def make_job(self, resume: bool):
         from napari_cryossl.io import InputError
 
@@ -553,10 +575,13 @@ class FinetuneWidget(_TrainingSection):
             self.session.classifier_path = out
             self.session.models_changed.emit()
             acc = (self.last_status.metrics or {}).get("val_accuracy") if self.last_status else None
-            text = f"classifier saved to {out}"
+            text = self._saved_text(out, "classifier")
             if isinstance(acc, float):
                 text += f" (validation accuracy {acc:.1%})"
             self.status.info(text + "; continue with step 7 (Prediction)")
+
+    def _model_in_use(self) -> Path | None:
+        return self.session.classifier_path
 
     def _choose_init(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Encoder checkpoint", "", CHECKPOINT_FILTER)

@@ -13,6 +13,7 @@ from pathlib import Path
 from napari_cryossl.cli.outputs import (
     _is_copick_out,
     _tomogram_reference,
+    _tomograms_star_beside,
     _write_copick_predictions,
     _write_particle_file,
     _write_predictions,
@@ -27,9 +28,30 @@ from napari_cryossl.cli.training import (
 )
 
 
-def _load_set(args: argparse.Namespace):
+def _box_size(args: argparse.Namespace, checkpoint) -> int | None:
+    """The box edge to cut: --box-size when given, else the checkpoint's (a model only
+    runs on the boxes it was trained on), else None (the data's own default)."""
+    if checkpoint is None:
+        return args.box_size
+    from napari_cryossl.checkpoints import load_checkpoint
+    from napari_cryossl.io import InputError
+
+    trained = int(load_checkpoint(checkpoint)["box_size"])
+    if args.box_size is not None and int(args.box_size) != trained:
+        raise InputError(
+            f"{checkpoint}: was trained on {trained}^3 boxes, not --box-size {args.box_size}; "
+            f"leave out --box-size (or give --box-size {trained})"
+        )
+    return trained
+
+
+def _load_set(args: argparse.Namespace, checkpoint=None):
+    """The particles of the command's input (STAR/CSV, tomograms.star, copick), cut at the
+    box size of `checkpoint` when one is given and --box-size is not."""
     from napari_cryossl.dataset import DEFAULT_BOX_SIZE, SubtomogramSet
     from napari_cryossl.io.copick import is_copick_config, read_copick
+
+    box_size = _box_size(args, checkpoint)
 
     if is_copick_config(args.particles):
         runs = read_copick(
@@ -40,15 +62,16 @@ def _load_set(args: argparse.Namespace):
             user_id=args.copick_user,
             session_id=args.copick_session,
         )
-        box = args.box_size if args.box_size is not None else DEFAULT_BOX_SIZE
+        box = box_size if box_size is not None else DEFAULT_BOX_SIZE
         return SubtomogramSet.from_tables([(table, path) for _, path, table in runs], box)
     tomogram = args.tomogram
     if tomogram is not None and Path(tomogram).suffix.lower() == ".star":  # a tomogram set
-        return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomograms=tomogram)
-    return SubtomogramSet.from_star(args.particles, box_size=args.box_size, tomogram=tomogram)
+        return SubtomogramSet.from_star(args.particles, box_size=box_size, tomograms=tomogram)
+    return SubtomogramSet.from_star(args.particles, box_size=box_size, tomogram=tomogram)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
+    from napari_cryossl.io import refuse_to_replace
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.simulate import SimulationConfig, simulate_to_disk
 
@@ -62,6 +85,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.classes is not None:
         more["n_classes"] = args.classes
     config = settings_from_args(SimulationConfig, args, structures=structures, **more)
+    refuse_to_replace([args.out], overwrite=args.overwrite)
     from napari_cryossl.console import StagedProgress
 
     units = {"simulate": "chunks", "write": "files", "tomogram": "tomograms"}
@@ -83,10 +107,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_pick(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from napari_cryossl.io import InputError, open_tomogram, write_particles
+    from napari_cryossl.io import InputError, open_tomogram, refuse_to_replace, write_particles
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.picking import PickSettings, pick_particles
 
+    outputs = [args.out] + ([_tomograms_star_beside(args.out)] if args.relion5 else [])
+    refuse_to_replace(outputs, overwrite=args.overwrite)
     tomo = open_tomogram(args.tomogram)
     if args.diameter is not None:
         if args.diameter <= 0:
@@ -181,7 +207,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from napari_cryossl.train import FinetuneConfig, iter_finetune
 
     _refuse_overwrite(args)
-    data = _load_set(args)
+    data = _load_set(args, args.init)
     config = settings_from_args(FinetuneConfig, args)
     _announce_finetune_epochs(config)
     with _resumable(args, "finetune"):
@@ -193,6 +219,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         best = metrics.get("best_val_accuracy")
         best_text = f", best validation accuracy {best:.3f}" if isinstance(best, float) else ""
         print(f"classifier -> {args.out}{best_text}")
+        if isinstance(metrics.get("temperature"), float):
+            print(
+                f"calibration: temperature {metrics['temperature']:.2f}, expected calibration "
+                f"error on the validation split {metrics.get('val_ece', float('nan')):.3f} -> "
+                f"{metrics.get('val_ece_calibrated', float('nan')):.3f} (15 bins)"
+            )
     return 0
 
 
@@ -202,11 +234,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_cryossl.console import drive
+    from napari_cryossl.io import refuse_to_replace
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.predict import PredictSettings, iter_predict
 
     settings = settings_from_args(PredictSettings, args)
-    data = _load_set(args)
+    outputs = [] if _is_copick_out(args.out) else [args.out]
+    if args.relion5 and outputs:
+        outputs.append(_tomograms_star_beside(args.out))
+    if args.embeddings is not None:
+        outputs.append(args.embeddings)
+    refuse_to_replace(outputs, overwrite=args.overwrite)
+    data = _load_set(args, args.classifier)
     result = None
     gen = iter_predict(args.classifier, data, **dataclasses.asdict(settings))
     results: list = []
@@ -230,10 +269,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from napari_cryossl.io import refuse_to_replace
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.population import EmbedSettings, embed_particles, map_and_cluster
 
-    data = _load_set(args)
+    out = Path(args.out)
+    refuse_to_replace([out, out.with_suffix(".npy")], overwrite=args.overwrite)
+    data = _load_set(args, args.model)
     settings = settings_from_args(EmbedSettings, args)
     embeddings = embed_particles(
         args.model, data, device=settings.device, batch_size=settings.batch_size
@@ -241,7 +283,6 @@ def cmd_embed(args: argparse.Namespace) -> int:
     coords, method, groups = map_and_cluster(
         embeddings, method=settings.map, n_clusters=settings.clusters, seed=settings.seed
     )
-    out = Path(args.out)
     _write_rows(
         args.particles,
         out,
@@ -265,7 +306,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_suggest(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_cryossl.io import InputError
+    from napari_cryossl.io import InputError, refuse_to_replace
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.population import (
         SuggestSettings,
@@ -275,7 +316,8 @@ def cmd_suggest(args: argparse.Namespace) -> int:
     )
 
     settings = settings_from_args(SuggestSettings, args)
-    data = _load_set(args)
+    refuse_to_replace([args.out], overwrite=args.overwrite)
+    data = _load_set(args, args.model)
     labels = np.asarray(data.class_numbers, dtype=np.int64)
     if not (labels <= 0).any():
         raise InputError(f"{args.particles}: every particle is labelled; nothing to suggest")
@@ -301,10 +343,15 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
     from napari_cryossl.saliency import GradcamSettings, gradcam_for_set
 
     settings = settings_from_args(GradcamSettings, args)
-    data = _load_set(args)
+    data = _load_set(args, args.classifier)
     with CallbackProgress("gradcam", "particles") as progress:
         written = gradcam_for_set(
-            args.classifier, data, args.out, progress=progress, **dataclasses.asdict(settings)
+            args.classifier,
+            data,
+            args.out,
+            progress=progress,
+            overwrite=args.overwrite,
+            **dataclasses.asdict(settings),
         )
     print(f"{len(written)} heatmap file(s) -> {args.out}")
     return 0
@@ -320,6 +367,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         gui=args.gui,
         preset_overrides={"structures": None} if args.data == "shapes" else None,
+        overwrite=args.overwrite,
     )
     return 0
 

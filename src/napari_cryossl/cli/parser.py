@@ -75,6 +75,15 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overwrite_option(p: argparse.ArgumentParser, what: str = "--out") -> None:
+    """Every command refuses to replace an existing output unless told to."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} if it exists (default: refuse, and write nothing)",
+    )
+
+
 def _add_relion5_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--relion5",
@@ -139,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(p, SimulationConfig, only=CLUTTER_OPTIONS)  # clutter in the tomogram
     p.add_argument("--seed", type=int, default=0)
+    _add_overwrite_option(p, "the files in --out")
 
     # pick ---------------------------------------------------------------------
     p = sub.add_parser(
@@ -159,21 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="picks.star, picks.csv or picks.tbl (Dynamo)"
     )
     _add_relion5_option(p)
+    _add_overwrite_option(p)
 
     # pretrain -------------------------------------------------------------------
     p = sub.add_parser(
         "pretrain",
         help="contrastive self-supervised pretraining of the encoder (labels not needed)",
         description="Pretrain an RB3D encoder on all particles with MoCo, SimCLR or SwAV. "
-        "Writes ENCODER.pt after every epoch (and when stopped with Ctrl-C); --resume continues.",
+        "Writes ENCODER.pt when the run finishes; the state so far goes to ENCODER.last.pt after "
+        "every epoch and when stopped with Ctrl-C, and --resume continues from it.",
     )
     _add_data_options(p)
     p.add_argument("--out", type=Path, required=True, help="ENCODER.pt checkpoint to write")
     add_arguments(p, PretrainConfig)
-    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument(
-        "--overwrite", action="store_true", help="replace --out if it exists (default: refuse)"
+        "--resume",
+        action="store_true",
+        help="continue the stopped run whose state is beside --out (OUT.last.pt)",
     )
+    _add_overwrite_option(p)
 
     # finetune -------------------------------------------------------------------
     p = sub.add_parser(
@@ -187,10 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="CLASSIFIER.pt checkpoint to write")
     p.add_argument("--init", type=Path, default=None, help="ENCODER.pt from `cryossl pretrain`")
     add_arguments(p, FinetuneConfig)
-    p.add_argument("--resume", action="store_true", help="continue from --out if it exists")
     p.add_argument(
-        "--overwrite", action="store_true", help="replace --out if it exists (default: refuse)"
+        "--resume",
+        action="store_true",
+        help="continue the stopped run whose state is beside --out (OUT.last.pt)",
     )
+    _add_overwrite_option(p)
 
     # predict --------------------------------------------------------------------
     p = sub.add_parser(
@@ -221,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="session id of the picks written (user id napari-cryossl; default: predict)",
     )
     p.add_argument("--embeddings", type=Path, default=None, help="also save embeddings (.npy)")
+    _add_overwrite_option(p, "--out (and --embeddings)")
 
     # gradcam --------------------------------------------------------------------
     p = sub.add_parser(
@@ -233,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     add_arguments(p, GradcamSettings)
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_overwrite_option(p, "heatmap files in --out")
 
     # embed ------------------------------------------------------------------------
     p = sub.add_parser(
@@ -247,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     add_arguments(p, EmbedSettings)
     p.add_argument("--out", type=Path, required=True, help="OUT.star (or .csv); OUT.npy beside it")
+    _add_overwrite_option(p, "OUT and OUT.npy")
 
     # suggest ----------------------------------------------------------------------
     p = sub.add_parser(
@@ -262,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     add_arguments(p, SuggestSettings)
     p.add_argument("--out", type=Path, required=True, help="NEXT.star (or .csv)")
+    _add_overwrite_option(p)
 
     # demo -------------------------------------------------------------------------
     p = sub.add_parser(
@@ -299,4 +319,5 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    _add_overwrite_option(p, "the files of an earlier demo in --out")
     return parser

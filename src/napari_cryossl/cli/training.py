@@ -89,14 +89,15 @@ def _resumable(args: argparse.Namespace, command: str):
         from napari_cryossl.train import last_checkpoint_path
 
         out = Path(args.out)
-        kept = [p for p in (out, last_checkpoint_path(out)) if p.is_file()]
-        if not kept:
+        state = last_checkpoint_path(out)
+        if not state.is_file():
             raise _Interrupted("no checkpoint was written yet") from None
         again = " ".join(sys.argv[1:]) if sys.argv[1:] else f"{command} ... --out {out}"
         if "--resume" not in again.split():
             again += " --resume"
+        kept = f"; {out} was not touched" if out.is_file() else ""
         raise _Interrupted(
-            f"checkpoint kept in {kept[-1] if command == 'finetune' else kept[0]}; "
+            f"the run so far is in {state} (it loads as a checkpoint too){kept}; "
             f"continue with: cryossl {again}"
         ) from None
 

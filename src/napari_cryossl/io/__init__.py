@@ -21,7 +21,8 @@ Conventions (docs/coordinates.md has the full story, with examples):
 One module per concern, from the bottom up:
 
 - `errors`: `InputError`, `InputWarning` and the argument checks every reader shares;
-- `atomic`: `atomic_write` and the clean-up of what a killed writer left;
+- `atomic`: `atomic_write`, the clean-up of what a killed writer left, and
+  `refuse_to_replace` (no output replaced without consent);
 - `omezarr`: OME-Zarr images (`read_ome_zarr`: metadata checked, levels opened lazily);
 - `mrc`: `Tomogram`, `open_tomogram` (MRC files and OME-Zarr folders), `read_mrc`, `write_mrc`;
 - `coordinates`: RELION-5 centred Å <-> voxels, the tomogram geometry of a file
@@ -39,7 +40,7 @@ Every public name is importable from ``napari_cryossl.io`` itself, as before the
 This package imports neither torch nor Qt.
 """
 
-from napari_cryossl.io.atomic import atomic_write, remove_stale_temp_files
+from napari_cryossl.io.atomic import atomic_write, refuse_to_replace, remove_stale_temp_files
 from napari_cryossl.io.coordinates import RelionTomogram, centred_to_voxels, voxels_to_centred
 from napari_cryossl.io.copick import read_copick, write_copick
 from napari_cryossl.io.dynamo import read_dynamo_table, write_dynamo_table
@@ -81,6 +82,7 @@ __all__ = [
     "RelionTomogram",
     "Tomogram",
     "atomic_write",
+    "refuse_to_replace",
     "centred_to_voxels",
     "make_particle_table",
     "open_tomogram",

@@ -14,6 +14,39 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+# ----------------------------------------------------------------------------- consent
+
+
+def refuse_to_replace(paths, *, overwrite: bool, flag: str = "--overwrite") -> None:
+    """Refuse, before any work, to replace files a user already has.
+
+    Every command checks all the files it will write (a folder counts when it holds
+    files) and stops with one message naming them, unless `overwrite` says the user
+    agreed.
+
+    Raises:
+        InputError: some of `paths` exist and `overwrite` is False.
+    """
+    from napari_cryossl.io.errors import InputError
+
+    if overwrite:
+        return
+    taken = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            if any(path.iterdir()):
+                taken.append(path)
+        elif path.exists():
+            taken.append(path)
+    if taken:
+        names = ", ".join(str(p) for p in taken)
+        raise InputError(
+            f"{names} {'exists' if len(taken) == 1 else 'exist'}: choose another output, "
+            f"or replace with {flag}"
+        )
+
+
 # ----------------------------------------------------------------------------- atomic write
 
 

@@ -23,11 +23,13 @@ a ``thread_worker``), the CLI (under a tqdm bar) and the tests (directly)::
 Checkpoints (``checkpoints.save_checkpoint``: atomic, ``torch.load(weights_only=True)``) carry
 the preset, box size, voxel size, normalisation, method, epoch, and for classifiers the
 sorted class numbers and names. ``out`` is what a user keeps and moves around: weights
-only (pretraining: the encoder after every epoch and when stopped; fine-tuning: the
-best-validation classifier). The full training state (optimiser, schedule, MoCo key
-encoder and queue, random state) goes to ``<out stem>.last<suffix>``, which ``resume``
-reads; a stopped run keeps it, a finished one deletes it unless ``keep_state`` is set;
-see ``last_checkpoint_path``.
+only (pretraining: the last encoder; fine-tuning: the best-validation classifier), and it
+is written once, when the run finishes: a stopped, interrupted or failed run never
+replaces what is already there. The full training state (optimiser, schedule, MoCo key
+encoder and queue, random state, the best weights so far) goes to
+``<out stem>.last<suffix>`` during the run; ``resume`` reads it, and it loads as an
+encoder or classifier itself. A stopped run keeps it; a finished one deletes it unless
+``keep_state`` is set; see ``last_checkpoint_path``.
 
 On CUDA the loops use autocast (bfloat16, or float16 with a gradient scaler), the
 ``channels_last_3d`` layout, pinned host memory with ``non_blocking`` copies, and run
@@ -55,7 +57,7 @@ from __future__ import annotations
 
 # The status type lives in status.py (predict.py yields it too); re-exported here.
 from napari_cryossl.status import TrainStatus
-from napari_cryossl.train.checkpoints import last_checkpoint_path
+from napari_cryossl.train.checkpoints import last_checkpoint_path, unused_checkpoint_path
 from napari_cryossl.train.config import (
     FINETUNE_AUGMENT,
     FinetuneConfig,
@@ -82,6 +84,7 @@ __all__ = [
     "iter_finetune",
     "iter_pretrain",
     "last_checkpoint_path",
+    "unused_checkpoint_path",
     "run",
     "split_labelled",
 ]

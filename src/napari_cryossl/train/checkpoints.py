@@ -12,13 +12,38 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-__all__ = ["last_checkpoint_path"]
+__all__ = ["last_checkpoint_path", "unused_checkpoint_path"]
 
 
 def last_checkpoint_path(out: str | Path) -> Path:
     """Where fine-tuning keeps its resumable state: ``classifier.pt`` -> ``classifier.last.pt``."""
     out = Path(out)
     return out.with_name(f"{out.stem}.last{out.suffix or '.pt'}")
+
+
+def unused_checkpoint_path(out: str | Path) -> Path:
+    """``out`` if neither it nor its resume state exists, else the first free
+    ``<stem>-2<suffix>``, ``<stem>-3<suffix>``...: where a new run goes without replacing
+    anything a user made."""
+    out = Path(out)
+    candidate, n = out, 1
+    while candidate.exists() or last_checkpoint_path(candidate).exists():
+        n += 1
+        candidate = out.with_name(f"{out.stem}-{n}{out.suffix}")
+    return candidate
+
+
+def _check_resumable(out: Path, last: Path) -> None:
+    """``resume`` with no state to resume from, but a finished result at ``out``: refuse,
+    instead of training afresh and replacing that result when the new run finishes."""
+    from napari_cryossl.io.errors import InputError
+
+    if not Path(last).is_file() and Path(out).is_file():
+        raise InputError(
+            f"{out}: this run finished and its resume state ({Path(last).name}) was not kept "
+            "(--keep-state keeps it), so there is nothing to continue; train into another "
+            "file, or replace it (--overwrite)"
+        )
 
 
 def _rng_state(device) -> dict:

@@ -2,8 +2,10 @@
 
 ``_FinetuneJob`` is the fine-tuning side of the shared loop (``loop._train_epochs``):
 the label split (``labels.split_labelled``), class-balanced batches, the warm-up and
-cosine schedule, validation after every epoch with the best classifier kept at ``out``,
-and the resumable state (split, optimiser, schedule) in ``last_checkpoint_path(out)``.
+cosine schedule, validation after every epoch with the best weights kept, and the
+resumable state (split, optimiser, schedule, best weights) in ``last_checkpoint_path(out)``.
+``out`` itself is written once, when the run finishes: a stopped or failed run never
+replaces the classifier a user already has there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from napari_cryossl.status import TrainStatus
 from napari_cryossl.train.checkpoints import (
+    _check_resumable,
     _plain_config,
     _rng_state,
     _set_rng_state,
@@ -79,6 +82,8 @@ class _FinetuneJob(_Job):
         self.notes: list[str] = []
 
         resume_state = None
+        if resume:
+            _check_resumable(self.out, self.last_path)
         if resume and self.last_path.is_file():
             resume_state = load_checkpoint(
                 self.last_path,
@@ -167,7 +172,11 @@ class _FinetuneJob(_Job):
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(config.label_smoothing))
         self.trainable = self.ctx.wrap(self.model, self.device) if self.ctx.enabled else self.model
         self.best = {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": 0}
-        self._wrote_out = False
+        # Temperature scaling of the best classifier (train/calibration.py); None: not fitted.
+        self.temperature: float | None = None
+        self.calibration: dict | None = None
+        self._val_outputs = None
+        self._best_state: dict | None = None  # the best validation classifier so far
         self._correct = 0
         self._seen = 0
         if resume_state is not None:
@@ -283,7 +292,9 @@ class _FinetuneJob(_Job):
             self.scaler.load_state_dict(state["grad_scaler"])
         best = state.get("best") or {}
         self.best.update({k: best[k] for k in ("val_accuracy", "val_loss", "epoch") if k in best})
-        self._wrote_out = self.out.is_file()
+        self.temperature = state.get("temperature")
+        self.calibration = state.get("calibration")
+        self._best_state = state.get("best_model")
         self.restore_progress(state.get("progress"), self.last_path)
         _set_rng_state(state.get("rng"), self.device)
 
@@ -332,6 +343,7 @@ class _FinetuneJob(_Job):
             return {}
         self.model.eval()
         total_loss, correct = 0.0, 0
+        outputs = []  # (logits, targets) for temperature scaling
         batches = [self.val_rows[i : i + 64] for i in range(0, len(self.val_rows), 64)]
         with torch.inference_mode():
             for boxes, labels, _rows in _plain_loader(self, batches):
@@ -343,6 +355,8 @@ class _FinetuneJob(_Job):
                     torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
                 )
                 correct += int((logits.argmax(1) == y).sum())
+                outputs.append((logits.float().cpu().numpy(), y.cpu().numpy()))
+        self._val_outputs = tuple(np.concatenate(parts) for parts in zip(*outputs, strict=True))
         n = len(self.val_rows)
         return {"val_loss": total_loss / n, "val_accuracy": correct / n}
 
@@ -363,18 +377,40 @@ class _FinetuneJob(_Job):
                     "val_loss": val["val_loss"],
                     "epoch": self.epoch,
                 }
-                self._write_out(metrics)
+                self._calibrate()  # before the best classifier's state is taken
+                metrics.update(self._calibration_metrics())
+                self._keep_best(metrics)
+            metrics.update(self._calibration_metrics())
             metrics["best_val_accuracy"] = self.best["val_accuracy"]
             metrics["best_epoch"] = self.best["epoch"]
         else:
             # Without validation examples the latest weights are the best we know.
             self.best["epoch"] = self.epoch
-            self._write_out(metrics)
+            self._keep_best(metrics)
         metrics["n_train"] = int(self.n_train)
         metrics["n_val"] = int(len(self.val_rows))
         if self.notes:
             metrics["note"] = "; ".join(self.notes)
         return metrics
+
+    # -- calibration --------------------------------------------------------------------------
+    def _calibrate(self) -> None:
+        """Temperature scaling on the validation logits of the model just found best."""
+        from napari_cryossl.train.calibration import calibration_report
+
+        logits, targets = self._val_outputs
+        self.calibration = dict(calibration_report(logits, targets), epoch=int(self.epoch))
+        self.temperature = float(self.calibration["temperature"])
+
+    def _calibration_metrics(self) -> dict:
+        """The best classifier's temperature and validation ECE, for the epoch's metrics."""
+        c = self.calibration or {}
+        names = {
+            "temperature": "temperature",
+            "ece_before": "val_ece",
+            "ece_after": "val_ece_calibrated",
+        }
+        return {name: float(c[k]) for k, name in names.items() if k in c}
 
     # -- checkpoints ------------------------------------------------------------------------
     def _names(self) -> list[str]:
@@ -392,17 +428,18 @@ class _FinetuneJob(_Job):
             method=self.method,
             config=_plain_config(self.config),
             init=str(self.init) if self.init is not None else None,
+            temperature=self.temperature,
+            calibration=self.calibration,
             **extra,
         )
 
-    def _write_out(self, metrics: dict) -> None:
-        """The classifier to predict with: the best validation weights so far."""
-        from napari_cryossl.checkpoints import save_checkpoint
-
-        if self.ctx.is_main:
-            plain = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
-            save_checkpoint(self.out, self._state(epoch=self.epoch, metrics=plain))
-        self._wrote_out = True
+    def _keep_best(self, metrics: dict) -> None:
+        """Remember the best validation classifier so far (a copy on the CPU); it goes to
+        ``out`` when the run finishes and into the resume state when it stops."""
+        plain = {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+        state = self._state(epoch=self.epoch, metrics=plain)
+        state["model"] = {k: v.detach().to("cpu", copy=True) for k, v in state["model"].items()}
+        self._best_state = state
 
     def save(self, *, reason: str) -> Path | None:
         from napari_cryossl.checkpoints import save_checkpoint
@@ -417,6 +454,7 @@ class _FinetuneJob(_Job):
             progress=self.progress_state(),
             rng=_rng_state(self.device),
             best=dict(self.best),
+            best_model=self._best_state,
             split={
                 "train_rows": self.train_rows,
                 "val_rows": self.val_rows,
@@ -425,11 +463,17 @@ class _FinetuneJob(_Job):
             stopped=reason != "epoch",
         )
         save_checkpoint(self.last_path, state)
-        if not self._wrote_out:
-            # Stopped before the first validation: leave a usable classifier at ``out``.
-            save_checkpoint(self.out, self._state(epoch=self.epoch))
-            self._wrote_out = True
         return self.last_path
+
+    def finish(self) -> Path | None:
+        """The run is complete: write the best validation classifier (the latest weights
+        when nothing was validated) to ``out``, then drop the resume state."""
+        from napari_cryossl.checkpoints import save_checkpoint
+
+        if self.ctx.is_main:
+            state = self._best_state or self._state(epoch=self.epoch)
+            save_checkpoint(self.out, state)
+        return super().finish()
 
 
 def iter_finetune(
@@ -453,8 +497,9 @@ def iter_finetune(
     Args:
         data: a ``SubtomogramSet``; unlabelled rows (0) are ignored.
         config: ``FinetuneConfig``.
-        out: classifier checkpoint (the best validation model); the resumable state
-            goes to ``last_checkpoint_path(out)``.
+        out: classifier checkpoint (the best validation model), written when the run
+            finishes; until then, and when stopped, the state (which loads as a
+            classifier too) is in ``last_checkpoint_path(out)``.
         init: encoder (or classifier) checkpoint to start from; its box size must match.
         resume: continue from ``last_checkpoint_path(out)`` if it exists.
         should_stop: polled before every step; True stops (on every rank).

@@ -16,6 +16,7 @@ import numpy as np
 
 from napari_cryossl.status import TrainStatus
 from napari_cryossl.train.checkpoints import (
+    _check_resumable,
     _plain_config,
     _rng_state,
     _set_rng_state,
@@ -107,8 +108,9 @@ class _PretrainJob(_Job):
                 find_unused_parameters=self.method == "swav",
             )
         self.last_path = last_checkpoint_path(self.out)
-        # The resume state lives in <out>.last.pt; older versions kept it in <out> itself.
-        state_file = self.last_path if self.last_path.is_file() else self.out
+        state_file = self.last_path
+        if resume:
+            _check_resumable(self.out, self.last_path)
         if resume and state_file.is_file():
             self._state_file = state_file
             state = load_checkpoint(
@@ -235,8 +237,23 @@ class _PretrainJob(_Job):
             grad_scaler=self.scaler.state_dict() if self.scaler is not None else None,
         )
         save_checkpoint(self.last_path, state)
-        save_checkpoint(self.out, checkpoint_state(obj.encoder, **about))
-        return self.out
+        return self.last_path
+
+    def finish(self) -> Path | None:
+        """The run is complete: write the encoder a user keeps (weights only) to ``out``,
+        then drop the resume state."""
+        from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
+
+        if self.ctx.is_main:
+            about = {
+                "voxel_size": self.data.voxel_size,
+                "method": self.method,
+                "epoch": self.epoch,
+                "config": _plain_config(self.config),
+                "hyperparameters": dict(self.hp),
+            }
+            save_checkpoint(self.out, checkpoint_state(self.objective.encoder, **about))
+        return super().finish()
 
 
 def _ssl_keys(method: str) -> set[str]:
@@ -264,9 +281,11 @@ def iter_pretrain(
     Args:
         data: a ``SubtomogramSet`` (every particle is used).
         config: ``PretrainConfig``.
-        out: encoder checkpoint to write (every ``save_every`` epochs, at the end, when
-            stopped).
-        resume: continue from ``out`` if it exists (else start afresh).
+        out: encoder checkpoint, written when the run finishes (never when it is stopped
+            or fails, so an encoder already there is kept); the resumable state goes to
+            ``last_checkpoint_path(out)`` every ``save_every`` epochs and when stopped.
+        resume: continue from ``last_checkpoint_path(out)`` if it exists (else start
+            afresh).
         should_stop: polled before every step; True stops (on every rank).
         distributed: a ``distributed.DistributedContext``; None detects torchrun.
 
