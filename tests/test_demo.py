@@ -8,6 +8,7 @@ import mrcfile
 
 from napari_cryossl.demo import match_picks, run_demo
 from napari_cryossl.io import read_particles
+from napari_cryossl.predict import JUNK_CLASS_NAME
 
 
 def test_tiny_demo_runs_every_stage_and_reports_against_ground_truth(tmp_path, capsys):
@@ -36,11 +37,12 @@ def test_tiny_demo_runs_every_stage_and_reports_against_ground_truth(tmp_path, c
         "gradcam",
     ]
     assert result.n_true == 12 and result.n_picked > 0
-    assert 0.0 <= result.recall <= 1.0 and result.n_labelled == 4
-    assert 0.0 <= result.accuracy <= 1.0 and math.isclose(result.chance, 0.5)
+    assert 0.0 <= result.recall <= 1.0 and result.n_labelled == 4 + 2  # 2 of them junk
+    assert 0.0 <= result.accuracy <= 1.0 and math.isclose(result.chance, 1 / 3)  # 2 + junk
     predictions = read_particles(result.files["predictions"])
     assert len(predictions) == result.n_picked
-    assert set(predictions["class_number"]) <= {1, 2}
+    # 1, 2: the complexes; 3: "not a particle" (junk), the last class
+    assert set(predictions["class_number"]) <= {1, 2, 3}
     with (
         mrcfile.open(result.files["gradcam"]) as heat,
         mrcfile.open(result.files["tomogram"]) as tomo,
@@ -50,12 +52,23 @@ def test_tiny_demo_runs_every_stage_and_reports_against_ground_truth(tmp_path, c
     assert "accuracy on the unlabelled matched picks" in out
     # The demo's particles are real complexes, and the classes carry their names: in the
     # summary and in the classifier, where prediction and the dock read them.
-    assert result.class_names == ["TRiC", "apoferritin"]
+    assert result.class_names == ["TRiC", "apoferritin", JUNK_CLASS_NAME]
     assert "per class: TRiC" in out
     from napari_cryossl.predict import load_classifier
 
-    _model, _classes, names, _state = load_classifier(result.files["classifier"])
-    assert names == ["TRiC", "apoferritin"]
+    _model, classes, names, state = load_classifier(result.files["classifier"])
+    assert names == ["TRiC", "apoferritin", JUNK_CLASS_NAME] and classes.tolist() == [1, 2, 3]
+    # the false picks: two labelled junk, the others counted and reported
+    assert result.junk_class == 3 and result.n_junk_labelled == 2
+    assert result.n_false_picks == result.n_picked - round(result.precision * result.n_picked) - 2
+    assert 0 <= result.n_flagged_junk <= result.n_false_picks
+    assert f"{JUNK_CLASS_NAME}: 3" not in out and f'flagged "{JUNK_CLASS_NAME}"' in out
+    assert JUNK_CLASS_NAME in result.per_class
+    # confidence is calibrated: the classifier's temperature was used, and the ECE reported
+    # (a tiny run has no validation split, hence no temperature: 1)
+    assert result.temperature == (state.get("temperature") or 1.0)
+    assert 0.0 <= result.ece <= 1.0
+    assert "expected calibration error on the unlabelled picks" in out
 
 
 def test_match_picks_is_one_to_one_within_the_radius():
