@@ -310,6 +310,23 @@ class LayerSync:
         for lyr in (session.particles_layer, session.predictions_layer):
             if lyr is not None and lyr in viewer.layers:
                 lyr.selected_data = {int(index)}
+        # the viewer goes to a particle: it must be marked there (Grad-CAM hides markers)
+        show_markers(session)
+
+
+def show_markers(session) -> bool:
+    """Show the particles again when none of the session's marker layers is visible (a
+    Grad-CAM heatmap hides them): the predictions when there are any, else the particles.
+    Returns whether a layer was shown."""
+    viewer = session.viewer
+    layers = [
+        layer for layer in (session.predictions_layer, session.particles_layer)
+        if layer is not None and layer in viewer.layers
+    ]
+    if not layers or any(layer.visible for layer in layers):
+        return False
+    layers[0].visible = True
+    return True
 
 
 def _features(table):

@@ -48,6 +48,7 @@ from napari_cryossl._widgets._common import (
     notify_error,
 )
 from napari_cryossl._widgets._helper_process import HelperProcess
+from napari_cryossl._widgets._layer_sync import show_markers
 from napari_cryossl._widgets._map_canvas import MapCanvas
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import generator_worker
@@ -446,6 +447,7 @@ class PopulationWidget(QWidget):
         self.selection = np.unique(np.asarray(indices, dtype=np.int64))
         self.canvas.set_rings(self.selection)
         layer = self.session.particles_layer
+        show_markers(self.session)  # selected particles are marked in the viewer
         if layer is not None and layer in self.session.viewer.layers:
             self._updating = True
             try:
