@@ -24,10 +24,12 @@ from napari_cryossl.simulate import (  # noqa: E402
     SimulationConfig,
     class_names,
     class_templates,
+    clutter_mask,
     contrast_transfer,
     missing_wedge_mask,
     simulate_subtomogram_details,
     simulate_tomogram,
+    simulate_tomogram_details,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -173,6 +175,76 @@ def tomogram_figure(out: Path) -> None:
     plt.close(fig)
 
 
+#: Clutter amounts of the clutter picture (per µm²; the defaults are lower): every kind
+#: at least once in a (64, 256, 256) tomogram at 10 Å (0.066 µm² of field of view).
+CLUTTER_FIGURE_AMOUNTS = dict(
+    gold_per_um2=120.0,
+    vesicles_per_um2=30.0,
+    membranes_per_um2=15.0,
+    ice_per_um2=15.0,
+    actin_per_um2=60.0,
+    microtubules_per_um2=15.0,
+    carbon_edge=True,
+)
+CLUTTER_COLOURS = {
+    "gold": "gold",
+    "vesicle": "tab:green",
+    "membrane": "tab:olive",
+    "ice": "tab:cyan",
+    "actin": "tab:red",
+    "microtubule": "tab:purple",
+    "carbon": "tab:orange",
+}
+
+
+def clutter_figure(out: Path, seed: int = 2) -> None:
+    """A cluttered tomogram: the density, the noise-free image and SNR 0.05, XY and XZ
+    slices, each clutter object outlined (its matter, `clutter_mask`) and labelled."""
+    shape = (64, 256, 256)
+    config = SimulationConfig(n_classes=10, **CLUTTER_FIGURE_AMOUNTS)
+    clean = simulate_tomogram_details(
+        shape, 100, dataclasses.replace(config, snr=None), seed=seed, keep_density=True
+    )
+    noisy = simulate_tomogram(shape, 100, config, seed=seed)[0]
+    clutter = clean.clutter.reset_index(drop=True)
+    z, y = 24, shape[1] // 2
+    masks = [clutter_mask(shape, clutter.iloc[[j]]) for j in range(len(clutter))]
+    panels = ((-clean.density, "density (before the optics)"), (clean.volume, "noise-free"))
+    panels += ((noisy, "SNR 0.05"),)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 6.9), gridspec_kw={"height_ratios": [256, 64]})
+    near = clean.particles[(clean.particles["z"] - z).abs() < config.particle_diameter_px / 2]
+    for col, (vol, label) in enumerate(panels):
+        limits = (-1.5, 0.2) if col == 0 else None  # density: protein (1) dark
+        _show(axes[0, col], vol[z], f"{label}: XY slice z = {z}", limits)
+        _show(axes[1, col], vol[:, y], f"{label}: XZ slice y = {y}", limits)
+        axes[0, col].scatter(
+            near["x"], near["y"], s=90, facecolors="none", edgecolors="w", linewidths=0.6
+        )
+        for row, cut in ((0, lambda m: m[z]), (1, lambda m: m[:, y])):
+            ax = axes[row, col]
+            for j, mask in enumerate(masks):
+                part = cut(mask)
+                if not part.any():
+                    continue
+                colour = CLUTTER_COLOURS[clutter.loc[j, "kind"]]
+                if col == 0:  # outlines on the density, labels beside the object everywhere
+                    ax.contour(part, levels=[0.5], colors=[colour], linewidths=0.6)
+                rows, cols = np.nonzero(part)
+                i = len(rows) // 2
+                ax.text(
+                    cols[i] + 4, rows[i] - 4, clutter.loc[j, "kind"], color=colour, fontsize=7,
+                    ha="left", va="bottom", fontweight="bold",
+                )  # fmt: skip
+    fig.suptitle(
+        "Clutter in a simulated tomogram (64 × 256 × 256 at 10 Å, 100 particles in white "
+        f"circles; {', '.join(f'{k} {n}' for k, n in clutter['kind'].value_counts().items())})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
 def honesty_table(n_per_class: int = 40) -> str:
     """Per-class mean total intensity and Rg (noise-free density), and a shortcut test.
 
@@ -228,12 +300,17 @@ def honesty_table(n_per_class: int = 40) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=HERE / "img")
+    parser.add_argument("--only", choices=("clutter",), help="make only this picture")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.only == "clutter":
+        clutter_figure(args.out / "simulator_clutter.png")
+        return 0
     templates_figure(args.out / "simulator_templates.png")
     subtomograms_figure(args.out / "simulator_subtomograms.png")
     optics_figure(args.out / "simulator_optics.png")
     tomogram_figure(args.out / "simulator_tomogram.png")
+    clutter_figure(args.out / "simulator_clutter.png")
     print(honesty_table())
     return 0
 
