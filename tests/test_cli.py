@@ -255,7 +255,7 @@ def test_pretrain_finetune_predict_gradcam_end_to_end(simulated, tmp_path):
     embedded = tmp_path / "embedded.star"
     for model in (encoder, classifier):
         assert main(["embed", str(model), str(particles), "--out", str(embedded),
-                     "--clusters", "3", "--device", "cpu"]) == 0
+                     "--clusters", "3", "--device", "cpu", "--overwrite"]) == 0
         table = starfile.read(embedded)
         table = table["particles"] if isinstance(table, dict) else table
         assert list(table["rlnImageName"]) == list(source["rlnImageName"])

@@ -34,6 +34,9 @@ CPU_PRETRAIN_EPOCHS = 10
 #: not given: a MoCo step of rb3d-small on 32^3 boxes took 3.0 s on a busy 2-core CPU
 #: (2026-12-01), so at most about 30 minutes.
 CPU_PRETRAIN_STEPS = 600
+#: Fine-tuning's minimum number of steps on a CPU when neither --epochs nor --min-steps is
+#: given (the default recipe's 1,500 is for a GPU): what `cryossl demo` trains for on a CPU.
+CPU_FINETUNE_MIN_STEPS = 800
 WORKERS_HELP = "data-loading worker processes"
 DEVICE_HELP = "auto (the GPU when CUDA is available, else the CPU), cpu, cuda or cuda:N"
 BATCH_HELP = "subtomograms per step (lower it if the GPU runs out of memory)"

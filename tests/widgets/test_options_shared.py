@@ -43,7 +43,12 @@ def test_cli_and_dock_share_choices_defaults_and_help(dock, monkeypatch):
     from napari_cryossl.options import settings_from_args
 
     resolved = settings_from_args(FinetuneConfig, args).resolved()
-    assert resolved.min_steps == 1234 == fine.min_steps.value()
+    assert resolved.min_steps == 1234 and args.min_steps is None
+    # min. steps: "auto" in the dock, None on the CLI; both resolve per device the same way
+    assert fine.min_steps.value() == -1  # auto
+    config = settings_from_args(FinetuneConfig, args)
+    assert f"{config.resolved('cpu').min_steps} on a CPU" in fine.min_steps.specialValueText()
+    assert f"{config.resolved('cuda').min_steps} on a GPU" in fine.min_steps.specialValueText()
     # epochs: "auto" in the dock, None on the CLI: both leave it to the recipe and device
     assert args.epochs is None and fine.epochs.value() == 0
     assert resolved.epochs == 7 and "7 on a CPU" in fine.epochs.specialValueText()

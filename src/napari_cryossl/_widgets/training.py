@@ -492,8 +492,14 @@ class FinetuneWidget(_TrainingSection):
         self.batch_size.setValue(int(recipe.batch_size))
         self.batch_size.setToolTip(describe(FinetuneConfig, "batch_size").tooltip())
         self.min_steps = QSpinBox()
-        self.min_steps.setRange(0, 1_000_000)
-        self.min_steps.setValue(int(recipe.min_steps))
+        # -1 = "auto": what the command line does without --min-steps (the recipe's on a
+        # GPU, fewer on a CPU, none when the epochs are chosen)
+        self.min_steps.setRange(-1, 1_000_000)
+        self.min_steps.setSpecialValueText(
+            f"auto ({FinetuneConfig().resolved('cpu').min_steps} on a CPU, "
+            f"{FinetuneConfig().resolved('cuda').min_steps} on a GPU, 0 with chosen epochs)"
+        )
+        self.min_steps.setValue(-1)
         self.min_steps.setToolTip(describe(FinetuneConfig, "min_steps").tooltip())
         self.device = QComboBox()
         self.device.addItems(DEVICE_CHOICES)
@@ -546,7 +552,7 @@ class FinetuneWidget(_TrainingSection):
         settings = {
             "epochs": int(self.epochs.value()) or None,  # None: the recipe's for the device
             "batch_size": min(int(self.batch_size.value()), len(table)),
-            "min_steps": int(self.min_steps.value()),
+            "min_steps": int(self.min_steps.value()) if self.min_steps.value() >= 0 else None,
             "device": self.device.currentText(),
             "head_init": "probe" if self.head_from_probe.isChecked() else "random",
             # names travel in the checkpoint, so predictions elsewhere (CLI) keep them

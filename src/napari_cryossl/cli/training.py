@@ -33,9 +33,11 @@ def _announce_finetune_epochs(config) -> None:
         return
     if select_device(config.device).type != "cpu":
         return
+    cpu = config.resolved("cpu")
     print(
-        f"CPU: {config.resolved().epochs} epochs; on a GPU the default is "
-        f"{GPU_EPOCHS[config.recipe]} (at low SNR accuracy keeps rising with training: "
+        f"CPU: {cpu.epochs} epochs, at least {cpu.min_steps} steps (--min-steps to change); "
+        f"on a GPU the default is {GPU_EPOCHS[config.recipe]} epochs and "
+        f"{config.resolved('cuda').min_steps} steps (at low SNR accuracy keeps rising with training: "
         f"--epochs {GPU_EPOCHS[config.recipe]} to train as long here; docs/benchmarks.md).",
         file=sys.stderr,
         flush=True,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from napari_cryossl.options import (
+    CPU_FINETUNE_MIN_STEPS,
     MODEL_PRESETS,
     RECIPE_NAMES,
     SSL_METHODS,
@@ -236,7 +237,8 @@ class FinetuneConfig:
             classifier kept after each.
         min_steps: optimiser steps at least, however few the labels: with balanced
             batches an epoch has ``max(ceil(n_train / batch), ceil(min_steps / epochs))``
-            steps (default 1,500; paper 0).
+            steps (default 1,500 with the recipe's epochs, 0 when ``epochs`` is given;
+            paper 0).
         batch_size: global batch (default 32, paper 16).
         optimizer: "adamw" (default) or "sgd" (paper, with ``momentum``).
         lr, weight_decay, momentum: optimiser settings (default 2e-3, 0.05; paper 5e-4,
@@ -285,7 +287,8 @@ class FinetuneConfig:
     min_steps: int | None = option(
         None,
         "optimiser steps at least, however few the labels: with 10 labels per class an "
-        "epoch is a step or two (default: the recipe's)",
+        "epoch is a step or two (default: the recipe's, 1,500, when --epochs is not given; "
+        "0 when it is, so that --epochs means what it says)",
         minimum=0,
     )
     batch_size: int | None = option(
@@ -332,7 +335,9 @@ class FinetuneConfig:
 
     def resolved(self, device_type: str | None = None) -> FinetuneConfig:
         """A copy with every None taken from ``RECIPES[recipe]`` (checked); on a GPU
-        (``device_type`` "cuda") the epochs from ``GPU_EPOCHS`` when not given."""
+        (``device_type`` "cuda") the epochs from ``GPU_EPOCHS`` when not given, on a CPU
+        ("cpu") at most ``CPU_FINETUNE_MIN_STEPS`` steps when neither epochs nor
+        min_steps are given."""
         from napari_cryossl.devices import InputError
 
         if self.recipe not in RECIPES:
@@ -346,6 +351,12 @@ class FinetuneConfig:
         }
         if self.epochs is None and device_type == "cuda" and self.recipe in GPU_EPOCHS:
             values["epochs"] = GPU_EPOCHS[self.recipe]
+        if self.epochs is None and self.min_steps is None and device_type == "cpu":
+            values["min_steps"] = min(int(values["min_steps"]), CPU_FINETUNE_MIN_STEPS)
+        if self.epochs is not None and self.min_steps is None:
+            # Epochs a user chose mean what they say: the recipe's minimum number of steps
+            # stretches only the recipe's own epochs.
+            values["min_steps"] = 0
         out = dataclasses.replace(self, **values)
         out.check()
         return out
