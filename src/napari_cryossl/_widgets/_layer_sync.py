@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_cryossl._widgets._click_labelling import bind_class_keys
-from napari_cryossl._widgets._style import class_color_table, point_colors
+from napari_cryossl._widgets._style import (
+    MIN_MARKER_PX,
+    MIN_MARKER_VOXELS,
+    class_color_table,
+    point_colors,
+)
 
 if TYPE_CHECKING:
     from napari_cryossl._widgets._session import Session
@@ -57,7 +62,7 @@ class LayerSync:
             kwargs = points_kwargs(
                 session.store.table,
                 voxel_size=session.voxel_size,
-                point_size=session.point_size,
+                point_size=marker_size(session),
                 classes=session.store.classes,
             )
             data = kwargs.pop("data")
@@ -78,6 +83,7 @@ class LayerSync:
                     **kwargs,
                 )
             self._n_known = len(data)
+            layer.canvas_size_limits = (MIN_MARKER_PX, layer.canvas_size_limits[1])
             self.update_slice_margins()
             layer.events.data.connect(self.on_layer_data)
             bind_class_keys(layer, session)
@@ -93,7 +99,7 @@ class LayerSync:
         """
         session = self._session
         dims = session.viewer.dims
-        radius = 0.5 * session.point_size * session.voxel_size  # world units (Å)
+        radius = 0.5 * marker_size(session) * session.voxel_size  # world units (Å)
         if dims.ndim >= 3:
             dims.margin_left = (radius,) * dims.ndim
             dims.margin_right = (radius,) * dims.ndim
@@ -116,7 +122,7 @@ class LayerSync:
                     layer.selected_data = set()
                     layer.data = zyx
                 layer.features = _features(table)
-                layer.size = session.point_size
+                layer.size = marker_size(session)
                 if len(zyx):
                     layer.face_color = face
                     layer.border_color = border
@@ -224,6 +230,7 @@ class LayerSync:
                     },
                 )
             layer.editable = False
+            layer.canvas_size_limits = (MIN_MARKER_PX, layer.canvas_size_limits[1])
             bind_class_keys(layer, session)
             session.predictions_layer = layer
             # An existing layer is redrawn by every store change (refresh), so only a new
@@ -274,7 +281,7 @@ class LayerSync:
         for number, rgba in colors.items():
             border[predicted == number] = rgba
         border[labelled] = _LABELLED_RIM
-        sizes = session.point_size * np.where(predicted > 0, 0.5 + 0.5 * rel, 0.6)
+        sizes = marker_size(session) * np.where(predicted > 0, 0.5 + 0.5 * rel, 0.6)
         features = _features(table)
         features["class_number"] = predicted  # the writer saves predictions as classes
         features["label"] = table["class_number"].to_numpy(dtype=np.int64)
@@ -312,6 +319,11 @@ class LayerSync:
                 lyr.selected_data = {int(index)}
         # the viewer goes to a particle: it must be marked there (Grad-CAM hides markers)
         show_markers(session)
+
+
+def marker_size(session) -> float:
+    """Marker diameter in voxels: the particle's, but at least `MIN_MARKER_VOXELS`."""
+    return max(float(session.point_size), MIN_MARKER_VOXELS)
 
 
 def show_markers(session) -> bool:

@@ -15,8 +15,16 @@ from napari_cryossl.colors import (
     to_rgba,
 )
 
+#: Markers are never drawn smaller than this many voxels across (a diameter typed in the
+#: wrong unit would otherwise shrink every disc to a dot), nor under this many screen
+#: pixels at any zoom.
+MIN_MARKER_VOXELS = 4.0
+MIN_MARKER_PX = 6.0
+
 __all__ = [
     "DEFAULT_POINT_SIZE",
+    "MIN_MARKER_PX",
+    "MIN_MARKER_VOXELS",
     "LABELLED_FACE_ALPHA",
     "UNLABELLED_BORDER",
     "UNLABELLED_FACE",

@@ -68,7 +68,11 @@ class PickingWidget(QWidget):
         self.diameter.setDecimals(0)
         self.diameter.setSuffix(" Å")
         self.diameter.setValue(session.particle_diameter_a or 150.0)
-        self.diameter.setToolTip("Approximate particle diameter; sets the DoG filter widths")
+        self.diameter.setToolTip(
+            "Approximate particle diameter in Å (ångström, not voxels); sets the DoG filter "
+            "widths and the size of the particle markers"
+        )
+        self.diameter_px = QLabel("")  # the diameter in voxels, beside the field
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 100.0)
         self.threshold.setSingleStep(0.5)
@@ -81,7 +85,10 @@ class PickingWidget(QWidget):
         self.max_picks.setRange(0, 1_000_000)
         self.max_picks.setSpecialValueText("no limit")
         self.max_picks.setToolTip(describe(PickSettings, "max_particles").tooltip())
-        form.addRow("Particle diameter:", self.diameter)
+        diameter_row = QHBoxLayout()
+        diameter_row.addWidget(self.diameter, 1)
+        diameter_row.addWidget(self.diameter_px)
+        form.addRow("Particle diameter (Å):", diameter_row)
         form.addRow("Threshold:", self.threshold)
         form.addRow("Max picks:", self.max_picks)
         buttons = QHBoxLayout()
@@ -304,9 +311,34 @@ class PickingWidget(QWidget):
 
     # display -----------------------------------------------------------------------
     def _diameter_changed(self, value: float) -> None:
+        self._show_diameter_px(warn=True)
         self.session.particle_diameter_a = float(value)
         if self.session.store is not None:
             self.session.refresh_layers()
+
+    def _show_diameter_px(self, warn: bool = False) -> None:
+        """The diameter in voxels beside the field; a warning when that is under
+        `MIN_MARKER_VOXELS` (an Å value typed as voxels, or the wrong unit)."""
+        from napari_cryossl._widgets._style import MIN_MARKER_VOXELS
+
+        vs = self.session.voxel_size if self.session.tomogram is not None else None
+        if vs is None:
+            self.diameter_px.setText("")
+            return
+        px = self.diameter.value() / vs
+        self.diameter_px.setText(f"= {px:.1f} voxels")
+        self.diameter_px.setToolTip(f"{self.diameter.value():.0f} Å at {vs:g} Å per voxel")
+        if warn and px < MIN_MARKER_VOXELS:
+            from napari.utils.notifications import show_warning
+
+            message = (
+                f"a diameter of {self.diameter.value():.0f} Å is only {px:.1f} voxels of "
+                f"{vs:g} Å: the field is in Å (a {MIN_MARKER_VOXELS * vs:.0f} Å particle spans "
+                f"{MIN_MARKER_VOXELS:.0f} voxels); markers stay {MIN_MARKER_VOXELS:.0f} voxels "
+                "wide so they remain visible"
+            )
+            self.status.error(message)
+            show_warning(message)
 
     def _on_tomogram(self) -> None:
         if self.session.particle_diameter_a:
@@ -315,6 +347,7 @@ class PickingWidget(QWidget):
             self.diameter.blockSignals(False)
         else:
             self.session.particle_diameter_a = self.diameter.value()
+        self._show_diameter_px()
         self.discard(message=False)
         self._update_count()
 
