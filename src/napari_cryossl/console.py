@@ -47,31 +47,28 @@ def _number(value: float) -> str:
 
 
 class ProgressLog:
-    """Formats `TrainStatus` updates; keeps the last loss and the step rate.
-
-    The rate (and so the ETA) is measured from the second status on, so the first
-    step's start-up cost (imports, data loading, CUDA warm-up) does not skew it.
-    """
+    """Formats `TrainStatus` updates; keeps the last loss and the pace
+    (`status.TimeLeft`: recent steps, start-up excluded, right after a resume)."""
 
     def __init__(self, desc: str) -> None:
+        from napari_cryossl.status import TimeLeft
+
         self.desc = desc
         self.last_loss: float | None = None
-        self._t0: float | None = None
-        self._step0 = 0
-        self.rate = float("nan")  # steps per second
+        self.pace = TimeLeft()
+
+    @property
+    def rate(self) -> float:
+        """Steps per second, recently."""
+        return self.pace.rate
 
     def update(self, status: Any) -> None:
         if status.loss is not None and math.isfinite(status.loss):
             self.last_loss = float(status.loss)
-        now = time.perf_counter()
-        if self._t0 is None:
-            self._t0, self._step0 = now, int(status.step)
-        elif status.step > self._step0 and now > self._t0:
-            self.rate = (status.step - self._step0) / (now - self._t0)
+        self.pace.update(status.step, status.n_steps)
 
     def eta_s(self, status: Any) -> float:
-        left = max(int(status.n_steps) - int(status.step), 0)
-        return left / self.rate if self.rate > 0 else float("nan")
+        return self.pace.seconds_left(status.step, status.n_steps)
 
     def fields(self, status: Any) -> dict[str, str]:
         """What the bar's postfix and the log line show."""
@@ -135,6 +132,7 @@ def drive(
     next_line = time.perf_counter() + every
     printed_step = -1
     estimated = False
+    first_step: int | None = None  # where this call started (a resumed run: not 0)
     try:
         for status in generator:
             if not hasattr(status, "n_steps"):
@@ -143,14 +141,22 @@ def drive(
                 continue
             last = status
             log.update(status)
-            if not estimated and status.step >= min(ESTIMATE_AFTER, status.n_steps) and log.rate > 0:
+            if first_step is None:  # the first status comes after this call's first step
+                first_step = int(status.step) - 1
+            done_here = int(status.step) - first_step
+            if (
+                not estimated
+                and done_here >= min(ESTIMATE_AFTER, status.n_steps - first_step)
+                and log.rate > 0
+            ):
                 # one explicit estimate, from the first steps, before a long run goes on
                 estimated = True
                 if status.step < status.n_steps:
                     text = (
-                        f"[{desc}] estimated time: {format_seconds(status.n_steps / log.rate)} "
-                        f"for {status.n_steps} steps ({log.rate:.2f} steps/s over the first "
-                        f"{status.step})"
+                        f"[{desc}] estimated time: "
+                        f"{format_seconds(log.eta_s(status) + status.elapsed_s)} for "
+                        f"{status.n_steps - first_step} steps ({log.rate:.2f} steps/s over the "
+                        f"first {done_here}; the time left is updated as the run goes)"
                     )
                     if bar is not None:
                         bar.write(text, file=stream)
@@ -160,9 +166,10 @@ def drive(
                 if bar is None:
                     from tqdm.auto import tqdm
 
+                    # initial: a resumed run's steps before this call are not this call's pace
                     bar = tqdm(
-                        total=status.n_steps, desc=desc, unit="step", dynamic_ncols=True,
-                        file=stream,
+                        total=status.n_steps, initial=first_step, desc=desc, unit="step",
+                        dynamic_ncols=True, file=stream,
                     )
                 if bar.total != status.n_steps:
                     bar.total = status.n_steps

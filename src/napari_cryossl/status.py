@@ -11,10 +11,13 @@ can use the type.
 
 from __future__ import annotations
 
+import math
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TrainStatus"]
+__all__ = ["TimeLeft", "TrainStatus"]
 
 
 @dataclass
@@ -57,3 +60,45 @@ class TrainStatus:
         if self.done:
             return 1.0
         return min(self.step / self.n_steps, 1.0) if self.n_steps > 0 else 0.0
+
+
+class TimeLeft:
+    """The pace of a run and its time left, from its recent steps.
+
+    The first status only starts the clock (start-up: imports, first data loading, CUDA
+    warm-up); after it, the pace is measured over the last tenth of the run (at least
+    ``min_window`` steps), so the time an epoch's validation takes is counted, a first
+    epoch that reads from disk before the cache holds the data does not skew the
+    estimate for the rest, and a resumed run starts its own clock at the step it resumed
+    from. One estimator for every front end: the terminal, the log and the dock.
+    """
+
+    def __init__(self, *, window_fraction: float = 0.1, min_window: int = 10) -> None:
+        self.window_fraction = float(window_fraction)
+        self.min_window = int(min_window)
+        self._points: deque[tuple[int, float]] = deque()
+
+    def update(self, step: int, n_steps: int, now: float | None = None) -> None:
+        """Record that ``step`` of ``n_steps`` is done at ``now`` (default: the clock)."""
+        now = time.perf_counter() if now is None else float(now)
+        step = int(step)
+        if self._points and step <= self._points[-1][0]:
+            return  # an epoch's or the end's status repeats the last step
+        self._points.append((step, now))
+        window = max(self.min_window, int(self.window_fraction * max(int(n_steps), 1)))
+        while len(self._points) > 2 and self._points[1][0] <= step - window:
+            self._points.popleft()
+
+    @property
+    def rate(self) -> float:
+        """Steps per second over the window (NaN before two statuses)."""
+        if len(self._points) < 2:
+            return float("nan")
+        (s0, t0), (s1, t1) = self._points[0], self._points[-1]
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+
+    def seconds_left(self, step: int, n_steps: int) -> float:
+        """Seconds until ``n_steps`` at the current pace (NaN while unknown)."""
+        rate = self.rate
+        left = max(int(n_steps) - int(step), 0)
+        return left / rate if rate > 0 and math.isfinite(rate) else float("nan")

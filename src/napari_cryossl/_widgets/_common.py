@@ -255,7 +255,10 @@ class RunPanel(QWidget):
         self.cancel_button.setEnabled(False)
         self.resume_button.setEnabled(False)
         self.resume_button.setVisible(resumable)
-        self.cancel_button.setToolTip("Stop after the current step; a checkpoint is kept")
+        self.cancel_button.setToolTip(
+            "Stop after the current step; the run so far is kept beside the model file, "
+            "and the model in use is not replaced"
+        )
         self.resume_button.setToolTip("Continue the last cancelled run from its checkpoint")
         for b in (self.start_button, self.cancel_button, self.resume_button):
             buttons.addWidget(b)
@@ -276,6 +279,9 @@ class RunPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel_requested)
         self.resume_button.clicked.connect(self.resume_requested)
         self._x = 0
+        from napari_cryossl.status import TimeLeft
+
+        self.pace = TimeLeft()
 
     def set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
@@ -284,9 +290,12 @@ class RunPanel(QWidget):
             self.resume_button.setEnabled(False)
 
     def reset(self, text: str = "starting…") -> None:
+        from napari_cryossl.status import TimeLeft
+
         self.progress.setValue(0)
         self.progress.setFormat(text)
         self.metrics.setText("")
+        self.pace = TimeLeft()  # the same estimate of the time left as the command line
         self._x = 0
         if self.plot is not None:
             self.plot.clear()
@@ -295,8 +304,9 @@ class RunPanel(QWidget):
         """Show one `status.TrainStatus` (or anything with its stage/step/n_steps fields)."""
         frac = status_fraction(status)
         self.progress.setValue(int(round(1000 * frac)))
-        elapsed = float(getattr(status, "elapsed_s", 0.0) or 0.0)
-        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
+        n_steps = int(getattr(status, "n_steps", 0) or 0)
+        self.pace.update(int(getattr(status, "step", 0) or 0), n_steps)
+        eta = self.pace.seconds_left(int(getattr(status, "step", 0) or 0), n_steps)
         done = bool(getattr(status, "done", False))
         event = getattr(status, "event", "step")
         n_epochs = int(getattr(status, "n_epochs", 0) or 0)
