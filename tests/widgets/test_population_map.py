@@ -98,15 +98,30 @@ def test_instant_predictions_follow_each_label_and_clicks_move_the_viewer(
     ]
     cls = true_class[order]
     first = [int(np.flatnonzero(cls == c)[0]) for c in (1, 2)]
+    # the classifier's predictions (as the Prediction section leaves them), saved to disk
+    n = len(table)
+    classifier_classes = np.full(n, 2, dtype=np.int64)
+    classifier_prob = np.linspace(0.5, 0.9, n)
+    session.store.set_predictions(classifier_classes, classifier_prob)
     session.label_particles([first[0]], 1)
-    assert "predicted_class" not in session.store.table or (
-        session.store.table["predicted_class"].to_numpy() == 0
-    ).all()  # one class labelled: nothing to predict yet
+    assert section.instant_predictions is None  # one class labelled: nothing to predict yet
     session.label_particles([first[1]], 2)  # the second class: instant predictions
-    predicted = session.store.table["predicted_class"].to_numpy()
+    predicted, _prob = section.instant_predictions
     assert (predicted > 0).all()
     assert predicted[first[0]] == 1 and predicted[first[1]] == 2
-    section.color_by.setCurrentText("predictions")
+    # ... which never replace the classifier's, in the table or in the saved file
+    np.testing.assert_array_equal(
+        session.store.table["predicted_class"].to_numpy(), classifier_classes
+    )
+    np.testing.assert_allclose(session.store.table["probability"].to_numpy(), classifier_prob)
+    from napari_cryossl.annotation_file import _load
+
+    reread, _classes = _load(session.store.path)  # what is saved (autosaved on every change)
+    np.testing.assert_array_equal(reread["predicted_class"].to_numpy(), classifier_classes)
+    np.testing.assert_allclose(reread["probability"].to_numpy(), classifier_prob)
+    section.color_by.setCurrentText("instant predictions")
+    colours = section._colors()
+    assert colours.shape == (n, 4) and np.isfinite(colours).all()
 
     # a click on a map point centres the viewer on that particle
     target = int(np.flatnonzero(np.arange(len(table)) != first[0])[0])

@@ -9,7 +9,8 @@ particles; "Label selection" gives them the current class in one undoable action
 saved through the annotation store like every other label. Clusters (HDBSCAN, or
 k-means with a number) become classes with one click. While the user labels, an
 instant classifier (logistic regression on the embeddings, `population.InstantClassifier`)
-re-predicts every particle, so predictions and the map's colours follow each click;
+re-predicts every particle, so the map coloured by "instant predictions" follows each
+click (kept apart from the fine-tuned classifier's predictions, which it never replaces);
 "Suggest" lists the particles most worth labelling next and steps the viewer through
 them; the gallery shows central slices of the selected particles.
 
@@ -87,6 +88,8 @@ class PopulationWidget(QWidget):
         self._updating = False
         self._watched_layer = None
         self.instant_seconds = float("nan")
+        #: the instant classifier's (class numbers, probabilities), one per particle
+        self.instant_predictions: tuple[np.ndarray, np.ndarray] | None = None
         self.helper = HelperProcess()  # maps and clusters off the GIL (started on first map)
 
         layout = QVBoxLayout(self)
@@ -117,7 +120,16 @@ class PopulationWidget(QWidget):
         # two rows: side by side, napari's styled combo boxes overflow a dock's width
         view_form = QFormLayout()
         self.color_by = compact_combo(QComboBox())
-        self.color_by.addItems(["labels", "predictions", "clusters"])
+        self.color_by.addItems(["labels", "predictions", "instant predictions", "clusters"])
+        self.color_by.setItemData(
+            1, "the classifier's predictions (Prediction section)", Qt.ItemDataRole.ToolTipRole
+        )
+        self.color_by.setItemData(
+            2,
+            "the instant classifier's guesses from the labels so far (never saved, never "
+            "replacing the classifier's predictions)",
+            Qt.ItemDataRole.ToolTipRole,
+        )
         view_form.addRow("Colour by:", self.color_by)
         self.select_mode = compact_combo(QComboBox())
         self.select_mode.addItems(["lasso", "rectangle"])
@@ -377,6 +389,8 @@ class PopulationWidget(QWidget):
             return colors
         if mode == "predictions":
             numbers, prob = self.session.prediction_arrays()
+        elif mode == "instant predictions":
+            numbers, prob = self.instant_predictions or (np.zeros(len(colors), np.int64), None)
         else:
             numbers = store.table["class_number"].to_numpy(dtype=np.int64)
             prob = None
@@ -427,17 +441,20 @@ class PopulationWidget(QWidget):
         try:
             model = InstantClassifier().fit(self.embeddings, labels)
             predicted, prob = model.predict(self.embeddings)
-            self._updating = True
-            store.set_predictions(np.asarray(predicted, np.int64), np.asarray(prob, np.float64))
         except Exception as exc:  # a Qt slot: no traceback for the user
             self.status.error(notify_error(exc))
             return False
-        finally:
-            self._updating = False
+        # Kept here, apart from the classifier's predictions in the annotations, which
+        # these guesses must never replace (nor be saved as).
+        self.instant_predictions = (
+            np.asarray(predicted, np.int64),
+            np.asarray(prob, np.float64),
+        )
         self.instant_seconds = time.perf_counter() - t0
         self.status.info(
             f"instant predictions from {int((labels > 0).sum())} labels "
-            f"({1000 * self.instant_seconds:.0f} ms); fine-tune for the real classifier"
+            f"({1000 * self.instant_seconds:.0f} ms; colour by 'instant predictions'); "
+            "fine-tune for the real classifier"
         )
         return True
 
