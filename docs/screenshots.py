@@ -9,7 +9,8 @@ way a person would (the same widget methods the buttons call): open the tomogram
 and accept DoG picks, define classes and label a few particles per class (the sample's
 ground truth stands in for the person's eye), pretrain, fine-tune, predict, Grad-CAM in
 2D and 3D, and export. After each step it saves ``gui_<step>.png`` (the whole window:
-canvas and dock). docs/gui.md shows these pictures. About 2-4 minutes on a 2-core CPU.
+canvas and dock). docs/gui.md shows these pictures. Nothing here tunes contrast or
+rendering: the pictures show what the plugin itself shows. About 2-4 minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_cryossl._sample_data import SAMPLE_DIAMETER_A
+    from napari_cryossl._widgets._common import enclosing_scroll_area
     from napari_cryossl.demo import match_picks
     from napari_cryossl.io import particle_zyx
     from napari_cryossl.simulate import class_names
@@ -141,15 +143,20 @@ def main(argv: list[str] | None = None) -> int:
     wait(mp.start(), "map")
     mp.color_by.setCurrentText("labels")
     shot("map")
+    # Suggest, then Next ▶: the viewer goes to the second suggestion; the section must
+    # still fit the dock (nothing cut off at the right)
+    wait(mp.suggest(), "suggestions")
+    mp.next_suggestion()
+    area = enclosing_scroll_area(mp)
+    if area is not None:
+        pump(0.3)
+        area.ensureWidgetVisible(mp.suggestion_label)
+    shot("map_suggest")
     mp.color_by.setCurrentText("clusters")
     biggest = int(np.bincount(mp.clusters[mp.clusters > 0]).argmax())
     mp.select(np.flatnonzero(mp.clusters == biggest))
     mp.show_gallery()
-    from qtpy.QtWidgets import QScrollArea
-
-    area = mp.parent()
-    while area is not None and not isinstance(area, QScrollArea):
-        area = area.parent()
+    area = enclosing_scroll_area(mp)
     if area is not None:
         pump(0.3)
         area.ensureWidgetVisible(mp.gallery)
@@ -173,26 +180,28 @@ def main(argv: list[str] | None = None) -> int:
     truth_layer.visible = False
     shot("prediction")
 
-    # 8. Grad-CAM: the most confident particle in 2D, then all particles in 3D ----------------------------------
+    # 8. Grad-CAM: the most confident particle alone (a crop centred on it, in 3D), then
+    # all particles in 2D and 3D. Contrast, colour bar and rendering are the plugin's own.
     print("8. saliency", flush=True)
     sal = dock.show_section("saliency")
     target = int(np.argmax(session.store.table["probability"].to_numpy()))
     pr.jump_to(target)
-    viewer.camera.zoom *= 2.5
     wait(sal.start(indices=[target]), "Grad-CAM")
-    shot("saliency")
+    sal.crop_check.setChecked(True)
+    sal.view_button.setChecked(True)
+    viewer.camera.angles = (10, -25, 70)
+    shot("saliency_crop", "saliency")
+    sal.view_button.setChecked(False)
+    sal.crop_check.setChecked(False)
     sal.scope.setCurrentIndex(sal.scope.findData("all"))
     wait(sal.start(), "Grad-CAM (all particles)")
-    viewer.dims.ndisplay = 3
-    # In 3D the tomogram is drawn as a minimum projection (protein is dark), the heatmaps
-    # as a maximum projection over it; the faint halo of every box is cut off.
-    session.image_layer.rendering = "minip"
-    sal.heatmap_layer.contrast_limits = (0.3, 1.0)
+    viewer.reset_view()
+    shot("saliency")
+    sal.view_button.setChecked(True)
     viewer.reset_view()
     viewer.camera.angles = (10, -25, 70)
     shot("saliency_3d")
-    session.image_layer.rendering = "mip"
-    viewer.dims.ndisplay = 2
+    sal.view_button.setChecked(False)
     session.predictions_layer.visible = True
 
     # 9. Export ------------------------------------------------------------------------------------
