@@ -458,3 +458,40 @@ def test_simulate_reports_each_stage_in_a_log(tmp_path):
         assert f"[simulate: {stage}]" in text and unit in text
     assert "80/80 files (100 %) done in" in text
     assert len(list((tmp_path / "sim" / "subtomograms").glob("*.mrc"))) == 80
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_classifier_already_at_out(simulated, tmp_path):
+    """Even with --overwrite (replace it when done), Ctrl-C mid-run leaves the finished
+    classifier at --out byte for byte, and says where the run so far is and how to go on."""
+    import os
+    import signal
+    import time
+
+    from napari_cryossl.checkpoints import load_checkpoint
+    from napari_cryossl.train import last_checkpoint_path
+
+    out = tmp_path / "classifier.pt"
+    base = [str(simulated["particles"]), "--out", str(out), "--device", "cpu",
+            "--batch-size", "4"]
+    assert main(["finetune", *base, "--epochs", "1"]) == 0
+    before = out.read_bytes()
+    env = dict(os.environ, CRYOSSL_LOG_INTERVAL="0")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_cryossl", "finetune", *base, "--epochs", "500",
+         "--overwrite"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )
+    lines = []
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:  # wait until training has taken a few steps
+        lines.append(line)
+        if line.startswith("[finetune] step") or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, "".join(lines) + rest
+    assert out.read_bytes() == before
+    state = last_checkpoint_path(out)
+    assert load_checkpoint(state, kind="classifier")["progress"]["global_step"] >= 1
+    assert str(state) in rest and "--resume" in rest and "was not touched" in rest
