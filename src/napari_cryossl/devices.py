@@ -27,11 +27,10 @@ from collections.abc import Iterator
 
 import torch
 
-from napari_cryossl.io import InputError
+from napari_cryossl.io.errors import InputError
 
 __all__ = [
     "DeviceOutOfMemoryError",
-    "InputError",
     "amp_dtype",
     "autocast",
     "channels_last_format",

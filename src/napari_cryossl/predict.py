@@ -144,7 +144,7 @@ def load_classifier(model_or_checkpoint, *, box_size: int | None = None, class_n
         ``(model, classes int64 (C,), class_names list[str], state dict or None)``.
     """
     from napari_cryossl.checkpoints import classifier_from_checkpoint, load_checkpoint
-    from napari_cryossl.devices import InputError
+    from napari_cryossl.io.errors import InputError
     from napari_cryossl.models import Classifier
 
     state = None
@@ -203,7 +203,7 @@ def _check_voxel_size(state: dict | None, data, where: str) -> None:
     A network trained at 10 Å/voxel sees particles at the wrong scale at 5 Å/voxel and
     predicts confidently wrong classes; an explicit error is kinder.
     """
-    from napari_cryossl.devices import InputError
+    from napari_cryossl.io.errors import InputError
 
     trained = None if state is None else state.get("voxel_size")
     given = getattr(data, "voxel_size", None)
@@ -308,7 +308,6 @@ def iter_predict(
 
     from napari_cryossl.augment import rotate_3d, tta_rotations
     from napari_cryossl.devices import (
-        InputError,
         amp_dtype,
         autocast,
         memory_format,
@@ -316,6 +315,7 @@ def iter_predict(
         to_device,
     )
     from napari_cryossl.distributed import DistributedContext
+    from napari_cryossl.io.errors import InputError
     from napari_cryossl.models import for_inference
 
     if int(batch_size) < 1:

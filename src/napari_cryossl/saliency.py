@@ -48,7 +48,7 @@ class GradcamSettings:
 
 def _find_layer(model, layer: str | None):
     """The module named ``layer`` (relative to the model, or to its encoder)."""
-    from napari_cryossl.devices import InputError
+    from napari_cryossl.io.errors import InputError
 
     name = layer if layer is not None else getattr(model, "cam_layer", None)
     if name is None:
@@ -68,7 +68,7 @@ def _find_layer(model, layer: str | None):
 def _as_batch(volumes, box_size: int):
     import torch
 
-    from napari_cryossl.devices import InputError
+    from napari_cryossl.io.errors import InputError
 
     x = torch.as_tensor(np.asarray(volumes) if not isinstance(volumes, torch.Tensor) else volumes)
     if x.ndim == 4:
@@ -84,7 +84,7 @@ def _as_batch(volumes, box_size: int):
 
 def _targets(target, classes: np.ndarray, n: int) -> np.ndarray | None:
     """Class numbers -> output indices (None: each particle's predicted class)."""
-    from napari_cryossl.devices import InputError
+    from napari_cryossl.io.errors import InputError
 
     if target is None:
         return None
@@ -285,7 +285,7 @@ def paste_heatmaps(
     Raises:
         InputError: mismatched lengths, non-cubic maps, non-finite centres.
     """
-    from napari_cryossl.devices import InputError
+    from napari_cryossl.io.errors import InputError
 
     shape = tuple(int(s) for s in shape_zyx)
     if len(shape) != 3 or min(shape) < 1:

@@ -200,7 +200,7 @@ class PretrainConfig:
 
     def hyperparameters(self) -> dict[str, Any]:
         """``SSL_DEFAULTS[method]`` with this config's non-None values on top."""
-        from napari_cryossl.devices import InputError
+        from napari_cryossl.io.errors import InputError
         from napari_cryossl.ssl import SSL_DEFAULTS
 
         method = str(self.method).lower()
@@ -338,7 +338,7 @@ class FinetuneConfig:
         (``device_type`` "cuda") the epochs from ``GPU_EPOCHS`` when not given, on a CPU
         ("cpu") at most ``CPU_FINETUNE_MIN_STEPS`` steps when neither epochs nor
         min_steps are given."""
-        from napari_cryossl.devices import InputError
+        from napari_cryossl.io.errors import InputError
 
         if self.recipe not in RECIPES:
             raise InputError(
@@ -363,7 +363,7 @@ class FinetuneConfig:
 
     def check(self) -> None:
         """Raise ``InputError`` for values no run can use (on a resolved config)."""
-        from napari_cryossl.devices import InputError
+        from napari_cryossl.io.errors import InputError
 
         values = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
         _check_positive(
@@ -395,7 +395,7 @@ class FinetuneConfig:
 
 
 def _check_positive(values: dict, ints: tuple[str, ...], floats: tuple[str, ...]) -> None:
-    from napari_cryossl.devices import InputError
+    from napari_cryossl.io.errors import InputError
 
     for key in ints:
         v = values[key]

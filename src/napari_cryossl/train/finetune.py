@@ -51,7 +51,6 @@ class _FinetuneJob(_Job):
         from napari_cryossl.augment import SubtomogramAugment
         from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
         from napari_cryossl.devices import (
-            InputError,
             amp_dtype,
             fused_adam,
             make_grad_scaler,
@@ -59,6 +58,7 @@ class _FinetuneJob(_Job):
             select_device,
         )
         from napari_cryossl.distributed import DistributedContext
+        from napari_cryossl.io.errors import InputError
         from napari_cryossl.models import Classifier, build_encoder
 
         asked_preset = config.preset  # None: whatever the init/resume checkpoint holds
@@ -250,7 +250,7 @@ class _FinetuneJob(_Job):
         self.method += ", head from linear probe"
 
     def _resume_split(self, state: dict, labels: np.ndarray):
-        from napari_cryossl.devices import InputError
+        from napari_cryossl.io.errors import InputError
 
         split = state.get("split") or {}
         train_rows = np.asarray(split.get("train_rows", []), dtype=np.int64)
@@ -272,7 +272,7 @@ class _FinetuneJob(_Job):
         return train_rows, val_rows, info
 
     def _restore(self, state: dict) -> None:
-        from napari_cryossl.devices import InputError
+        from napari_cryossl.io.errors import InputError
 
         try:
             self.model.load_state_dict(state["model"])

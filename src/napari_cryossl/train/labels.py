@@ -45,7 +45,7 @@ def split_labelled(
     Raises:
         InputError: fewer than 2 labelled classes.
     """
-    from napari_cryossl.devices import InputError
+    from napari_cryossl.io.errors import InputError
 
     labels = np.asarray(class_numbers, dtype=np.int64)
     classes, counts = np.unique(labels[labels > 0], return_counts=True)

@@ -171,7 +171,7 @@ class _Job:
         }
 
     def restore_progress(self, progress: dict, where: Path) -> None:
-        from napari_cryossl.devices import InputError
+        from napari_cryossl.io.errors import InputError
 
         if not isinstance(progress, dict):
             raise InputError(f"{where}: holds no training state to resume from")

@@ -39,13 +39,13 @@ class _PretrainJob(_Job):
         from napari_cryossl.augment import SubtomogramAugment
         from napari_cryossl.checkpoints import load_checkpoint
         from napari_cryossl.devices import (
-            InputError,
             amp_dtype,
             make_grad_scaler,
             memory_format,
             select_device,
         )
         from napari_cryossl.distributed import DistributedContext
+        from napari_cryossl.io.errors import InputError
         from napari_cryossl.models import build_encoder
         from napari_cryossl.ssl import build_ssl
 
@@ -149,7 +149,7 @@ class _PretrainJob(_Job):
             torch.manual_seed(self.seed + 7919 * self.ctx.rank + self.global_step)
 
     def _restore(self, state: dict) -> None:
-        from napari_cryossl.devices import InputError
+        from napari_cryossl.io.errors import InputError
 
         model = {f"encoder.{k}": v for k, v in state["model"].items()}
         extra = state.get("ssl_state")
