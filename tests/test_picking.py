@@ -140,7 +140,7 @@ def reference_picks(volume, diameter, threshold, min_distance):
 def test_matches_direct_reference_computation():
     """Small volume: the strided statistics grid is every voxel, so scores match exactly."""
     volume, _ = blobs((24, 30, 36), 6, noise=0.8, seed=5)
-    table = pick_particles(volume, DIAMETER, threshold=2.0)
+    table = pick_particles(volume, DIAMETER, threshold=2.0, refine=False)
     ref_zyx, ref_score = reference_picks(volume, DIAMETER, 2.0, MIN_DISTANCE_FRACTION * DIAMETER)
     np.testing.assert_array_equal(zyx_of(table), ref_zyx)
     np.testing.assert_allclose(table["score"].to_numpy(), ref_score, rtol=1e-5)
@@ -172,7 +172,8 @@ def test_scores_do_not_depend_on_grey_scale():
     volume, _ = blobs((24, 40, 40), 6, seed=4)
     a = pick_particles(volume, DIAMETER)
     b = pick_particles(volume * 250.0 + 1000.0, DIAMETER)
-    np.testing.assert_array_equal(zyx_of(a), zyx_of(b))
+    # refined centres are sub-voxel: equal up to float32 rounding of the scaled volume
+    np.testing.assert_allclose(zyx_of(a), zyx_of(b), atol=1e-3)
     np.testing.assert_allclose(a["score"], b["score"], rtol=1e-3)
 
 

@@ -67,6 +67,7 @@ __all__ = [
     "dog_response",
     "dog_sigmas",
     "pick_particles",
+    "refine_centres",
 ]
 
 #: Ratio σ2/σ1 of the two Gaussians (the classic DoG ratio that approximates a LoG).
@@ -105,6 +106,13 @@ class PickSettings:
     max_particles: int | None = option(
         None, "keep at most this many picks, best scores first", minimum=1
     )
+    refine: bool = option(
+        True,
+        "DoG: move each pick to its particle's centre (hollow and multi-lobed particles "
+        "otherwise get picks on a wall or a lobe); --no-refine keeps the DoG peaks",
+        negate=True,
+        flag="--no-refine",
+    )
 
 
 #: Gaussian kernels are cut at this many σ (scipy's default), which sets the chunk halo.
@@ -114,6 +122,11 @@ _MAX_STAT_SAMPLES = 2_000_000
 _MAD_TO_SIGMA = 1.4826
 #: z-slices copied from the memmap between page releases.
 _READ_SLICES = 16
+#: Centre refinement (`refine_centres`), as fractions of the diameter: the smoothing σ,
+#: the Epanechnikov kernel's radius and how far a candidate may move.
+_REFINE_SMOOTH = 0.1
+_REFINE_KERNEL = 0.55
+_REFINE_SEARCH = 0.5
 
 
 def dog_sigmas(
@@ -180,6 +193,7 @@ def pick_particles(
     max_particles: int | None = None,
     exclude_border: bool | float = True,
     profile: str = "blob",
+    refine: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Find particle candidates of a given diameter (DoG + NMS + minimum distance).
@@ -208,6 +222,9 @@ def pick_particles(
             (see `_dog`) already keeps noise at the faces from scoring high.
         profile: particle model the DoG is matched to: "blob" (default) or "ball" (see
             `dog_sigmas` and the module docstring).
+        refine: move every candidate above the threshold to its particle's centre
+            (`refine_centres`) before the minimum distance merges those that reach the
+            same centre; False keeps the DoG peaks.
         progress: called as ``progress(done_chunks, n_chunks)`` after each chunk.
 
     Returns:
@@ -306,6 +323,10 @@ def pick_particles(
     zyx = np.concatenate(cand_zyx).astype(np.float64)
     score = (np.concatenate(cand_dog).astype(np.float64) - median) / noise
     keep = score >= threshold
+    zyx, score = zyx[keep], score[keep]
+    if refine and len(zyx):
+        zyx = refine_centres(data, zyx, diameter_px, polarity=polarity, name=name)
+    keep = np.ones(len(zyx), dtype=bool)
     if border > 0:
         upper = np.array(shape, dtype=np.float64) - 1.0 - border
         keep &= np.all((zyx >= border) & (zyx <= upper), axis=1)
@@ -321,6 +342,100 @@ def pick_particles(
     if max_particles is not None:
         zyx, score = zyx[:max_particles], score[:max_particles]
     return make_particle_table(zyx, source="auto", score=score)
+
+
+def refine_centres(
+    volume, zyx, diameter_px: float, *, polarity: str = "dark", name: str | None = None
+) -> np.ndarray:
+    """Move candidate positions to the centres of their particles.
+
+    A DoG peak sits where a particle's density is most concentrated at the DoG's scale:
+    on a wall of a hollow particle, on one lobe of a dumbbell or a trimer (6-8 voxels off
+    for a 20-voxel particle). Around each candidate the tomogram is smoothed (Gaussian,
+    σ = 0.1 d), made a non-negative density ρ (the box's median minus it for dark protein,
+    clipped at 0) and summed under an Epanechnikov kernel ``w(r) = 1 - r²/R²``,
+    ``R = 0.55 d``: for a particle wholly within R of c the sum is
+    ``Σρ - Σ ρ(x)|x - c|²/R²``, largest when c is its centre of mass; a point between two
+    particles scores low (their density lies near the kernel's rim). Each candidate moves
+    to the largest sum within 0.5 d of it (a search of the whole neighbourhood, not a hill
+    climb, so a lobe cannot hold it), then by one mean-shift step (the centre of mass of
+    w·ρ) to sub-voxel precision. Neighbourhoods are read one at a time (memmaps and
+    chunked stores alike); about 10 ms per candidate for d = 20 on one CPU core.
+
+    Args:
+        volume: ZYX tomogram (array, memmap or `Tomogram`).
+        zyx: (n, 3) candidate positions in voxels.
+        diameter_px: particle diameter in voxels.
+        polarity: "dark" or "bright".
+        name: the tomogram's name in error messages.
+
+    Returns:
+        (n, 3) float64 refined positions, inside the volume.
+    """
+    from scipy import fft as sfft
+
+    data, vname = _volume_and_name(volume)
+    name = name or vname
+    d = _check_diameter(diameter_px, name)
+    _check_polarity(polarity, name)
+    zyx = np.asarray(zyx, dtype=np.float64).reshape(-1, 3)
+    if len(zyx) == 0:
+        return zyx.copy()
+    shape = np.array(data.shape)
+    sigma = max(0.5, _REFINE_SMOOTH * d)
+    radius = max(1.0, _REFINE_KERNEL * d)
+    search = max(1.0, _REFINE_SEARCH * d)
+    kh, sh = math.ceil(radius), math.ceil(search)
+    half = sh + kh + math.ceil(3 * sigma)
+    width = 2 * half + 1
+    offs = np.arange(-kh, kh + 1, dtype=np.float64)
+    r2 = offs[:, None, None] ** 2 + offs[None, :, None] ** 2 + offs[None, None, :] ** 2
+    kernel = np.clip(1.0 - r2 / radius**2, 0.0, None)
+    wrapped = np.zeros((width,) * 3)
+    idx = (np.arange(-kh, kh + 1) % width).astype(np.intp)
+    wrapped[np.ix_(idx, idx, idx)] = kernel
+    kernel_spec = sfft.rfftn(wrapped)
+    grid = np.arange(width) - half
+    g2 = grid[:, None, None] ** 2 + grid[None, :, None] ** 2 + grid[None, None, :] ** 2
+    outside_search = g2 > search**2
+    background = _background_level(data, name)
+    pages = _MappedPages(data)
+    out = zyx.copy()
+    for i, c in enumerate(zyx):
+        lo = np.round(c).astype(np.int64) - half
+        clo = np.maximum(lo, 0)
+        chi = np.minimum(lo + width, shape)
+        if np.any(chi <= clo):
+            continue
+        box = np.full((width,) * 3, background, dtype=np.float32)
+        inside = tuple(slice(a - o, b - o) for a, b, o in zip(clo, chi, lo, strict=True))
+        box[inside] = _read_block(
+            data,
+            tuple(slice(a, b) for a, b in zip(clo, chi, strict=True)),
+            name,
+            list(zip(clo, chi, strict=True)),
+            pages,
+        )
+        smooth = ndimage.gaussian_filter(box, sigma, mode="nearest", truncate=3.0)
+        level = float(np.median(smooth[inside]))
+        rho = level - smooth if polarity == "dark" else smooth - level
+        np.clip(rho, 0.0, None, out=rho)
+        valid = np.zeros_like(rho, dtype=bool)
+        valid[inside] = True
+        rho[~valid] = 0.0
+        total = sfft.irfftn(sfft.rfftn(rho) * kernel_spec, s=rho.shape)
+        total[outside_search] = -np.inf
+        p = np.array(np.unravel_index(int(np.argmax(total)), total.shape))
+        window = rho[tuple(slice(q - kh, q + kh + 1) for q in p)] * kernel
+        mass = float(window.sum())
+        if not mass > 0:
+            continue  # no density near the candidate: leave it where it is
+        shift = [
+            float((window.sum(axis=tuple(a for a in range(3) if a != ax)) * offs).sum()) / mass
+            for ax in range(3)
+        ]
+        out[i] = lo + p + np.array(shift)
+    return np.clip(out, 0.0, shape - 1.0)
 
 
 def _greedy_min_distance(zyx: np.ndarray, min_distance: float) -> np.ndarray:
