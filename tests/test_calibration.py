@@ -65,6 +65,19 @@ def test_ece_of_an_over_confident_classifier_drops_after_temperature_scaling():
     assert (softmax(test_logits).argmax(1) == softmax(test_logits, t).argmax(1)).all()
 
 
+def test_too_few_validation_particles_keep_t_1():
+    """10 particles: the fitted T is reported, not used (docs/training.md: with 10 the
+    fitted T made things worse far more often than better)."""
+    logits, labels = synthetic(1000, 2.0, seed=3)
+    few = calibration_report(logits[:10], labels[:10])
+    assert few["temperature"] == 1.0 and not few["applied"] and few["n"] == 10
+    assert few["fitted_temperature"] != 1.0 and "too few" in few["note"]
+    assert few["ece_after"] == few["ece_before"]
+    many = calibration_report(logits[:50], labels[:50])
+    assert many["applied"] and many["temperature"] == many["fitted_temperature"] > 1.0
+    assert "note" not in many
+
+
 def test_ece_by_hand():
     # two bins: confidence 0.9 right twice and wrong once; confidence 0.6 wrong once
     probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.6, 0.4]])
@@ -103,6 +116,9 @@ def test_finetune_stores_a_temperature_and_its_validation_ece(finetuned):
     assert isinstance(t, float) and 0.05 <= t <= 20.0
     calibration = state["calibration"]
     assert calibration["method"] == "temperature scaling"
+    # a handful of validation particles: fitted, but T = 1 kept, and the reason stated
+    assert t == 1.0 and not calibration["applied"] and "too few" in calibration["note"]
+    assert last.metrics["calibration_note"] == calibration["note"]
     assert calibration["temperature"] == t and calibration["n"] == last.metrics["n_val"]
     assert calibration["n_bins"] == 15
     assert 0.0 <= calibration["ece_after"] <= 1.0 and 0.0 <= calibration["ece_before"] <= 1.0
@@ -110,6 +126,23 @@ def test_finetune_stores_a_temperature_and_its_validation_ece(finetuned):
     assert state["metrics"]["temperature"] == t
     assert state["metrics"]["val_ece_calibrated"] == calibration["ece_after"]
     assert last.metrics["temperature"] == t and "val_ece" in last.metrics
+
+
+def test_with_enough_validation_particles_finetune_uses_the_fitted_temperature(
+    tmp_path, monkeypatch
+):
+    from napari_cryossl.train import calibration
+
+    monkeypatch.setattr(calibration, "MIN_PARTICLES", 5)  # this tiny run has 9
+    config = FinetuneConfig(
+        epochs=2, batch_size=8, device="cpu", min_steps=0, val_fraction=0.3, seed=0
+    )
+    run(iter_finetune(random_set(), config, tmp_path / "c.pt"))
+    state = load_checkpoint(tmp_path / "c.pt")
+    c = state["calibration"]
+    assert c["applied"] and c["n"] >= 5 and "note" not in c
+    assert state["temperature"] == c["fitted_temperature"] != 1.0
+    assert c["nll_after"] <= c["nll_before"] + 1e-9
 
 
 def test_predict_divides_the_logits_by_the_checkpoint_temperature(finetuned, tmp_path):

@@ -127,6 +127,7 @@ class DemoResult:
     false_pick_confidence: float = float("nan")  # mean, over false picks given a particle class
     particle_confidence: float = float("nan")  # mean, over true particles (unlabelled)
     temperature: float = 1.0  # the classifier's calibrated temperature
+    calibration_note: str = "fitted on the validation labels"  # or why T = 1 was kept
     ece: float = float("nan")  # expected calibration error on the unlabelled picks (15 bins)
 
     def summary(self) -> str:
@@ -172,8 +173,8 @@ class DemoResult:
             )
         if np.isfinite(self.ece):
             lines.append(
-                f"  calibration: temperature {self.temperature:.2f} (fitted on the validation "
-                f"labels); expected calibration error on the unlabelled picks {self.ece:.3f}"
+                f"  calibration: temperature {self.temperature:.2f} ({self.calibration_note}); "
+                f"expected calibration error on the unlabelled picks {self.ece:.3f}"
             )
         return lines
 
@@ -259,6 +260,7 @@ def run_demo(
     import dataclasses
 
     from napari_cryossl.baselines import FloorClassifier
+    from napari_cryossl.checkpoints import load_checkpoint
     from napari_cryossl.dataset import SubtomogramSet
     from napari_cryossl.devices import select_device
     from napari_cryossl.io import open_tomogram, particle_zyx, write_mrc, write_particles
@@ -429,6 +431,8 @@ def run_demo(
         if evaluate.any():
             result.particle_confidence = float(pred.confidence[evaluate].mean())
         result.temperature = float(pred.temperature)
+        calibration = load_checkpoint(classifier_path).get("calibration") or {}
+        result.calibration_note = calibration.get("note", result.calibration_note)
         scored = (labels == 0) & (answer > 0)  # every unlabelled pick with a right answer
         if scored.any():
             from napari_cryossl.train.calibration import expected_calibration_error

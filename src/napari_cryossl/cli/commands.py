@@ -225,6 +225,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 f"error on the validation split {metrics.get('val_ece', float('nan')):.3f} -> "
                 f"{metrics.get('val_ece_calibrated', float('nan')):.3f} (15 bins)"
             )
+            if metrics.get("calibration_note"):
+                print(f"calibration: {metrics['calibration_note']}")
     return 0
 
 

@@ -16,9 +16,17 @@ the NLL alone falls all the way to T -> 0, i.e. a confidence of 1 for everything
 confidence, and the gaps between each bin's accuracy and mean confidence are averaged,
 weighted by the bin's share of the particles.
 
-``iter_finetune`` fits T on the validation split whenever it writes a new best
+``iter_finetune`` fits T on the validation split whenever it finds a new best
 classifier and stores it in the checkpoint (``temperature`` and ``calibration``);
 ``predict.iter_predict`` divides the logits by it (T = 1 for checkpoints without one).
+
+A temperature is only used when at least ``MIN_PARTICLES`` (50) validation particles
+were there to fit it; with fewer, T = 1 is kept and ``calibration`` says why. Measured
+(synthetic 5-class logits, 200 draws per size, docs/training.md): with 10 particles the
+fitted T made a well-calibrated classifier worse in 98 % of draws and an under-confident
+one (ECE 0.09) worse in 29 %; with 50, the under-confident one improved in 99 % (median
+ECE 0.024). On the demo, 10 validation particles, all right at the best epoch, gave
+T = 0.41, which raised the ECE on the 190 unlabelled picks from 0.033 to 0.125.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_BINS",
+    "MIN_PARTICLES",
     "TEMPERATURE_BOUNDS",
     "calibration_report",
     "expected_calibration_error",
@@ -43,6 +52,8 @@ DEFAULT_BINS = 15
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 #: Standard deviation of the Gaussian prior on log T (T within a factor e of 1 at 1 σ).
 PRIOR_SIGMA = 1.0
+#: Fewest validation particles whose fitted temperature is used (else T = 1).
+MIN_PARTICLES = 50
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -108,7 +119,7 @@ def fit_temperature(
             value += 0.5 * (log_t / float(prior_sigma)) ** 2
         return value
 
-    grid = np.linspace(lo, hi, 61)
+    grid = np.union1d(np.linspace(lo, hi, 61), [0.0])  # T = 1 itself among the candidates
     values = [objective(g) for g in grid]
     k = int(np.argmin(values))
     a, b = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
@@ -157,18 +168,39 @@ def expected_calibration_error(probabilities, labels, n_bins: int = DEFAULT_BINS
     return float(ece)
 
 
-def calibration_report(logits, labels, *, n_bins: int = DEFAULT_BINS, **fit_kw) -> dict:
+def calibration_report(
+    logits,
+    labels,
+    *,
+    n_bins: int = DEFAULT_BINS,
+    min_particles: int | None = None,
+    **fit_kw,
+) -> dict:
     """Fit T on (logits, labels) and measure ECE and NLL before and after.
 
+    Args:
+        logits, labels: as for ``fit_temperature``.
+        n_bins: bins of the ECE.
+        min_particles: with fewer particles the fitted T is reported but not used
+            (``temperature`` 1.0, ``applied`` False, ``note`` says why); None:
+            ``MIN_PARTICLES``.
+        **fit_kw: passed to ``fit_temperature``.
+
     Returns:
-        ``{"method", "temperature", "n", "n_bins", "ece_before", "ece_after",
-        "nll_before", "nll_after"}`` (plain numbers, ready for a checkpoint).
+        ``{"method", "temperature" (the one to use), "fitted_temperature", "applied",
+        "n", "n_bins", "ece_before", "ece_after", "nll_before", "nll_after"}`` and, when
+        not applied, ``"note"``: plain values, ready for a checkpoint.
     """
     z, y = _check(logits, labels)
-    t = fit_temperature(z, y, **fit_kw)
-    return {
+    fitted = fit_temperature(z, y, **fit_kw)
+    min_particles = MIN_PARTICLES if min_particles is None else int(min_particles)
+    applied = len(y) >= int(min_particles)
+    t = fitted if applied else 1.0
+    report = {
         "method": "temperature scaling",
         "temperature": t,
+        "fitted_temperature": fitted,
+        "applied": applied,
         "n": int(len(y)),
         "n_bins": int(n_bins),
         "ece_before": expected_calibration_error(softmax(z), y, n_bins),
@@ -176,3 +208,9 @@ def calibration_report(logits, labels, *, n_bins: int = DEFAULT_BINS, **fit_kw) 
         "nll_before": temperature_nll(z, y, 1.0),
         "nll_after": temperature_nll(z, y, t),
     }
+    if not applied:
+        report["note"] = (
+            f"{len(y)} validation particles, too few to fit a temperature (at least "
+            f"{int(min_particles)}); T = 1 kept (fitted: {fitted:.2f})"
+        )
+    return report

@@ -410,7 +410,10 @@ class _FinetuneJob(_Job):
             "ece_before": "val_ece",
             "ece_after": "val_ece_calibrated",
         }
-        return {name: float(c[k]) for k, name in names.items() if k in c}
+        metrics = {name: float(c[k]) for k, name in names.items() if k in c}
+        if c.get("note"):
+            metrics["calibration_note"] = str(c["note"])
+        return metrics
 
     # -- checkpoints ------------------------------------------------------------------------
     def _names(self) -> list[str]:
