@@ -89,8 +89,8 @@ class PickSettings:
 
     threshold: float | None = option(
         None,
-        f"minimum DoG score in robust noise units (default: automatic, {AUTO_THRESHOLD:g}): "
-        "lower finds more, and more false, picks",
+        f"minimum DoG score in robust noise units (default: automatic, {AUTO_THRESHOLD:g}; "
+        "with a template, from --false-alarms): lower finds more, and more false, picks",
         minimum=0.0,
     )
     min_distance_px: float | None = option(
@@ -126,7 +126,7 @@ _READ_SLICES = 16
 #: the Epanechnikov kernel's radius and how far a candidate may move.
 _REFINE_SMOOTH = 0.1
 _REFINE_KERNEL = 0.55
-_REFINE_SEARCH = 0.5
+_REFINE_SEARCH = 0.4
 
 
 def dog_sigmas(
@@ -324,20 +324,32 @@ def pick_particles(
     score = (np.concatenate(cand_dog).astype(np.float64) - median) / noise
     keep = score >= threshold
     zyx, score = zyx[keep], score[keep]
+    peaks = zyx
     if refine and len(zyx):
         zyx = refine_centres(data, zyx, diameter_px, polarity=polarity, name=name)
     keep = np.ones(len(zyx), dtype=bool)
     if border > 0:
         upper = np.array(shape, dtype=np.float64) - 1.0 - border
         keep &= np.all((zyx >= border) & (zyx <= upper), axis=1)
-    zyx, score = zyx[keep], score[keep]
+    zyx, score, peaks = zyx[keep], score[keep], peaks[keep]
     if len(score) == 0:
         return empty
 
     # Best first; ties broken by position so the result is deterministic.
     order = np.lexsort((zyx[:, 2], zyx[:, 1], zyx[:, 0], -score))
-    zyx, score = zyx[order], score[order]
+    zyx, score, peaks = zyx[order], score[order], peaks[order]
     kept = _greedy_min_distance(zyx, min_distance_px)
+    if refine:
+        # A refined pick that reached a centre already taken (its particle's other lobe or
+        # wall, or a neighbour it was pulled to) goes back to its DoG peak, which survives
+        # if no pick is within the minimum distance of it: the lobes and walls of a kept
+        # particle are, a separate particle is not, so refinement never loses one.
+        rest = np.setdiff1d(np.arange(len(zyx)), kept)
+        both = np.concatenate([zyx[kept], peaks[rest]])
+        again = _greedy_min_distance(both, min_distance_px)
+        back = rest[again[again >= len(kept)] - len(kept)]
+        zyx[back] = peaks[back]
+        kept = np.sort(np.concatenate([kept, back]))
     zyx, score = zyx[kept], score[kept]
     if max_particles is not None:
         zyx, score = zyx[:max_particles], score[:max_particles]
@@ -357,7 +369,7 @@ def refine_centres(
     ``R = 0.55 d``: for a particle wholly within R of c the sum is
     ``Σρ - Σ ρ(x)|x - c|²/R²``, largest when c is its centre of mass; a point between two
     particles scores low (their density lies near the kernel's rim). Each candidate moves
-    to the largest sum within 0.5 d of it (a search of the whole neighbourhood, not a hill
+    to the largest sum within 0.4 d of it (a search of the whole neighbourhood, not a hill
     climb, so a lobe cannot hold it), then by one mean-shift step (the centre of mass of
     w·ρ) to sub-voxel precision. Neighbourhoods are read one at a time (memmaps and
     chunked stores alike); about 10 ms per candidate for d = 20 on one CPU core.

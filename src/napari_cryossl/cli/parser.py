@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     from napari_cryossl.predict import PredictSettings
     from napari_cryossl.saliency import GradcamSettings
     from napari_cryossl.simulate.config import CLUTTER_OPTIONS, SimulationConfig
+    from napari_cryossl.template_matching import TemplateMatchSettings
     from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -153,18 +154,34 @@ def build_parser() -> argparse.ArgumentParser:
     # pick ---------------------------------------------------------------------
     p = sub.add_parser(
         "pick",
-        help="Difference-of-Gaussians candidate picking in a tomogram",
+        help="candidate picking in a tomogram: Difference of Gaussians, or template matching",
         description="Find particle candidates (dark blobs by default) of a given diameter with a "
-        "Difference of Gaussians, non-maximum suppression and a minimum distance. Works in chunks "
-        "on a memory-mapped tomogram, so tomograms larger than RAM are fine.",
+        "Difference of Gaussians, non-maximum suppression and a minimum distance, each moved to "
+        "its particle's centre (--no-refine: the DoG peaks). With --template, find copies of a "
+        "structure instead (local normalised cross-correlation over rotations, missing wedge, "
+        "automatic threshold from --false-alarms) and write each pick's orientation "
+        "(rlnAngleRot/Tilt/Psi). Works in chunks on a memory-mapped tomogram, so tomograms "
+        "larger than RAM are fine.",
     )
     p.add_argument(
         "tomogram", type=Path, help="tomogram: MRC (.mrc/.rec/.map) or OME-Zarr folder (.zarr)"
     )
-    size = p.add_mutually_exclusive_group(required=True)
-    size.add_argument("--diameter", type=float, help="particle diameter in Å")
+    size = p.add_mutually_exclusive_group(required=False)
+    size.add_argument(
+        "--diameter", type=float, help="particle diameter in Å (optional with --template)"
+    )
     size.add_argument("--diameter-px", type=float, help="particle diameter in voxels")
     add_arguments(p, PickSettings)
+    tm = p.add_argument_group("template matching (--template)")
+    tm.add_argument(
+        "--template",
+        default=None,
+        metavar="MAP",
+        help="pick by template matching with this structure: a density map (.mrc/.map, "
+        "resampled to the tomogram's voxel size), an atomic model (.pdb/.cif) or a built-in "
+        "complex's name (e.g. TRiC, apoferritin); the diameter defaults to the template's",
+    )
+    add_arguments(tm, TemplateMatchSettings)
     p.add_argument(
         "--out", type=Path, required=True, help="picks.star, picks.csv or picks.tbl (Dynamo)"
     )
