@@ -345,6 +345,9 @@ def pick_particles(
         # if no pick is within the minimum distance of it: the lobes and walls of a kept
         # particle are, a separate particle is not, so refinement never loses one.
         rest = np.setdiff1d(np.arange(len(zyx)), kept)
+        if border > 0:
+            upper = np.array(shape, dtype=np.float64) - 1.0 - border
+            rest = rest[np.all((peaks[rest] >= border) & (peaks[rest] <= upper), axis=1)]
         both = np.concatenate([zyx[kept], peaks[rest]])
         again = _greedy_min_distance(both, min_distance_px)
         back = rest[again[again >= len(kept)] - len(kept)]
