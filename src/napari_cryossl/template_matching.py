@@ -461,6 +461,10 @@ def _match_template(
         raise InputError(f"{name}: threshold must be a finite number, got {threshold}")
     if diameter_px is not None and not (np.isfinite(diameter_px) and diameter_px > 0):
         raise InputError(f"{name}: particle diameter must be positive, got {diameter_px}")
+    if np.ndim(template) != 3:
+        raise InputError(
+            f"template matching: the template must be 3D, got shape {np.shape(template)}"
+        )
     first_diameter = template_diameter(template) if diameter_px is None else float(diameter_px)
     if resolution_px is None:
         resolution_px = max(_MIN_RES, _RES_PER_DIAMETER * first_diameter)
