@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -61,7 +63,7 @@ class PickingWidget(QWidget):
         m.addLayout(grid)
         layout.addWidget(manual)
 
-        auto = QGroupBox("Automatic (Difference of Gaussians)")
+        auto = QGroupBox("Automatic (Difference of Gaussians or template matching)")
         form = QFormLayout(auto)
         self.diameter = QDoubleSpinBox()
         self.diameter.setRange(5.0, 5000.0)
@@ -91,6 +93,7 @@ class PickingWidget(QWidget):
         form.addRow("Particle diameter (Å):", diameter_row)
         form.addRow("Threshold:", self.threshold)
         form.addRow("Max picks:", self.max_picks)
+        self._add_method_rows(form)
         buttons = QHBoxLayout()
         self.preview_button = QPushButton("Preview picks")
         self.accept_button = QPushButton("Accept")
@@ -186,6 +189,7 @@ class PickingWidget(QWidget):
         threshold = self.threshold.value()
         max_picks = self.max_picks.value() or None
         emit = self.picking_progress.emit
+        refine = self.refine.isChecked()
 
         def pick():
             from napari_cryossl.picking import pick_particles
@@ -195,9 +199,14 @@ class PickingWidget(QWidget):
                 diameter_px,
                 threshold=threshold,
                 max_particles=max_picks,
+                refine=refine,
                 progress=emit,
             )
 
+        if self.method.currentData() == "template":
+            pick = self._template_job(tomo, max_picks, emit)
+            if pick is None:
+                return None
         worker = function_worker(pick)
         worker.returned.connect(self._show_preview)
         worker.errored.connect(lambda exc: self.status.error(notify_error(exc)))
@@ -206,9 +215,106 @@ class PickingWidget(QWidget):
         self.preview_button.setEnabled(False)
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)
-        self.status.info(f"picking blobs of {diameter_px:.1f} voxels…")
+        if self.method.currentData() == "template":
+            self.status.info(f"matching {self.template.currentText()}…")
+        else:
+            self.status.info(f"picking blobs of {diameter_px:.1f} voxels…")
         self.session.start_worker(worker)
         return worker
+
+    # template matching ---------------------------------------------------------------
+    def _add_method_rows(self, form) -> None:
+        """Method (DoG or template matching) and the template's options."""
+        from napari_cryossl.picking import PickSettings
+        from napari_cryossl.structures import builtin_structures
+        from napari_cryossl.template_matching import TemplateMatchSettings
+
+        self.refine = QCheckBox("Centre on the particle")
+        self.refine.setChecked(bool(describe(PickSettings, "refine").default))
+        self.refine.setToolTip(describe(PickSettings, "refine").tooltip())
+        self.method = QComboBox()
+        self.method.addItem("Difference of Gaussians", "dog")
+        self.method.addItem("Template matching", "template")
+        self.method.setToolTip(
+            "Difference of Gaussians finds blobs of the diameter; template matching finds "
+            "copies of one structure, with their orientation (slower: many rotations)"
+        )
+        self.template = QComboBox()
+        for entry in builtin_structures():
+            self.template.addItem(entry.name, entry.name)
+        self.template.addItem("From file…", None)
+        self.template.setToolTip(
+            "The structure to find: a built-in complex, or a map (.mrc) or model (.pdb/.cif)"
+        )
+        self.angular_step = QDoubleSpinBox()
+        step = describe(TemplateMatchSettings, "angular_step")
+        self.angular_step.setRange(0.0, step.info.maximum)
+        self.angular_step.setSpecialValueText("auto")
+        self.angular_step.setSuffix("°")
+        self.angular_step.setValue(0.0)
+        self.angular_step.setToolTip(step.tooltip())
+        self.false_alarms = QDoubleSpinBox()
+        alarms = describe(TemplateMatchSettings, "false_alarms")
+        self.false_alarms.setRange(0.01, 1000.0)
+        self.false_alarms.setValue(alarms.default)
+        self.false_alarms.setToolTip(alarms.tooltip())
+        form.addRow(self.refine)
+        form.addRow("Method:", self.method)
+        form.addRow("Template:", self.template)
+        form.addRow("Angular step:", self.angular_step)
+        form.addRow("False picks:", self.false_alarms)
+        self.template.activated.connect(self._template_chosen)
+        self.method.currentIndexChanged.connect(self._method_changed)
+        self._method_changed()
+
+    def _method_changed(self, *_) -> None:
+        template = self.method.currentData() == "template"
+        for w in (self.template, self.angular_step, self.false_alarms):
+            w.setEnabled(template)
+        self.refine.setEnabled(not template)
+        self.threshold.setEnabled(not template)  # template matching: from the false picks
+
+    def _template_chosen(self, index: int) -> None:
+        if self.template.itemData(index) is None:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Template", "", "Maps and models (*.mrc *.map *.pdb *.cif *.gz);;All (*)"
+            )
+            if path:
+                self.set_template_file(path)
+
+    def set_template_file(self, path) -> None:
+        """Use a map or model file as the template (and select it)."""
+        path = str(path)
+        index = self.template.findData(path)
+        if index < 0:
+            self.template.insertItem(self.template.count() - 1, Path(path).name, path)
+            index = self.template.findData(path)
+        self.template.setCurrentIndex(index)
+
+    def _template_job(self, tomo, max_picks, emit):
+        """The template matching job for the worker, or None (no template chosen)."""
+        source = self.template.currentData()
+        if source is None:
+            self.status.error("choose a template: a built-in complex or a file")
+            return None
+        step = self.angular_step.value() or None
+        alarms = self.false_alarms.value()
+        voxel = self.session.voxel_size
+
+        def match():
+            from napari_cryossl.template_matching import load_template, match_template
+
+            template = load_template(source, voxel)
+            return match_template(
+                tomo.data,
+                template,
+                angular_step=step,
+                false_alarms=alarms,
+                max_particles=max_picks,
+                progress=emit,
+            )
+
+        return match
 
     def _show_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))
