@@ -139,9 +139,11 @@ def run_pickers(volume, radii, templates, pickers, args, tomo: str):
             d = 2 * radii[kind]
             if picker == "dog":
                 kw = {REFINE_OPTION: False} if REFINE_OPTION else {}
-                picks = pick_particles(volume, d, **kw)
+                picks = pick_particles(volume, d, threshold=args.dog_threshold, **kw)
             elif picker == "dog-refined":
-                picks = pick_particles(volume, d, **{REFINE_OPTION: True})
+                picks = pick_particles(
+                    volume, d, threshold=args.dog_threshold, **{REFINE_OPTION: True}
+                )
             else:
                 picks = match_template(
                     volume,
@@ -340,6 +342,8 @@ def main(argv=None) -> int:
     parser.add_argument("--voxel-size", type=float, default=15.0)
     parser.add_argument("--angular-step", type=float, default=40.0,
                         help="template matching's angular step, degrees")
+    parser.add_argument("--dog-threshold", type=float, default=None,
+                        help="DoG threshold in noise units (default: automatic)")
     parser.add_argument("--skip", nargs="*", default=[], help="pickers to leave out")
     parser.add_argument("--classify", action="store_true")
     parser.add_argument("--classify-only", action="store_true")
@@ -363,6 +367,7 @@ def main(argv=None) -> int:
     info["particles_per_tomogram"] = args.particles
     info["kinds"] = list(KINDS)
     info["template_angular_step"] = args.angular_step
+    info["dog_threshold"] = args.dog_threshold
     RESULTS.mkdir(exist_ok=True)
     if not args.classify_only:
         results = {**info, "snr": [bench_snr(s, args, info) for s in args.snrs]}
