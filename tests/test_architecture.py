@@ -217,7 +217,11 @@ def test_npe2_adapters_do_not_import_the_widgets():
 #: `complete`: every module of the package must be placed in a room.
 PACKAGE_ROOMS = {
     f"{PACKAGE}.train": {
-        "rooms": (("config", "labels", "checkpoints"), ("loop",), ("pretrain", "finetune")),
+        "rooms": (
+            ("config", "labels", "checkpoints", "calibration"),
+            ("loop",),
+            ("pretrain", "finetune"),
+        ),
         "complete": True,
     },
     f"{PACKAGE}._widgets": {
