@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_cryossl.demo import open_in_napari, run_demo
+from napari_cryossl.predict import JUNK_CLASS_NAME
 
 TIMEOUT_MS = 180_000
 
@@ -39,7 +40,9 @@ def test_demo_hands_its_session_to_the_dock(make_napari_viewer, qtbot, tmp_path)
     # labels the demo made, the models beside it.
     assert session.tomogram is not None
     assert session.tomogram.path.resolve() == result.files["tomogram"].resolve()
-    assert [session.class_name(n) for n in session.class_numbers()] == ["TRiC", "apoferritin"]
+    assert [session.class_name(n) for n in session.class_numbers()] == [
+        "TRiC", "apoferritin", JUNK_CLASS_NAME  # false picks get a class of their own
+    ]
     table = session.store.table
     assert len(table) == result.n_picked
     assert (table["class_number"] > 0).sum() == result.n_labelled
@@ -58,12 +61,13 @@ def test_demo_hands_its_session_to_the_dock(make_napari_viewer, qtbot, tmp_path)
     pr.device.setCurrentText("cpu")
     _wait(qtbot, pr.start())
     predicted = session.store.table["predicted_class"].to_numpy()
-    assert set(predicted) <= {1, 2} and (predicted > 0).all()
+    assert set(predicted) <= {1, 2, 3} and (predicted > 0).all()
 
-    # So does Grad-CAM of a selected particle.
+    # So does Grad-CAM of a selected particle (one not predicted junk: junk stays blank).
     sal = widget.show_section("saliency")
     sal.device.setCurrentText("cpu")
-    session.predictions_layer.selected_data = {0}
+    particle = int(np.flatnonzero(predicted != 3)[0]) if (predicted != 3).any() else 0
+    session.predictions_layer.selected_data = {particle}
     _wait(qtbot, sal.start())
     heat = sal.heatmap_layer
     assert heat is not None and heat in viewer.layers
