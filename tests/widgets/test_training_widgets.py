@@ -8,9 +8,7 @@ that line up with the tomogram, files with the right columns.
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +18,14 @@ from napari_cryossl.checkpoints import load_checkpoint
 from napari_cryossl.io import particle_zyx, read_particles
 
 TIMEOUT_MS = 180_000
-BENCH_OUT = Path(
-    os.environ.get("CRYOSSL_BENCH_OUT", Path(__file__).parents[2] / "benchmarks" / "out")
-)
+#: Largest event-loop gap (ms) allowed between the worker's first and last progress report.
+#: Measured with this test: 17-19 ms on a 2-core machine, quiet or at load average 4.5; with
+#: both cores kept busy by other training processes the same pretraining showed 56-71 ms
+#: (docs/benchmarks.md, "GUI responsiveness"). 1 s is 14 times the loaded figure, so a busy
+#: CI machine passes; a stall a user would call a freeze (an import or a result handled on
+#: the GUI thread, a lock held across steps) fails it. Training run on the GUI thread
+#: itself leaves no tick between the reports, which the test checks separately.
+MAX_GAP_WHILE_TRAINING_MS = 1000.0
 
 
 def _session_with_particles(dock, tomogram, truth, labels_per_class: int | None = None):
@@ -96,11 +99,10 @@ def test_pretraining_runs_in_a_worker_while_napari_stays_responsive(dock, tomogr
         "worker_s": ticks[-1] - ticks[0],
         "n_yields": len(yields),
     }
-    print("GUI responsiveness while pretraining:", json.dumps(record))
-    BENCH_OUT.mkdir(parents=True, exist_ok=True)
-    (BENCH_OUT / "gui_event_loop.json").write_text(json.dumps(record, indent=2))
-    # the GUI's event loop kept running while the worker trained
+    print("GUI responsiveness while pretraining:", json.dumps(record))  # shown with -s
+    # the GUI's event loop kept running while the worker trained, without a long stall
     assert len(during) >= 2 or len(yields) < 2
+    assert record["max_gap_while_training_steps_ms"] < MAX_GAP_WHILE_TRAINING_MS, record
 
     out = session.work_dir / "encoder.pt"
     assert session.encoder_path == out and out.is_file()
