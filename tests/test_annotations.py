@@ -354,13 +354,3 @@ def test_kill_minus_9_loses_at_most_the_last_edit(tmp_path):
         acknowledged = m
     assert acknowledged > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temps cleaned up
-
-
-def test_core_modules_import_neither_torch_nor_qt():
-    code = (
-        "import sys, napari_cryossl.io, napari_cryossl.annotations; "
-        "bad = [m for m in ('torch', 'qtpy', 'PyQt6', 'napari') if m in sys.modules]; "
-        "print(bad); sys.exit(1 if bad else 0)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr

@@ -9,8 +9,12 @@
   module never imports one of a higher room (`PACKAGE_ROOMS`).
 - The import graph among the package's modules has no cycle: module-level imports, and
   module-level plus function-level imports.
-- Importing the package, its public API and every core module leaves Qt and napari
-  out of `sys.modules` (checked in a fresh interpreter).
+- Each import contract (`IMPORT_CONTRACTS`) holds in a fresh interpreter: `import
+  napari_cryossl` loads none of its modules, numpy, torch or Qt; the core and the public
+  API load no Qt or napari; the file, annotation, extraction and picking modules and
+  `cryossl --help` load no torch; the npe2 adapters load neither the dock nor torch, and
+  the dock's module no torch. (Building the dock in a viewer is checked in
+  `tests/widgets/test_dock_imports.py`.)
 
 The imports are read with `ast` from the files of the `napari_cryossl` that Python
 imports, so the check follows the code under test.
@@ -24,6 +28,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 import napari_cryossl
 
@@ -383,43 +389,99 @@ def _run_check(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
 
 
-def test_importing_the_core_leaves_qt_and_napari_out():
-    """A fresh interpreter imports the package, its public API and every core module."""
-    modules = ["napari_cryossl", *_core_modules()]
-    code = "\n".join(
-        [
-            "import importlib, sys",
-            f"for name in {modules!r}:",
-            "    importlib.import_module(name)",
-            "import napari_cryossl",
-            "for name in napari_cryossl.__all__:",
-            "    getattr(napari_cryossl, name)",
-            f"gui = {sorted(GUI_PACKAGES)!r}",
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in gui",
-            f"             or m.startswith({PACKAGE + '._widgets'!r}))",
-            "print('GUI MODULES:', ', '.join(bad[:20]))",
-            "sys.exit(1 if bad else 0)",
-        ]
-    )
-    result = _run_check(code)
+#: The training stack: slow to import (seconds), needed only once work starts.
+TRAINING_STACK = ("torch", "lightly", "kornia", "monai")
+
+
+@dataclass(frozen=True)
+class ImportContract:
+    """What a fresh interpreter must not have loaded after running `code`."""
+
+    code: str  # statements run in a fresh interpreter
+    forbidden: tuple[str, ...]  # modules with their submodules; "pkg." = submodules only
+    why: str
+    needs: str | None = None  # a package the case needs (skipped without it)
+
+
+IMPORT_CONTRACTS = {
+    "package": ImportContract(
+        f"import {PACKAGE}",
+        (f"{PACKAGE}.", "numpy", "pandas", *TRAINING_STACK, *sorted(GUI_PACKAGES)),
+        "`import napari_cryossl` is instant: the public API imports its modules lazily",
+    ),
+    "core and public API": ImportContract(
+        "\n".join(
+            [
+                f"import importlib, {PACKAGE}",
+                f"for name in {_core_modules()!r}:",
+                "    importlib.import_module(name)",
+                f"for name in {PACKAGE}.__all__:",
+                f"    getattr({PACKAGE}, name)",
+            ]
+        ),
+        (*sorted(GUI_PACKAGES), f"{PACKAGE}._widgets"),
+        "the core runs without Qt and napari (scripts, the CLI, clusters)",
+    ),
+    "torch-free core": ImportContract(
+        f"import {PACKAGE}.io, {PACKAGE}.annotations, {PACKAGE}.dataset, "
+        f"{PACKAGE}.extract, {PACKAGE}.picking",
+        (*TRAINING_STACK, *sorted(GUI_PACKAGES)),
+        "reading files, annotating, extracting and picking do not pay for torch",
+    ),
+    "command-line help": ImportContract(
+        f"from {PACKAGE}.cli import build_parser\nbuild_parser().format_help()",
+        (*TRAINING_STACK, *sorted(GUI_PACKAGES)),
+        "`cryossl --help` answers at once",
+    ),
+    "npe2 adapters": ImportContract(
+        f"import {', '.join(NPE2_ADAPTERS)}",
+        (f"{PACKAGE}._widgets", *TRAINING_STACK),
+        "napari opens a file, saves a layer or loads the sample without the dock or torch",
+    ),
+    "dock module": ImportContract(
+        f"import {PACKAGE}._widgets.main",
+        TRAINING_STACK,
+        "napari's plugin discovery and the dock do not pay for torch (it is warmed up in "
+        "the background when the Pretraining section opens)",
+        needs="napari",
+    ),
+}
+
+_LOADED = """
+import sys
+forbidden = {forbidden!r}
+loaded = sorted(
+    m for m in sys.modules
+    if any(m.startswith(f) if f.endswith(".") else m == f or m.startswith(f + ".")
+           for f in forbidden)
+)
+print("LOADED:", ", ".join(loaded[:20]))
+sys.exit(1 if loaded else 0)
+"""
+
+
+def _check_contract(contract: ImportContract) -> subprocess.CompletedProcess:
+    return _run_check(contract.code + "\n" + _LOADED.format(forbidden=contract.forbidden))
+
+
+@pytest.mark.parametrize("case", IMPORT_CONTRACTS)
+def test_an_import_loads_only_what_it_needs(case):
+    """Each case runs in a fresh interpreter and lists what it loaded that it must not."""
+    contract = IMPORT_CONTRACTS[case]
+    if contract.needs:
+        pytest.importorskip(contract.needs)
+    result = _check_contract(contract)
     assert result.returncode == 0, (
-        f"importing the core pulled in the GUI:\n{result.stdout}{result.stderr}"
+        f"{case}: {contract.why}, but it loaded what it must not:\n"
+        f"{result.stdout}{result.stderr[-3000:]}"
     )
 
 
-def test_the_npe2_adapters_import_without_the_widgets():
-    code = "\n".join(
-        [
-            "import importlib, sys",
-            f"for name in {list(NPE2_ADAPTERS)!r}:",
-            "    importlib.import_module(name)",
-            f"bad = sorted(m for m in sys.modules if m.startswith({PACKAGE + '._widgets'!r}))",
-            "print('WIDGET MODULES:', ', '.join(bad))",
-            "sys.exit(1 if bad else 0)",
-        ]
-    )
-    result = _run_check(code)
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_the_import_check_reports_what_was_loaded():
+    """The check above can fail: a forbidden module that gets imported is reported."""
+    result = _check_contract(ImportContract("import json.decoder", ("json",), "a control"))
+    assert result.returncode == 1
+    assert "json.decoder" in result.stdout
 
 
 # --------------------------------------------------------------------------- public API
@@ -449,19 +511,16 @@ def test_the_public_api_is_lazy_and_complete():
         raise AssertionError("unknown names must raise AttributeError")
 
 
-def test_importing_the_package_is_light():
-    """`import napari_cryossl` imports none of its modules, numpy, torch or Qt, and binds
-    no name that hides a submodule (`from napari_cryossl import annotations`)."""
+def test_no_public_name_hides_a_submodule():
+    """No name of the lazy API hides a submodule (`from napari_cryossl import annotations`
+    gives the module), checked in a fresh interpreter where no submodule is imported yet."""
     submodules = sorted({m.split(".")[1] for m in MODULES if m.count(".") >= 1})
     code = (
         "import sys, types, napari_cryossl\n"
-        "heavy = [m for m in sys.modules if m.startswith('napari_cryossl.') or "
-        "m.split('.')[0] in ('numpy', 'torch', 'pandas', 'qtpy', 'napari')]\n"
-        "print('IMPORTED:', heavy)\n"
         f"hidden = [m for m in {submodules!r} if not isinstance("
         "getattr(napari_cryossl, m, types), types.ModuleType)]\n"
         "print('NAMES HIDING A SUBMODULE:', hidden)\n"
-        "sys.exit(1 if heavy or hidden else 0)\n"
+        "sys.exit(1 if hidden else 0)\n"
     )
     result = _run_check(code)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -23,19 +23,6 @@ def test_help_names_every_command(capsys):
         assert command in text
 
 
-def test_help_does_not_import_torch():
-    """`cryossl --help` must answer at once: no torch, no Qt at parse time."""
-    code = (
-        "import sys\n"
-        "from napari_cryossl.cli import build_parser\n"
-        "build_parser().format_help()\n"
-        "bad = [m for m in ('torch', 'lightly', 'qtpy', 'napari') if m in sys.modules]\n"
-        "print(','.join(bad))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
-
-
 @pytest.mark.parametrize(
     "content",
     [b"", b"not an mrc file at all" * 3, b"\x00" * 1100],

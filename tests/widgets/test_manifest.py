@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +33,6 @@ def test_manifest_validates_and_is_the_top_level_file():
     assert {w.display_name for w in manifest.contributions.widgets} == {"Classify particles"}
     top = Path(__file__).parents[2] / "napari.yaml"
     assert top.is_symlink() and top.resolve() == MANIFEST.resolve()
-
-
-def test_widget_modules_do_not_import_torch():
-    """Opening napari (plugin discovery, the dock) must not pay for importing torch."""
-    code = (
-        "import sys, napari_cryossl._widgets.main, napari_cryossl._reader, "
-        "napari_cryossl._writer, napari_cryossl._sample_data; "
-        "heavy = [m for m in ('torch', 'lightly', 'kornia', 'monai') if m in sys.modules]; "
-        "print(heavy); sys.exit(1 if heavy else 0)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_reader_opens_a_tomogram_with_scale_and_visible_contrast(
