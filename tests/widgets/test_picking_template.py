@@ -49,3 +49,24 @@ def test_the_dock_picks_by_template_matching(dock, tomogram, truth, qtbot, tmp_p
     assert (dist <= DIAMETER_A / VOXEL_SIZE / 4).mean() >= 0.5
     assert picking.accept() == len(picked)
     assert len(session.store.table) == len(picked)
+
+
+def test_template_matching_can_be_stopped(dock, tomogram, qtbot, tmp_path):
+    from napari_cryossl.io import write_mrc
+
+    grid = np.indices((15, 15, 15)) - 7
+    write_mrc(tmp_path / "ball.mrc", (np.sqrt((grid**2).sum(0)) <= 5).astype(np.float32), 10.0)
+    _viewer, widget = dock()
+    assert widget.data.open_path(tomogram)
+    picking = widget.picking
+    picking.method.setCurrentIndex(picking.method.findData("template"))
+    picking.set_template_file(tmp_path / "ball.mrc")
+    picking.angular_step.setValue(5.0)  # thousands of rotations: minutes
+    worker = picking.preview()
+    assert picking.stop_button.isVisibleTo(picking)
+    picking.stop()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    assert "stopped" in picking.status.text() and not picking.status.is_error
+    assert picking.preview_layer is None
+    assert not picking.stop_button.isVisibleTo(picking)

@@ -102,6 +102,12 @@ class PickingWidget(QWidget):
         self.discard_button.setEnabled(False)
         for b in (self.preview_button, self.accept_button, self.discard_button):
             buttons.addWidget(b)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop template matching (after the current rotations)")
+        self.stop_button.setVisible(False)
+        self.stop_button.clicked.connect(self.stop)
+        self._stop_requested = False
+        buttons.addWidget(self.stop_button)
         form.addRow(buttons)
         self.progress = QProgressBar()
         self.progress.setVisible(False)
@@ -209,10 +215,11 @@ class PickingWidget(QWidget):
                 return None
         worker = function_worker(pick)
         worker.returned.connect(self._show_preview)
-        worker.errored.connect(lambda exc: self.status.error(notify_error(exc)))
+        worker.errored.connect(self._picking_failed)
         worker.finished.connect(self._picking_done)
         self.worker = worker
         self.preview_button.setEnabled(False)
+        self.stop_button.setVisible(self.method.currentData() == "template")
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)
         if self.method.currentData() == "template":
@@ -300,6 +307,7 @@ class PickingWidget(QWidget):
         step = self.angular_step.value() or None
         alarms = self.false_alarms.value()
         voxel = self.session.voxel_size
+        self._stop_requested = False
 
         def match():
             from napari_cryossl.template_matching import load_template, match_template
@@ -312,6 +320,7 @@ class PickingWidget(QWidget):
                 false_alarms=alarms,
                 max_particles=max_picks,
                 progress=emit,
+                should_stop=lambda: self._stop_requested,
             )
 
         return match
@@ -324,6 +333,19 @@ class PickingWidget(QWidget):
         self.worker = None
         self.preview_button.setEnabled(True)
         self.progress.setVisible(False)
+        self.stop_button.setVisible(False)
+
+    def _picking_failed(self, exc) -> None:
+        from napari_cryossl.template_matching import MatchingCancelled
+
+        if isinstance(exc, MatchingCancelled):
+            self.status.info("template matching stopped; nothing picked")
+        else:
+            self.status.error(notify_error(exc))
+
+    def stop(self) -> None:
+        """Ask a running template matching to stop after its current rotations."""
+        self._stop_requested = True
 
     def _show_preview(self, table) -> None:
         from napari_cryossl.io import particle_zyx
