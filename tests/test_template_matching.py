@@ -279,3 +279,19 @@ def test_cli_pick_needs_a_diameter_or_a_template(tmp_path):
 
     write_mrc(tmp_path / "tomo.mrc", np.zeros((16, 16, 16), np.float32), voxel_size=10.0)
     assert main(["pick", str(tmp_path / "tomo.mrc"), "--out", str(tmp_path / "p.star")]) == 2
+
+
+def test_pure_noise_gives_about_the_expected_false_alarms_whatever_its_scale():
+    """In band-limited noise the automatic threshold (one expected false alarm) leaves at
+    most a few picks, and the scores do not depend on the grey scale."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    noise = ndimage.gaussian_filter(rng.normal(size=(32, 64, 64)), 1.0).astype(np.float32)
+    parts = shape_parts("trimer", 12.0)
+    kwargs = dict(rotations=rotation_set(45.0), cpu_threads=1)
+    table = match_template(noise, template_of(parts, 25), **kwargs)
+    assert len(table) <= 3
+    low = match_template(noise, template_of(parts, 25), threshold=3.0, **kwargs)
+    scaled = match_template(noise * 40.0 + 7.0, template_of(parts, 25), threshold=3.0, **kwargs)
+    np.testing.assert_allclose(low["score"], scaled["score"], rtol=1e-3)
