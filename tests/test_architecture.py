@@ -15,6 +15,7 @@
   `cryossl --help` load no torch; the npe2 adapters load neither the dock nor torch, and
   the dock's module no torch. (Building the dock in a viewer is checked in
   `tests/widgets/test_dock_imports.py`.)
+- docs/api.md and docs/architecture.md's module map agree with the code.
 
 The imports are read with `ast` from the files of the `napari_cryossl` that Python
 imports, so the check follows the code under test.
@@ -690,3 +691,48 @@ def test_docs_api_signatures_match_the_code():
                 problems.append(f"## {heading}: `{span}`: the code takes other arguments")
     assert not problems, "docs/api.md is out of date:\n  " + "\n  ".join(problems)
     assert checked >= 40, f"only {checked} signatures found in docs/api.md: is the parser broken?"
+
+
+# --------------------------------------------------------------------------- docs/architecture.md
+
+ARCHITECTURE_DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+
+
+def _module_map_names() -> list[str]:
+    """The backticked names in the first column of the `## Module map` table."""
+    text = ARCHITECTURE_DOC.read_text(encoding="utf-8")
+    body = dict(_sections(text))["Module map"]
+    rows = [line for line in body.splitlines() if line.startswith("|")][2:]  # header, rule
+    assert rows, "docs/architecture.md: the module map has no rows"
+    return [name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
+
+
+def test_the_module_map_names_every_module_and_only_modules():
+    """docs/architecture.md's module map matches the package's files.
+
+    The rule: each name in the map's first column is a path inside the package, either a
+    module file (`io/mrc.py`, `__init__.py`) or a package folder (`io/`), which stands for
+    that package's `__init__.py` only. Every `.py` file of the package must be named (a
+    subpackage's `__init__.py` through its folder), and every name must exist.
+    """
+    names = _module_map_names()
+    files = {path.relative_to(PACKAGE_DIR).as_posix() for path in MODULES.values()}
+    covered, missing_in_code = set(), []
+    for name in names:
+        file = name + "__init__.py" if name.endswith("/") else name
+        if not name.endswith(("/", ".py")):
+            missing_in_code.append(f"{name} (neither a .py file nor a folder/)")
+        elif file in files:
+            covered.add(file)
+        else:
+            missing_in_code.append(name)
+    unmapped = sorted(files - covered)
+    assert not missing_in_code, (
+        "docs/architecture.md's module map names what the package does not have: "
+        + ", ".join(missing_in_code)
+    )
+    assert not unmapped, (
+        "docs/architecture.md's module map leaves out these modules (add a row each): "
+        + ", ".join(unmapped)
+    )
+    assert len(names) == len(set(names)), "a module is named twice in the module map"
