@@ -159,6 +159,11 @@ def cmd_pick(args: argparse.Namespace) -> int:
         f"(diameter {diameter_px:.1f} px, voxel {tomo.voxel_size:g} Å) -> {args.out}{note}"
     )
     hint = _picking_hint(len(table), diameter_px, tomo.shape)
+    if template is not None and len(table) == 0:
+        hint = (
+            "hint: nothing scored above the threshold: raise --false-alarms or lower "
+            "--threshold, check --polarity (protein is dark by default) and --tilt-range"
+        )
     if hint:
         print(hint, file=sys.stderr)
     return 0
