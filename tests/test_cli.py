@@ -159,6 +159,7 @@ def test_picking_says_what_to_change_when_it_finds_nothing_or_far_too_much(
     assert hint in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pretrain_finetune_predict_gradcam_end_to_end(simulated, tmp_path):
     """The batch contract: each command consumes the previous one's output."""
     particles = simulated["particles"]
@@ -329,6 +330,7 @@ def test_finetune_refuses_a_single_class(simulated, tmp_path, capsys):
     assert "class" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_progress_lines_reach_a_log_file_while_training(simulated, tmp_path):
     """A cluster job's log: output piped to a file gets plain progress lines during the
     run (step, loss, learning rate, time left), not a bar that only appears at the end."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 import mrcfile
+import pytest
 
 from napari_cryossl.demo import match_picks, run_demo
 from napari_cryossl.io import read_particles
 from napari_cryossl.predict import JUNK_CLASS_NAME
 
 
+@pytest.mark.slow
 def test_tiny_demo_runs_every_stage_and_reports_against_ground_truth(tmp_path, capsys):
     result = run_demo(
         tmp_path,
