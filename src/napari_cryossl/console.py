@@ -193,6 +193,18 @@ def drive(
     return last, log
 
 
+def run_operation(operation, desc: str, **options):
+    """Drive an operation (``ops``: a generator of ``Progress`` that returns its result)
+    with `drive`'s display; return its result. Ctrl-C closes it and is raised again."""
+    box: dict = {}
+
+    def items():
+        box["value"] = yield from operation
+
+    last, log = drive(items(), desc, **options)
+    return box.get("value")
+
+
 class CallbackProgress:
     """Progress of work that reports ``(done, total)`` through a callback (picking's
     chunks, Grad-CAM's particles): a bar on a terminal, a line every ``interval`` s and

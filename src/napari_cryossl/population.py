@@ -82,7 +82,7 @@ def iter_embed_particles(
     model_or_checkpoint, data, *, device="auto", batch_size: int = EmbedSettings.batch_size
 ):
     """Embed every particle of ``data`` batch by batch: the generator form that the dock
-    runs in a worker (progress, cancel). Yields a ``TrainStatus`` (stage "embed", one
+    runs in a worker (progress, cancel). Yields a ``status.Progress`` (stage "embed", one
     step per batch), then the (N, F) float32 embeddings in the set's order.
 
     ``model_or_checkpoint``: an encoder or classifier checkpoint path, its loaded state,
@@ -96,7 +96,7 @@ def iter_embed_particles(
     from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
     from napari_cryossl.devices import amp_dtype, autocast, memory_format, select_device, to_device
     from napari_cryossl.models import for_inference
-    from napari_cryossl.status import TrainStatus
+    from napari_cryossl.status import Progress
 
     t0 = time.perf_counter()
     device = select_device(device)
@@ -120,8 +120,8 @@ def iter_embed_particles(
         with torch.inference_mode(), autocast(device, dtype):  # per batch, not while suspended
             x = to_device(x.reshape(len(idx), 1, b, b, b), device)
             out.append(encoder(x).float().cpu().numpy())
-        yield TrainStatus(
-            stage="embed", epoch=0, n_epochs=1, step=k + 1, n_steps=n_steps, loss=None,
+        yield Progress(
+            stage="embed", step=k + 1, n_steps=n_steps, unit="batch",
             metrics={"particles": int(idx[-1]) + 1}, elapsed_s=time.perf_counter() - t0,
         )
     yield np.concatenate(out) if out else np.zeros((0, encoder.feature_dim), np.float32)

@@ -2,7 +2,7 @@
 
 ``predict(checkpoint, data)`` classifies every particle of a ``SubtomogramSet`` and
 returns the results in the set's row order. ``iter_predict`` is the same as a
-generator: it yields a ``status.TrainStatus`` (stage "predict") after every batch, for
+generator: it yields a ``status.Progress`` (stage "predict") after every batch, for
 a progress bar or a napari ``thread_worker``, and the ``Predictions`` last.
 
 How the hardware is used (see ``devices.py``): batches are loaded by a ``DataLoader``
@@ -42,7 +42,7 @@ import numpy as np
 # batch_loader lived here before loader.py; re-exported so ``predict.batch_loader`` works.
 from napari_cryossl.loader import batch_loader
 from napari_cryossl.options import BATCH_HELP, device_option, option, workers_option
-from napari_cryossl.status import TrainStatus
+from napari_cryossl.status import Progress
 
 __all__ = [
     "JUNK_CLASS_NAME",
@@ -296,7 +296,7 @@ def iter_predict(
             checkpoint's calibrated temperature (1 when it has none, or for a bare model).
 
     Yields:
-        ``status.TrainStatus(stage="predict", step=batches done, n_steps=batches)`` after
+        ``status.Progress(stage="predict", step=batches done, n_steps=batches)`` after
         each batch, then one ``Predictions`` (rows in the order of ``data``). Under
         torchrun only rank 0 yields the ``Predictions``.
 
@@ -373,13 +373,11 @@ def iter_predict(
             probs[done : done + n] = p.cpu().numpy()
             emb[done : done + n] = e.cpu().numpy()
             done += n
-            yield TrainStatus(
+            yield Progress(
                 stage="predict",
-                epoch=0,
-                n_epochs=1,
                 step=k + 1,
                 n_steps=len(batches),
-                loss=None,
+                unit="batch",
                 metrics={"particles": done, "batch_size": chunk[0]},
                 elapsed_s=time.perf_counter() - t0,
             )

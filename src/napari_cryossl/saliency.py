@@ -29,7 +29,14 @@ import numpy as np
 
 from napari_cryossl.options import BATCH_HELP, device_option, option
 
-__all__ = ["GradcamSettings", "gradcam", "gradcam_for_set", "iter_gradcam", "paste_heatmaps"]
+__all__ = [
+    "GradcamSettings",
+    "gradcam",
+    "gradcam_for_set",
+    "iter_gradcam",
+    "iter_gradcam_for_set",
+    "paste_heatmaps",
+]
 
 
 @dataclass
@@ -219,14 +226,14 @@ def iter_gradcam(
     """Grad-CAM of every particle of a ``SubtomogramSet``, batch by batch.
 
     The generator form that the dock runs in a worker (progress, cancel): yields a
-    ``TrainStatus`` (stage "gradcam", one step per batch) after each batch, then the
+    ``status.Progress`` (stage "gradcam", one step per batch) after each batch, then the
     (N, B, B, B) float32 maps in the set's order.
     """
     import math
     import time
 
     from napari_cryossl.predict import load_classifier
-    from napari_cryossl.status import TrainStatus
+    from napari_cryossl.status import Progress
 
     t0 = time.perf_counter()
     model, classes, names, _state = load_classifier(model_or_checkpoint, box_size=data.box_size)
@@ -241,8 +248,8 @@ def iter_gradcam(
                 batch_size=step, class_numbers=classes, class_names=names,
             )
         )
-        yield TrainStatus(
-            stage="gradcam", epoch=0, n_epochs=1, step=k + 1, n_steps=n_steps, loss=None,
+        yield Progress(
+            stage="gradcam", step=k + 1, n_steps=n_steps, unit="batch",
             metrics={"particles": int(idx[-1]) + 1}, elapsed_s=time.perf_counter() - t0,
         )
     b = int(model.box_size)
@@ -331,7 +338,20 @@ def paste_heatmaps(
     return out
 
 
-def gradcam_for_set(
+def gradcam_for_set(model_or_checkpoint, data, out, *, progress=None, **options) -> list[Path]:
+    """``iter_gradcam_for_set`` run to its end; ``progress(particles_done, n)`` is called
+    as the maps come. Returns the files written."""
+    gen = iter_gradcam_for_set(model_or_checkpoint, data, out, **options)
+    while True:
+        try:
+            status = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(int(status.metrics.get("particles", 0)), len(data))
+
+
+def iter_gradcam_for_set(
     model_or_checkpoint,
     data,
     out,
@@ -341,35 +361,42 @@ def gradcam_for_set(
     device="auto",
     batch_size: int = GradcamSettings.batch_size,
     radius: float | None = None,
-    progress=None,
     overwrite: bool = True,
-) -> list[Path]:
+):
     """Grad-CAM of every particle of a set, written as MRC files (what ``cryossl gradcam`` does).
 
     Particles from tomograms give one tomogram-sized heatmap per tomogram,
     ``<tomogram stem>_gradcam.mrc`` (same shape and voxel size as the tomogram, so it
     overlays it). Standalone subtomograms give one heatmap per particle,
     ``<subtomogram stem>_gradcam.mrc`` (or ``particle_000001_gradcam.mrc`` for arrays).
+    Maps are computed a few batches at a time, so memory stays bounded.
 
     Args:
         model_or_checkpoint: classifier checkpoint path, state, or ``Classifier``.
         data: a ``SubtomogramSet`` with the classifier's box size.
         out: output folder (created).
-        overwrite: replace heatmap files already in ``out`` (False: refuse before any work).
         target_class: class number to explain; None: each particle's predicted class.
         layer: Grad-CAM layer (default: the last residual block).
         device: "auto", "cpu", "cuda", "cuda:N".
         batch_size: particles per pass.
         radius: tomogram-sized maps keep each particle's map inside a sphere of this
             many tomogram voxels (``paste_heatmaps``; None: a third of the box edge).
-        progress: called as ``progress(particles_done, n_particles)`` as the maps come.
+        overwrite: replace heatmap files already in ``out`` (False: refuse before any work).
+
+    Yields:
+        ``status.Progress`` (stage "gradcam", unit "particles") as the maps come.
 
     Returns:
         The files written.
     """
-    from napari_cryossl.io import write_mrc
-    from napari_cryossl.predict import load_classifier
+    import math
+    import time
 
+    from napari_cryossl.io import refuse_to_replace, write_mrc
+    from napari_cryossl.predict import load_classifier
+    from napari_cryossl.status import Progress
+
+    t0 = time.perf_counter()
     model, classes, class_names, _state = load_classifier(
         model_or_checkpoint, box_size=data.box_size
     )
@@ -385,17 +412,17 @@ def gradcam_for_set(
         if tomo_paths
         else _heatmap_files(out, names)
     )
-    from napari_cryossl.io import refuse_to_replace
-
     refuse_to_replace(targets, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     n = len(data)
     step = max(int(batch_size), 1) * 4  # load a few passes at a time to bound memory
-
+    n_steps = max(math.ceil(n / step), 1)
     done = 0
+    k = 0
 
     def maps_for(rows: np.ndarray):
-        nonlocal done
+        """(indices, maps) a few batches at a time, each followed by its Progress."""
+        nonlocal done, k
         for start in range(0, len(rows), step):
             idx = rows[start : start + step]
             maps = gradcam(
@@ -409,9 +436,12 @@ def gradcam_for_set(
                 class_names=class_names,
             )
             done += len(idx)
-            if progress is not None:
-                progress(done, n)
+            k += 1
             yield idx, maps
+            yield Progress(
+                stage="gradcam", step=k, n_steps=n_steps, metrics={"particles": done},
+                elapsed_s=time.perf_counter() - t0, unit="batch",
+            )
 
     written: list[Path] = []
     if tomo_paths:
@@ -423,17 +453,23 @@ def gradcam_for_set(
         for t, path in enumerate(tomo_paths):
             tomo = open_tomogram(path)
             volume = np.zeros(tomo.shape, dtype=np.float32)
-            rows = np.flatnonzero(which == t)
-            for idx, maps in maps_for(rows):
+            for item in maps_for(np.flatnonzero(which == t)):
+                if isinstance(item, Progress):
+                    yield item
+                    continue
+                idx, maps = item
                 pasted = paste_heatmaps(
                     tomo.shape, centers[idx], maps, binning=binning, radius=radius
                 )
                 np.maximum(volume, pasted, out=volume)
-            target = targets[t]
-            write_mrc(target, volume, tomo.voxel_size)
-            written.append(target)
+            write_mrc(targets[t], volume, tomo.voxel_size)
+            written.append(targets[t])
         return written
-    for idx, maps in maps_for(np.arange(n)):
+    for item in maps_for(np.arange(n)):
+        if isinstance(item, Progress):
+            yield item
+            continue
+        idx, maps = item
         for i, m in zip(idx, maps, strict=True):
             write_mrc(targets[i], m, data.voxel_size)
             written.append(targets[i])

@@ -1,9 +1,11 @@
-"""Progress of long work: the status that training and prediction generators yield.
+"""Progress of long work: the one type every long operation yields.
 
-``train.iter_pretrain``, ``train.iter_finetune`` and ``predict.iter_predict`` are
-generators; each yields a ``TrainStatus`` after every step (batch), which the CLI shows
-under a tqdm bar, the napari widgets show in a progress bar (inside a thread worker),
-and tests read directly. Stopping is closing the generator.
+Every long operation (``ops``: simulate, pick, pretrain, fine-tune, predict, Grad-CAM,
+embed) is a generator that yields a ``Progress`` after every step and returns its
+result; stopping it is closing the generator. The CLI shows the progress under a bar or
+as log lines (``console``), the napari widgets in a progress bar inside a thread worker,
+and tests read it directly. ``TimeLeft`` turns a stream of them into the time left, the
+same way for every front end.
 
 This module imports only the standard library (no numpy, torch or Qt), so any front end
 can use the type.
@@ -17,42 +19,46 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TimeLeft", "TrainStatus"]
+__all__ = ["Progress", "TimeLeft", "TrainStatus"]
 
 
 @dataclass
-class TrainStatus:
-    """Progress of a training (or prediction) run, yielded after every step.
+class Progress:
+    """Progress of a long operation, yielded after every step.
 
     Attributes:
-        stage: "pretrain", "finetune" or "predict".
-        epoch: epochs completed so far (0 during the first epoch; ``n_epochs`` at the end).
-        n_epochs: epochs of the run.
-        step: optimiser steps (prediction: batches) done in the whole run.
-        n_steps: optimiser steps (batches) of the whole run.
-        loss: this step's loss; for ``event="epoch"`` the epoch's mean loss.
-        metrics: step: ``lr``; epoch: ``train_loss`` and, when fine-tuning,
+        stage: what runs: "simulate", "pick", "pretrain", "finetune", "predict",
+            "gradcam", "embed"...
+        epoch: training only: epochs completed so far (0 during the first epoch;
+            ``n_epochs`` at the end); 0 for work without epochs.
+        n_epochs: training only: epochs of the run; 0 for work without epochs.
+        step: steps done in the whole run (training: optimiser steps; prediction:
+            batches; picking: chunks; simulation: chunks or files).
+        n_steps: steps of the whole run.
+        loss: training: this step's loss (``event="epoch"``: the epoch's mean); else None.
+        metrics: training: step ``lr``; epoch ``train_loss`` and, when fine-tuning,
             ``train_accuracy``, ``val_loss``, ``val_accuracy``, ``best_val_accuracy``,
-            ``best_epoch``, ``n_train``, ``n_val`` and a ``note`` when a class had too
-            few labels for a validation split. Prediction: ``particles`` done and the
-            ``batch_size`` in use.
+            ``best_epoch``, ``n_train``, ``n_val``, calibration, and a ``note``.
+            Prediction: ``particles`` done and the ``batch_size`` in use.
         elapsed_s: seconds since this call started (a resumed run restarts the clock).
         done: True on the last status of a finished run.
-        checkpoint: the file written at this point (epoch end, stop, done), else None.
+        checkpoint: training: the file written at this point (epoch end, stop, done).
         event: "step", "epoch", "done" or "stopped".
+        unit: what a step is, for display ("step", "batch", "chunk", "file"...).
     """
 
     stage: str
-    epoch: int
-    n_epochs: int
-    step: int
-    n_steps: int
-    loss: float | None
+    epoch: int = 0
+    n_epochs: int = 0
+    step: int = 0
+    n_steps: int = 0
+    loss: float | None = None
     metrics: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
     done: bool = False
     checkpoint: Path | None = None
     event: str = "step"
+    unit: str = "step"
 
     @property
     def fraction(self) -> float:
@@ -60,6 +66,10 @@ class TrainStatus:
         if self.done:
             return 1.0
         return min(self.step / self.n_steps, 1.0) if self.n_steps > 0 else 0.0
+
+
+#: The name the training loops and their tests use for the same type.
+TrainStatus = Progress
 
 
 class TimeLeft:

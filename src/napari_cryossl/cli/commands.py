@@ -1,7 +1,7 @@
 """The `cryossl` subcommands, one `cmd_<name>(args)` each, and the table `main` runs them
-from. Each one parses nothing and decides nothing the core does not: it loads its input,
-calls the GUI-free core and reports. The files are written by `cli.outputs`; what the
-training commands share is in `cli.training`.
+from. Each one turns its arguments into one call of an operation (``napari_cryossl.ops``,
+which loads the input, resolves the defaults, does the work and writes the files) and
+reports what it did; what the training commands share is in `cli.training`.
 """
 
 from __future__ import annotations
@@ -10,64 +10,29 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_cryossl.cli.outputs import (
-    _is_copick_out,
-    _tomogram_reference,
-    _tomograms_star_beside,
-    _write_copick_predictions,
-    _write_particle_file,
-    _write_predictions,
-    _write_rows,
-)
 from napari_cryossl.cli.training import (
-    _announce_finetune_epochs,
-    _cpu_defaults,
+    _announce,
     _rank0,
-    _refuse_overwrite,
     _resumable,
 )
 
 
-def _box_size(args: argparse.Namespace, checkpoint) -> int | None:
-    """The box edge to cut: --box-size when given, else the checkpoint's (a model only
-    runs on the boxes it was trained on), else None (the data's own default)."""
-    if checkpoint is None:
-        return args.box_size
-    from napari_cryossl.checkpoints import load_checkpoint
-    from napari_cryossl.io import InputError
+def _copick(args: argparse.Namespace):
+    """The copick selection of a command's arguments."""
+    from napari_cryossl.ops.particles import CopickQuery
 
-    trained = int(load_checkpoint(checkpoint)["box_size"])
-    if args.box_size is not None and int(args.box_size) != trained:
-        raise InputError(
-            f"{checkpoint}: was trained on {trained}^3 boxes, not --box-size {args.box_size}; "
-            f"leave out --box-size (or give --box-size {trained})"
-        )
-    return trained
+    return CopickQuery(
+        voxel_spacing=args.copick_voxel_spacing,
+        tomo_type=args.copick_tomo_type,
+        object_name=args.copick_object,
+        user_id=args.copick_user,
+        session_id=args.copick_session,
+    )
 
 
-def _load_set(args: argparse.Namespace, checkpoint=None):
-    """The particles of the command's input (STAR/CSV, tomograms.star, copick), cut at the
-    box size of `checkpoint` when one is given and --box-size is not."""
-    from napari_cryossl.dataset import DEFAULT_BOX_SIZE, SubtomogramSet
-    from napari_cryossl.io.copick import is_copick_config, read_copick
-
-    box_size = _box_size(args, checkpoint)
-
-    if is_copick_config(args.particles):
-        runs = read_copick(
-            args.particles,
-            voxel_spacing=args.copick_voxel_spacing,
-            tomo_type=args.copick_tomo_type,
-            object_name=args.copick_object,
-            user_id=args.copick_user,
-            session_id=args.copick_session,
-        )
-        box = box_size if box_size is not None else DEFAULT_BOX_SIZE
-        return SubtomogramSet.from_tables([(table, path) for _, path, table in runs], box)
-    tomogram = args.tomogram
-    if tomogram is not None and Path(tomogram).suffix.lower() == ".star":  # a tomogram set
-        return SubtomogramSet.from_star(args.particles, box_size=box_size, tomograms=tomogram)
-    return SubtomogramSet.from_star(args.particles, box_size=box_size, tomogram=tomogram)
+def _inputs(args: argparse.Namespace) -> dict:
+    """Where the particles come from, as every operation takes it."""
+    return {"tomogram": args.tomogram, "box_size": args.box_size, "copick": _copick(args)}
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -108,10 +73,15 @@ def cmd_pick(args: argparse.Namespace) -> int:
     import dataclasses
 
     from napari_cryossl.io import InputError, open_tomogram, refuse_to_replace, write_particles
+    from napari_cryossl.ops.outputs import (
+        tomogram_reference,
+        tomograms_star_beside,
+        write_particle_file,
+    )
     from napari_cryossl.options import settings_from_args
     from napari_cryossl.picking import PickSettings, pick_particles
 
-    outputs = [args.out] + ([_tomograms_star_beside(args.out)] if args.relion5 else [])
+    outputs = [args.out] + ([tomograms_star_beside(args.out)] if args.relion5 else [])
     refuse_to_replace(outputs, overwrite=args.overwrite)
     tomo = open_tomogram(args.tomogram)
     template = getattr(args, "template", None)
@@ -137,7 +107,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
                 tomo.data, diameter_px, progress=progress, **dataclasses.asdict(settings)
             )
     # The tomogram as seen from the STAR's folder, so later commands find it from anywhere.
-    name = _tomogram_reference(Path(args.tomogram), Path(args.out))
+    name = tomogram_reference(Path(args.tomogram), Path(args.out))
     table["tomo_name"] = name
     if Path(args.out).suffix.lower() in (".star", ".csv") and not args.relion5:
         write_particles(table, args.out, voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape)
@@ -145,7 +115,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
     else:
         from napari_cryossl.io import RelionTomogram
 
-        note = _write_particle_file(
+        note = write_particle_file(
             table,
             Path(args.out),
             voxel_size=tomo.voxel_size,
@@ -249,37 +219,37 @@ def _picking_hint(n: int, diameter_px: float, shape) -> str:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from napari_cryossl.console import drive
+    from napari_cryossl.console import run_operation
+    from napari_cryossl.ops.train import pretrain
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.train import PretrainConfig, iter_pretrain
+    from napari_cryossl.train import PretrainConfig
 
-    _refuse_overwrite(args)
-    data = _load_set(args)
     config = settings_from_args(PretrainConfig, args)
-    config = _cpu_defaults(config, len(data))
+    operation = pretrain(
+        args.particles, config, args.out, resume=args.resume, overwrite=args.overwrite,
+        announce=_announce, **_inputs(args),
+    )
     with _resumable(args, "pretrain"):
-        last, log = drive(
-            iter_pretrain(data, config, args.out, resume=args.resume), f"pretrain {args.method}"
-        )
+        last = run_operation(operation, f"pretrain {args.method}")
     if _rank0():
-        loss = f"{log.last_loss:.4f}" if log.last_loss is not None else "n/a"
+        loss = f"{last.loss:.4f}" if last is not None and last.loss is not None else "n/a"
         print(f"encoder -> {args.out} (epoch {last.epoch if last else 0}, last loss {loss})")
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from napari_cryossl.console import drive
+    from napari_cryossl.console import run_operation
+    from napari_cryossl.ops.train import finetune
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.train import FinetuneConfig, iter_finetune
+    from napari_cryossl.train import FinetuneConfig
 
-    _refuse_overwrite(args)
-    data = _load_set(args, args.init)
     config = settings_from_args(FinetuneConfig, args)
-    _announce_finetune_epochs(config)
+    operation = finetune(
+        args.particles, config, args.out, init=args.init, resume=args.resume,
+        overwrite=args.overwrite, announce=_announce, **_inputs(args),
+    )
     with _resumable(args, "finetune"):
-        last, _log = drive(
-            iter_finetune(data, config, args.out, init=args.init, resume=args.resume), "finetune"
-        )
+        last = run_operation(operation, "finetune")
     if _rank0():
         metrics = dict(last.metrics) if last is not None else {}
         best = metrics.get("best_val_accuracy")
@@ -297,130 +267,89 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import numpy as np
 
-    from napari_cryossl.console import drive
-    from napari_cryossl.io import refuse_to_replace
+    from napari_cryossl.console import run_operation
+    from napari_cryossl.ops.predict import predict
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.predict import PredictSettings, iter_predict
+    from napari_cryossl.predict import PredictSettings
 
-    settings = settings_from_args(PredictSettings, args)
-    outputs = [] if _is_copick_out(args.out) else [args.out]
-    if args.relion5 and outputs:
-        outputs.append(_tomograms_star_beside(args.out))
-    if args.embeddings is not None:
-        outputs.append(args.embeddings)
-    refuse_to_replace(outputs, overwrite=args.overwrite)
-    data = _load_set(args, args.classifier)
-    result = None
-    gen = iter_predict(args.classifier, data, **dataclasses.asdict(settings))
-    results: list = []
-    drive(gen, "predict", results=results)
-    result = results[-1] if results else None
-    if result is None or not _rank0():
+    operation = predict(
+        args.classifier,
+        args.particles,
+        settings=settings_from_args(PredictSettings, args),
+        out=args.out,
+        relion5=args.relion5,
+        embeddings_out=args.embeddings,
+        copick_write=args.particles if args.copick_write else None,
+        copick_session=args.copick_write_session,
+        overwrite=args.overwrite,
+        **_inputs(args),
+    )
+    output = run_operation(operation, "predict")
+    if output is None or not _rank0():
         return 0
-    note = _write_copick_predictions(args, data, result)
-    if not _is_copick_out(args.out):
-        note += _write_predictions(
-            args.particles, args.out, data.table, result, data=data, relion5=args.relion5
-        )
-    if args.embeddings is not None:
-        np.save(args.embeddings, result.embeddings)
-    counts = np.bincount(result.class_numbers)
+    counts = np.bincount(output.predictions.class_numbers)
     summary = ", ".join(f"class {c}: {n}" for c, n in enumerate(counts) if n)
-    print(f"{len(result.class_numbers)} particles classified -> {args.out}{note} ({summary})")
+    print(
+        f"{len(output.predictions.class_numbers)} particles classified -> {args.out}"
+        f"{output.note} ({summary})"
+    )
     return 0
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from napari_cryossl.io import refuse_to_replace
+    from napari_cryossl.console import run_operation
+    from napari_cryossl.ops.embed import embed
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.population import EmbedSettings, embed_particles, map_and_cluster
+    from napari_cryossl.population import EmbedSettings
 
     out = Path(args.out)
-    refuse_to_replace([out, out.with_suffix(".npy")], overwrite=args.overwrite)
-    data = _load_set(args, args.model)
-    settings = settings_from_args(EmbedSettings, args)
-    embeddings = embed_particles(
-        args.model, data, device=settings.device, batch_size=settings.batch_size
+    operation = embed(
+        args.model, args.particles, settings=settings_from_args(EmbedSettings, args), out=out,
+        overwrite=args.overwrite, **_inputs(args),
     )
-    coords, method, groups = map_and_cluster(
-        embeddings, method=settings.map, n_clusters=settings.clusters, seed=settings.seed
-    )
-    _write_rows(
-        args.particles,
-        out,
-        data.table,
-        np.arange(len(data)),
-        {
-            "cryosslMapX": coords[:, 0].astype(float).tolist(),
-            "cryosslMapY": coords[:, 1].astype(float).tolist(),
-            "cryosslCluster": groups.astype(int).tolist(),
-        },
-    )
-    np.save(out.with_suffix(".npy"), embeddings)
-    n_groups = len(set(groups.tolist()) - {0})
+    result = run_operation(operation, "embed")
+    n_groups = len(set(result.clusters.tolist()) - {0})
     print(
-        f"{len(data)} particles embedded ({embeddings.shape[1]} features, {method.upper()} "
-        f"map, {n_groups} clusters) -> {out}, {out.with_suffix('.npy')}"
+        f"{len(result.embeddings)} particles embedded ({result.embeddings.shape[1]} features, "
+        f"{result.method.upper()} map, {n_groups} clusters) -> {out}, {out.with_suffix('.npy')}"
     )
     return 0
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from napari_cryossl.io import InputError, refuse_to_replace
+    from napari_cryossl.console import run_operation
+    from napari_cryossl.ops.embed import suggest
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.population import (
-        SuggestSettings,
-        embed_particles,
-        resolved_strategy,
-        suggest,
-    )
+    from napari_cryossl.population import SuggestSettings
 
-    settings = settings_from_args(SuggestSettings, args)
-    refuse_to_replace([args.out], overwrite=args.overwrite)
-    data = _load_set(args, args.model)
-    labels = np.asarray(data.class_numbers, dtype=np.int64)
-    if not (labels <= 0).any():
-        raise InputError(f"{args.particles}: every particle is labelled; nothing to suggest")
-    embeddings = embed_particles(
-        args.model, data, device=settings.device, batch_size=settings.batch_size
+    operation = suggest(
+        args.model, args.particles, settings=settings_from_args(SuggestSettings, args),
+        out=args.out, overwrite=args.overwrite, **_inputs(args),
     )
-    chosen = suggest(embeddings, labels, settings.n, strategy=settings.strategy)
-    _write_rows(args.particles, Path(args.out), data.table, chosen)
+    result = run_operation(operation, "suggest")
     how = {
         "typical": "typical particles of groups without a label",
         "margin": "least certain, spread out",
         "auto": "typical particles, the least certain first",
-    }[resolved_strategy(labels, settings.strategy)]
-    print(f"{len(chosen)} particles to label next ({how}) -> {args.out}")
+    }[result.strategy]
+    print(f"{len(result.rows)} particles to label next ({how}) -> {args.out}")
     return 0
 
 
 def cmd_gradcam(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from napari_cryossl.console import CallbackProgress
+    from napari_cryossl.console import run_operation
+    from napari_cryossl.ops.gradcam import gradcam
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.saliency import GradcamSettings, gradcam_for_set
+    from napari_cryossl.saliency import GradcamSettings
 
-    settings = settings_from_args(GradcamSettings, args)
-    data = _load_set(args, args.classifier)
-    with CallbackProgress("gradcam", "particles") as progress:
-        written = gradcam_for_set(
-            args.classifier,
-            data,
-            args.out,
-            progress=progress,
-            overwrite=args.overwrite,
-            **dataclasses.asdict(settings),
-        )
+    operation = gradcam(
+        args.classifier, args.particles, args.out,
+        settings=settings_from_args(GradcamSettings, args), overwrite=args.overwrite,
+        **_inputs(args),
+    )
+    written = run_operation(operation, "gradcam")
     print(f"{len(written)} heatmap file(s) -> {args.out}")
     return 0
 

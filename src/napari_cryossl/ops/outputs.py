@@ -1,21 +1,21 @@
-"""What the `cryossl` commands write: particle files by suffix (STAR, RELION 5 with its
-tomogram set, CSV, Dynamo .tbl), predictions with the input's rows, selected rows with
-extra columns, and predictions written back into a copick project as picks.
+"""What the operations write: particle files by suffix (STAR, RELION 5 with its tomogram
+set, CSV, Dynamo .tbl), predictions with the input's rows, selected rows with extra
+columns, and predictions written back into a copick project as picks. The CLI and the
+dock write through these, so a file means the same whichever wrote it.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 
-def _tomograms_star_beside(out: Path) -> Path:
+def tomograms_star_beside(out: Path) -> Path:
     """Where a RELION-5 particle file's tomogram set goes: OUT_tomograms.star (never a
     project's own tomograms.star)."""
     return Path(out).with_name(Path(out).stem + "_tomograms.star")
 
 
-def _write_particle_file(table, out: Path, *, voxel_size, records, relion5: bool) -> str:
+def write_particle_file(table, out: Path, *, voxel_size, records, relion5: bool) -> str:
     """A particle table as OUT by suffix: STAR (RELION 4 pixels, or RELION 5 with its
     tomogram set beside), CSV, or a Dynamo .tbl; returns a note on extra files written."""
     from napari_cryossl.io import (
@@ -43,12 +43,12 @@ def _write_particle_file(table, out: Path, *, voxel_size, records, relion5: bool
     names = set(table["tomo_name"].astype(str)) - {""} if len(table) else set()
     used = {k: v for k, v in records.items() if k in names} or records
     write_particles(table, out, relion5=True, tomograms=used)
-    tomograms_out = _tomograms_star_beside(out)
+    tomograms_out = tomograms_star_beside(out)
     write_tomograms_star(used, tomograms_out)
     return f" (tomogram set {tomograms_out})"
 
 
-def _tomogram_reference(tomogram: Path, star: Path) -> str:
+def tomogram_reference(tomogram: Path, star: Path) -> str:
     """rlnTomoName for a tomogram: its name when the STAR sits beside it, else its path
     relative to the STAR's folder (absolute when there is no relative path)."""
     import os
@@ -62,51 +62,37 @@ def _tomogram_reference(tomogram: Path, star: Path) -> str:
         return str(tomogram)
 
 
-def _is_copick_out(out: Path) -> bool:
+def is_copick_out(out: Path) -> bool:
     return Path(out).suffix.lower() == ".json"
 
 
-def _write_copick_predictions(args: argparse.Namespace, data, result) -> str:
-    """Predictions as copick picks: into OUT when it is a copick config .json, and into
-    the input project with --copick-write; returns a note on what was written."""
-    from napari_cryossl.io import InputError
-    from napari_cryossl.io.copick import COPICK_USER_ID, is_copick_config, write_copick
+def write_copick_predictions(
+    targets, data, result, *, voxel_spacing: float | None = None, session_id: str = "predict"
+) -> str:
+    """Predictions as copick picks into each copick config of ``targets`` (user
+    ``napari-cryossl``, one picks set per class, the confidence as score); returns a note
+    on what was written ("" for no targets)."""
+    from napari_cryossl.io.copick import COPICK_USER_ID, write_copick
 
-    targets = []
-    if _is_copick_out(args.out):
-        if not is_copick_config(args.out):
-            raise InputError(f"{args.out}: a .json --out must be an existing copick config")
-        targets.append(Path(args.out))
-    if args.copick_write:
-        if not is_copick_config(args.particles):
-            raise InputError(f"{args.particles}: --copick-write needs a copick config as input")
-        if Path(args.particles) not in targets:
-            targets.append(Path(args.particles))
     if not targets:
         return ""
     table = data.table.copy()
     table["class_number"] = result.class_numbers
     table["probability"] = result.confidence
-    spacing = args.copick_voxel_spacing or data.voxel_size / data.binning
+    spacing = voxel_spacing or data.voxel_size / data.binning
     sets = 0
     for config in targets:
         sets += len(
             write_copick(
-                config,
-                table,
-                voxel_spacing=spacing,
-                user_id=COPICK_USER_ID,
-                session_id=args.copick_write_session,
+                config, table, voxel_spacing=spacing, user_id=COPICK_USER_ID,
+                session_id=session_id,
             )
         )
     where = ", ".join(str(t) for t in targets)
-    return (
-        f" (copick: {sets} picks sets, user {COPICK_USER_ID}, session "
-        f"{args.copick_write_session}, in {where})"
-    )
+    return f" (copick: {sets} picks sets, user {COPICK_USER_ID}, session {session_id}, in {where})"
 
 
-def _write_predictions(
+def write_predictions(
     source: Path, out: Path, table, result, *, data=None, relion5: bool = False
 ) -> str:
     """Write predictions with the same rows, in the same order, as the input file; returns a
@@ -115,7 +101,7 @@ def _write_predictions(
     A STAR output keeps every column of the input STAR (angles, optics groups, ...) and
     sets rlnClassNumber / rlnMaxValueProbDistribution; a CSV output is written from the
     particle table. With `relion5` (or a .tbl output: a Dynamo table) the file is written
-    from the particle table in that form (see `_write_particle_file`).
+    from the particle table in that form (see `write_particle_file`).
     """
     from napari_cryossl.io import replace_star_columns, write_particles
 
@@ -125,7 +111,7 @@ def _write_predictions(
         table["probability"] = result.confidence
         voxel = None if data is None else data.voxel_size / data.binning
         records = {} if data is None else data.relion_tomograms
-        return _write_particle_file(
+        return write_particle_file(
             table, Path(out), voxel_size=voxel, records=records, relion5=relion5
         )
     if Path(out).suffix.lower() == ".star" and Path(source).suffix.lower() == ".star":
@@ -145,7 +131,7 @@ def _write_predictions(
     return ""
 
 
-def _write_rows(source: Path, out: Path, table, rows, columns: dict | None = None) -> None:
+def write_rows(source: Path, out: Path, table, rows, columns: dict | None = None) -> None:
     """Write ``rows`` of the input (in that order) with extra ``columns``: a STAR input
     keeps every block and column of the user's file; otherwise the particle table."""
     import numpy as np
