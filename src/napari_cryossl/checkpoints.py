@@ -242,10 +242,10 @@ def load_checkpoint(
 
 
 def _arch_overrides(state: dict) -> dict:
-    """The checkpoint's architecture; fields it predates take their first values.
+    """The checkpoint's architecture; a field it lacks takes its value in ``_LEGACY_ARCH``.
 
-    A checkpoint written before a field existed was trained with the layout that the
-    field's legacy value describes (``_LEGACY_ARCH``), whatever the preset means now.
+    A checkpoint without a field was trained with the layout that value describes, so the
+    network is rebuilt from the checkpoint, not from what its preset name means today.
     """
     arch = state.get("architecture") or {}
     valid = {f.name for f in fields(EncoderPreset)}

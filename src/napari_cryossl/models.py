@@ -109,8 +109,8 @@ class EncoderPreset:
     radial_features: bool = False
 
 
-#: Fields added after the first checkpoints were written, with the values that reproduce
-#: the architecture those checkpoints were trained with (see ``_arch_overrides``).
+#: Architecture fields a checkpoint's ``architecture`` may lack, with the values that
+#: rebuild the network such a checkpoint was trained with (see ``_arch_overrides``).
 _LEGACY_ARCH = {
     "pooling": "flatten",
     "stages": 1,

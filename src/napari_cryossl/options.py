@@ -31,8 +31,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 #: GPU; 10 epochs of rb3d-small over a few hundred particles take minutes on a laptop).
 CPU_PRETRAIN_EPOCHS = 10
 #: ... and at most about this many optimiser steps from the CLI on a CPU when --epochs is
-#: not given: a MoCo step of rb3d-small on 32^3 boxes took 3.0 s on a busy 2-core CPU
-#: (2026-12-01), so at most about 30 minutes.
+#: not given: a MoCo step of rb3d-small on 32^3 boxes takes about 3 s on a busy 2-core
+#: CPU (docs/benchmarks.md), so at most about 30 minutes.
 CPU_PRETRAIN_STEPS = 600
 #: Fine-tuning's minimum number of steps on a CPU when neither --epochs nor --min-steps is
 #: given (the default recipe's 1,500 is for a GPU): what `cryossl demo` trains for on a CPU.

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-# batch_loader lived here before loader.py; re-exported so ``predict.batch_loader`` works.
+# The loader iter_predict uses; in __all__ too, for scripts that batch boxes as it does.
 from napari_cryossl.loader import batch_loader
 from napari_cryossl.options import BATCH_HELP, device_option, option, workers_option
 from napari_cryossl.status import Progress
@@ -100,7 +100,7 @@ class Predictions:
         classes: int64 (C,) the class number of each probability column.
         class_names: names of ``classes`` (from the checkpoint; "class N" if unnamed).
         temperature: the logits were divided by this before the softmax (the
-            checkpoint's calibrated temperature; 1.0 for older checkpoints).
+            checkpoint's calibrated temperature; 1.0 for checkpoints without one).
     """
 
     probabilities: np.ndarray

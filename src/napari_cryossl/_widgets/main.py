@@ -1,4 +1,4 @@
-"""The dock widget: the eight workflow steps as sections of one panel.
+"""The dock widget: the nine workflow steps as sections of one panel.
 
 *Plugins ▸ napari-cryossl ▸ Classify particles* opens it. Each section is its own
 widget class (in the modules beside this one) built on the viewer's `Session`, so the

@@ -1,4 +1,4 @@
-"""Step 2, Picking: click particles, preview automatic DoG picks before accepting, import lists."""
+"""Step 2, Picking: clicks, DoG or template-matching picks previewed before accepting, imports."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ _PREVIEW_COLOR = "#ffd400"
 
 
 class PickingWidget(QWidget):
-    """Manual picking on the particles layer, DoG auto-picking with a preview, STAR/CSV import."""
+    """Manual picking on the particles layer, automatic picking (DoG or template matching)
+    with a preview, STAR/CSV import."""
 
     picking_progress = Signal(int, int)  # emitted from the worker thread, drawn in the GUI thread
 

@@ -1,4 +1,4 @@
-"""Step 6, Prediction: classify every particle, show class and confidence, jump to particles.
+"""Step 7, Prediction: classify every particle, show class and confidence, jump to particles.
 
 The predictions layer colours each particle by its predicted class; confidence sets the
 marker's opacity and size, and a slider hides calls below a minimum confidence. The table

@@ -1,4 +1,4 @@
-"""Step 7, Saliency: 3D Grad-CAM of the classifier, shown over the tomogram.
+"""Step 8, Saliency: 3D Grad-CAM of the classifier, shown over the tomogram.
 
 Heatmaps (one per particle box, in [0, 1]) are pasted into the smallest block of the
 tomogram that holds the chosen particles, and shown as an Image layer with the

@@ -1,4 +1,4 @@
-"""Steps 4 and 5: contrastive pretraining on every particle, fine-tuning on the labelled ones.
+"""Steps 4 and 6: contrastive pretraining on every particle, fine-tuning on the labelled ones.
 
 Both run `train.iter_pretrain` / `train.iter_finetune` (the same generators the CLI
 drives) in a napari thread worker: each yielded `TrainStatus` moves the progress bar and

@@ -1,4 +1,4 @@
-"""`python -m napari_cryossl.cli` runs the CLI, as it did when the CLI was one module."""
+"""`python -m napari_cryossl.cli` runs the CLI, as `python -m napari_cryossl` does."""
 
 from napari_cryossl.cli import main
 

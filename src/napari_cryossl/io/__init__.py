@@ -36,7 +36,7 @@ One module per concern, from the bottom up:
 - `copick`: copick projects (`read_copick`: runs, tomograms, picks in Å -> particle tables;
   `write_copick`: classes back as picks; needs the optional copick).
 
-Every public name is importable from ``napari_cryossl.io`` itself, as before the split.
+Every public name is importable from ``napari_cryossl.io`` itself.
 This package imports neither torch nor Qt.
 """
 
