@@ -25,6 +25,7 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_reproduce_paper_smoke_writes_results_table_and_plot_and_resumes(tmp_path):
     repro = _load("reproduce_paper")
     out = tmp_path / "smoke"
