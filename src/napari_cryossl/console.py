@@ -86,10 +86,12 @@ class ProgressLog:
 
     def line(self, status: Any) -> str:
         n = max(int(status.n_steps), 1)
-        parts = [f"[{self.desc}] step {status.step}/{status.n_steps} ({100 * status.step // n} %)"]
+        unit = getattr(status, "unit", "step") or "step"
+        parts = [f"[{self.desc}] {unit} {status.step}/{status.n_steps} ({100 * status.step // n} %)"]
         parts += [f"{k} {v}" for k, v in self.fields(status).items()]
         if self.rate > 0:
-            parts.append(f"{self.rate:.2f} steps/s" if self.rate < 10 else f"{self.rate:.0f} steps/s")
+            rate = f"{self.rate:.2f}" if self.rate < 10 else f"{self.rate:.0f}"
+            parts.append(f"{rate} {unit}s/s" if unit == "step" else f"{rate}/s")
         if status.step < status.n_steps:
             parts.append(f"ETA {format_seconds(self.eta_s(status))}")
         else:

@@ -66,6 +66,7 @@ __all__ = [
     "PickSettings",
     "dog_response",
     "dog_sigmas",
+    "iter_pick_particles",
     "pick_particles",
     "refine_centres",
 ]
@@ -196,7 +197,37 @@ def pick_particles(
     refine: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
+    """`iter_pick_particles` run to its end; ``progress(done_chunks, n_chunks)`` is
+    called after each chunk. Returns the particle table."""
+    from napari_cryossl.status import with_callbacks
+
+    return with_callbacks(
+        iter_pick_particles(
+            volume, diameter_px, threshold=threshold, min_distance_px=min_distance_px,
+            polarity=polarity, chunk_size=chunk_size, max_particles=max_particles,
+            exclude_border=exclude_border, profile=profile, refine=refine,
+        ),
+        progress=progress,
+    )
+
+
+def iter_pick_particles(
+    volume,
+    diameter_px: float,
+    *,
+    threshold: float | None = None,
+    min_distance_px: float | None = None,
+    polarity: str = "dark",
+    chunk_size: int = 128,
+    max_particles: int | None = None,
+    exclude_border: bool | float = True,
+    profile: str = "blob",
+    refine: bool = True,
+):
     """Find particle candidates of a given diameter (DoG + NMS + minimum distance).
+
+    A generator: yields a ``status.Progress`` (stage "pick", one step per chunk) and
+    returns the particle table; closing it stops between chunks.
 
     Callers with a diameter in Å pass ``diameter_A / voxel_size``.
 
@@ -225,8 +256,6 @@ def pick_particles(
         refine: move every candidate above the threshold to its particle's centre
             (`refine_centres`) before the minimum distance merges those that reach the
             same centre; False keeps the DoG peaks.
-        progress: called as ``progress(done_chunks, n_chunks)`` after each chunk.
-
     Returns:
         Particle table (`napari_cryossl.io.PARTICLE_COLUMNS`): x, y, z in voxels, score,
         source "auto", class_number 0; sorted by score, best first.
@@ -234,6 +263,11 @@ def pick_particles(
     Raises:
         InputError: non-positive diameter, bad options, a non-3D volume or non-finite voxels.
     """
+    import time
+
+    from napari_cryossl.status import Progress
+
+    t0 = time.perf_counter()
     data, name = _volume_and_name(volume)
     diameter_px = _check_diameter(diameter_px, name)
     _check_polarity(polarity, name)
@@ -308,8 +342,10 @@ def pick_particles(
                     cand_zyx.append(peaks.astype(np.int32))  # every local maximum is kept
                     cand_dog.append(values)  # until the global threshold is known: 16 B each
                 done += 1
-                if progress is not None:
-                    progress(done, n_chunks)
+                yield Progress(
+                    stage="pick", step=done, n_steps=n_chunks, unit="chunk",
+                    elapsed_s=time.perf_counter() - t0,
+                )
 
     empty = make_particle_table(np.zeros((0, 3)), source="auto", score=np.zeros(0))
     all_samples = np.concatenate(samples)

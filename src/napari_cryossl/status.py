@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Progress", "TimeLeft", "TrainStatus"]
+__all__ = ["Progress", "TimeLeft", "TrainStatus", "with_callbacks"]
 
 
 @dataclass
@@ -112,3 +112,22 @@ class TimeLeft:
         rate = self.rate
         left = max(int(n_steps) - int(step), 0)
         return left / rate if rate > 0 and math.isfinite(rate) else float("nan")
+
+
+def with_callbacks(operation, *, progress=None, should_stop=None, stopped=None):
+    """Run a generator of ``Progress`` that returns its result, for callers that want
+    callbacks instead: ``progress(step, n_steps)`` after each step, ``should_stop()``
+    polled after each (True closes the operation and raises ``stopped``, an exception
+    instance, when given). Returns the operation's result."""
+    while True:
+        try:
+            item = next(operation)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(item.step, item.n_steps)
+        if should_stop is not None and should_stop():
+            operation.close()
+            if stopped is not None:
+                raise stopped
+            return None

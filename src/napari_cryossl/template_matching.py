@@ -85,6 +85,7 @@ from napari_cryossl.options import option
 __all__ = [
     "ANGLE_COLUMNS",
     "MatchingCancelled",
+    "iter_match_template",
     "TemplateMatchSettings",
     "auto_threshold",
     "default_angular_step",
@@ -401,16 +402,43 @@ def match_template(
         InputError: bad options, a template without density or larger than the tomogram,
             non-finite voxels.
     """
+    from napari_cryossl.status import with_callbacks
+
+    settings = {
+        k: v
+        for k, v in locals().items()
+        if k not in ("volume", "template", "progress", "should_stop", "with_callbacks")
+    }
+    name = getattr(volume, "path", None) or "tomogram"
+    return with_callbacks(
+        iter_match_template(volume, template, **settings),
+        progress=progress,
+        should_stop=should_stop,
+        stopped=MatchingCancelled(f"{name}: template matching stopped"),
+    )
+
+
+def iter_match_template(volume, template, *, cpu_threads: int | None = None, **settings):
+    """`match_template` as a generator: yields a ``status.Progress`` (stage "template
+    matching", one step per batch of rotations of each block) and returns the table;
+    closing it stops the search between batches. Takes `match_template`'s settings
+    (the same defaults) except the callbacks."""
+    import inspect
+
     import torch
 
-    settings = {k: v for k, v in locals().items() if k not in ("volume", "template", "torch")}
-    cpu_threads = settings.pop("cpu_threads")
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(match_template).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and k not in ("progress", "should_stop", "cpu_threads")
+    }
+    settings = {**defaults, **settings}
     if cpu_threads is None:
-        return _match_template(volume, template, **settings)
+        return (yield from _match_template(volume, template, **settings))
     previous = torch.get_num_threads()
     torch.set_num_threads(int(cpu_threads))
     try:
-        return _match_template(volume, template, **settings)
+        return (yield from _match_template(volume, template, **settings))
     finally:
         torch.set_num_threads(previous)
 
@@ -434,10 +462,14 @@ def _match_template(
     device,
     max_block_voxels,
     rotations,
-    progress,
-    should_stop,
-) -> pd.DataFrame:
+):
+    import time
+
     import torch
+
+    from napari_cryossl.status import Progress
+
+    t0 = time.perf_counter()
 
     from napari_cryossl.extract import _MappedPages, _volume_and_name
     from napari_cryossl.picking import (
@@ -591,10 +623,10 @@ def _match_template(
             best_rot = torch.where(better, index.to(torch.int32) + b0, best_rot)
             del cc, tspec, normed, filtered, rotated
             done += 1
-            if progress is not None:
-                progress(done, total)
-            if should_stop is not None and should_stop():
-                raise MatchingCancelled(f"{name}: template matching stopped")
+            yield Progress(
+                stage="template matching", step=done, n_steps=total, unit="rotation batch",
+                elapsed_s=time.perf_counter() - t0,
+            )
         del spec, spec_sq, denom
         score = best.cpu().numpy()
         rot_idx = best_rot.cpu().numpy()

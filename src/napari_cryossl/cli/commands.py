@@ -70,123 +70,46 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from napari_cryossl.io import InputError, open_tomogram, refuse_to_replace, write_particles
-    from napari_cryossl.ops.outputs import (
-        tomogram_reference,
-        tomograms_star_beside,
-        write_particle_file,
-    )
+    from napari_cryossl.console import run_operation
+    from napari_cryossl.ops.pick import pick
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.picking import PickSettings, pick_particles
+    from napari_cryossl.picking import PickSettings
 
-    outputs = [args.out] + ([tomograms_star_beside(args.out)] if args.relion5 else [])
-    refuse_to_replace(outputs, overwrite=args.overwrite)
-    tomo = open_tomogram(args.tomogram)
     template = getattr(args, "template", None)
-    if args.diameter is not None:
-        if args.diameter <= 0:
-            raise InputError(f"{args.tomogram}: --diameter must be positive, got {args.diameter}")
-        diameter_px = args.diameter / tomo.voxel_size
-    elif args.diameter_px is not None or template is not None:
-        diameter_px = args.diameter_px
-    else:
-        raise InputError(
-            f"{args.tomogram}: give the particle diameter (--diameter in Å or --diameter-px), "
-            "or a --template"
-        )
-    from napari_cryossl.console import CallbackProgress
-
-    settings = settings_from_args(PickSettings, args)
+    matching = None
     if template is not None:
-        table, diameter_px = _pick_by_template(args, tomo, diameter_px, settings)
-    else:
-        with CallbackProgress("pick", "chunks") as progress:
-            table = pick_particles(
-                tomo.data, diameter_px, progress=progress, **dataclasses.asdict(settings)
-            )
-    # The tomogram as seen from the STAR's folder, so later commands find it from anywhere.
-    name = tomogram_reference(Path(args.tomogram), Path(args.out))
-    table["tomo_name"] = name
-    if Path(args.out).suffix.lower() in (".star", ".csv") and not args.relion5:
-        write_particles(table, args.out, voxel_size=tomo.voxel_size, tomogram_shape=tomo.shape)
-        note = ""
-    else:
-        from napari_cryossl.io import RelionTomogram
+        from napari_cryossl.template_matching import TemplateMatchSettings
 
-        note = write_particle_file(
-            table,
-            Path(args.out),
-            voxel_size=tomo.voxel_size,
-            records={name: RelionTomogram.from_tomogram(tomo, name=name)},
-            relion5=args.relion5,
-        )
-    if template is not None:
-        note += _write_angles(table, Path(args.out))
-    print(
-        f"{len(table)} particles picked in {args.tomogram} "
-        f"(diameter {diameter_px:.1f} px, voxel {tomo.voxel_size:g} Å) -> {args.out}{note}"
+        matching = settings_from_args(TemplateMatchSettings, args)
+    operation = pick(
+        args.tomogram,
+        diameter_a=args.diameter,
+        diameter_px=args.diameter_px,
+        settings=settings_from_args(PickSettings, args),
+        template=template,
+        matching=matching,
+        out=args.out,
+        relion5=args.relion5,
+        overwrite=args.overwrite,
     )
-    hint = _picking_hint(len(table), diameter_px, tomo.shape)
-    if template is not None and len(table) == 0:
-        hint = (
-            "hint: nothing scored above the threshold: raise --false-alarms or lower "
-            "--threshold, check --polarity (protein is dark by default) and --tilt-range"
+    result = run_operation(operation, "template matching" if template else "pick")
+    tomo, a = result.tomogram, result.matching
+    if a:
+        print(
+            f"template {template}: {a['n_rotations']} rotations, low-pass "
+            f"{a['resolution_px']:.1f} px, threshold {a['threshold']:.2f} noise units "
+            f"(σ of the correlation {a['sigma']:.4f})",
+            file=sys.stderr,
         )
+    print(
+        f"{len(result.table)} particles picked in {args.tomogram} "
+        f"(diameter {result.diameter_px:.1f} px, voxel {tomo.voxel_size:g} Å) -> "
+        f"{args.out}{result.note}"
+    )
+    hint = _picking_hint(len(result.table), result.diameter_px, tomo.shape)
     if hint:
         print(hint, file=sys.stderr)
     return 0
-
-
-def _pick_by_template(args: argparse.Namespace, tomo, diameter_px, settings):
-    """`cryossl pick --template`: match the template; returns (table, diameter in voxels)."""
-    import dataclasses
-
-    from napari_cryossl.console import CallbackProgress
-    from napari_cryossl.options import settings_from_args
-    from napari_cryossl.template_matching import (
-        TemplateMatchSettings,
-        load_template,
-        match_template,
-    )
-
-    matching = settings_from_args(TemplateMatchSettings, args)
-    template = load_template(args.template, tomo.voxel_size)
-    shared = dataclasses.asdict(settings)
-    shared.pop("refine")  # DoG only: template picks are centred by construction
-    with CallbackProgress("template matching", "rotation batches") as progress:
-        table = match_template(
-            tomo.data,
-            template,
-            diameter_px=diameter_px,
-            progress=progress,
-            **shared,
-            **dataclasses.asdict(matching),
-        )
-    a = table.attrs
-    print(
-        f"template {args.template}: {a['n_rotations']} rotations, low-pass "
-        f"{a['resolution_px']:.1f} px, threshold {a['threshold']:.2f} noise units "
-        f"(σ of the correlation {a['sigma']:.4f})",
-        file=sys.stderr,
-    )
-    return table, a["diameter_px"]
-
-
-def _write_angles(table, out: Path) -> str:
-    """Add the picks' orientations (rlnAngleRot/Tilt/Psi) to a written STAR file."""
-    from napari_cryossl.io import replace_star_columns
-    from napari_cryossl.template_matching import ANGLE_COLUMNS, ANGLE_LABELS
-
-    if out.suffix.lower() != ".star" or len(table) == 0:
-        return " (orientations are written to STAR files only)" if len(table) else ""
-    columns = {
-        label: table[col].to_numpy(dtype=float)
-        for label, col in zip(ANGLE_LABELS, ANGLE_COLUMNS, strict=True)
-    }
-    replace_star_columns(out, out, columns)
-    return ", with orientations (rlnAngleRot/Tilt/Psi)"
 
 
 def _picking_hint(n: int, diameter_px: float, shape) -> str:
