@@ -39,8 +39,17 @@ class WorkerRunner:
         worker.finished.connect(lambda w=worker: self._done(w))
         if len(self._workers) == 1:
             self._on_busy(True)
-        # a worker quit before its turn (the dock closed at once) never starts
-        QTimer.singleShot(0, lambda: None if worker.abort_requested else worker.start())
+        QTimer.singleShot(0, lambda: self._start_now(worker))
+
+    @staticmethod
+    def _start_now(worker) -> None:
+        """Start ``worker``; one quit before its turn (Stop at once, the dock closed)
+        never starts, but ends as a stopped one does, so whoever waits on it hears so."""
+        if not worker.abort_requested:
+            worker.start()
+            return
+        worker.aborted.emit()
+        worker.finished.emit()
 
     def _done(self, worker) -> None:
         self._workers.discard(worker)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -34,8 +33,6 @@ _PREVIEW_COLOR = "#ffd400"
 class PickingWidget(QWidget):
     """Manual picking on the particles layer, automatic picking (DoG or template matching)
     with a preview, STAR/CSV import."""
-
-    picking_progress = Signal(int, int)  # emitted from the worker thread, drawn in the GUI thread
 
     def __init__(self, session: Session, parent=None) -> None:
         super().__init__(parent)
@@ -104,10 +101,9 @@ class PickingWidget(QWidget):
         for b in (self.preview_button, self.accept_button, self.discard_button):
             buttons.addWidget(b)
         self.stop_button = QPushButton("Stop")
-        self.stop_button.setToolTip("Stop template matching (after the current rotations)")
+        self.stop_button.setToolTip("Stop picking (after the current chunk or rotations)")
         self.stop_button.setVisible(False)
         self.stop_button.clicked.connect(self.stop)
-        self._stop_requested = False
         buttons.addWidget(self.stop_button)
         form.addRow(buttons)
         self.progress = QProgressBar()
@@ -129,7 +125,6 @@ class PickingWidget(QWidget):
         self.accept_button.clicked.connect(self.accept)
         self.discard_button.clicked.connect(self.discard)
         self.diameter.valueChanged.connect(self._diameter_changed)
-        self.picking_progress.connect(self._show_progress)
         session.particles_changed.connect(self._update_count)
         session.tomogram_changed.connect(self._on_tomogram)
         self._update_count()
@@ -177,12 +172,14 @@ class PickingWidget(QWidget):
 
     # automatic -----------------------------------------------------------------
     def preview(self):
-        """Run DoG picking in a background thread; the picks appear in a preview layer.
+        """Pick in a background thread (``ops.pick``: DoG, or template matching); the
+        picks appear in a preview layer. Stop ends either between chunks or rotations.
 
         Returns:
             The worker (tests wait on its signals), or None if nothing was started.
         """
-        from napari_cryossl._widgets._workers import function_worker
+        from napari_cryossl._widgets._workers import generator_worker
+        from napari_cryossl.picking import PickSettings
 
         try:
             self.session.require_tomogram()
@@ -193,37 +190,45 @@ class PickingWidget(QWidget):
             return None
         tomo = self.session.tomogram
         diameter_px = self.diameter.value() / self.session.voxel_size
-        threshold = self.threshold.value()
-        max_picks = self.max_picks.value() or None
-        emit = self.picking_progress.emit
-        refine = self.refine.isChecked()
+        settings = PickSettings(
+            threshold=self.threshold.value(),
+            max_particles=self.max_picks.value() or None,
+            refine=self.refine.isChecked(),
+        )
+        template = matching = None
+        if self.method.currentData() == "template":
+            from napari_cryossl.template_matching import TemplateMatchSettings
 
-        def pick():
-            from napari_cryossl.picking import pick_particles
-
-            return pick_particles(
-                tomo.data,
-                diameter_px,
-                threshold=threshold,
-                max_particles=max_picks,
-                refine=refine,
-                progress=emit,
+            template = self.template.currentData()
+            if template is None:
+                self.status.error("choose a template: a built-in complex or a file")
+                return None
+            matching = TemplateMatchSettings(
+                angular_step=self.angular_step.value() or None,
+                false_alarms=self.false_alarms.value(),
             )
 
-        if self.method.currentData() == "template":
-            pick = self._template_job(tomo, max_picks, emit)
-            if pick is None:
-                return None
-        worker = function_worker(pick)
+        def job():
+            from napari_cryossl.ops.pick import pick
+
+            output = yield from pick(
+                tomo, diameter_px=diameter_px, settings=settings, template=template,
+                matching=matching,
+            )
+            return output.table
+
+        worker = generator_worker(job)
+        worker.yielded.connect(lambda p: self._show_progress(p.step, p.n_steps))
         worker.returned.connect(self._show_preview)
         worker.errored.connect(self._picking_failed)
+        worker.aborted.connect(self._picking_stopped)
         worker.finished.connect(self._picking_done)
         self.worker = worker
         self.preview_button.setEnabled(False)
-        self.stop_button.setVisible(self.method.currentData() == "template")
+        self.stop_button.setVisible(True)
         self.progress.setVisible(True)
         self.progress.setRange(0, 0)
-        if self.method.currentData() == "template":
+        if template is not None:
             self.status.info(f"matching {self.template.currentText()}…")
         else:
             self.status.info(f"picking blobs of {diameter_px:.1f} voxels…")
@@ -299,33 +304,6 @@ class PickingWidget(QWidget):
             index = self.template.findData(path)
         self.template.setCurrentIndex(index)
 
-    def _template_job(self, tomo, max_picks, emit):
-        """The template matching job for the worker, or None (no template chosen)."""
-        source = self.template.currentData()
-        if source is None:
-            self.status.error("choose a template: a built-in complex or a file")
-            return None
-        step = self.angular_step.value() or None
-        alarms = self.false_alarms.value()
-        voxel = self.session.voxel_size
-        self._stop_requested = False
-
-        def match():
-            from napari_cryossl.template_matching import load_template, match_template
-
-            template = load_template(source, voxel)
-            return match_template(
-                tomo.data,
-                template,
-                angular_step=step,
-                false_alarms=alarms,
-                max_particles=max_picks,
-                progress=emit,
-                should_stop=lambda: self._stop_requested,
-            )
-
-        return match
-
     def _show_progress(self, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)
@@ -337,16 +315,15 @@ class PickingWidget(QWidget):
         self.stop_button.setVisible(False)
 
     def _picking_failed(self, exc) -> None:
-        from napari_cryossl.template_matching import MatchingCancelled
+        self.status.error(notify_error(exc))
 
-        if isinstance(exc, MatchingCancelled):
-            self.status.info("template matching stopped; nothing picked")
-        else:
-            self.status.error(notify_error(exc))
+    def _picking_stopped(self) -> None:
+        self.status.info("picking stopped; nothing picked")
 
     def stop(self) -> None:
-        """Ask a running template matching to stop after its current rotations."""
-        self._stop_requested = True
+        """Stop a running picking after its current chunk (or batch of rotations)."""
+        if self.worker is not None:
+            self.worker.quit()
 
     def _show_preview(self, table) -> None:
         from napari_cryossl.io import particle_zyx
