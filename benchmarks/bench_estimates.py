@@ -82,13 +82,16 @@ def stage_estimates(lines, t0: float) -> dict[str, dict]:
     return out
 
 
-def timed_command(argv: list[str], echo: bool) -> tuple[dict, float]:
+def timed_command(argv: list[str], echo: bool, log: Path | None = None) -> tuple[dict, float]:
+    """Run one `cryossl` command; its stage estimates and wall time (its output to ``log``)."""
     from napari_cryossl.cli import main
 
     stream = StampedLines(sys.stderr if echo else None)
     t0 = time.perf_counter()
     with contextlib.redirect_stderr(stream), contextlib.redirect_stdout(stream):
         code = main(argv)
+    if log is not None:
+        log.write_text("".join(f"{t - t0:8.1f}s  {line}\n" for t, line in stream.lines))
     if code != 0:
         raise SystemExit(f"cryossl {' '.join(argv)} failed ({code})")
     return stage_estimates(stream.lines, t0), time.perf_counter() - t0
@@ -127,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
         pretrain += ["--epochs", "2", "--batch-size", "8"]
         finetune += ["--epochs", "2", "--batch-size", "8"]
     for name, command in (("pretrain", pretrain), ("finetune", finetune)):
-        stages, total = timed_command(command, args.echo)
+        stages, total = timed_command(command, args.echo, args.out / f"{name}.log")
         record["runs"][name] = {"command": "cryossl " + " ".join(command[0:1] + command[2:]),
                                 "stages": stages, "wall_s": total}
         print(name, json.dumps(stages), flush=True)
     if not args.skip_demo:
         demo = ["demo", "--out", str(args.out / "demo"), "--overwrite", "--device", "cpu"]
-        stages, total = timed_command(demo, args.echo)
+        stages, total = timed_command(demo, args.echo, args.out / "demo.log")
         fine = stages.get("finetune", {})
         record["runs"]["demo"] = {"command": "cryossl demo", "stages": stages, "wall_s": total}
         if "predicted_s" in fine:
