@@ -264,32 +264,23 @@ class PopulationWidget(QWidget):
         def job():
             import torch
 
-            from napari_cryossl.checkpoints import load_checkpoint
-            from napari_cryossl.dataset import SubtomogramSet
             from napari_cryossl.models import build_encoder
-            from napari_cryossl.population import iter_embed_particles, map_and_cluster
+            from napari_cryossl.ops.embed import embed
+            from napari_cryossl.population import EmbedSettings
 
-            if model is not None:
-                source = load_checkpoint(model)
-                box = int(source["box_size"])
-            else:  # random weights, fixed seed: the same map every time
+            source = model
+            if model is None:  # random weights, fixed seed: the same map every time
                 torch.manual_seed(0)
                 source = build_encoder("rb3d-small", box_size=box_default)
-                box = box_default
-            data = SubtomogramSet.from_table(table, tomo, box)
-            embeddings = None
-            for item in iter_embed_particles(source, data, device=device):
-                if isinstance(item, np.ndarray):
-                    embeddings = item
-                else:
-                    yield item
-            yield f"mapping and clustering {len(embeddings)} particles…"
-            # in the helper process: HDBSCAN and UMAP's numba code hold the GIL for
-            # hundreds of milliseconds, which would freeze the viewer from this thread
-            coords, used, groups = yield from self.helper.call(
-                map_and_cluster, embeddings, method=method, n_clusters=n_clusters
+            # the map and clusters in the helper process: HDBSCAN and UMAP's numba code
+            # hold the GIL for hundreds of milliseconds, which would freeze the viewer
+            result = yield from embed(
+                source,
+                [(table, tomo)],
+                settings=EmbedSettings(map=method, clusters=n_clusters, device=device),
+                elsewhere=self.helper.call,
             )
-            return embeddings, coords, used, groups, zyx
+            return result.embeddings, result.coords, result.method, result.clusters, zyx
 
         worker = generator_worker(job)
         worker.yielded.connect(self._on_progress)

@@ -176,19 +176,12 @@ class PredictionWidget(QWidget):
         n_rows = dict(zip(paths, counts, strict=True))
 
         def job():
-            from napari_cryossl.checkpoints import load_checkpoint
-            from napari_cryossl.dataset import SubtomogramSet
-            from napari_cryossl.predict import iter_predict
+            from napari_cryossl.ops.predict import predict
 
-            box = int(load_checkpoint(classifier, kind="classifier")["box_size"])
-            data = SubtomogramSet.from_tables(pairs, box)
-            result = None
-            for item in iter_predict(classifier, data, device=device):
-                if hasattr(item, "n_steps"):
-                    yield item
-                else:
-                    result = item
-            return result
+            output = yield from predict(
+                classifier, pairs, settings=PredictSettings(device=device)
+            )
+            return output.predictions if output is not None else None
 
         worker = generator_worker(job)
         worker.yielded.connect(self.panel.update_status)

@@ -88,18 +88,6 @@ def crop_heatmap(heatmap: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(heatmap[s : s + edge, s : s + edge, s : s + edge])
 
 
-def heatmap_block(
-    shape_zyx, centers_zyx: np.ndarray, box_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The block of the tomogram covering every particle's box: (start_zyx, shape_zyx), voxels."""
-    centers = np.asarray(centers_zyx, dtype=np.float64).reshape(-1, 3)
-    shape = np.asarray(shape_zyx, dtype=np.int64)
-    half = box_size // 2 + 1
-    lo = np.clip(np.floor(centers.min(axis=0)).astype(np.int64) - half, 0, shape)
-    hi = np.clip(np.ceil(centers.max(axis=0)).astype(np.int64) + half + 1, 0, shape)
-    return lo, np.maximum(hi - lo, 1)
-
-
 class SaliencyWidget(QWidget):
     """Grad-CAM heatmaps for the selected particles (or all) as an inferno overlay."""
 
@@ -200,7 +188,7 @@ class SaliencyWidget(QWidget):
         """Compute Grad-CAM in a worker for `indices` (default: the scope chosen); returns it."""
         from pathlib import Path
 
-        from napari_cryossl.io import InputError, particle_zyx
+        from napari_cryossl.io import InputError
 
         if self.worker is not None:
             return None
@@ -227,32 +215,14 @@ class SaliencyWidget(QWidget):
             return None
         tomo = self.session.tomogram
         sub = table.iloc[indices].reset_index(drop=True)
-        centers = particle_zyx(sub)
-        target = self.target.currentData()
-        device = self.device.currentText()
-        # the particle's radius with a margin (None: a third of the box, see paste_heatmaps)
-        radius = 0.6 * self.session.point_size if self.session.particle_diameter_a else None
+        settings = GradcamSettings(target_class=self.target.currentData(),
+                                   device=self.device.currentText())
 
         def job():
-            from napari_cryossl.checkpoints import load_checkpoint
-            from napari_cryossl.dataset import SubtomogramSet
-            from napari_cryossl.saliency import iter_gradcam, paste_heatmaps
+            from napari_cryossl.ops.gradcam import gradcam_block
 
-            state = load_checkpoint(classifier, kind="classifier")
-            box = int(state["box_size"])
-            data = SubtomogramSet.from_table(sub, tomo, box)
-            maps = None
-            for item in iter_gradcam(state, data, target_class=target, device=device,
-                                     batch_size=GradcamSettings.batch_size):
-                if hasattr(item, "n_steps"):
-                    yield item
-                else:
-                    maps = item
-            lo, shape = heatmap_block(tomo.shape, centers, box)
-            block = paste_heatmaps(
-                tuple(int(s) for s in shape), centers - lo, maps, radius=radius
-            )
-            return block, lo, indices, centers, maps
+            out = yield from gradcam_block(classifier, sub, tomo, settings=settings)
+            return out.block, out.start_zyx, indices, out.centers_zyx, out.maps
 
         worker = generator_worker(job)
         worker.yielded.connect(self.panel.update_status)

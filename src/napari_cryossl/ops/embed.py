@@ -33,10 +33,16 @@ def embed(
     settings=None,
     out=None,
     overwrite: bool = False,
+    elsewhere=None,
 ):
-    """Embed every particle with an encoder or classifier checkpoint, map and cluster
-    the embeddings; with ``out`` (a STAR or CSV), write the input rows plus
-    cryosslMapX/Y and cryosslCluster, and the vectors to ``out`` with suffix .npy."""
+    """Embed every particle with an encoder or classifier checkpoint (or an encoder
+    module), map and cluster the embeddings; with ``out`` (a STAR or CSV), write the input
+    rows plus cryosslMapX/Y and cryosslCluster, and the vectors to ``out`` with suffix
+    .npy.
+
+    ``elsewhere``: runs the map and the clusters in another process (the dock's helper,
+    as UMAP and HDBSCAN hold the GIL): called as ``elsewhere(fn, *args, **kwargs)``, a
+    generator that yields while it waits and returns ``fn``'s result."""
     from napari_cryossl.io import refuse_to_replace
     from napari_cryossl.ops import results_of
     from napari_cryossl.ops.outputs import write_rows
@@ -53,9 +59,13 @@ def embed(
     embeddings = yield from results_of(
         iter_embed_particles(model, data, device=settings.device, batch_size=settings.batch_size)
     )
-    coords, method, groups = map_and_cluster(
-        embeddings, method=settings.map, n_clusters=settings.clusters, seed=settings.seed
-    )
+    options = {"method": settings.map, "n_clusters": settings.clusters, "seed": settings.seed}
+    if elsewhere is None:
+        coords, method, groups = map_and_cluster(embeddings, **options)
+    else:
+        coords, method, groups = yield from _waiting(
+            elsewhere(map_and_cluster, embeddings, **options), len(embeddings)
+        )
     if out is not None:
         source = particles if isinstance(particles, str | Path) else out
         write_rows(
@@ -71,6 +81,22 @@ def embed(
         )
         np.save(out.with_suffix(".npy"), embeddings)
     return EmbedOutput(embeddings, coords, method, groups, data)
+
+
+def _waiting(call, n: int):
+    """Progress while another process maps and clusters ``n`` particles."""
+    import time
+
+    from napari_cryossl.status import Progress
+
+    t0 = time.perf_counter()
+    while True:
+        try:
+            next(call)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(stage=f"map and clusters of {n} particles", step=0, n_steps=1,
+                       unit="map", elapsed_s=time.perf_counter() - t0)
 
 
 @dataclass

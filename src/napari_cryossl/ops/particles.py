@@ -37,8 +37,11 @@ def checkpoint_box_size(checkpoint, box_size: int | None = None) -> int | None:
     from napari_cryossl.checkpoints import load_checkpoint
     from napari_cryossl.io.errors import InputError
 
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    trained = int(state["box_size"])
+    if hasattr(checkpoint, "box_size") and not isinstance(checkpoint, dict):  # a module
+        trained = int(checkpoint.box_size)
+    else:
+        state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+        trained = int(state["box_size"])
     if box_size is not None and int(box_size) != trained:
         raise InputError(
             f"{checkpoint if not isinstance(checkpoint, dict) else 'checkpoint'}: was trained "
@@ -64,7 +67,8 @@ def load_particles(
             pairs (the dock's particle tables, one per tomogram).
         tomogram: the tomogram of a coordinate file, or a RELION tomograms.star.
         box_size: box edge in voxels; None: the checkpoint's, else the data's default.
-        checkpoint: a model the boxes are for (path or loaded state), or None.
+        checkpoint: a model the boxes are for (path, loaded state or encoder module), or
+            None.
         copick: which tomograms and picks of a copick project.
     """
     from napari_cryossl.dataset import DEFAULT_BOX_SIZE, SubtomogramSet
