@@ -16,6 +16,7 @@ def _blobs(n_per_class=50, n_classes=3, dim=16, spread=0.3, seed=0):
     return x.astype(np.float32), y
 
 
+@pytest.mark.slow
 def test_fine_tuned_embeddings_cluster_by_class(tmp_path):
     """A classifier fine-tuned on well-separated particles embeds them by class: k-means
     on its embeddings of held-out particles recovers the classes (adjusted Rand index)."""
