@@ -56,6 +56,7 @@ class ProgressLog:
         self.desc = desc
         self.last_loss: float | None = None
         self.pace = TimeLeft()
+        self._stage: str | None = None
 
     @property
     def rate(self) -> float:
@@ -63,8 +64,13 @@ class ProgressLog:
         return self.pace.rate
 
     def update(self, status: Any) -> None:
+        from napari_cryossl.status import TimeLeft
+
         if status.loss is not None and math.isfinite(status.loss):
             self.last_loss = float(status.loss)
+        stage = getattr(status, "stage", "")
+        if stage != self._stage:  # an operation of several stages: each its own pace
+            self._stage, self.pace = stage, TimeLeft()
         self.pace.update(status.step, status.n_steps)
 
     def eta_s(self, status: Any) -> float:
@@ -87,7 +93,9 @@ class ProgressLog:
     def line(self, status: Any) -> str:
         n = max(int(status.n_steps), 1)
         unit = getattr(status, "unit", "step") or "step"
-        parts = [f"[{self.desc}] {unit} {status.step}/{status.n_steps} ({100 * status.step // n} %)"]
+        stage = getattr(status, "stage", "")
+        desc = stage if stage and stage.startswith(f"{self.desc}:") else self.desc
+        parts = [f"[{desc}] {unit} {status.step}/{status.n_steps} ({100 * status.step // n} %)"]
         parts += [f"{k} {v}" for k, v in self.fields(status).items()]
         if self.rate > 0:
             rate = f"{self.rate:.2f}" if self.rate < 10 else f"{self.rate:.0f}"
@@ -180,7 +188,9 @@ def drive(
                 bar.refresh()
                 continue
             now = time.perf_counter()
-            epoch_end = getattr(status, "event", "step") in ("epoch", "done", "stopped")
+            epoch_end = getattr(status, "event", "step") in ("epoch", "done", "stopped") or (
+                status.n_steps > 0 and status.step >= status.n_steps  # a stage's last step
+            )
             repeat = status.event == "done" and status.step == printed_step
             if (epoch_end or now >= next_line) and not repeat:
                 print(log.line(status), file=stream, flush=True)

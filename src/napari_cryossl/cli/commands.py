@@ -36,9 +36,8 @@ def _inputs(args: argparse.Namespace) -> dict:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from napari_cryossl.io import refuse_to_replace
     from napari_cryossl.options import settings_from_args
-    from napari_cryossl.simulate import SimulationConfig, simulate_to_disk
+    from napari_cryossl.simulate import SimulationConfig
 
     structures = None
     more = {}
@@ -50,20 +49,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.classes is not None:
         more["n_classes"] = args.classes
     config = settings_from_args(SimulationConfig, args, structures=structures, **more)
-    refuse_to_replace([args.out], overwrite=args.overwrite)
-    from napari_cryossl.console import StagedProgress
+    from napari_cryossl.console import run_operation
+    from napari_cryossl.ops.simulate import simulate
 
-    units = {"simulate": "chunks", "write": "files", "tomogram": "tomograms"}
-    with StagedProgress("simulate", units) as progress:
-        paths = simulate_to_disk(
-            args.out,
-            config,
-            n_per_class=args.per_class,
-            tomogram_shape=tuple(args.tomogram_shape) if args.tomogram_shape else None,
-            n_tomogram_particles=args.tomogram_particles,
-            seed=args.seed,
-            progress=progress,
-        )
+    operation = simulate(
+        args.out,
+        config,
+        n_per_class=args.per_class,
+        tomogram_shape=tuple(args.tomogram_shape) if args.tomogram_shape else None,
+        n_tomogram_particles=args.tomogram_particles,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    paths = run_operation(operation, "simulate")
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0
