@@ -424,11 +424,11 @@ class PretrainWidget(_TrainingSection):
         }
 
         def job():
-            from napari_cryossl.dataset import SubtomogramSet
-            from napari_cryossl.train import PretrainConfig, iter_pretrain
+            from napari_cryossl.ops.train import pretrain
+            from napari_cryossl.train import PretrainConfig
 
-            data = SubtomogramSet.from_tables(pairs, box)
-            yield from iter_pretrain(data, PretrainConfig(**settings), out, resume=resume)
+            yield from pretrain(pairs, PretrainConfig(**settings), out, box_size=box,
+                                resume=resume)
 
         return job
 
@@ -560,18 +560,12 @@ class FinetuneWidget(_TrainingSection):
         }
 
         def job():
-            from napari_cryossl.dataset import SubtomogramSet
-            from napari_cryossl.train import FinetuneConfig, iter_finetune
+            from napari_cryossl.ops.train import finetune
+            from napari_cryossl.train import FinetuneConfig
 
-            box_size, preset = box, None
-            if init is not None:  # the classifier must match the encoder's box and architecture
-                from napari_cryossl.checkpoints import load_checkpoint
-
-                state = load_checkpoint(init, kind="encoder")
-                box_size, preset = int(state["box_size"]), state["preset"]
-            data = SubtomogramSet.from_tables(pairs, box_size)
-            config = FinetuneConfig(**settings, **({"preset": preset} if preset else {}))
-            yield from iter_finetune(data, config, out, init=init, resume=resume)
+            # with an encoder, its box size and architecture (ops.finetune takes them)
+            yield from finetune(pairs, FinetuneConfig(**settings), out, init=init,
+                                box_size=None if init is not None else box, resume=resume)
 
         return job
 
