@@ -179,20 +179,20 @@ class DemoResult:
         return lines
 
 
-def _run(generator, desc: str, verbose: bool) -> None:
-    """Drive a training generator; with ``verbose``, show its progress (a bar on a
-    terminal, a line every few seconds in a log)."""
+def _run(operation, desc: str, verbose: bool):
+    """Drive an operation; with ``verbose``, show its progress (a bar on a terminal, a
+    line every few seconds in a log). Returns its result."""
     if verbose:
         import os
 
-        from napari_cryossl.console import drive
+        from napari_cryossl.console import run_operation
 
         # a line every 10 s in a log (the demo's stages take tens of seconds)
-        drive(generator, desc, interval=None if "CRYOSSL_LOG_INTERVAL" in os.environ else 10.0)
-    else:
-        from napari_cryossl.train import run
+        interval = None if "CRYOSSL_LOG_INTERVAL" in os.environ else 10.0
+        return run_operation(operation, desc, interval=interval)
+    from napari_cryossl.ops import run
 
-        run(generator)
+    return run(operation)
 
 
 def match_picks(true_zyx: np.ndarray, picked_zyx: np.ndarray, radius: float) -> np.ndarray:
@@ -261,19 +261,20 @@ def run_demo(
 
     from napari_cryossl.baselines import FloorClassifier
     from napari_cryossl.checkpoints import load_checkpoint
-    from napari_cryossl.dataset import SubtomogramSet
     from napari_cryossl.devices import select_device
-    from napari_cryossl.io import open_tomogram, particle_zyx, write_mrc, write_particles
-    from napari_cryossl.picking import pick_particles
-    from napari_cryossl.predict import JUNK_CLASS_NAME, predict
-    from napari_cryossl.saliency import gradcam_for_set
-    from napari_cryossl.simulate import SimulationConfig, class_names, simulate_tomogram
-    from napari_cryossl.train import (
-        FinetuneConfig,
-        PretrainConfig,
-        iter_finetune,
-        iter_pretrain,
-    )
+    from napari_cryossl.io import particle_zyx, read_particles, write_particles
+    from napari_cryossl.ops import run
+    from napari_cryossl.ops.gradcam import gradcam
+    from napari_cryossl.ops.particles import load_particles
+    from napari_cryossl.ops.pick import pick
+    from napari_cryossl.ops.predict import predict
+    from napari_cryossl.ops.simulate import simulate
+    from napari_cryossl.ops.train import finetune, pretrain
+    from napari_cryossl.picking import PickSettings
+    from napari_cryossl.predict import JUNK_CLASS_NAME, PredictSettings
+    from napari_cryossl.saliency import GradcamSettings
+    from napari_cryossl.simulate import SimulationConfig, class_names
+    from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
     torch_device = select_device(device)
     if preset is None:
@@ -317,35 +318,37 @@ def run_demo(
         )
         result.particle_diameter_a = float(cfg.particle_diameter_a)
         result.class_names = class_names(cfg.n_classes, cfg.structures)
-        volume, truth = simulate_tomogram(cfg.tomogram_shape, cfg.n_particles, sim_cfg, seed=seed)
-        tomo_path = out / "tomogram.mrc"
-        write_mrc(tomo_path, volume, sim_cfg.voxel_size)
-        truth["tomo_name"] = tomo_path.name
-        write_particles(truth, out / "ground_truth.star", voxel_size=sim_cfg.voxel_size)
-        del volume
-        tomo = open_tomogram(tomo_path)
+        # consent to replace an earlier demo's files was asked above
+        paths = run(
+            simulate(out, sim_cfg, n_per_class=0, tomogram_shape=cfg.tomogram_shape,
+                     n_tomogram_particles=cfg.n_particles, seed=seed, overwrite=True)
+        )
+        tomo_path = paths["tomogram"]
+        truth = read_particles(paths["tomogram_particles_star"])
         result.files["tomogram"] = tomo_path
-        result.files["ground truth"] = out / "ground_truth.star"
+        result.files["ground truth"] = paths["tomogram_particles_star"]
 
     # 2. pick ---------------------------------------------------------------------------
     with stage("pick"):
         diameter_px = sim_cfg.particle_diameter_px
-        picks = pick_particles(tomo.data, diameter_px, max_particles=int(cfg.n_particles * 1.5))
-        picks["tomo_name"] = tomo_path.name
+        picked = run(
+            pick(tomo_path, diameter_px=diameter_px, out=out / "picks.star", overwrite=True,
+                 settings=PickSettings(max_particles=int(cfg.n_particles * 1.5)))
+        )
+        picks, tomo = picked.table, picked.tomogram
         true_zyx = particle_zyx(truth)
         match = match_picks(true_zyx, particle_zyx(picks), radius=diameter_px / 2)
         result.n_true = len(truth)
         result.n_picked = len(picks)
         result.recall = float((match >= 0).sum()) / max(len(truth), 1)
         result.precision = float((match >= 0).sum()) / max(len(picks), 1)
-        write_particles(picks, out / "picks.star", voxel_size=tomo.voxel_size)
         result.files["picks"] = out / "picks.star"
 
     true_class = np.where(match >= 0, truth["class_number"].to_numpy()[np.maximum(match, 0)], 0)
 
     # 3. pretrain on every pick (no labels) ---------------------------------------------
     with stage("pretrain"):
-        data = SubtomogramSet.from_table(picks, tomo, cfg.box_size)
+        data = load_particles([(picks, tomo)], box_size=cfg.box_size)
         p_cfg = PretrainConfig(
             method=cfg.method,
             ssl_options=cfg.ssl_options,
@@ -356,7 +359,8 @@ def run_demo(
             seed=seed,
         )
         encoder_path = out / "encoder.pt"
-        _run(iter_pretrain(data, p_cfg, encoder_path), f"pretrain {cfg.method}", verbose)
+        _run(pretrain(data, p_cfg, encoder_path, overwrite=True), f"pretrain {cfg.method}",
+             verbose)
         result.files["encoder"] = encoder_path
 
     # 4. a person labels a few picks per class (here: from the ground truth) -------------
@@ -384,7 +388,6 @@ def run_demo(
 
     # 5. fine-tune --------------------------------------------------------------------------
     with stage("finetune"):
-        labelled = SubtomogramSet.from_table(labelled_table, tomo, cfg.box_size)
         f_cfg = FinetuneConfig(
             epochs=cfg.finetune_epochs,
             min_steps=cfg.finetune_min_steps,
@@ -394,12 +397,18 @@ def run_demo(
             seed=seed,
         )
         classifier_path = out / "classifier.pt"
-        _run(iter_finetune(labelled, f_cfg, classifier_path, init=encoder_path), "finetune", verbose)
+        _run(
+            finetune([(labelled_table, tomo)], f_cfg, classifier_path, init=encoder_path,
+                     overwrite=True),
+            "finetune",
+            verbose,
+        )
         result.files["classifier"] = classifier_path
 
     # 6. predict every pick -----------------------------------------------------------------
     with stage("predict"):
-        pred = predict(classifier_path, data, device=device)
+        pred = run(predict(classifier_path, data, settings=PredictSettings(device=device)))
+        pred = pred.predictions
         evaluate = (true_class > 0) & (labels == 0)
         # the right answer for every pick: its complex, or "not a particle" (0 without junk)
         answer = np.where(match >= 0, true_class, result.junk_class)
@@ -449,7 +458,10 @@ def run_demo(
 
     # 7. Grad-CAM, pasted into the tomogram ---------------------------------------------------
     with stage("gradcam"):
-        (heat_path,) = gradcam_for_set(classifier_path, data, out, device=device)
+        (heat_path,) = run(
+            gradcam(classifier_path, data, out, settings=GradcamSettings(device=device),
+                    overwrite=True)
+        )
         result.files["gradcam"] = heat_path
 
     if verbose:
