@@ -205,15 +205,22 @@ def test_bad_input(template, kwargs, match):
 
 @pytest.mark.slow
 def test_finds_its_class_in_a_simulated_tomogram(record_property):
-    """SNR 0.1, CTF, missing wedge, crowded with four classes of equal mass and size: the
-    true template (ring6) finds >= 90 % of its class within half a radius, and >= 60 % of
-    its picks are that class (the others are neighbours of other classes), at the
-    automatic threshold (one expected false alarm)."""
-    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
+    """SNR 0.1, CTF, missing wedge, crowded with four classes of equal mass and size and
+    cluttered (gold beads, a vesicle, actin filaments, a microtubule): the true template
+    (ring6) finds >= 90 % of its class within half a radius, and >= 60 % of its picks are
+    that class (the others are neighbours of other classes), at the automatic threshold
+    (one expected false alarm)."""
+    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram_details
     from napari_cryossl.simulate.shapes import _assemblies
 
-    config = SimulationConfig(n_classes=4, box_size=24, snr=0.1)
-    volume, truth = simulate_tomogram((48, 128, 128), 60, config, seed=0)
+    # a 1.28 µm field: denser clutter than the defaults so that each kind is there
+    config = SimulationConfig(
+        n_classes=4, box_size=24, snr=0.1, gold_per_um2=300, vesicles_per_um2=60,
+        actin_per_um2=120, microtubules_per_um2=60, ice_per_um2=0, membranes_per_um2=0,
+    )
+    sim = simulate_tomogram_details((48, 128, 128), 60, config, seed=0)
+    volume, truth = sim.volume, sim.particles
+    assert {"gold", "vesicle", "actin", "microtubule"} <= set(sim.clutter["kind"])
     a = _assemblies(config)[0]
     size = int(2 * np.ceil(a.radius) + 3)
     template = render(
