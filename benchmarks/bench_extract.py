@@ -4,7 +4,7 @@ Writes a float32 MRC tomogram (default ~2 GiB, noise) slab by slab into a tempor
 drops it from the page cache (``posix_fadvise(DONTNEED)``, only this file) so the first
 reads come from disk, then extracts randomly placed subtomograms in a fresh subprocess
 through `napari_cryossl.io.open_tomogram` (memory-mapped) and
-`napari_cryossl.extract.iter_subtomogram_batches`, and reports:
+`napari_cryossl.particles.extract.iter_subtomogram_batches`, and reports:
 
 - subtomograms per second (cold page cache: every page read from disk once);
 - the subprocess's peak resident size (``VmHWM``, includes the mapped file pages that are
@@ -148,8 +148,8 @@ def _memory_mb() -> dict[str, float]:
 
 def worker(args: argparse.Namespace) -> dict:
     """Runs in the subprocess: extract (and optionally pick), measuring time and memory."""
-    from napari_cryossl.extract import iter_subtomogram_batches
     from napari_cryossl.io import open_tomogram
+    from napari_cryossl.particles.extract import iter_subtomogram_batches
 
     start_mem = _memory_mb()
     tomo = open_tomogram(args.path)
@@ -178,7 +178,7 @@ def worker(args: argparse.Namespace) -> dict:
         "start_rss_mb": start_mem.get("VmRSS", float("nan")),
     }
     if args.pick:
-        from napari_cryossl.picking import pick_particles
+        from napari_cryossl.particles.picking import pick_particles
 
         t0 = time.perf_counter()
         picks = pick_particles(tomo, args.pick_diameter)

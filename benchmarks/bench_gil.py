@@ -52,7 +52,7 @@ def main() -> int:
             step(f"import {module}", lambda m=module: importlib.import_module(m))
         except ImportError as exc:
             rows[f"import {module}"] = f"not run: {exc}"
-    from napari_cryossl.population import cluster, map_2d, suggest
+    from napari_cryossl.analysis.population import cluster, map_2d, suggest
 
     step("HDBSCAN of 10,000 (first)", lambda: cluster(x))
     step("HDBSCAN of 10,000 (again)", lambda: cluster(x))

@@ -25,8 +25,9 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.devices import (
+    from napari_cryossl.analysis.predict import predict
+    from napari_cryossl.io import make_particle_table, open_tomogram, write_mrc
+    from napari_cryossl.nn.devices import (
         amp_dtype,
         autocast,
         describe,
@@ -34,9 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         select_device,
         to_device,
     )
-    from napari_cryossl.io import make_particle_table, open_tomogram, write_mrc
-    from napari_cryossl.models import Classifier, build_encoder, count_flops, for_inference
-    from napari_cryossl.predict import predict
+    from napari_cryossl.nn.models import Classifier, build_encoder, count_flops, for_inference
+    from napari_cryossl.particles.dataset import SubtomogramSet
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

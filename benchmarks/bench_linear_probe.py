@@ -4,7 +4,7 @@ The set-up of the engine's "learning is real" test, measured over the whole run 
 several seeds: the paper's MoCo (queue 128, m = 0.999, tau = 0.2, Adam lr 1e-4, batch 16)
 on unlabelled, randomly oriented, noise-free simulated shapes of 3 classes (no CTF, no
 missing wedge, no neighbours), rb3d-small at 16^3. After every few epochs the encoder is
-frozen and a linear probe (``napari_cryossl.probe.linear_probe``: logistic regression on
+frozen and a linear probe (``napari_cryossl.nn.probe.linear_probe``: logistic regression on
 standardised embeddings, 16 labels per class) is scored on 30 held-out particles per
 class. Epoch 0 is the random encoder pretraining starts from.
 
@@ -33,7 +33,7 @@ METHOD_NAMES = {"moco": "MoCo", "simclr": "SimCLR", "swav": "SwAV"}
 
 
 def shapes(n_per_class: int, seed: int, box: int):
-    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.particles.dataset import SubtomogramSet
     from napari_cryossl.simulate import clean_shapes_config, simulate_subtomograms
 
     config = clean_shapes_config(n_classes=3, box_size=box)
@@ -80,9 +80,9 @@ def augment_options(pairs: list[str] | None) -> dict | None:
 def run_seed(seed: int, args, data=None) -> dict:
     import torch
 
-    from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
-    from napari_cryossl.models import build_encoder
-    from napari_cryossl.probe import linear_probe
+    from napari_cryossl.nn.checkpoints import encoder_from_checkpoint, load_checkpoint
+    from napari_cryossl.nn.models import build_encoder
+    from napari_cryossl.nn.probe import linear_probe
     from napari_cryossl.train import PretrainConfig, iter_pretrain
 
     if data is not None:
@@ -138,7 +138,7 @@ def run_seed(seed: int, args, data=None) -> dict:
 def baselines(data, args) -> dict:
     """Floor (radial features + logistic regression on the probe's labels) and, for the
     paper data, the template-matching ceiling, on the probe's test particles."""
-    from napari_cryossl.baselines import floor_accuracy
+    from napari_cryossl.analysis.baselines import floor_accuracy
 
     _unlabelled, labelled, test = data
     lab = labelled.load(np.arange(len(labelled)))
@@ -152,7 +152,7 @@ def baselines(data, args) -> dict:
 
         from reproduce_paper import CONFIGS, simulation_config
 
-        from napari_cryossl.baselines import simulated_ceiling
+        from napari_cryossl.analysis.baselines import simulated_ceiling
 
         cfg = replace(CONFIGS["reduced"], box_size=args.box, data="shapes")
         raw = test.load(np.arange(len(test)))

@@ -37,7 +37,7 @@ def _fresh_process_umap(x: np.ndarray) -> float:
         np.save(path, x)
         code = (
             "import time; t0 = time.perf_counter(); import numpy as np; "
-            "from napari_cryossl.population import map_2d; "
+            "from napari_cryossl.analysis.population import map_2d; "
             f"map_2d(np.load({str(path)!r}), method='umap', seed=0); "
             "print(time.perf_counter() - t0)"
         )
@@ -48,7 +48,7 @@ def _fresh_process_umap(x: np.ndarray) -> float:
 
 
 def core(n: int, features: int, seed: int = 0) -> dict:
-    from napari_cryossl.population import InstantClassifier, cluster, map_2d
+    from napari_cryossl.analysis.population import InstantClassifier, cluster, map_2d
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(0, 3, size=(10, features))
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from napari_cryossl.models import build_encoder
+    from napari_cryossl.nn.models import build_encoder
 
     features = build_encoder("rb3d-small", box_size=args.box).feature_dim
     result = {

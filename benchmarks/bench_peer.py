@@ -59,7 +59,7 @@ def build_networks(names: list[str]) -> tuple[list[Net], str | None]:
     """The networks asked for; and why TomoTwin is missing, if it is."""
     import torch
 
-    from napari_cryossl.models import Classifier, build_encoder
+    from napari_cryossl.nn.models import Classifier, build_encoder
 
     nets, missing = [], None
     for name in names:
@@ -87,7 +87,7 @@ def count_gflop(model, x, device, dtype) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from napari_cryossl.devices import autocast
+    from napari_cryossl.nn.devices import autocast
 
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter, autocast(device, dtype):
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_cryossl.devices import (
+    from napari_cryossl.nn.devices import (
         amp_dtype,
         autocast,
         describe,
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         select_device,
         to_device,
     )
-    from napari_cryossl.models import for_inference
+    from napari_cryossl.nn.models import for_inference
 
     if args.threads:
         torch.set_num_threads(args.threads)

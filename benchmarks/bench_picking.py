@@ -9,7 +9,7 @@ ribosome, TRiC, apoferritin, RuvAB, GluA3-NTD, 123-279 Å) at 15 Å per voxel, s
 smallest is 8 voxels across; 48 x 192 x 192 voxels (720 x 2880 x 2880 Å), 90 particles
 each, several seeds per SNR.
 
-Metric (`napari_cryossl.picking_metrics.score_picks`): per kind, a pick is a hit within
+Metric (`napari_cryossl.particles.picking_metrics.score_picks`): per kind, a pick is a hit within
 half the particle's radius (the radius holding 99 % of the complex's mass) of a true
 centre, one-to-one; TP/FP/FN pooled over the tomograms; F-beta with beta 4; the
 unweighted mean over the kinds. Also recall, precision, picks per particle, and false
@@ -61,7 +61,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def _refine_option() -> str | None:
     """The keyword of `pick_particles` that refines picks to particle centres, if any."""
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.particles.picking import pick_particles
 
     names = inspect.signature(pick_particles).parameters
     for name in names:
@@ -129,8 +129,8 @@ def _with_kind(table: pd.DataFrame, kind: str, tomo: str) -> pd.DataFrame:
 
 def run_pickers(volume, radii, templates, pickers, args, tomo: str):
     """{picker: (picks with kind and tomo_name, seconds)} for one tomogram."""
-    from napari_cryossl.picking import pick_particles
-    from napari_cryossl.template_matching import match_template
+    from napari_cryossl.particles.picking import pick_particles
+    from napari_cryossl.particles.template_matching import match_template
 
     out = {}
     for picker in pickers:
@@ -158,7 +158,7 @@ def run_pickers(volume, radii, templates, pickers, args, tomo: str):
 
 
 def bench_snr(snr: float, args, info: dict) -> dict:
-    from napari_cryossl.picking_metrics import score_picks
+    from napari_cryossl.particles.picking_metrics import score_picks
     from napari_cryossl.simulate import match_clutter, simulate_tomogram_details
 
     config = sim_config(snr, args.voxel_size)
@@ -223,12 +223,12 @@ def classify(args, info: dict) -> dict:
     """Refined-DoG picks on one cluttered tomogram, classified into the kinds + junk."""
     import torch
 
-    from napari_cryossl.baselines import FloorClassifier, simulated_ceiling
-    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.analysis.baselines import FloorClassifier, simulated_ceiling
+    from napari_cryossl.analysis.predict import JUNK_CLASS_NAME, predict
     from napari_cryossl.io import open_tomogram, particle_zyx, write_mrc
-    from napari_cryossl.picking import pick_particles
-    from napari_cryossl.picking_metrics import match_one_to_one
-    from napari_cryossl.predict import JUNK_CLASS_NAME, predict
+    from napari_cryossl.particles.dataset import SubtomogramSet
+    from napari_cryossl.particles.picking import pick_particles
+    from napari_cryossl.particles.picking_metrics import match_one_to_one
     from napari_cryossl.simulate import match_clutter, simulate_tomogram_details
     from napari_cryossl.train import FinetuneConfig, iter_finetune, run
 

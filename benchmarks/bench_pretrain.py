@@ -21,13 +21,13 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from napari_cryossl.augment import SubtomogramAugment
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.devices import describe, select_device
     from napari_cryossl.io import open_tomogram, write_mrc
-    from napari_cryossl.models import build_encoder
+    from napari_cryossl.nn.augment import SubtomogramAugment
+    from napari_cryossl.nn.devices import describe, select_device
+    from napari_cryossl.nn.models import build_encoder
+    from napari_cryossl.nn.ssl import SSL_DEFAULTS, build_ssl
+    from napari_cryossl.particles.dataset import SubtomogramSet
     from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
-    from napari_cryossl.ssl import SSL_DEFAULTS, build_ssl
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -43,7 +43,7 @@ def _value(text: str):
 
 def ceiling(cfg_sim, volumes, labels, out: Path, key: str, n_rotations: int) -> float:
     """Template-matching accuracy on the test boxes, cached per data set."""
-    from napari_cryossl.baselines import simulated_ceiling
+    from napari_cryossl.analysis.baselines import simulated_ceiling
 
     cache = out / "ceiling.json"
     known = json.loads(cache.read_text()) if cache.exists() else {}
@@ -102,8 +102,8 @@ def main(argv=None) -> int:
 
     from reproduce_paper import CONFIGS, experiment_data, label_subset, simulation_config
 
-    from napari_cryossl.baselines import floor_accuracy
-    from napari_cryossl.predict import predict
+    from napari_cryossl.analysis.baselines import floor_accuracy
+    from napari_cryossl.analysis.predict import predict
     from napari_cryossl.train import FinetuneConfig, iter_finetune
 
     cfg = replace(CONFIGS[args.config], data=args.data)

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def baseline_models(rev: str):
-    """``napari_cryossl.models`` as it was at ``rev``, as a separate module."""
+    """``napari_cryossl.nn.models`` as it was at ``rev``, as a separate module."""
     text = subprocess.run(
         ["git", "-C", str(ROOT), "show", f"{rev}:src/napari_cryossl/models.py"],
         check=True,
@@ -58,10 +58,10 @@ def cases(old, preset: str, box: int, infer_batch: int, train_batch: int) -> dic
     """{name: (old_fn, new_fn)}: each call does one unit of work (a batch or a step)."""
     import torch
 
-    from napari_cryossl import models as new
-    from napari_cryossl.augment import SubtomogramAugment
-    from napari_cryossl.devices import amp_dtype, autocast, memory_format, to_device
-    from napari_cryossl.ssl import build_ssl
+    from napari_cryossl.nn import models as new
+    from napari_cryossl.nn.augment import SubtomogramAugment
+    from napari_cryossl.nn.devices import amp_dtype, autocast, memory_format, to_device
+    from napari_cryossl.nn.ssl import build_ssl
     from napari_cryossl.train.config import PRETRAIN_ROTATION_AUGMENT, ROTATION_AUGMENT
 
     cpu = torch.device("cpu")
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from napari_cryossl.devices import amp_dtype, describe, memory_format
+    from napari_cryossl.nn.devices import amp_dtype, describe, memory_format
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -6,10 +6,10 @@ Measures on the CPU (numpy/scipy simulation; the template matching uses torch):
     --box-size 32 --voxel-size 10 --snr 0.05`` as a user runs it (a subprocess, imports
     and MRC writing included), with an empty density cache and again with a warm one;
   * the floor: a logistic regression on rotation-invariant radial features
-    (`napari_cryossl.baselines.FloorClassifier`) on noise-free built-in classes, in the
+    (`napari_cryossl.analysis.baselines.FloorClassifier`) on noise-free built-in classes, in the
     paper's setting (crowded, shifted, wedge, CTF) and on isolated centred particles;
   * the ceiling: template matching with the true templates
-    (`napari_cryossl.baselines.simulated_ceiling`) on isolated particles at SNR 0.05
+    (`napari_cryossl.analysis.baselines.simulated_ceiling`) on isolated particles at SNR 0.05
     (and, for reference, on the crowded paper setting at SNR 0.05).
 
     python benchmarks/bench_structures.py                       # everything (~10 min)
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     sys.path.insert(0, str(ROOT / "src"))
-    from napari_cryossl.baselines import floor_accuracy, simulated_ceiling
+    from napari_cryossl.analysis.baselines import floor_accuracy, simulated_ceiling
     from napari_cryossl.simulate import SimulationConfig, class_names, simulate_subtomograms
 
     results: dict = {

@@ -29,7 +29,7 @@ import numpy as np
 
 
 def loop(embeddings, truth, strategy: str, *, rounds: int, step: int, seed: int):
-    from napari_cryossl.population import InstantClassifier, suggest
+    from napari_cryossl.analysis.population import InstantClassifier, suggest
 
     rng = np.random.default_rng(seed)
     labels = np.zeros_like(truth)
@@ -99,9 +99,9 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from napari_cryossl.checkpoints import load_checkpoint
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.population import embed_particles
+    from napari_cryossl.analysis.population import embed_particles
+    from napari_cryossl.nn.checkpoints import load_checkpoint
+    from napari_cryossl.particles.dataset import SubtomogramSet
     from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
 
     state = load_checkpoint(args.encoder)

@@ -38,15 +38,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = parser.parse_args()
 
-    from napari_cryossl.picking import pick_particles
-    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
-    from napari_cryossl.simulate.render import _render
-    from napari_cryossl.simulate.shapes import _assemblies
-    from napari_cryossl.template_matching import (
+    from napari_cryossl.particles.picking import pick_particles
+    from napari_cryossl.particles.template_matching import (
         default_angular_step,
         match_template,
         rotation_set,
     )
+    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
+    from napari_cryossl.simulate.render import _render
+    from napari_cryossl.simulate.shapes import _assemblies
 
     config = SimulationConfig(n_classes=4, box_size=32, snr=0.1, particle_diameter_a=200.0)
     volume, truth = simulate_tomogram(tuple(args.shape), args.particles, config, seed=0)

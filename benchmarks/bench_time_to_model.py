@@ -18,9 +18,9 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.devices import describe, select_device
-    from napari_cryossl.predict import predict
+    from napari_cryossl.analysis.predict import predict
+    from napari_cryossl.nn.devices import describe, select_device
+    from napari_cryossl.particles.dataset import SubtomogramSet
     from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
     from napari_cryossl.train import FinetuneConfig, iter_finetune, run
 

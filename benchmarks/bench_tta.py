@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from reproduce_paper import CONFIGS, experiment_data
 
-    from napari_cryossl.predict import predict
+    from napari_cryossl.analysis.predict import predict
 
     cfg = replace(CONFIGS[args.config], data=args.data)
     snr = None if args.snr in ("inf", "none") else float(args.snr)

@@ -24,7 +24,7 @@ with the kind's diameter (twice the challenge's radius; DoG and refined DoG) or 
 (``template``: the built-in apoferritin and 80S ribosome for the apo-ferritin and
 ribosome kinds, or ``--template KIND=MAP.mrc``; kinds without a template are left out of
 that picker's score) and scores the picks against the ground truth with
-`napari_cryossl.picking_metrics.score_picks`: a hit within half the kind's radius,
+`napari_cryossl.particles.picking_metrics.score_picks`: a hit within half the kind's radius,
 one-to-one, TP/FP/FN pooled over runs, F-beta (beta 4) and the weighted mean with the
 challenge's weights (`CZII_WEIGHTS`: beta-amylase 0, i.e. reported, not scored).
 ``tests/test_czii_portal.py`` runs ``score`` end to end on a small local copick project.
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_cryossl.picking_metrics import CZII_RADII_A, CZII_WEIGHTS
+from napari_cryossl.particles.picking_metrics import CZII_RADII_A, CZII_WEIGHTS
 
 #: The challenge's dataset ids on the portal: 10440, the public training set.
 DATASETS = (10440, 10445, 10446)
@@ -139,13 +139,13 @@ def fetch(dataset_ids, out: Path, *, tomo_type: str = "denoised", voxel_spacing:
 
 
 def _pick(picker: str, volume, diameter_px: float, template, voxel_size: float, angular_step):
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.particles.picking import pick_particles
 
     if picker in ("dog", "dog-refined"):
         refine = _refine_option()
         kw = {} if refine is None else {refine: picker == "dog-refined"}
         return pick_particles(volume, diameter_px, **kw)
-    from napari_cryossl.template_matching import load_template, match_template
+    from napari_cryossl.particles.template_matching import load_template, match_template
 
     return match_template(
         volume,
@@ -159,7 +159,7 @@ def _pick(picker: str, volume, diameter_px: float, template, voxel_size: float, 
 def _refine_option() -> str | None:
     import inspect
 
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.particles.picking import pick_particles
 
     return next(
         (n for n in inspect.signature(pick_particles).parameters
@@ -205,7 +205,7 @@ def score_copick(
 
     from napari_cryossl.io import open_tomogram
     from napari_cryossl.io.copick import read_copick
-    from napari_cryossl.picking_metrics import score_picks
+    from napari_cryossl.particles.picking_metrics import score_picks
 
     radii_a = dict(CZII_RADII_A if radii_a is None else radii_a)
     weights = dict(CZII_WEIGHTS if weights is None else weights)

@@ -242,7 +242,7 @@ def timed_rate(fn: Callable[[], object], ctx: Context, items_per_call: int) -> f
 
 def forward_fn(model, x, device, dtype) -> Callable[[], object]:
     """``model(x)`` under the project's autocast (``dtype`` None: float32)."""
-    from napari_cryossl.devices import autocast
+    from napari_cryossl.nn.devices import autocast
 
     def run():
         with autocast(device, dtype):
@@ -312,7 +312,7 @@ def fmt_duration(seconds: float | None) -> str:
 def stage_env(ctx: Context) -> dict:
     import torch
 
-    from napari_cryossl.devices import describe
+    from napari_cryossl.nn.devices import describe
 
     gpus = []
     if torch.cuda.is_available():
@@ -387,8 +387,8 @@ def stage_peak(ctx: Context) -> dict:
 def stage_inference(ctx: Context) -> dict:
     import torch
 
-    from napari_cryossl.devices import amp_dtype
-    from napari_cryossl.models import Classifier, build_encoder, count_flops, for_inference
+    from napari_cryossl.nn.devices import amp_dtype
+    from napari_cryossl.nn.models import Classifier, build_encoder, count_flops, for_inference
 
     s = ctx.sizes
     dtype = amp_dtype(ctx.device)
@@ -485,7 +485,7 @@ def stage_inference(ctx: Context) -> dict:
 def _train_stage(ctx: Context, kind: str) -> dict:
     import torch
 
-    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.particles.dataset import SubtomogramSet
     from napari_cryossl.train import FinetuneConfig, PretrainConfig, iter_finetune, iter_pretrain
 
     s = ctx.sizes
@@ -561,11 +561,11 @@ def _write_tomogram(ctx: Context, n: int, name: str, spacing: int | None = None)
 def stage_predict(ctx: Context) -> dict:
     import torch
 
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.devices import amp_dtype, memory_format
+    from napari_cryossl.analysis.predict import predict
     from napari_cryossl.io import open_tomogram
-    from napari_cryossl.models import Classifier, build_encoder
-    from napari_cryossl.predict import predict
+    from napari_cryossl.nn.devices import amp_dtype, memory_format
+    from napari_cryossl.nn.models import Classifier, build_encoder
+    from napari_cryossl.particles.dataset import SubtomogramSet
 
     s = ctx.sizes
     path, table = _write_tomogram(ctx, s.predict_n, "predict_tomogram.mrc")
@@ -741,9 +741,9 @@ def stage_ddp(ctx: Context) -> dict:
 def stage_oom(ctx: Context) -> dict:
     import torch
 
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.models import Classifier, build_encoder
-    from napari_cryossl.predict import iter_predict
+    from napari_cryossl.analysis.predict import iter_predict
+    from napari_cryossl.nn.models import Classifier, build_encoder
+    from napari_cryossl.particles.dataset import SubtomogramSet
 
     s = ctx.sizes
     torch.manual_seed(0)
@@ -990,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
     dry = args.dry_run or not torch.cuda.is_available()
     if dry:
         torch.set_num_threads(1)  # a shared CI machine: one thread is fastest (docs/training.md)
-    from napari_cryossl.devices import select_device
+    from napari_cryossl.nn.devices import select_device
 
     device = torch.device("cpu") if dry else select_device("cuda")
     budget = args.budget_s or (120.0 if dry else 420.0)

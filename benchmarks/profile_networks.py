@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from napari_cryossl.augment import SubtomogramAugment
-    from napari_cryossl.devices import (
+    from napari_cryossl.nn.augment import SubtomogramAugment
+    from napari_cryossl.nn.devices import (
         amp_dtype,
         autocast,
         describe,
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         select_device,
         to_device,
     )
-    from napari_cryossl.models import Classifier, build_encoder, for_inference
-    from napari_cryossl.ssl import build_ssl
+    from napari_cryossl.nn.models import Classifier, build_encoder, for_inference
+    from napari_cryossl.nn.ssl import build_ssl
     from napari_cryossl.train.config import PRETRAIN_ROTATION_AUGMENT, ROTATION_AUGMENT
 
     if args.threads:

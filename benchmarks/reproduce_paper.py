@@ -61,7 +61,7 @@ class Config:
     recipe: str = "default"  # fine-tuning recipe (train.RECIPES); "paper": Gupta et al.'s
     ceiling_rotations: int = 500  # rotations searched by the template-matching ceiling
     finetune_min_steps: int | None = None  # None: the recipe's
-    # "structures": the ten built-in real complexes (napari_cryossl.structures), the
+    # "structures": the ten built-in real complexes (napari_cryossl.simulate.structures), the
     # paper's kind of data; "shapes": the synthetic classes of equal mass and radius of
     # gyration (the hard case, and the data of every result before 2026-11-30).
     data: str = "structures"
@@ -231,7 +231,7 @@ def experiment_data(cfg: Config, snr: float | None, seed: int = 0):
         (all subtomograms with labels, the training split without labels, train, validation
         and test indices into the first).
     """
-    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.particles.dataset import SubtomogramSet
     from napari_cryossl.simulate import simulate_subtomograms
 
     sim = simulation_config(cfg, snr)
@@ -255,7 +255,7 @@ def baseline_rows(cfg: Config, all_data, train_idx, test_idx, snr, seed, done, r
     labelled subset each fine-tuning run gets (one row per fraction and run); ceiling:
     template matching with the simulator's true templates on the test split (one row).
     """
-    from napari_cryossl.baselines import floor_accuracy, simulated_ceiling
+    from napari_cryossl.analysis.baselines import floor_accuracy, simulated_ceiling
 
     labels = np.asarray(all_data.class_numbers)
     boxes = None
@@ -292,7 +292,7 @@ def baseline_rows(cfg: Config, all_data, train_idx, test_idx, snr, seed, done, r
 
 def run_experiment(cfg: Config, out: Path, device: str = "auto", seed: int = 0) -> list[dict]:
     """Run (or resume) every pretraining and fine-tuning run of `cfg`; return all rows."""
-    from napari_cryossl.predict import predict
+    from napari_cryossl.analysis.predict import predict
     from napari_cryossl.train import (
         FinetuneConfig,
         PretrainConfig,
@@ -412,7 +412,7 @@ def gradcam_figure(cfg: Config, out: Path, snr: float, test) -> Path | None:
     weights and from the pretrained encoder with the best mean accuracy, among every
     method with finished runs in ``out``'s results (not only this invocation's).
     """
-    from napari_cryossl.saliency import gradcam
+    from napari_cryossl.analysis.saliency import gradcam
 
     top = max(cfg.fractions)
     accuracies: dict[str, list[float]] = {}

@@ -13,7 +13,7 @@ contact graph, see `contacting_chains`; the chosen lists are fixed below), water
 hydrogens and ligands are removed, and every polymer residue becomes one bead at its
 heavy-atom centre of mass, coordinates rounded to 0.1 Å. At the simulator's 10-20 Å
 resolution the bead map and the full-atom map agree (correlation printed; ≥ 0.99).
-The loader (`napari_cryossl.structures`) gives each bead its residue's mass.
+The loader (`napari_cryossl.simulate.structures`) gives each bead its residue's mass.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def beads(st: gemmi.Structure) -> gemmi.Structure:
 
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from napari_cryossl.structures import builtin_structures, density_from_model
+    from napari_cryossl.simulate.structures import builtin_structures, density_from_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archives", type=Path, help="folder with the unpacked source archives")

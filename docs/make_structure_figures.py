@@ -2,7 +2,7 @@
 
     python docs/make_structure_figures.py   # writes docs/img/structures_*.png, prints a table
 
-Everything comes from the public API: `napari_cryossl.structures` for the densities and
+Everything comes from the public API: `napari_cryossl.simulate.structures` for the densities and
 `napari_cryossl.simulate` with ``structures="builtin"`` for the simulated data.
 """
 
@@ -24,7 +24,7 @@ from napari_cryossl.simulate import (  # noqa: E402
     simulate_subtomogram_details,
     simulate_tomogram,
 )
-from napari_cryossl.structures import builtin_structures, load_structure  # noqa: E402
+from napari_cryossl.simulate.structures import builtin_structures, load_structure  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

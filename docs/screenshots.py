@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_cryossl._sample_data import SAMPLE_DIAMETER_A
     from napari_cryossl._widgets._common import enclosing_scroll_area
-    from napari_cryossl.demo import match_picks
+    from napari_cryossl.cli.demo import match_picks
     from napari_cryossl.io import particle_zyx
     from napari_cryossl.simulate import class_names
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from napari_cryossl.annotations import AnnotationStore
+from napari_cryossl.particles.annotations import AnnotationStore
 
 
 def main(path: str) -> None:

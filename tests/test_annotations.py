@@ -16,13 +16,13 @@ import pandas as pd
 import pytest
 import starfile
 
-from napari_cryossl.annotations import (
+from napari_cryossl.io import InputError, read_particles
+from napari_cryossl.particles.annotations import (
     DEFAULT_PALETTE,
     STORE_COLUMNS,
     AnnotationStore,
     store_path_for,
 )
-from napari_cryossl.io import InputError, read_particles
 
 HERE = Path(__file__).parent
 

@@ -54,11 +54,11 @@ NPE2_ADAPTERS = (f"{PACKAGE}._reader", f"{PACKAGE}._writer", f"{PACKAGE}._sample
 #: Core functions that open napari on purpose, with the reason. Nothing else in the
 #: core may import the GUI, not even inside a function.
 GUI_ENTRY_POINTS = {
-    (f"{PACKAGE}.demo", "open_in_napari"): (
+    (f"{PACKAGE}.cli.demo", "open_in_napari"): (
         "`cryossl demo --gui` (and its real-viewer test) opens the workflow dock on the "
         "demo's session; napari is imported only when it is called"
     ),
-    (f"{PACKAGE}.demo", "_show_in_napari"): (
+    (f"{PACKAGE}.cli.demo", "_show_in_napari"): (
         "`cryossl demo --gui` runs napari's event loop after `open_in_napari`; napari "
         "is imported only when that flag is given"
     ),
@@ -168,10 +168,65 @@ def _is_gui_target(target: str) -> bool:
 def test_the_package_is_found_and_split_into_core_and_adapters():
     core = [m for m in MODULES if not _is_adapter(m)]
     adapters = [m for m in MODULES if _is_adapter(m)]
-    for name in ("io", "train", "predict", "cli", "status", "loader", "colors"):
+    for name in ("io", "train", "analysis.predict", "cli", "base.status", "particles.loader"):
         assert f"{PACKAGE}.{name}" in core
     for name in ADAPTERS:
         assert any(m == name or m.startswith(name + ".") for m in adapters), name
+
+
+#: The package's layers, bottom to top. A module imports only from its own subpackage or
+#: from a lower layer, at module level or inside a function, type-only imports included
+#: (the GUI entry points of `GUI_ENTRY_POINTS` may reach the dock, on purpose).
+LAYERS = (
+    ("io", "base"),  # files; the options and the progress type (standard library only)
+    ("simulate", "nn"),  # ground truth; networks, checkpoints, devices
+    ("particles",),  # annotations, particle sets and boxes, picking
+    ("train", "analysis"),  # the training loops; predictions, saliency, the population
+    ("ops",),  # one operation per user action
+    ("_reader", "_writer"),  # npe2 hooks
+    ("cli", "_sample_data"),  # the command line (and the demo); napari's sample data
+    ("_widgets", "__main__"),  # the dock; `python -m napari_cryossl`
+)
+#: Modules that may sit at the top of the package: the entry points.
+ENTRY_POINTS = ("__init__", "__main__", "_reader", "_writer", "_sample_data")
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != PACKAGE or len(parts) < 2:
+        return None
+    return next((i for i, names in enumerate(LAYERS) if parts[1] in names), None)
+
+
+def test_every_module_but_the_entry_points_sits_in_a_subpackage():
+    top = sorted(p.stem for p in PACKAGE_DIR.glob("*.py"))
+    assert set(top) <= set(ENTRY_POINTS), f"modules outside a subpackage: {top}"
+    for module in MODULES:
+        if module != PACKAGE and module.count(".") >= 1:
+            assert _layer(module) is not None, f"{module}: in no layer of LAYERS"
+
+
+def test_every_import_points_down_the_layers():
+    offences = []
+    for module, imports in IMPORTS.items():
+        own = module.split(".")[1] if module.count(".") else None
+        for imp in imports:
+            target = _layer(imp.target)
+            if target is None or imp.target.split(".")[1] == own:
+                continue
+            if (module, (imp.function or "").split(".")[0]) in GUI_ENTRY_POINTS:
+                continue
+            if target >= _layer(module):
+                offences.append(imp.where())
+    assert not offences, "imports that do not point down the layers:\n  " + "\n  ".join(
+        offences
+    )
+
+
+def test_the_layer_check_catches_an_import_upwards():
+    """The check above can fail: an import of the dock from io is an offence."""
+    assert _layer(f"{PACKAGE}._widgets.main") > _layer(f"{PACKAGE}.io.mrc")
+    assert _layer(f"{PACKAGE}.ops.pick") > _layer(f"{PACKAGE}.particles.picking")
 
 
 def test_the_core_never_imports_the_gui():
@@ -424,8 +479,8 @@ IMPORT_CONTRACTS = {
         "the core runs without Qt and napari (scripts, the CLI, clusters)",
     ),
     "torch-free core": ImportContract(
-        f"import {PACKAGE}.io, {PACKAGE}.annotations, {PACKAGE}.dataset, "
-        f"{PACKAGE}.extract, {PACKAGE}.picking",
+        f"import {PACKAGE}.io, {PACKAGE}.particles.annotations, {PACKAGE}.particles.dataset, "
+        f"{PACKAGE}.particles.extract, {PACKAGE}.particles.picking",
         (*TRAINING_STACK, *sorted(GUI_PACKAGES)),
         "reading files, annotating, extracting and picking do not pay for torch",
     ),
@@ -501,9 +556,9 @@ def test_the_public_api_is_lazy_and_complete():
         assert getattr(module, name) is value, name
         assert name in dir(napari_cryossl)
     # The prediction module keeps its name (the package does not shadow it).
-    import napari_cryossl.predict as predict_module
+    import napari_cryossl.analysis.predict as predict_module
 
-    assert napari_cryossl.predict is predict_module
+    assert napari_cryossl.analysis.predict is predict_module
     try:
         napari_cryossl.no_such_name  # noqa: B018
     except AttributeError as err:
@@ -513,7 +568,7 @@ def test_the_public_api_is_lazy_and_complete():
 
 
 def test_no_public_name_hides_a_submodule():
-    """No name of the lazy API hides a submodule (`from napari_cryossl import annotations`
+    """No name of the lazy API hides a submodule (`from napari_cryossl.particles import annotations`
     gives the module), checked in a fresh interpreter where no submodule is imported yet."""
     submodules = sorted({m.split(".")[1] for m in MODULES if m.count(".") >= 1})
     code = (
@@ -608,8 +663,9 @@ def _candidates(dotted: str, modules: list):
 
     head, *rest = dotted.split(".")
     roots = [getattr(m, head) for m in modules if hasattr(m, head)]
-    if f"{PACKAGE}.{head}" in MODULES:  # `devices.select_device`
+    if f"{PACKAGE}.{head}" in MODULES:  # `train.run`
         roots.append(importlib.import_module(f"{PACKAGE}.{head}"))
+    roots += [m for m in modules if m.__name__.rsplit(".", 1)[-1] == head]  # `devices.describe`
     if not roots and not rest:  # a method named after its class's bullet: `load(indices)`
         for m in modules:
             for value in vars(m).values():
@@ -674,8 +730,13 @@ def test_docs_api_signatures_match_the_code():
     text = API_DOC.read_text(encoding="utf-8")
     problems, checked = [], 0
     for heading, body in _sections(text):
-        # A module (`io.py`) or a package (`io/`, its `__init__` re-exporting the names).
-        names = re.findall(r"\b(\w+)(?:\.py\b|/)", heading)
+        # A module (`nn/models.py`) or a package (`io/`, its `__init__` re-exporting the
+        # names), separated by " / ".
+        names = [
+            part.strip().removesuffix(".py").rstrip("/").replace("/", ".")
+            for part in heading.split(" / ")
+            if re.fullmatch(r"[\w/]+(\.py|/)", part.strip())
+        ]
         if not names:
             continue
         for name in names:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from napari_cryossl.augment import SubtomogramAugment, affine_3d, resized_crop_3d
+from napari_cryossl.nn.augment import SubtomogramAugment, affine_3d, resized_crop_3d
 
 torch.set_num_threads(1)
 
@@ -186,7 +186,7 @@ def test_input_is_not_modified_and_bad_arguments_rejected():
 
 
 def test_rotate_3d_moves_content_as_documented():
-    from napari_cryossl.augment import rotate_3d
+    from napari_cryossl.nn.augment import rotate_3d
 
     x = torch.zeros(1, 1, 9, 9, 9)
     x[0, 0, 4, 4, 7] = 1.0  # offset (dz, dy, dx) = (0, 0, 3) from the centre
@@ -200,7 +200,7 @@ def test_rotate_3d_moves_content_as_documented():
 
 
 def test_random_rotations_are_proper_rotations():
-    from napari_cryossl.augment import random_rotations, tta_rotations
+    from napari_cryossl.nn.augment import random_rotations, tta_rotations
 
     r = random_rotations(64, torch.Generator().manual_seed(0))
     eye = torch.eye(3).expand(64, 3, 3)
@@ -225,7 +225,7 @@ def test_so3_augment_turns_particles_out_of_the_xy_plane():
 
 
 def test_reapplied_wedge_empties_the_missing_wedge_and_keeps_the_scale():
-    from napari_cryossl.augment import reapply_wedge
+    from napari_cryossl.nn.augment import reapply_wedge
     from napari_cryossl.simulate import missing_wedge_mask
 
     x = torch.randn(4, 1, 16, 16, 16)
@@ -240,7 +240,7 @@ def test_noise_adds_fresh_noise_scaled_to_each_box():
     """noise=k adds Gaussian noise of k x the box's std, new at every call."""
     import torch
 
-    from napari_cryossl.augment import SubtomogramAugment
+    from napari_cryossl.nn.augment import SubtomogramAugment
 
     torch.manual_seed(0)
     x = torch.randn(4, 1, 16, 16, 16) * torch.tensor([1.0, 2.0, 4.0, 8.0]).view(4, 1, 1, 1, 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from napari_cryossl.baselines import (
+from napari_cryossl.analysis.baselines import (
     FloorClassifier,
     floor_accuracy,
     radial_features,

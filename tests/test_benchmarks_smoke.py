@@ -307,8 +307,8 @@ def test_profile_script_prints_the_operators_of_each_case(capsys):
 def test_suggest_benchmark_reports_the_labels_needed_at_every_random_budget(tmp_path, capsys):
     import torch
 
-    from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
-    from napari_cryossl.models import build_encoder
+    from napari_cryossl.nn.checkpoints import checkpoint_state, save_checkpoint
+    from napari_cryossl.nn.models import build_encoder
 
     torch.manual_seed(0)
     encoder = tmp_path / "encoder.pt"

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryossl.checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
-from napari_cryossl.dataset import SubtomogramSet
-from napari_cryossl.models import Classifier, build_encoder
-from napari_cryossl.predict import JUNK_CLASS_NAME, junk_class_number, predict
-from napari_cryossl.saliency import gradcam
+from napari_cryossl.analysis.predict import JUNK_CLASS_NAME, junk_class_number, predict
+from napari_cryossl.analysis.saliency import gradcam
+from napari_cryossl.nn.checkpoints import checkpoint_state, load_checkpoint, save_checkpoint
+from napari_cryossl.nn.models import Classifier, build_encoder
+from napari_cryossl.particles.dataset import SubtomogramSet
 from napari_cryossl.train import FinetuneConfig, iter_finetune, run
 from napari_cryossl.train.calibration import (
     calibration_report,

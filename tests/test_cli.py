@@ -138,7 +138,7 @@ def test_picks_written_elsewhere_still_find_their_tomogram(simulated, tmp_path, 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    from napari_cryossl.dataset import SubtomogramSet
+    from napari_cryossl.particles.dataset import SubtomogramSet
 
     data = SubtomogramSet.from_star(out, box_size=16)
     assert len(data) == len(read_particles(out)) and data.load([0]).shape == (1, 16, 16, 16)
@@ -387,8 +387,8 @@ def test_a_finished_result_is_not_replaced_silently(simulated, tmp_path, capsys)
 def test_cpu_pretraining_without_epochs_fits_minutes_not_hours(capsys):
     """On a CPU the method's 200 epochs would take hours: without --epochs the CLI runs
     as many epochs as fit about CPU_PRETRAIN_STEPS steps (1 to 10), and says so."""
+    from napari_cryossl.base.options import CPU_PRETRAIN_EPOCHS, CPU_PRETRAIN_STEPS
     from napari_cryossl.cli.training import _cpu_defaults
-    from napari_cryossl.options import CPU_PRETRAIN_EPOCHS, CPU_PRETRAIN_STEPS
     from napari_cryossl.train import PretrainConfig
 
     big = _cpu_defaults(PretrainConfig(device="cpu"), 5000)  # 313 steps per epoch
@@ -458,7 +458,7 @@ def test_ctrl_c_keeps_the_classifier_already_at_out(simulated, tmp_path):
     import signal
     import time
 
-    from napari_cryossl.checkpoints import load_checkpoint
+    from napari_cryossl.nn.checkpoints import load_checkpoint
     from napari_cryossl.train import last_checkpoint_path
 
     out = tmp_path / "classifier.pt"

@@ -35,7 +35,7 @@ def czii_project(tmp_path_factory):
     """A copick project laid out like the challenge's: objects apo-ferritin and ribosome
     (labels and radii of the challenge), one run with a simulated tomogram (wbp, 20 Å)
     and the true picks under user curation, session 0; a decoy user's picks beside them."""
-    from napari_cryossl.picking_metrics import CZII_RADII_A
+    from napari_cryossl.particles.picking_metrics import CZII_RADII_A
     from napari_cryossl.simulate import SimulationConfig, simulate_tomogram_details
 
     root_dir = tmp_path_factory.mktemp("czii")

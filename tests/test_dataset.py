@@ -9,8 +9,6 @@ import pandas as pd
 import pytest
 import starfile
 
-from napari_cryossl.dataset import DEFAULT_BOX_SIZE, SubtomogramSet
-from napari_cryossl.extract import extract_subtomograms, normalise_subtomograms
 from napari_cryossl.io import (
     InputError,
     make_particle_table,
@@ -18,6 +16,8 @@ from napari_cryossl.io import (
     write_mrc,
     write_particles,
 )
+from napari_cryossl.particles.dataset import DEFAULT_BOX_SIZE, SubtomogramSet
+from napari_cryossl.particles.extract import extract_subtomograms, normalise_subtomograms
 
 RNG = np.random.default_rng(0)
 
@@ -290,7 +290,7 @@ def test_mixed_and_empty_files_are_refused(tmp_path):
 
 
 def test_from_table_with_picks_in_a_simulated_tomogram(tmp_path):
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.particles.picking import pick_particles
     from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
 
     config = SimulationConfig(n_classes=2, box_size=16, snr=0.5)

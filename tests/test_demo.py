@@ -7,9 +7,9 @@ import math
 import mrcfile
 import pytest
 
-from napari_cryossl.demo import match_picks, run_demo
+from napari_cryossl.analysis.predict import JUNK_CLASS_NAME
+from napari_cryossl.cli.demo import match_picks, run_demo
 from napari_cryossl.io import read_particles
-from napari_cryossl.predict import JUNK_CLASS_NAME
 
 
 @pytest.mark.slow
@@ -56,7 +56,7 @@ def test_tiny_demo_runs_every_stage_and_reports_against_ground_truth(tmp_path, c
     # summary and in the classifier, where prediction and the dock read them.
     assert result.class_names == ["TRiC", "apoferritin", JUNK_CLASS_NAME]
     assert "per class: TRiC" in out
-    from napari_cryossl.predict import load_classifier
+    from napari_cryossl.analysis.predict import load_classifier
 
     _model, classes, names, state = load_classifier(result.files["classifier"])
     assert names == ["TRiC", "apoferritin", JUNK_CLASS_NAME] and classes.tolist() == [1, 2, 3]

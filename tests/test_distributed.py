@@ -12,10 +12,10 @@ import textwrap
 import numpy as np
 import pytest
 
-from napari_cryossl.checkpoints import load_checkpoint
-from napari_cryossl.dataset import SubtomogramSet
-from napari_cryossl.distributed import DistributedContext, is_main_process, shard_range
-from napari_cryossl.predict import predict
+from napari_cryossl.analysis.predict import predict
+from napari_cryossl.nn.checkpoints import load_checkpoint
+from napari_cryossl.nn.distributed import DistributedContext, is_main_process, shard_range
+from napari_cryossl.particles.dataset import SubtomogramSet
 from napari_cryossl.train import FinetuneConfig, iter_finetune, run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -65,9 +65,9 @@ WORKER = textwrap.dedent(
     import json, os, sys
     import numpy as np, torch
     torch.set_num_threads(1)
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.distributed import DistributedContext
-    from napari_cryossl.predict import predict
+    from napari_cryossl.particles.dataset import SubtomogramSet
+    from napari_cryossl.nn.distributed import DistributedContext
+    from napari_cryossl.analysis.predict import predict
     from napari_cryossl.train import FinetuneConfig, PretrainConfig, iter_finetune, iter_pretrain, run
 
     tmp = sys.argv[1]

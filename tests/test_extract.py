@@ -7,12 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from napari_cryossl.extract import (
+from napari_cryossl.io import InputError
+from napari_cryossl.particles.extract import (
     extract_subtomograms,
     iter_subtomogram_batches,
     normalise_subtomograms,
 )
-from napari_cryossl.io import InputError
 
 SHAPE = (20, 24, 28)
 

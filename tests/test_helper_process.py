@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from napari_cryossl._widgets._helper_process import HelperProcess, HelperProcessError
-from napari_cryossl.population import map_and_cluster
+from napari_cryossl.analysis.population import map_and_cluster
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_a_script_without_a_main_guard_is_not_run_again_in_the_helper(tmp_path):
         "marker.write_text(marker.read_text() + 'x' if marker.exists() else 'x')\n"
         "import numpy as np\n"
         "from napari_cryossl._widgets._helper_process import HelperProcess\n"
-        "from napari_cryossl.population import map_and_cluster\n"
+        "from napari_cryossl.analysis.population import map_and_cluster\n"
         "helper = HelperProcess()\n"
         "x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)\n"
         "print(helper.run(map_and_cluster, x, method='pca')[0].shape)\n"

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_cryossl.annotations import AnnotationStore
 from napari_cryossl.io import InputError, open_tomogram, read_mrc, read_particles
+from napari_cryossl.particles.annotations import AnnotationStore
 
 FUZZ = settings(
     max_examples=150,

@@ -5,15 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from napari_cryossl import models
-from napari_cryossl.checkpoints import (
+from napari_cryossl.nn import models
+from napari_cryossl.nn.checkpoints import (
     checkpoint_state,
     classifier_from_checkpoint,
     encoder_from_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from napari_cryossl.models import PRESETS, Classifier, InputError, build_encoder, count_flops
+from napari_cryossl.nn.models import PRESETS, Classifier, InputError, build_encoder, count_flops
 
 torch.set_num_threads(1)
 
@@ -318,7 +318,7 @@ def test_a_new_encoder_keeps_the_signal_scale_through_its_layers():
 
 
 def test_radial_profiles_do_not_change_when_the_particle_turns():
-    from napari_cryossl.models import RadialProfiles
+    from napari_cryossl.nn.models import RadialProfiles
 
     profiles = RadialProfiles(16).eval()
     x = torch.randn(1, 1, 16, 16, 16)

@@ -268,7 +268,7 @@ def _chunk_files(level: Path) -> list[Path]:
 def test_boxes_read_only_the_chunks_they_overlap(tmp_path, ome_zarr_writer, volume):
     """Every level-0 chunk but the one a box needs is corrupted: opening the tomogram and
     extracting that box still work, so nothing else was read."""
-    from napari_cryossl.extract import extract_subtomograms
+    from napari_cryossl.particles.extract import extract_subtomograms
 
     path = ome_zarr_writer(tmp_path / "t.zarr", volume, VOXEL, chunks=16, n_levels=2)
     keep = path / "0" / "1.2.3"  # chunk (1, 2, 3): voxels z 16-31, y 32-47, x 48-63
@@ -283,7 +283,7 @@ def test_boxes_read_only_the_chunks_they_overlap(tmp_path, ome_zarr_writer, volu
     # a box or a picking chunk on a corrupt chunk: an InputError naming the tomogram
     with pytest.raises(InputError, match="t.zarr: cannot read the box of particle 0: .*corrupt"):
         extract_subtomograms(tomo, [[4, 4, 4]], 8)
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.particles.picking import pick_particles
 
     with pytest.raises(InputError, match="t.zarr: cannot read .*corrupt"):
         pick_particles(tomo, 8.0)
@@ -348,7 +348,7 @@ def test_a_chunk_is_decoded_only_after_the_cache_made_room_for_it(tmp_path, volu
 
 def test_decoded_chunks_are_kept_for_the_next_boxes(tmp_path, ome_zarr_writer, volume):
     """Once read, a box's chunks come from the cache: the files are not read again."""
-    from napari_cryossl.extract import extract_subtomograms
+    from napari_cryossl.particles.extract import extract_subtomograms
 
     path = ome_zarr_writer(tmp_path / "t.zarr", volume, VOXEL, chunks=16, n_levels=1)
     tomo = open_tomogram(path)
@@ -368,7 +368,7 @@ def test_decoded_chunks_are_kept_for_the_next_boxes(tmp_path, ome_zarr_writer, v
 
 
 def test_picking_an_ome_zarr_copy_gives_the_same_picks(pair):
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.particles.picking import pick_particles
 
     mrc, tomo = (open_tomogram(p) for p in pair)
     for chunk_size in (16, 128):
@@ -382,7 +382,7 @@ def test_picking_an_ome_zarr_copy_gives_the_same_picks(pair):
     ("box", "binning", "edge"), [(16, 1, "pad"), (8, 2, "pad"), (12, 1, "skip")]
 )
 def test_extraction_from_an_ome_zarr_copy_gives_identical_boxes(pair, box, binning, edge):
-    from napari_cryossl.extract import extract_subtomograms, iter_subtomogram_batches
+    from napari_cryossl.particles.extract import extract_subtomograms, iter_subtomogram_batches
 
     mrc, tomo = (open_tomogram(p) for p in pair)
     rng = np.random.default_rng(0)
@@ -400,8 +400,8 @@ def test_extraction_from_an_ome_zarr_copy_gives_identical_boxes(pair, box, binni
 
 
 def test_a_star_naming_a_zarr_tomogram_makes_a_subtomogram_set(pair, tmp_path):
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.particles.dataset import SubtomogramSet
+    from napari_cryossl.particles.picking import pick_particles
 
     mrc_path, zarr_path = pair
     project = tmp_path / "project"
@@ -431,9 +431,9 @@ def test_a_relion5_tomogram_set_may_name_a_zarr_reconstruction(pair, tmp_path):
     column too (then read from the OME-Zarr scale)."""
     import starfile
 
-    from napari_cryossl.dataset import SubtomogramSet
     from napari_cryossl.io import RelionTomogram, write_tomograms_star
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.particles.dataset import SubtomogramSet
+    from napari_cryossl.particles.picking import pick_particles
 
     mrc_path, zarr_path = pair
     picks = pick_particles(open_tomogram(mrc_path), 15.0)
@@ -461,9 +461,9 @@ def test_dataloader_workers_read_a_zarr_tomogram(pair):
     tomogram from its path and load the same boxes."""
     import torch
 
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.loader import batch_loader
-    from napari_cryossl.picking import pick_particles
+    from napari_cryossl.particles.dataset import SubtomogramSet
+    from napari_cryossl.particles.loader import batch_loader
+    from napari_cryossl.particles.picking import pick_particles
 
     tomo = open_tomogram(pair[1])
     data = SubtomogramSet.from_table(pick_particles(tomo, 15.0), tomo, 16)

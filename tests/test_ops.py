@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from napari_cryossl import ops
+from napari_cryossl.base.status import Progress
 from napari_cryossl.io import write_mrc, write_particles
 from napari_cryossl.ops.embed import embed
 from napari_cryossl.ops.gradcam import gradcam
@@ -15,7 +16,6 @@ from napari_cryossl.ops.predict import predict
 from napari_cryossl.ops.simulate import simulate
 from napari_cryossl.ops.train import finetune, pretrain
 from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
-from napari_cryossl.status import Progress
 from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
 

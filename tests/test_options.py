@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from napari_cryossl.base.options import MODEL_PRESETS, RECIPE_NAMES, SSL_METHODS, describe
 from napari_cryossl.cli import main
-from napari_cryossl.options import MODEL_PRESETS, RECIPE_NAMES, SSL_METHODS, describe
 
 
 def test_declared_choices_are_what_the_core_builds():
-    from napari_cryossl.models import PRESETS
-    from napari_cryossl.ssl import SSL_DEFAULTS
+    from napari_cryossl.nn.models import PRESETS
+    from napari_cryossl.nn.ssl import SSL_DEFAULTS
     from napari_cryossl.train import PRETRAIN_RECIPES, RECIPES, FinetuneConfig, PretrainConfig
 
     assert set(MODEL_PRESETS) == set(PRESETS)
@@ -75,8 +75,8 @@ def test_cli_defaults_and_help_are_the_settings_classes(
 
 
 def test_simulate_command_line_builds_the_simulation_settings():
+    from napari_cryossl.base.options import settings_from_args
     from napari_cryossl.cli import build_parser
-    from napari_cryossl.options import settings_from_args
     from napari_cryossl.simulate import SimulationConfig
 
     args = build_parser().parse_args(

@@ -9,7 +9,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from napari_cryossl.io import PARTICLE_COLUMNS, InputError
-from napari_cryossl.picking import (
+from napari_cryossl.particles.picking import (
     AUTO_THRESHOLD,
     MIN_DISTANCE_FRACTION,
     dog_response,
@@ -382,7 +382,7 @@ def test_refinement_centres_hollow_and_lobed_particles(record_property):
 def test_refinement_keeps_solid_blobs_in_place_and_merges_duplicates():
     volume = np.random.default_rng(3).normal(0, 0.02, (32, 48, 48)).astype(np.float32)
     paint(volume, (16, 20, 20), diameter=16)
-    from napari_cryossl.picking import refine_centres
+    from napari_cryossl.particles.picking import refine_centres
 
     moved = refine_centres(volume, [(16, 20, 20), (16, 24, 22), (13, 18, 21)], 16.0)
     np.testing.assert_allclose(moved, [(16, 20, 20)] * 3, atol=0.6)

@@ -1,4 +1,4 @@
-"""The CZII challenge's picking metric (`napari_cryossl.picking_metrics`)."""
+"""The CZII challenge's picking metric (`napari_cryossl.particles.picking_metrics`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from napari_cryossl.picking_metrics import (
+from napari_cryossl.particles.picking_metrics import (
     CZII_RADII_A,
     CZII_WEIGHTS,
     fbeta,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_cryossl.population import InstantClassifier, cluster, map_2d, suggest
+from napari_cryossl.analysis.population import InstantClassifier, cluster, map_2d, suggest
 
 
 def _blobs(n_per_class=50, n_classes=3, dim=16, spread=0.3, seed=0):
@@ -22,8 +22,8 @@ def test_fine_tuned_embeddings_cluster_by_class(tmp_path):
     on its embeddings of held-out particles recovers the classes (adjusted Rand index)."""
     from sklearn.metrics import adjusted_rand_score
 
-    from napari_cryossl.dataset import SubtomogramSet
-    from napari_cryossl.population import embed_particles
+    from napari_cryossl.analysis.population import embed_particles
+    from napari_cryossl.particles.dataset import SubtomogramSet
     from napari_cryossl.simulate import SimulationConfig, simulate_subtomograms
     from napari_cryossl.train import FinetuneConfig, iter_finetune, run
 

@@ -8,11 +8,11 @@ import pytest
 import starfile
 import torch
 
-from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
-from napari_cryossl.dataset import SubtomogramSet
+from napari_cryossl.analysis.predict import Predictions, iter_predict, predict
 from napari_cryossl.io import InputError, write_mrc
-from napari_cryossl.models import Classifier, build_encoder
-from napari_cryossl.predict import Predictions, iter_predict, predict
+from napari_cryossl.nn.checkpoints import checkpoint_state, save_checkpoint
+from napari_cryossl.nn.models import Classifier, build_encoder
+from napari_cryossl.particles.dataset import SubtomogramSet
 from napari_cryossl.train import TrainStatus
 
 BOX = 16

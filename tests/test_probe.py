@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryossl.dataset import SubtomogramSet
-from napari_cryossl.models import build_encoder
-from napari_cryossl.probe import embed, linear_probe
+from napari_cryossl.nn.models import build_encoder
+from napari_cryossl.nn.probe import embed, linear_probe
+from napari_cryossl.particles.dataset import SubtomogramSet
 
 BOX = 8
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from napari_cryossl.cli import main
-from napari_cryossl.demo import run_demo
+from napari_cryossl.cli.demo import run_demo
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 MARK = "<!-- demo-folder-commands -->"

@@ -10,8 +10,6 @@ import pandas as pd
 import pytest
 import starfile
 
-from napari_cryossl.dataset import SubtomogramSet
-from napari_cryossl.extract import extract_subtomograms
 from napari_cryossl.io import (
     InputError,
     RelionTomogram,
@@ -26,6 +24,8 @@ from napari_cryossl.io import (
     write_particles,
     write_tomograms_star,
 )
+from napari_cryossl.particles.dataset import SubtomogramSet
+from napari_cryossl.particles.extract import extract_subtomograms
 
 BOX = 16
 #: name -> (tilt-series pixel size Å, binning, rlnTomoSizeX/Y/Z in unbinned pixels). Both

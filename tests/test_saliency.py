@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
-from napari_cryossl.dataset import SubtomogramSet
-from napari_cryossl.extract import extract_subtomograms
+from napari_cryossl.analysis.saliency import gradcam, gradcam_for_set, paste_heatmaps
 from napari_cryossl.io import InputError, make_particle_table, write_mrc
-from napari_cryossl.models import Classifier, build_encoder
-from napari_cryossl.saliency import gradcam, gradcam_for_set, paste_heatmaps
+from napari_cryossl.nn.checkpoints import checkpoint_state, save_checkpoint
+from napari_cryossl.nn.models import Classifier, build_encoder
+from napari_cryossl.particles.dataset import SubtomogramSet
+from napari_cryossl.particles.extract import extract_subtomograms
 
 BOX = 16
 

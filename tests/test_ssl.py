@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_cryossl.models import build_encoder
-from napari_cryossl.ssl import SSL_DEFAULTS, MoCo, SimCLR, SwAV, build_ssl
+from napari_cryossl.nn.models import build_encoder
+from napari_cryossl.nn.ssl import SSL_DEFAULTS, MoCo, SimCLR, SwAV, build_ssl
 
 torch.set_num_threads(1)
 BOX = 16

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_cryossl import structures as S
 from napari_cryossl.cli import main
 from napari_cryossl.io import InputError, read_particles, write_mrc
 from napari_cryossl.simulate import (
@@ -20,6 +19,7 @@ from napari_cryossl.simulate import (
     simulate_subtomogram_details,
     simulate_tomogram,
 )
+from napari_cryossl.simulate import structures as S
 
 DATA = Path(__file__).parent / "data"
 ENOLASE = DATA / "3enl_atoms.pdb.gz"  # full-atom 3ENL (wwPDB, CC0), protein atoms only

@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from napari_cryossl.io import PARTICLE_COLUMNS, InputError
-from napari_cryossl.template_matching import (
+from napari_cryossl.particles.template_matching import (
     ANGLE_COLUMNS,
     auto_threshold,
     match_template,
@@ -168,7 +168,7 @@ def test_blocks_give_the_whole_volume_result():
 
 
 def test_progress_and_stop():
-    from napari_cryossl.template_matching import MatchingCancelled
+    from napari_cryossl.particles.template_matching import MatchingCancelled
 
     volume = np.random.default_rng(0).normal(size=(24, 24, 24)).astype(np.float32)
     parts = shape_parts("dimer", 10.0)

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from napari_cryossl.console import drive
-from napari_cryossl.status import TimeLeft, TrainStatus
+from napari_cryossl.base.status import TimeLeft, TrainStatus
+from napari_cryossl.cli.console import drive
 
 
 def test_a_resumed_run_measures_its_own_pace_not_the_steps_before_it():

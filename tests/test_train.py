@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
-from napari_cryossl.dataset import SubtomogramSet
-from napari_cryossl.devices import DeviceOutOfMemoryError
+from napari_cryossl.analysis.predict import predict
 from napari_cryossl.io import InputError
-from napari_cryossl.models import build_encoder
-from napari_cryossl.predict import predict
-from napari_cryossl.probe import linear_probe
+from napari_cryossl.nn.checkpoints import encoder_from_checkpoint, load_checkpoint
+from napari_cryossl.nn.devices import DeviceOutOfMemoryError
+from napari_cryossl.nn.models import build_encoder
+from napari_cryossl.nn.probe import linear_probe
+from napari_cryossl.particles.dataset import SubtomogramSet
 from napari_cryossl.simulate import clean_shapes_config, simulate_subtomograms
 from napari_cryossl.train import (
     FinetuneConfig,
@@ -530,7 +530,7 @@ def test_default_recipe_beats_the_radial_floor_on_randomly_oriented_isolated_par
     Measured on the 2-core CPU (one thread, ~35 s): classifier 0.88, floor 0.79 on 120
     held-out particles of 6 classes (chance 0.17); docs/training.md has the larger runs.
     """
-    from napari_cryossl.baselines import floor_accuracy
+    from napari_cryossl.analysis.baselines import floor_accuracy
     from napari_cryossl.simulate import SimulationConfig
 
     cfg = SimulationConfig(

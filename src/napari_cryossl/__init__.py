@@ -13,12 +13,12 @@ The functions a script needs are importable from the package itself::
 access, from the module that defines them, so that ``import napari_cryossl`` and
 napari's plugin discovery stay fast and import neither torch nor Qt.
 
-``napari_cryossl.predict`` is the prediction module (``predict.predict`` is the one-shot
+``napari_cryossl.analysis.predict`` is the prediction module (``predict.predict`` is the one-shot
 function); the package exports ``iter_predict`` and ``Predictions`` from it.
 """
 
 # No `from __future__ import annotations` here: it would bind the name `annotations`
-# in the package and hide the submodule `napari_cryossl.annotations` until imported.
+# in the package and hide the submodule `napari_cryossl.particles.annotations` until imported.
 import importlib
 
 __version__ = "0.1.0"
@@ -51,10 +51,10 @@ _API: dict[str, str] = {
     "simulate_tomogram": "simulate",
     "simulate_to_disk": "simulate",
     # Particles: picking, boxes, particle sets
-    "pick_particles": "picking",
-    "extract_subtomograms": "extract",
-    "normalise_subtomograms": "extract",
-    "SubtomogramSet": "dataset",
+    "pick_particles": "particles.picking",
+    "extract_subtomograms": "particles.extract",
+    "normalise_subtomograms": "particles.extract",
+    "SubtomogramSet": "particles.dataset",
     # Training: self-supervised pretraining, fine-tuning, progress
     "PretrainConfig": "train",
     "FinetuneConfig": "train",
@@ -62,16 +62,16 @@ _API: dict[str, str] = {
     "iter_finetune": "train",
     "run": "train",
     "TrainingCallbacks": "train",
-    "TrainStatus": "status",
+    "TrainStatus": "base.status",
     # Prediction and saliency
-    "iter_predict": "predict",
-    "Predictions": "predict",
-    "gradcam": "saliency",
-    "gradcam_for_set": "saliency",
-    "paste_heatmaps": "saliency",
+    "iter_predict": "analysis.predict",
+    "Predictions": "analysis.predict",
+    "gradcam": "analysis.saliency",
+    "gradcam_for_set": "analysis.saliency",
+    "paste_heatmaps": "analysis.saliency",
     # Baselines printed beside every accuracy
-    "FloorClassifier": "baselines",
-    "template_match": "baselines",
+    "FloorClassifier": "analysis.baselines",
+    "template_match": "analysis.baselines",
 }
 
 __all__ = ["__version__", *_API]

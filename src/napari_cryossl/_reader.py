@@ -142,8 +142,8 @@ def particles_layer_data(
             tomogram it names (rlnTomoName next to the STAR file), else 1.
         point_size: marker diameter in voxels.
     """
-    from napari_cryossl.colors import DEFAULT_POINT_SIZE
     from napari_cryossl.io import InputError, particle_zyx, read_particles
+    from napari_cryossl.particles.colors import DEFAULT_POINT_SIZE
 
     path = Path(path)
     shape, tomo_vs = _named_tomogram_geometry(path)
@@ -183,8 +183,8 @@ def points_kwargs(
     Face colour by class (the store's class colours when `classes` is given), unlabelled
     particles hollow with a grey rim; features keep every column the writer needs.
     """
-    from napari_cryossl.colors import UNLABELLED_BORDER, point_colors
     from napari_cryossl.io import particle_zyx
+    from napari_cryossl.particles.colors import UNLABELLED_BORDER, point_colors
 
     zyx = particle_zyx(table)
     keep = np.isfinite(zyx).all(axis=1)

@@ -107,7 +107,7 @@ def make_sample_data() -> list[tuple]:
 def make_structures_sample_data() -> list[tuple]:
     """npe2 sample-data hook: a tomogram of real complexes (70S ribosome, TRiC,
     apoferritin, RuvAB) and its ground truth; class names are the complexes' names."""
-    from napari_cryossl.structures import load_structure
+    from napari_cryossl.simulate.structures import load_structure
 
     paths = ensure_sample_files(kind="structures")
     # a typical diameter for picking: the median over the four complexes

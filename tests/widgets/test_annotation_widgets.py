@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_cryossl.annotations import AnnotationStore
 from napari_cryossl.io import particle_zyx, write_particles
+from napari_cryossl.particles.annotations import AnnotationStore
 
 
 def _open(dock, tomogram):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_cryossl.demo import open_in_napari, run_demo
-from napari_cryossl.predict import JUNK_CLASS_NAME
+from napari_cryossl.analysis.predict import JUNK_CLASS_NAME
+from napari_cryossl.cli.demo import open_in_napari, run_demo
 
 TIMEOUT_MS = 180_000
 

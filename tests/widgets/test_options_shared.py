@@ -11,8 +11,8 @@ def _parser_action(parser, command: str, dest: str):
 
 
 def test_cli_and_dock_share_choices_defaults_and_help(dock, monkeypatch):
+    from napari_cryossl.base.options import describe
     from napari_cryossl.cli import build_parser
-    from napari_cryossl.options import describe
     from napari_cryossl.train import RECIPES, FinetuneConfig, PretrainConfig
 
     # One change in the settings class: a new default method and a new recipe default.
@@ -40,7 +40,7 @@ def test_cli_and_dock_share_choices_defaults_and_help(dock, monkeypatch):
 
     # fine-tuning: the CLI leaves None ("the recipe's"), which resolves to what the dock shows
     args = parser.parse_args(["finetune", "p.star", "--out", "c.pt"])
-    from napari_cryossl.options import settings_from_args
+    from napari_cryossl.base.options import settings_from_args
 
     resolved = settings_from_args(FinetuneConfig, args).resolved()
     assert resolved.min_steps == 1234 and args.min_steps is None
@@ -66,9 +66,9 @@ def test_cli_and_dock_share_choices_defaults_and_help(dock, monkeypatch):
 
 
 def test_picking_options_come_from_pick_settings(dock):
+    from napari_cryossl.base.options import describe
     from napari_cryossl.cli import build_parser
-    from napari_cryossl.options import describe
-    from napari_cryossl.picking import AUTO_THRESHOLD, PickSettings
+    from napari_cryossl.particles.picking import AUTO_THRESHOLD, PickSettings
 
     parser = build_parser()
     _viewer, widget = dock()
@@ -82,10 +82,10 @@ def test_picking_options_come_from_pick_settings(dock):
 
 
 def test_prediction_and_gradcam_sections_take_their_devices_from_the_settings(dock, monkeypatch):
+    from napari_cryossl.analysis.predict import PredictSettings
+    from napari_cryossl.analysis.saliency import GradcamSettings
+    from napari_cryossl.base.options import DEVICE_CHOICES, describe
     from napari_cryossl.cli import build_parser
-    from napari_cryossl.options import DEVICE_CHOICES, describe
-    from napari_cryossl.predict import PredictSettings
-    from napari_cryossl.saliency import GradcamSettings
 
     # a new default device in the settings reaches both the CLI and the dock
     for cls in (PredictSettings, GradcamSettings):
@@ -103,9 +103,9 @@ def test_prediction_and_gradcam_sections_take_their_devices_from_the_settings(do
 
 
 def test_cli_and_dock_offer_the_same_suggestion_strategies(dock):
+    from napari_cryossl.analysis.population import SuggestSettings
+    from napari_cryossl.base.options import describe
     from napari_cryossl.cli import build_parser
-    from napari_cryossl.options import describe
-    from napari_cryossl.population import SuggestSettings
 
     action = _parser_action(build_parser(), "suggest", "strategy")
     _viewer, widget = dock()

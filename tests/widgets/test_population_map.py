@@ -76,7 +76,7 @@ def test_lasso_labels_the_particles_inside_and_undo_restores(dock, tomogram, tru
     labels = session.store.table["class_number"].to_numpy()
     assert (labels[inside] == 2).all() and (np.delete(labels, inside) == 0).all()
     # saved through the annotation store: a fresh read of its file has them
-    from napari_cryossl.annotations import AnnotationStore
+    from napari_cryossl.particles.annotations import AnnotationStore
 
     again = AnnotationStore.for_tomogram(session.tomogram.path)
     assert (again.table["class_number"].to_numpy()[inside] == 2).all()
@@ -114,7 +114,7 @@ def test_instant_predictions_follow_each_label_and_clicks_move_the_viewer(
         session.store.table["predicted_class"].to_numpy(), classifier_classes
     )
     np.testing.assert_allclose(session.store.table["probability"].to_numpy(), classifier_prob)
-    from napari_cryossl.annotation_file import _load
+    from napari_cryossl.particles.annotation_file import _load
 
     reread, _classes = _load(session.store.path)  # what is saved (autosaved on every change)
     np.testing.assert_array_equal(reread["predicted_class"].to_numpy(), classifier_classes)
@@ -143,7 +143,7 @@ def test_instant_predictions_follow_each_label_and_clicks_move_the_viewer(
     assert section.suggestion_pos == 0  # the viewer went to the first
     assert section.next_suggestion() == suggested[1 % len(suggested)]
     # the chosen strategy is the one used (the same rows the core gives)
-    from napari_cryossl.population import suggest
+    from napari_cryossl.analysis.population import suggest
 
     section.suggest_strategy.setCurrentText("margin")
     worker = section.suggest(3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_cryossl.annotations import AnnotationStore
+from napari_cryossl.particles.annotations import AnnotationStore
 
 TIMEOUT_MS = 180_000
 

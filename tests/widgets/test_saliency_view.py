@@ -19,8 +19,8 @@ def explained(dock, tomogram, truth, qtbot):
     of their two classes: what Grad-CAM needs, without training."""
     import torch
 
-    from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
-    from napari_cryossl.models import Classifier, build_encoder
+    from napari_cryossl.nn.checkpoints import checkpoint_state, save_checkpoint
+    from napari_cryossl.nn.models import Classifier, build_encoder
 
     viewer, widget = dock()
     assert widget.data.open_path(tomogram)

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QTimer
 
-from napari_cryossl.checkpoints import load_checkpoint
 from napari_cryossl.io import particle_zyx, read_particles
+from napari_cryossl.nn.checkpoints import load_checkpoint
 
 TIMEOUT_MS = 180_000
 #: Largest event-loop gap (ms) allowed between the worker's first and last progress report.
@@ -113,7 +113,7 @@ def test_pretraining_runs_in_a_worker_while_napari_stays_responsive(dock, tomogr
 
 
 def test_cancel_keeps_a_checkpoint_and_resume_continues(dock, tomogram, truth, qtbot):
-    from napari_cryossl.checkpoints import load_checkpoint
+    from napari_cryossl.nn.checkpoints import load_checkpoint
 
     viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=0)
     pre = widget.pretrain
@@ -148,7 +148,7 @@ def test_a_new_run_never_replaces_the_classifier_in_use(dock, tomogram, truth, q
     """Start then Cancel, and Start to the end, both leave the first classifier intact."""
     import hashlib
 
-    from napari_cryossl.checkpoints import load_checkpoint
+    from napari_cryossl.nn.checkpoints import load_checkpoint
 
     viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
     ft = widget.show_section("finetune")

@@ -279,7 +279,7 @@ class RunPanel(QWidget):
         self.cancel_button.clicked.connect(self.cancel_requested)
         self.resume_button.clicked.connect(self.resume_requested)
         self._x = 0
-        from napari_cryossl.status import TimeLeft
+        from napari_cryossl.base.status import TimeLeft
 
         self.pace = TimeLeft()
 
@@ -290,7 +290,7 @@ class RunPanel(QWidget):
             self.resume_button.setEnabled(False)
 
     def reset(self, text: str = "starting…") -> None:
-        from napari_cryossl.status import TimeLeft
+        from napari_cryossl.base.status import TimeLeft
 
         self.progress.setValue(0)
         self.progress.setFormat(text)

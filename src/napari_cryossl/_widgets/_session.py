@@ -153,8 +153,8 @@ class Session(QObject):
             InputError: the file is missing, not an MRC volume, or not 3D.
         """
         from napari_cryossl._reader import tomogram_layer_data
-        from napari_cryossl.annotations import AnnotationStore
         from napari_cryossl.io import open_tomogram
+        from napari_cryossl.particles.annotations import AnnotationStore
 
         path = Path(path).resolve()
         # Everything that can fail comes first, so a bad file changes nothing.
@@ -220,7 +220,7 @@ class Session(QObject):
     def project_store(self, path):
         """The annotations of a project tomogram: the open one's `store`, else read from
         its autosaved file (an empty store when it has none yet)."""
-        from napari_cryossl.annotations import AnnotationStore
+        from napari_cryossl.particles.annotations import AnnotationStore
 
         if self.is_current(path):
             return self.store

@@ -1,10 +1,10 @@
-"""Colours and sizes of the widgets' layers: those of ``napari_cryossl.colors``.
+"""Colours and sizes of the widgets' layers: those of ``napari_cryossl.particles.colors``.
 
 The colours live in the core module ``colors.py`` (Qt- and napari-free), which the npe2
 reader uses too; this module keeps the names the widgets import.
 """
 
-from napari_cryossl.colors import (
+from napari_cryossl.particles.colors import (
     DEFAULT_POINT_SIZE,
     LABELLED_FACE_ALPHA,
     UNLABELLED_BORDER,

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 
 from napari_cryossl._widgets._common import StatusLine, notify_error
 from napari_cryossl._widgets._session import Session
-from napari_cryossl.options import describe
+from napari_cryossl.base.options import describe
 
 PARTICLE_FILTER = "Particle lists (*.star *.csv);;All files (*)"
 _PREVIEW_COLOR = "#ffd400"
@@ -77,7 +77,7 @@ class PickingWidget(QWidget):
         self.threshold.setRange(0.0, 100.0)
         self.threshold.setSingleStep(0.5)
         # PickSettings leaves the threshold at None, "automatic": show the value it means
-        from napari_cryossl.picking import AUTO_THRESHOLD, PickSettings
+        from napari_cryossl.particles.picking import AUTO_THRESHOLD, PickSettings
 
         self.threshold.setValue(AUTO_THRESHOLD)
         self.threshold.setToolTip(describe(PickSettings, "threshold").tooltip())
@@ -179,7 +179,7 @@ class PickingWidget(QWidget):
             The worker (tests wait on its signals), or None if nothing was started.
         """
         from napari_cryossl._widgets._workers import generator_worker
-        from napari_cryossl.picking import PickSettings
+        from napari_cryossl.particles.picking import PickSettings
 
         try:
             self.session.require_tomogram()
@@ -197,7 +197,7 @@ class PickingWidget(QWidget):
         )
         template = matching = None
         if self.method.currentData() == "template":
-            from napari_cryossl.template_matching import TemplateMatchSettings
+            from napari_cryossl.particles.template_matching import TemplateMatchSettings
 
             template = self.template.currentData()
             if template is None:
@@ -238,9 +238,9 @@ class PickingWidget(QWidget):
     # template matching ---------------------------------------------------------------
     def _add_method_rows(self, form) -> None:
         """Method (DoG or template matching) and the template's options."""
-        from napari_cryossl.picking import PickSettings
-        from napari_cryossl.structures import builtin_structures
-        from napari_cryossl.template_matching import TemplateMatchSettings
+        from napari_cryossl.particles.picking import PickSettings
+        from napari_cryossl.particles.template_matching import TemplateMatchSettings
+        from napari_cryossl.simulate.structures import builtin_structures
 
         self.refine = QCheckBox("Centre on the particle")
         self.refine.setChecked(bool(describe(PickSettings, "refine").default))

@@ -53,9 +53,9 @@ from napari_cryossl._widgets._layer_sync import show_markers
 from napari_cryossl._widgets._map_canvas import MapCanvas
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import generator_worker
-from napari_cryossl.colors import class_color_table
-from napari_cryossl.options import DEVICE_CHOICES, describe
-from napari_cryossl.population import EmbedSettings, SuggestSettings
+from napari_cryossl.analysis.population import EmbedSettings, SuggestSettings
+from napari_cryossl.base.options import DEVICE_CHOICES, describe
+from napari_cryossl.particles.colors import class_color_table
 
 #: Particles shown at most in the gallery (central slices).
 GALLERY_MAX = 48
@@ -264,9 +264,9 @@ class PopulationWidget(QWidget):
         def job():
             import torch
 
-            from napari_cryossl.models import build_encoder
+            from napari_cryossl.analysis.population import EmbedSettings
+            from napari_cryossl.nn.models import build_encoder
             from napari_cryossl.ops.embed import embed
-            from napari_cryossl.population import EmbedSettings
 
             source = model
             if model is None:  # random weights, fixed seed: the same map every time
@@ -419,7 +419,7 @@ class PopulationWidget(QWidget):
     def predict_instantly(self, labels: np.ndarray | None = None) -> bool:
         """Re-predict every particle from the labelled ones' embeddings (< 1 s for 10,000
         particles); False when fewer than two classes are labelled."""
-        from napari_cryossl.population import InstantClassifier
+        from napari_cryossl.analysis.population import InstantClassifier
 
         if self.embeddings is None:
             return False
@@ -546,7 +546,7 @@ class PopulationWidget(QWidget):
         """Find the particles most worth labelling next, in the helper process (its
         k-means takes about a second for 10,000 particles, too long for the GUI thread);
         the viewer then goes to the first. Returns the worker (None if not started)."""
-        from napari_cryossl.population import suggest
+        from napari_cryossl.analysis.population import suggest
 
         if self.embeddings is None or self.suggest_worker is not None:
             return None
@@ -609,8 +609,8 @@ class PopulationWidget(QWidget):
     def show_gallery(self, indices=None) -> int:
         """Central slices of particles (default: the selection, else the chosen
         cluster), at most ``GALLERY_MAX``; a click on a tile goes to that particle."""
-        from napari_cryossl.extract import extract_subtomograms
         from napari_cryossl.io import particle_zyx
+        from napari_cryossl.particles.extract import extract_subtomograms
 
         if indices is None:
             indices = self.selection

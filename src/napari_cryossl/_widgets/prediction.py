@@ -39,8 +39,8 @@ from napari_cryossl._widgets.training import (
     ProjectCheckBox,
     project_tables,
 )
-from napari_cryossl.options import DEVICE_CHOICES, describe
-from napari_cryossl.predict import PredictSettings
+from napari_cryossl.analysis.predict import PredictSettings
+from napari_cryossl.base.options import DEVICE_CHOICES, describe
 
 #: Rows shown in the jump-to table (the least confident first).
 MAX_TABLE_ROWS = 500

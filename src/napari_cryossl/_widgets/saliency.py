@@ -39,8 +39,8 @@ from napari_cryossl._widgets._common import (
 )
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import generator_worker
-from napari_cryossl.options import DEVICE_CHOICES, describe
-from napari_cryossl.saliency import GradcamSettings
+from napari_cryossl.analysis.saliency import GradcamSettings
+from napari_cryossl.base.options import DEVICE_CHOICES, describe
 
 HEATMAP_LAYER = "Grad-CAM"
 CROP_LAYER = "Grad-CAM crop"

@@ -35,7 +35,7 @@ from napari_cryossl._widgets._common import (
 )
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets._workers import function_worker, generator_worker
-from napari_cryossl.options import (
+from napari_cryossl.base.options import (
     CPU_PRETRAIN_EPOCHS,
     DEVICE_CHOICES,
     MODEL_PRESETS,
@@ -59,11 +59,11 @@ def probe_environment() -> dict:
     """
     import torch
 
-    import napari_cryossl.augment  # noqa: F401  (kornia)
+    import napari_cryossl.nn.augment  # noqa: F401  (kornia)
     import napari_cryossl.train  # noqa: F401
-    from napari_cryossl.devices import describe
-    from napari_cryossl.models import PRESETS
-    from napari_cryossl.ssl import SSL_DEFAULTS
+    from napari_cryossl.nn.devices import describe
+    from napari_cryossl.nn.models import PRESETS
+    from napari_cryossl.nn.ssl import SSL_DEFAULTS
 
     with contextlib.suppress(ImportError):  # what ssl.build_ssl imports lazily
         import lightly.loss  # noqa: F401

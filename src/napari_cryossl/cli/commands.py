@@ -36,20 +36,20 @@ def _inputs(args: argparse.Namespace) -> dict:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from napari_cryossl.options import settings_from_args
+    from napari_cryossl.base.options import settings_from_args
     from napari_cryossl.simulate import SimulationConfig
 
     structures = None
     more = {}
     if args.structures:
-        from napari_cryossl.structures import resolve_structures
+        from napari_cryossl.simulate.structures import resolve_structures
 
         structures = args.structures[0] if len(args.structures) == 1 else tuple(args.structures)
         more["n_classes"] = len(resolve_structures(structures))
     if args.classes is not None:
         more["n_classes"] = args.classes
     config = settings_from_args(SimulationConfig, args, structures=structures, **more)
-    from napari_cryossl.console import run_operation
+    from napari_cryossl.cli.console import run_operation
     from napari_cryossl.ops.simulate import simulate
 
     operation = simulate(
@@ -68,15 +68,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_pick(args: argparse.Namespace) -> int:
-    from napari_cryossl.console import run_operation
+    from napari_cryossl.base.options import settings_from_args
+    from napari_cryossl.cli.console import run_operation
     from napari_cryossl.ops.pick import pick
-    from napari_cryossl.options import settings_from_args
-    from napari_cryossl.picking import PickSettings
+    from napari_cryossl.particles.picking import PickSettings
 
     template = getattr(args, "template", None)
     matching = None
     if template is not None:
-        from napari_cryossl.template_matching import TemplateMatchSettings
+        from napari_cryossl.particles.template_matching import TemplateMatchSettings
 
         matching = settings_from_args(TemplateMatchSettings, args)
     operation = pick(
@@ -140,9 +140,9 @@ def _picking_hint(n: int, diameter_px: float, shape) -> str:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from napari_cryossl.console import run_operation
+    from napari_cryossl.base.options import settings_from_args
+    from napari_cryossl.cli.console import run_operation
     from napari_cryossl.ops.train import pretrain
-    from napari_cryossl.options import settings_from_args
     from napari_cryossl.train import PretrainConfig
 
     config = settings_from_args(PretrainConfig, args)
@@ -159,9 +159,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from napari_cryossl.console import run_operation
+    from napari_cryossl.base.options import settings_from_args
+    from napari_cryossl.cli.console import run_operation
     from napari_cryossl.ops.train import finetune
-    from napari_cryossl.options import settings_from_args
     from napari_cryossl.train import FinetuneConfig
 
     config = settings_from_args(FinetuneConfig, args)
@@ -190,10 +190,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_cryossl.console import run_operation
+    from napari_cryossl.analysis.predict import PredictSettings
+    from napari_cryossl.base.options import settings_from_args
+    from napari_cryossl.cli.console import run_operation
     from napari_cryossl.ops.predict import predict
-    from napari_cryossl.options import settings_from_args
-    from napari_cryossl.predict import PredictSettings
 
     operation = predict(
         args.classifier,
@@ -220,10 +220,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from napari_cryossl.console import run_operation
+    from napari_cryossl.analysis.population import EmbedSettings
+    from napari_cryossl.base.options import settings_from_args
+    from napari_cryossl.cli.console import run_operation
     from napari_cryossl.ops.embed import embed
-    from napari_cryossl.options import settings_from_args
-    from napari_cryossl.population import EmbedSettings
 
     out = Path(args.out)
     operation = embed(
@@ -240,10 +240,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_suggest(args: argparse.Namespace) -> int:
-    from napari_cryossl.console import run_operation
+    from napari_cryossl.analysis.population import SuggestSettings
+    from napari_cryossl.base.options import settings_from_args
+    from napari_cryossl.cli.console import run_operation
     from napari_cryossl.ops.embed import suggest
-    from napari_cryossl.options import settings_from_args
-    from napari_cryossl.population import SuggestSettings
 
     operation = suggest(
         args.model, args.particles, settings=settings_from_args(SuggestSettings, args),
@@ -260,10 +260,10 @@ def cmd_suggest(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcam(args: argparse.Namespace) -> int:
-    from napari_cryossl.console import run_operation
+    from napari_cryossl.analysis.saliency import GradcamSettings
+    from napari_cryossl.base.options import settings_from_args
+    from napari_cryossl.cli.console import run_operation
     from napari_cryossl.ops.gradcam import gradcam
-    from napari_cryossl.options import settings_from_args
-    from napari_cryossl.saliency import GradcamSettings
 
     operation = gradcam(
         args.classifier, args.particles, args.out,
@@ -276,7 +276,7 @@ def cmd_gradcam(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from napari_cryossl.demo import run_demo
+    from napari_cryossl.cli.demo import run_demo
 
     run_demo(
         args.out,

@@ -105,13 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
     )
     from napari_cryossl import __version__
-    from napari_cryossl.options import add_arguments, describe
-    from napari_cryossl.picking import PickSettings
-    from napari_cryossl.population import EmbedSettings, SuggestSettings
-    from napari_cryossl.predict import PredictSettings
-    from napari_cryossl.saliency import GradcamSettings
+    from napari_cryossl.analysis.population import EmbedSettings, SuggestSettings
+    from napari_cryossl.analysis.predict import PredictSettings
+    from napari_cryossl.analysis.saliency import GradcamSettings
+    from napari_cryossl.base.options import add_arguments, describe
+    from napari_cryossl.particles.picking import PickSettings
+    from napari_cryossl.particles.template_matching import TemplateMatchSettings
     from napari_cryossl.simulate.config import CLUTTER_OPTIONS, SimulationConfig
-    from napari_cryossl.template_matching import TemplateMatchSettings
     from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -54,6 +54,6 @@ def _resumable(args: argparse.Namespace, command: str):
 
 
 def _rank0() -> bool:
-    from napari_cryossl.distributed import is_main_process
+    from napari_cryossl.nn.distributed import is_main_process
 
     return is_main_process()

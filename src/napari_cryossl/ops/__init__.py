@@ -38,7 +38,7 @@ def run(operation: Generator[Any, None, Any], on_progress=None) -> Any:
 def results_of(generator) -> Generator[Any, None, Any]:
     """The progress of a core generator that yields progress then its result: yield the
     progress, return the last other item."""
-    from napari_cryossl.status import Progress
+    from napari_cryossl.base.status import Progress
 
     result = None
     for item in generator:

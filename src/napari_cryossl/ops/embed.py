@@ -43,11 +43,15 @@ def embed(
     ``elsewhere``: runs the map and the clusters in another process (the dock's helper,
     as UMAP and HDBSCAN hold the GIL): called as ``elsewhere(fn, *args, **kwargs)``, a
     generator that yields while it waits and returns ``fn``'s result."""
+    from napari_cryossl.analysis.population import (
+        EmbedSettings,
+        iter_embed_particles,
+        map_and_cluster,
+    )
     from napari_cryossl.io import refuse_to_replace
     from napari_cryossl.ops import results_of
     from napari_cryossl.ops.outputs import write_rows
     from napari_cryossl.ops.particles import load_particles
-    from napari_cryossl.population import EmbedSettings, iter_embed_particles, map_and_cluster
 
     settings = settings or EmbedSettings()
     if out is not None:
@@ -87,7 +91,7 @@ def _waiting(call, n: int):
     """Progress while another process maps and clusters ``n`` particles."""
     import time
 
-    from napari_cryossl.status import Progress
+    from napari_cryossl.base.status import Progress
 
     t0 = time.perf_counter()
     while True:
@@ -120,16 +124,16 @@ def suggest(
 ):
     """Choose ``settings.n`` unlabelled particles (class 0) worth labelling next; with
     ``out``, write those rows of the input, in that order."""
-    from napari_cryossl.io import InputError, refuse_to_replace
-    from napari_cryossl.ops import results_of
-    from napari_cryossl.ops.outputs import write_rows
-    from napari_cryossl.ops.particles import load_particles
-    from napari_cryossl.population import (
+    from napari_cryossl.analysis.population import (
         SuggestSettings,
         iter_embed_particles,
         resolved_strategy,
     )
-    from napari_cryossl.population import suggest as choose
+    from napari_cryossl.analysis.population import suggest as choose
+    from napari_cryossl.io import InputError, refuse_to_replace
+    from napari_cryossl.ops import results_of
+    from napari_cryossl.ops.outputs import write_rows
+    from napari_cryossl.ops.particles import load_particles
 
     settings = settings or SuggestSettings()
     if out is not None:

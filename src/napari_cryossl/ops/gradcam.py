@@ -24,8 +24,8 @@ def gradcam(
     """Grad-CAM of every particle, written as MRC files into the folder ``out``: one
     tomogram-sized heatmap per tomogram (``<tomogram stem>_gradcam.mrc``, overlaying it)
     or one per subtomogram. Returns the files written."""
+    from napari_cryossl.analysis.saliency import GradcamSettings, iter_gradcam_for_set
     from napari_cryossl.ops.particles import load_particles
-    from napari_cryossl.saliency import GradcamSettings, iter_gradcam_for_set
 
     settings = settings or GradcamSettings()
     data = load_particles(
@@ -55,10 +55,10 @@ def gradcam_block(classifier, table, tomogram, *, settings=None):
     an opened ``io.Tomogram``), pasted into the smallest block of the tomogram that holds
     their boxes, with the same rule as the tomogram-sized maps ``gradcam`` writes: what
     the dock shows for a selection."""
+    from napari_cryossl.analysis.saliency import GradcamSettings, iter_gradcam, paste_heatmaps
     from napari_cryossl.io import particle_zyx
     from napari_cryossl.ops import results_of
     from napari_cryossl.ops.particles import load_particles
-    from napari_cryossl.saliency import GradcamSettings, iter_gradcam, paste_heatmaps
 
     settings = settings or GradcamSettings()
     data = load_particles([(table, tomogram)], checkpoint=classifier)

@@ -34,8 +34,8 @@ def checkpoint_box_size(checkpoint, box_size: int | None = None) -> int | None:
     """
     if checkpoint is None:
         return box_size
-    from napari_cryossl.checkpoints import load_checkpoint
     from napari_cryossl.io.errors import InputError
+    from napari_cryossl.nn.checkpoints import load_checkpoint
 
     if hasattr(checkpoint, "box_size") and not isinstance(checkpoint, dict):  # a module
         trained = int(checkpoint.box_size)
@@ -71,7 +71,7 @@ def load_particles(
             None.
         copick: which tomograms and picks of a copick project.
     """
-    from napari_cryossl.dataset import DEFAULT_BOX_SIZE, SubtomogramSet
+    from napari_cryossl.particles.dataset import DEFAULT_BOX_SIZE, SubtomogramSet
 
     if isinstance(particles, SubtomogramSet):
         return particles

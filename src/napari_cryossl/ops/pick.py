@@ -52,7 +52,7 @@ def pick(
     """
     from napari_cryossl.io import InputError, open_tomogram, refuse_to_replace
     from napari_cryossl.ops.outputs import tomograms_star_beside
-    from napari_cryossl.picking import PickSettings, iter_pick_particles
+    from napari_cryossl.particles.picking import PickSettings, iter_pick_particles
 
     settings = settings or PickSettings()
     if out is not None:
@@ -71,7 +71,7 @@ def pick(
         )
     attrs: dict = {}
     if template is not None:
-        from napari_cryossl.template_matching import (
+        from napari_cryossl.particles.template_matching import (
             TemplateMatchSettings,
             iter_match_template,
             load_template,
@@ -118,7 +118,7 @@ def _write_picks(table, tomo, out: Path, *, relion5: bool, angles: bool) -> str:
 def _write_angles(table, out: Path) -> str:
     """Add the picks' orientations (rlnAngleRot/Tilt/Psi) to a written STAR file."""
     from napari_cryossl.io import replace_star_columns
-    from napari_cryossl.template_matching import ANGLE_COLUMNS, ANGLE_LABELS
+    from napari_cryossl.particles.template_matching import ANGLE_COLUMNS, ANGLE_LABELS
 
     if out.suffix.lower() != ".star" or len(table) == 0:
         return " (orientations are written to STAR files only)" if len(table) else ""

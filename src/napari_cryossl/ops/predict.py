@@ -53,6 +53,7 @@ def predict(
     """
     import numpy as np
 
+    from napari_cryossl.analysis.predict import PredictSettings, iter_predict
     from napari_cryossl.io import InputError, refuse_to_replace
     from napari_cryossl.io.copick import is_copick_config
     from napari_cryossl.ops import results_of
@@ -63,7 +64,6 @@ def predict(
         write_predictions,
     )
     from napari_cryossl.ops.particles import load_particles
-    from napari_cryossl.predict import PredictSettings, iter_predict
 
     settings = settings or PredictSettings()
     files = [] if out is None or is_copick_out(out) else [Path(out)]

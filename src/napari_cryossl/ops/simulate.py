@@ -36,9 +36,9 @@ def simulate(
     The simulator reports through a callback, so it runs in a thread of its own here and
     its reports come back as ``Progress``; closing the operation stops it at its next
     report (between chunks or files) and waits for it."""
+    from napari_cryossl.base.status import Progress
     from napari_cryossl.io import refuse_to_replace
     from napari_cryossl.simulate import simulate_to_disk
-    from napari_cryossl.status import Progress
 
     refuse_to_replace([Path(out)], overwrite=overwrite)
     reports: queue.Queue = queue.Queue()

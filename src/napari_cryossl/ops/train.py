@@ -28,8 +28,8 @@ def cpu_pretrain_schedule(config, n_particles: int):
     """On a CPU, pretrain for minutes, not hours: without ``epochs`` the method's own
     (200 for MoCo) are replaced by as many as fit ``options.CPU_PRETRAIN_STEPS`` steps
     (at most ``CPU_PRETRAIN_EPOCHS``, at least one). Returns (config, notes to show)."""
-    from napari_cryossl.devices import select_device
-    from napari_cryossl.options import CPU_PRETRAIN_EPOCHS, CPU_PRETRAIN_STEPS
+    from napari_cryossl.base.options import CPU_PRETRAIN_EPOCHS, CPU_PRETRAIN_STEPS
+    from napari_cryossl.nn.devices import select_device
 
     if select_device(config.device).type != "cpu":
         return config, []
@@ -52,7 +52,7 @@ def cpu_pretrain_schedule(config, n_particles: int):
 
 def finetune_notes(config) -> list[str]:
     """On a CPU, what the default schedule is and what a GPU would run instead."""
-    from napari_cryossl.devices import select_device
+    from napari_cryossl.nn.devices import select_device
     from napari_cryossl.train import GPU_EPOCHS
 
     if config.epochs is not None or config.recipe not in GPU_EPOCHS:

@@ -13,8 +13,8 @@ from typing import Literal
 
 import numpy as np
 
+from napari_cryossl.base.options import option
 from napari_cryossl.io import InputError
-from napari_cryossl.options import option
 
 # Subtomograms are simulated in chunks of this many; fixed so that results depend
 # only on the seed (each chunk draws its noise from its own child seed).
@@ -86,7 +86,7 @@ class SimulationConfig:
             same definition as the subtomograms); "volume" uses the variance of the
             signal over the whole tomogram.
         structures: None (default) for the synthetic Gaussian-subunit classes;
-            otherwise real complexes (`napari_cryossl.structures`): "builtin" (ten
+            otherwise real complexes (`napari_cryossl.simulate.structures`): "builtin" (ten
             complexes from 43 kDa to 2.3 MDa), a built-in name, an atomic model
             (PDB/mmCIF) or map (MRC) file ("model.cif#A,B" keeps chains A and B), a
             folder of them, or a sequence of these.
@@ -218,7 +218,7 @@ class SimulationConfig:
         if self.structures is not None and not isinstance(self.structures, str):
             object.__setattr__(self, "structures", tuple(str(s) for s in self.structures))
         if self.structures is not None:
-            from napari_cryossl.structures import resolve_structures
+            from napari_cryossl.simulate.structures import resolve_structures
 
             sources = resolve_structures(self.structures)  # InputError names a bad file
             if int(self.n_classes) == self.n_classes and self.n_classes > len(sources):

@@ -49,7 +49,11 @@ def _density_bank(config: SimulationConfig) -> _DensityBank | None:
     """
     if config.structures is None:
         return None
-    from napari_cryossl.structures import PROTEIN_DENSITY, load_structure, resolve_structures
+    from napari_cryossl.simulate.structures import (
+        PROTEIN_DENSITY,
+        load_structure,
+        resolve_structures,
+    )
 
     sources = resolve_structures(config.structures)[: config.n_classes]
     names, maps, centres, radii, windows = [], [], [], [], []

@@ -174,7 +174,7 @@ def class_names(
             f"simulation settings: n_classes must be a positive integer, got {n_classes}"
         )
     if structures is not None:
-        from napari_cryossl.structures import resolve_structures, structure_name
+        from napari_cryossl.simulate.structures import resolve_structures, structure_name
 
         sources = resolve_structures(structures)
         if n_classes > len(sources):

@@ -56,7 +56,7 @@ split. Importing this package imports neither torch nor Qt (numpy only).
 from __future__ import annotations
 
 # The status type lives in status.py (predict.py yields it too); re-exported here.
-from napari_cryossl.status import TrainStatus
+from napari_cryossl.base.status import TrainStatus
 from napari_cryossl.train.checkpoints import last_checkpoint_path, unused_checkpoint_path
 from napari_cryossl.train.config import (
     FINETUNE_AUGMENT,

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from napari_cryossl.options import (
+from napari_cryossl.base.options import (
     CPU_FINETUNE_MIN_STEPS,
     MODEL_PRESETS,
     RECIPE_NAMES,
@@ -201,7 +201,7 @@ class PretrainConfig:
     def hyperparameters(self) -> dict[str, Any]:
         """``SSL_DEFAULTS[method]`` with this config's non-None values on top."""
         from napari_cryossl.io.errors import InputError
-        from napari_cryossl.ssl import SSL_DEFAULTS
+        from napari_cryossl.nn.ssl import SSL_DEFAULTS
 
         method = str(self.method).lower()
         if method not in SSL_DEFAULTS:

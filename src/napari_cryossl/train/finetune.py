@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_cryossl.status import TrainStatus
+from napari_cryossl.base.status import TrainStatus
 from napari_cryossl.train.checkpoints import (
     _check_resumable,
     _plain_config,
@@ -48,18 +48,18 @@ class _FinetuneJob(_Job):
     def __init__(self, data, config: FinetuneConfig, out, *, init, resume: bool, distributed):
         import torch
 
-        from napari_cryossl.augment import SubtomogramAugment
-        from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
-        from napari_cryossl.devices import (
+        from napari_cryossl.io.errors import InputError
+        from napari_cryossl.nn.augment import SubtomogramAugment
+        from napari_cryossl.nn.checkpoints import encoder_from_checkpoint, load_checkpoint
+        from napari_cryossl.nn.devices import (
             amp_dtype,
             fused_adam,
             make_grad_scaler,
             memory_format,
             select_device,
         )
-        from napari_cryossl.distributed import DistributedContext
-        from napari_cryossl.io.errors import InputError
-        from napari_cryossl.models import Classifier, build_encoder
+        from napari_cryossl.nn.distributed import DistributedContext
+        from napari_cryossl.nn.models import Classifier, build_encoder
 
         asked_preset = config.preset  # None: whatever the init/resume checkpoint holds
         self.device = select_device(config.device)
@@ -234,7 +234,7 @@ class _FinetuneJob(_Job):
         """Set the last layer to the linear probe on the training particles (head_init="probe")."""
         import torch
 
-        from napari_cryossl.probe import embed, fit_logistic
+        from napari_cryossl.nn.probe import embed, fit_logistic
 
         train = self.data.subset(self.train_rows)
         labels = np.asarray(train.class_numbers, dtype=np.int64)
@@ -309,7 +309,7 @@ class _FinetuneJob(_Job):
         return torch.from_numpy(index).to(self.device, non_blocking=True)
 
     def train_step(self, boxes, labels) -> float:
-        from napari_cryossl.devices import autocast, to_device
+        from napari_cryossl.nn.devices import autocast, to_device
 
         x = to_device(boxes, self.device)
         y = self._targets(labels)
@@ -337,7 +337,7 @@ class _FinetuneJob(_Job):
         """Validation loss and accuracy of the current weights (no augmentation, eval mode)."""
         import torch
 
-        from napari_cryossl.devices import autocast, to_device
+        from napari_cryossl.nn.devices import autocast, to_device
 
         if len(self.val_rows) == 0:
             return {}
@@ -421,7 +421,7 @@ class _FinetuneJob(_Job):
         return [str(names.get(int(c), f"class {int(c)}")) for c in self.classes]
 
     def _state(self, **extra):
-        from napari_cryossl.checkpoints import checkpoint_state
+        from napari_cryossl.nn.checkpoints import checkpoint_state
 
         return checkpoint_state(
             self.model,
@@ -445,7 +445,7 @@ class _FinetuneJob(_Job):
         self._best_state = state
 
     def save(self, *, reason: str) -> Path | None:
-        from napari_cryossl.checkpoints import save_checkpoint
+        from napari_cryossl.nn.checkpoints import save_checkpoint
 
         if not self.ctx.is_main:
             return self.last_path
@@ -471,7 +471,7 @@ class _FinetuneJob(_Job):
     def finish(self) -> Path | None:
         """The run is complete: write the best validation classifier (the latest weights
         when nothing was validated) to ``out``, then drop the resume state."""
-        from napari_cryossl.checkpoints import save_checkpoint
+        from napari_cryossl.nn.checkpoints import save_checkpoint
 
         if self.ctx.is_main:
             state = self._best_state or self._state(epoch=self.epoch)

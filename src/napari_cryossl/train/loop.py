@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_cryossl.status import TrainStatus
+from napari_cryossl.base.status import TrainStatus
 
 __all__ = ["TrainingCallbacks", "run"]
 
@@ -200,7 +200,7 @@ def _oom_message(job: _Job, path: Path | None) -> str:
 
 def _train_epochs(job: _Job, should_stop: Callable[[], bool] | None) -> Iterator[TrainStatus]:
     """The loop shared by pretraining and fine-tuning (see the package docstring)."""
-    from napari_cryossl.devices import DeviceOutOfMemoryError, empty_cache, is_out_of_memory
+    from napari_cryossl.nn.devices import DeviceOutOfMemoryError, empty_cache, is_out_of_memory
 
     t0 = time.perf_counter()
     n_steps = job.n_epochs * job.steps_per_epoch
@@ -293,7 +293,7 @@ def _backward_step(job, loss) -> None:
 
 def _loader(job: _Job, batches: list[np.ndarray], rows: np.ndarray):
     """Training batches: positions in ``rows`` -> boxes of those rows of ``job.data``."""
-    from napari_cryossl.loader import batch_loader
+    from napari_cryossl.particles.loader import batch_loader
 
     return batch_loader(
         job.data,
@@ -305,7 +305,7 @@ def _loader(job: _Job, batches: list[np.ndarray], rows: np.ndarray):
 
 
 def _plain_loader(job: _Job, batches: list[np.ndarray]):
-    from napari_cryossl.loader import batch_loader
+    from napari_cryossl.particles.loader import batch_loader
 
     return batch_loader(job.data, batches, num_workers=0, pin_memory=job.device.type == "cuda")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cryossl.status import TrainStatus
+from napari_cryossl.base.status import TrainStatus
 from napari_cryossl.train.checkpoints import (
     _check_resumable,
     _plain_config,
@@ -36,18 +36,18 @@ class _PretrainJob(_Job):
     def __init__(self, data, config: PretrainConfig, out, *, resume: bool, distributed):
         import torch
 
-        from napari_cryossl.augment import SubtomogramAugment
-        from napari_cryossl.checkpoints import load_checkpoint
-        from napari_cryossl.devices import (
+        from napari_cryossl.io.errors import InputError
+        from napari_cryossl.nn.augment import SubtomogramAugment
+        from napari_cryossl.nn.checkpoints import load_checkpoint
+        from napari_cryossl.nn.devices import (
             amp_dtype,
             make_grad_scaler,
             memory_format,
             select_device,
         )
-        from napari_cryossl.distributed import DistributedContext
-        from napari_cryossl.io.errors import InputError
-        from napari_cryossl.models import build_encoder
-        from napari_cryossl.ssl import build_ssl
+        from napari_cryossl.nn.distributed import DistributedContext
+        from napari_cryossl.nn.models import build_encoder
+        from napari_cryossl.nn.ssl import build_ssl
 
         self.config = config
         self.data = data
@@ -187,7 +187,7 @@ class _PretrainJob(_Job):
         return _loader(self, batches, np.arange(self.n_train))
 
     def train_step(self, boxes, labels) -> float:
-        from napari_cryossl.devices import autocast, to_device
+        from napari_cryossl.nn.devices import autocast, to_device
 
         x = to_device(boxes, self.device)
         self.trainable.train()
@@ -206,7 +206,7 @@ class _PretrainJob(_Job):
         return value
 
     def save(self, *, reason: str) -> Path | None:
-        from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
+        from napari_cryossl.nn.checkpoints import checkpoint_state, save_checkpoint
 
         if not self.ctx.is_main:
             return self.out
@@ -242,7 +242,7 @@ class _PretrainJob(_Job):
     def finish(self) -> Path | None:
         """The run is complete: write the encoder a user keeps (weights only) to ``out``,
         then drop the resume state."""
-        from napari_cryossl.checkpoints import checkpoint_state, save_checkpoint
+        from napari_cryossl.nn.checkpoints import checkpoint_state, save_checkpoint
 
         if self.ctx.is_main:
             about = {
@@ -257,7 +257,7 @@ class _PretrainJob(_Job):
 
 
 def _ssl_keys(method: str) -> set[str]:
-    from napari_cryossl.ssl import SSL_DEFAULTS
+    from napari_cryossl.nn.ssl import SSL_DEFAULTS
 
     return set(SSL_DEFAULTS[method])
 

@@ -6,12 +6,12 @@ Training, prediction and Grad-CAM should not care where the boxes come from:
   particle (RELION 3 subtomogram averaging, simulators); each file is read with
   `napari_cryossl.io.read_mrc` and kept in RAM up to a byte budget;
 - **coordinates in tomograms**: a STAR/CSV of particle centres plus the tomogram(s); boxes
-  are cut on demand from the memory-mapped tomogram (`napari_cryossl.extract`), so a set
+  are cut on demand from the memory-mapped tomogram (`napari_cryossl.particles.extract`), so a set
   of 100 000 particles in a 20 GB tomogram costs no RAM until a batch is loaded. The
   tomograms are given, found by name next to the STAR file, or listed by a RELION
   ``tomograms.star`` (whose pixel sizes, binnings and sizes map RELION-5 centred Å and
   RELION-4 unbinned pixels onto each, possibly binned, tomogram; the finding, reading and
-  checking are in `napari_cryossl.particle_sources`);
+  checking are in `napari_cryossl.particles.particle_sources`);
 - **arrays in memory**: simulated data and tests (`SubtomogramSet.from_arrays`).
 
 Whatever the source, `SubtomogramSet.load` returns float32 (n, B, B, B) boxes, each with
@@ -35,7 +35,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from napari_cryossl.extract import extract_subtomograms, normalise_subtomograms
 from napari_cryossl.io import (
     InputError,
     InputWarning,
@@ -47,7 +46,8 @@ from napari_cryossl.io import (
     read_mrc,
     read_tomograms_star,
 )
-from napari_cryossl.particle_sources import (
+from napari_cryossl.particles.extract import extract_subtomograms, normalise_subtomograms
+from napari_cryossl.particles.particle_sources import (
     _as_tomogram,
     _check_box,
     _check_class_numbers,
@@ -531,7 +531,7 @@ class SubtomogramSet:
         """bool (N,): whether each particle's box lies wholly inside its tomogram.
 
         Always True for subtomogram files and arrays. Boxes that stick out are padded (see
-        `napari_cryossl.extract`); callers may want to report or drop them.
+        `napari_cryossl.particles.extract`); callers may want to report or drop them.
         """
         if self.kind != "tomogram":
             return np.ones(len(self), dtype=bool)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_cryossl.options import BATCH_HELP, device_option, option
+from napari_cryossl.base.options import BATCH_HELP, device_option, option
 
 __all__ = [
     "GradcamSettings",
@@ -147,8 +147,12 @@ def gradcam(
     """
     import torch
 
-    from napari_cryossl.devices import amp_dtype, autocast, select_device, to_device
-    from napari_cryossl.predict import forward_in_chunks, junk_class_number, load_classifier
+    from napari_cryossl.analysis.predict import (
+        forward_in_chunks,
+        junk_class_number,
+        load_classifier,
+    )
+    from napari_cryossl.nn.devices import amp_dtype, autocast, select_device, to_device
 
     model, classes, names, _state = load_classifier(model, class_numbers=class_numbers)
     names = list(class_names) if class_names is not None else names
@@ -232,8 +236,8 @@ def iter_gradcam(
     import math
     import time
 
-    from napari_cryossl.predict import load_classifier
-    from napari_cryossl.status import Progress
+    from napari_cryossl.analysis.predict import load_classifier
+    from napari_cryossl.base.status import Progress
 
     t0 = time.perf_counter()
     model, classes, names, _state = load_classifier(model_or_checkpoint, box_size=data.box_size)
@@ -392,9 +396,9 @@ def iter_gradcam_for_set(
     import math
     import time
 
+    from napari_cryossl.analysis.predict import load_classifier
+    from napari_cryossl.base.status import Progress
     from napari_cryossl.io import refuse_to_replace, write_mrc
-    from napari_cryossl.predict import load_classifier
-    from napari_cryossl.status import Progress
 
     t0 = time.perf_counter()
     model, classes, class_names, _state = load_classifier(

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_cryossl.options import BATCH_HELP, device_option, option
+from napari_cryossl.base.options import BATCH_HELP, device_option, option
 
 __all__ = [
     "EmbedSettings",
@@ -93,10 +93,16 @@ def iter_embed_particles(
 
     import torch
 
-    from napari_cryossl.checkpoints import encoder_from_checkpoint, load_checkpoint
-    from napari_cryossl.devices import amp_dtype, autocast, memory_format, select_device, to_device
-    from napari_cryossl.models import for_inference
-    from napari_cryossl.status import Progress
+    from napari_cryossl.base.status import Progress
+    from napari_cryossl.nn.checkpoints import encoder_from_checkpoint, load_checkpoint
+    from napari_cryossl.nn.devices import (
+        amp_dtype,
+        autocast,
+        memory_format,
+        select_device,
+        to_device,
+    )
+    from napari_cryossl.nn.models import for_inference
 
     t0 = time.perf_counter()
     device = select_device(device)

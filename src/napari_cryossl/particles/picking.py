@@ -55,9 +55,9 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from napari_cryossl.extract import _is_chunked, _MappedPages, _read, _volume_and_name
+from napari_cryossl.base.options import option
 from napari_cryossl.io import InputError, make_particle_table
-from napari_cryossl.options import option
+from napari_cryossl.particles.extract import _is_chunked, _MappedPages, _read, _volume_and_name
 
 __all__ = [
     "AUTO_THRESHOLD",
@@ -199,7 +199,7 @@ def pick_particles(
 ) -> pd.DataFrame:
     """`iter_pick_particles` run to its end; ``progress(done_chunks, n_chunks)`` is
     called after each chunk. Returns the particle table."""
-    from napari_cryossl.status import with_callbacks
+    from napari_cryossl.base.status import with_callbacks
 
     return with_callbacks(
         iter_pick_particles(
@@ -265,7 +265,7 @@ def iter_pick_particles(
     """
     import time
 
-    from napari_cryossl.status import Progress
+    from napari_cryossl.base.status import Progress
 
     t0 = time.perf_counter()
     data, name = _volume_and_name(volume)

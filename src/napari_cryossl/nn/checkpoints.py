@@ -22,7 +22,7 @@ from torch import nn
 
 from napari_cryossl.io.atomic import atomic_write
 from napari_cryossl.io.errors import InputError
-from napari_cryossl.models import (
+from napari_cryossl.nn.models import (
     _LEGACY_ARCH,
     Classifier,
     EncoderPreset,

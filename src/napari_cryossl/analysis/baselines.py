@@ -106,7 +106,7 @@ class FloorClassifier:
     bias_: np.ndarray | None = None
 
     def fit(self, volumes: np.ndarray, class_numbers: np.ndarray) -> FloorClassifier:
-        from napari_cryossl.probe import fit_logistic
+        from napari_cryossl.nn.probe import fit_logistic
 
         labels = np.asarray(class_numbers, dtype=np.int64)
         self.classes_ = np.unique(labels)
@@ -142,7 +142,7 @@ def floor_accuracy(train_volumes, train_labels, test_volumes, test_labels, **kw)
 
 def super_fibonacci_rotations(n: int) -> np.ndarray:
     """``n`` near-uniform rotations of SO(3), (n, 3, 3) float64 (see ``augment``)."""
-    from napari_cryossl.augment import super_fibonacci_rotations as rotations
+    from napari_cryossl.nn.augment import super_fibonacci_rotations as rotations
 
     return rotations(n).numpy()
 
@@ -160,7 +160,7 @@ def _rotate(volumes, rotations):
     centre (``augment.rotate_3d``); (C * R, B, B, B) torch tensors."""
     import torch
 
-    from napari_cryossl.augment import rotate_3d
+    from napari_cryossl.nn.augment import rotate_3d
 
     vol = torch.as_tensor(volumes, dtype=torch.float32)
     # rotate_3d(x, R) samples x at R^T u; passing R^T samples at R u.

@@ -1,6 +1,6 @@
 """The annotation store's file, ``<tomogram stem>.cryossl.star``: writing it, reading it back.
 
-`AnnotationStore` (`napari_cryossl.annotations`) edits particles, labels and classes;
+`AnnotationStore` (`napari_cryossl.particles.annotations`) edits particles, labels and classes;
 this module holds what the file itself needs: the STAR labels of its two blocks
 (``data_classes``, ``data_particles``), the checksum line that catches a file cut short
 or changed outside napari-cryossl, the validation that turns any damaged row into an

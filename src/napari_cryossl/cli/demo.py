@@ -155,7 +155,7 @@ class DemoResult:
 
 
     def _junk_lines(self) -> list[str]:
-        from napari_cryossl.predict import JUNK_CLASS_NAME
+        from napari_cryossl.analysis.predict import JUNK_CLASS_NAME
 
         lines = []
         if self.junk_class:
@@ -185,7 +185,7 @@ def _run(operation, desc: str, verbose: bool):
     if verbose:
         import os
 
-        from napari_cryossl.console import run_operation
+        from napari_cryossl.cli.console import run_operation
 
         # a line every 10 s in a log (the demo's stages take tens of seconds)
         interval = None if "CRYOSSL_LOG_INTERVAL" in os.environ else 10.0
@@ -259,10 +259,12 @@ def run_demo(
     """
     import dataclasses
 
-    from napari_cryossl.baselines import FloorClassifier
-    from napari_cryossl.checkpoints import load_checkpoint
-    from napari_cryossl.devices import select_device
+    from napari_cryossl.analysis.baselines import FloorClassifier
+    from napari_cryossl.analysis.predict import JUNK_CLASS_NAME, PredictSettings
+    from napari_cryossl.analysis.saliency import GradcamSettings
     from napari_cryossl.io import particle_zyx, read_particles, write_particles
+    from napari_cryossl.nn.checkpoints import load_checkpoint
+    from napari_cryossl.nn.devices import select_device
     from napari_cryossl.ops import run
     from napari_cryossl.ops.gradcam import gradcam
     from napari_cryossl.ops.particles import load_particles
@@ -270,9 +272,7 @@ def run_demo(
     from napari_cryossl.ops.predict import predict
     from napari_cryossl.ops.simulate import simulate
     from napari_cryossl.ops.train import finetune, pretrain
-    from napari_cryossl.picking import PickSettings
-    from napari_cryossl.predict import JUNK_CLASS_NAME, PredictSettings
-    from napari_cryossl.saliency import GradcamSettings
+    from napari_cryossl.particles.picking import PickSettings
     from napari_cryossl.simulate import SimulationConfig, class_names
     from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
@@ -479,8 +479,8 @@ def save_session(tomogram_path, picks, labels, predicted, probability, class_nam
     the demo ended: every section works without further setup. An older store there is
     replaced (the demo rewrites every file in its folder).
     """
-    from napari_cryossl.annotations import AnnotationStore, store_path_for
     from napari_cryossl.io import particle_zyx
+    from napari_cryossl.particles.annotations import AnnotationStore, store_path_for
 
     path = store_path_for(Path(tomogram_path))
     path.unlink(missing_ok=True)

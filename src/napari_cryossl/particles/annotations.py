@@ -4,7 +4,7 @@
 of it) and the CLI can read. It is Qt-free: the GUI subscribes through `on_change`.
 
 Persistence: one STAR file, ``<tomogram stem>.cryossl.star`` beside the tomogram (or in a
-chosen project folder), written and read by `napari_cryossl.annotation_file`, with two data
+chosen project folder), written and read by `napari_cryossl.particles.annotation_file`, with two data
 blocks that starfile (and RELION, which ignores the ``cryossl*`` labels) can read:
 
 - ``data_classes``: ``rlnClassNumber``, ``cryosslClassName``, ``cryosslClassColor``
@@ -41,8 +41,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from napari_cryossl.annotation_file import _check_store_text, _hex_color, _load, _save
-from napari_cryossl.colors import DEFAULT_PALETTE
 from napari_cryossl.io import (
     PARTICLE_COLUMNS,
     TOMOGRAM_SUFFIXES,
@@ -51,6 +49,8 @@ from napari_cryossl.io import (
     make_particle_table,
     remove_stale_temp_files,
 )
+from napari_cryossl.particles.annotation_file import _check_store_text, _hex_color, _load, _save
+from napari_cryossl.particles.colors import DEFAULT_PALETTE
 
 __all__ = [
     "DEFAULT_PALETTE",

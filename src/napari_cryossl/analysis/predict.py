@@ -39,10 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_cryossl.base.options import BATCH_HELP, device_option, option, workers_option
+from napari_cryossl.base.status import Progress
+
 # The loader iter_predict uses; in __all__ too, for scripts that batch boxes as it does.
-from napari_cryossl.loader import batch_loader
-from napari_cryossl.options import BATCH_HELP, device_option, option, workers_option
-from napari_cryossl.status import Progress
+from napari_cryossl.particles.loader import batch_loader
 
 __all__ = [
     "JUNK_CLASS_NAME",
@@ -143,9 +144,9 @@ def load_classifier(model_or_checkpoint, *, box_size: int | None = None, class_n
     Returns:
         ``(model, classes int64 (C,), class_names list[str], state dict or None)``.
     """
-    from napari_cryossl.checkpoints import classifier_from_checkpoint, load_checkpoint
     from napari_cryossl.io.errors import InputError
-    from napari_cryossl.models import Classifier
+    from napari_cryossl.nn.checkpoints import classifier_from_checkpoint, load_checkpoint
+    from napari_cryossl.nn.models import Classifier
 
     state = None
     if isinstance(model_or_checkpoint, str | os.PathLike):
@@ -232,7 +233,7 @@ def forward_in_chunks(fn, x, chunk: list[int], device, *others) -> Any:
     """
     import torch
 
-    from napari_cryossl.devices import DeviceOutOfMemoryError, empty_cache, is_out_of_memory
+    from napari_cryossl.nn.devices import DeviceOutOfMemoryError, empty_cache, is_out_of_memory
 
     outputs = []
     start = 0
@@ -306,17 +307,17 @@ def iter_predict(
     """
     import torch
 
-    from napari_cryossl.augment import rotate_3d, tta_rotations
-    from napari_cryossl.devices import (
+    from napari_cryossl.io.errors import InputError
+    from napari_cryossl.nn.augment import rotate_3d, tta_rotations
+    from napari_cryossl.nn.devices import (
         amp_dtype,
         autocast,
         memory_format,
         select_device,
         to_device,
     )
-    from napari_cryossl.distributed import DistributedContext
-    from napari_cryossl.io.errors import InputError
-    from napari_cryossl.models import for_inference
+    from napari_cryossl.nn.distributed import DistributedContext
+    from napari_cryossl.nn.models import for_inference
 
     if int(batch_size) < 1:
         raise InputError(f"batch size must be at least 1, got {batch_size}")

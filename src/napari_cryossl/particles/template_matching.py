@@ -4,13 +4,13 @@
 with a fast local normalised cross-correlation (FLCC; Roseman 2003), keeps the best
 rotation per voxel, and picks the peaks, each with its score in noise units and its
 orientation (RELION ZYZ angles). It answers "where is *this* structure?", where DoG
-picking (`napari_cryossl.picking`) answers "where are blobs of this size?".
+picking (`napari_cryossl.particles.picking`) answers "where are blobs of this size?".
 
 Steps:
 
 1. **Template.** A density (positive = protein, at the tomogram's voxel size): a map
    file, an atomic model or a built-in complex (`load_template`, through
-   `napari_cryossl.structures`). It is centred on its centre of mass (so a pick is the
+   `napari_cryossl.simulate.structures`). It is centred on its centre of mass (so a pick is the
    particle's centre of mass, like the simulator's and RELION's centres) and cut to the
    smallest cube that holds it; its diameter, unless given, is that of the uniform ball
    with the same radius of gyration (``2 sqrt(5/3) Rg``).
@@ -79,8 +79,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from napari_cryossl.base.options import option
 from napari_cryossl.io import InputError, make_particle_table
-from napari_cryossl.options import option
 
 __all__ = [
     "ANGLE_COLUMNS",
@@ -231,9 +231,9 @@ def load_template(source, voxel_size: float, *, resolution_a: float | None = Non
 
     Args:
         source: a built-in complex name ("TRiC", "apoferritin", ...; see
-            `napari_cryossl.structures.builtin_structures`), an atomic model
+            `napari_cryossl.simulate.structures.builtin_structures`), an atomic model
             (.pdb/.cif[.gz]) or a density map (.mrc/.map[.gz]), resampled to
-            `voxel_size` by `napari_cryossl.structures.load_structure`; or a ZYX array
+            `voxel_size` by `napari_cryossl.simulate.structures.load_structure`; or a ZYX array
             already at that voxel size (returned as float32).
         voxel_size: Å per voxel of the tomogram.
         resolution_a: Gaussian low-pass in Å (default: twice the voxel size).
@@ -243,7 +243,7 @@ def load_template(source, voxel_size: float, *, resolution_a: float | None = Non
     """
     if isinstance(source, np.ndarray):
         return np.asarray(source, dtype=np.float32)
-    from napari_cryossl.structures import load_structure
+    from napari_cryossl.simulate.structures import load_structure
 
     item = load_structure(source, voxel_size, resolution=resolution_a)
     return np.asarray(item.density, dtype=np.float32)
@@ -402,7 +402,7 @@ def match_template(
         InputError: bad options, a template without density or larger than the tomogram,
             non-finite voxels.
     """
-    from napari_cryossl.status import with_callbacks
+    from napari_cryossl.base.status import with_callbacks
 
     settings = {
         k: v
@@ -467,12 +467,12 @@ def _match_template(
 
     import torch
 
-    from napari_cryossl.status import Progress
+    from napari_cryossl.base.status import Progress
 
     t0 = time.perf_counter()
 
-    from napari_cryossl.extract import _MappedPages, _volume_and_name
-    from napari_cryossl.picking import (
+    from napari_cryossl.particles.extract import _MappedPages, _volume_and_name
+    from napari_cryossl.particles.picking import (
         MIN_DISTANCE_FRACTION,
         _check_polarity,
         _greedy_min_distance,
@@ -735,7 +735,7 @@ def _batch_size(dev, block_bytes: int, n_rot: int) -> int:
 
 
 def _background(data, name: str) -> float:
-    from napari_cryossl.picking import _background_level
+    from napari_cryossl.particles.picking import _background_level
 
     return _background_level(data, name)
 

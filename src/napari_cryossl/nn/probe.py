@@ -34,8 +34,8 @@ def embed(encoder, data, batch_size: int = 64) -> np.ndarray:
     """
     import torch
 
-    from napari_cryossl.devices import memory_format, to_device
-    from napari_cryossl.models import for_inference
+    from napari_cryossl.nn.devices import memory_format, to_device
+    from napari_cryossl.nn.models import for_inference
 
     device = next(encoder.parameters()).device
     encoder = for_inference(encoder).to(memory_format=memory_format(device))

@@ -51,7 +51,7 @@ class ProgressLog:
     (`status.TimeLeft`: recent steps, start-up excluded, right after a resume)."""
 
     def __init__(self, desc: str) -> None:
-        from napari_cryossl.status import TimeLeft
+        from napari_cryossl.base.status import TimeLeft
 
         self.desc = desc
         self.last_loss: float | None = None
@@ -64,7 +64,7 @@ class ProgressLog:
         return self.pace.rate
 
     def update(self, status: Any) -> None:
-        from napari_cryossl.status import TimeLeft
+        from napari_cryossl.base.status import TimeLeft
 
         if status.loss is not None and math.isfinite(status.loss):
             self.last_loss = float(status.loss)

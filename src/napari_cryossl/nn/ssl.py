@@ -175,7 +175,7 @@ class SSLObjective(nn.Module):
         wd = float(self.hparams.get("weight_decay", 0.0))
         params = [p for p in self.parameters() if p.requires_grad or self._freezable(p)]
         if name in {"adam", "adamw"}:
-            from napari_cryossl.devices import fused_adam
+            from napari_cryossl.nn.devices import fused_adam
 
             kind = torch.optim.Adam if name == "adam" else torch.optim.AdamW
             return kind(params, lr=lr, weight_decay=wd, fused=fused_adam(params))
