@@ -50,11 +50,11 @@ def _parser_action(parser, command: str, dest: str):
 @pytest.mark.parametrize(
     ("command", "module", "cls", "name", "new_default"),
     [
-        ("predict", "predict", "PredictSettings", "batch_size", 8),
-        ("predict", "predict", "PredictSettings", "tta", 3),
-        ("gradcam", "saliency", "GradcamSettings", "batch_size", 4),
-        ("embed", "population", "EmbedSettings", "map", "pca"),
-        ("suggest", "population", "SuggestSettings", "n", 7),
+        ("predict", "analysis.predict", "PredictSettings", "batch_size", 8),
+        ("predict", "analysis.predict", "PredictSettings", "tta", 3),
+        ("gradcam", "analysis.saliency", "GradcamSettings", "batch_size", 4),
+        ("embed", "analysis.population", "EmbedSettings", "map", "pca"),
+        ("suggest", "analysis.population", "SuggestSettings", "n", 7),
         ("simulate", "simulate.config", "SimulationConfig", "snr", 0.1),
         ("simulate", "simulate.config", "SimulationConfig", "box_size", 24),
     ],
