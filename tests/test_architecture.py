@@ -797,3 +797,29 @@ def test_the_module_map_names_every_module_and_only_modules():
         + ", ".join(unmapped)
     )
     assert len(names) == len(set(names)), "a module is named twice in the module map"
+
+
+def test_the_dock_sections_never_write_into_the_session():
+    """The dock's parts own their state: sections and parts change the `Session` through
+    its methods (``use_encoder``, ``use_classifier``, ``set_particle_diameter``...), never
+    by assigning its attributes (`session.x = ...` / `self.session.x = ...`)."""
+    offences = []
+    for module, path in MODULES.items():
+        if not module.startswith(f"{PACKAGE}._widgets") and module != f"{PACKAGE}.cli.demo":
+            continue
+        if module == f"{PACKAGE}._widgets._session":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else (
+                [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign) else []
+            )
+            for target in targets:
+                if not isinstance(target, ast.Attribute):
+                    continue
+                owner = target.value
+                if (isinstance(owner, ast.Name) and owner.id == "session") or (
+                    isinstance(owner, ast.Attribute) and owner.attr == "session"
+                ):
+                    offences.append(f"{module} line {node.lineno}: session.{target.attr} = ...")
+    assert not offences, "\n".join(offences)

@@ -46,8 +46,7 @@ def test_predict_gradcam_and_embed_agree_between_cli_and_dock(dock, tomogram, tr
     assert widget.data.open_path(tomogram)
     assert widget.picking.import_file(picks) == len(truth)
     session = widget.session
-    session.classifier_path = classifier
-    session.models_changed.emit()
+    session.use_classifier(classifier)
 
     pr = widget.show_section("prediction")
     pr.device.setCurrentText("cpu")

@@ -14,7 +14,7 @@ def test_predict_without_classes_says_why_and_is_ready_once_classes_exist(dock, 
     session.add_particles(particle_zyx(truth))  # picked, no classes defined yet
     # A classifier found beside the tomogram (as after an earlier session) does not
     # make Predict usable without classes.
-    session.classifier_path = session.work_dir / "classifier.pt"
+    session.use_classifier(session.work_dir / "classifier.pt")
     session.classifier_path.write_bytes(b"")
 
     pr = widget.show_section("prediction")

@@ -35,8 +35,7 @@ def explained(dock, tomogram, truth, qtbot):
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     path = session.work_dir / "classifier.pt"
     save_checkpoint(path, checkpoint_state(model.eval(), voxel_size=10.0, class_numbers=[1, 2]))
-    session.classifier_path = path
-    session.models_changed.emit()
+    session.use_classifier(path)
     section = widget.show_section("saliency")
     section.device.setCurrentText("cpu")
 

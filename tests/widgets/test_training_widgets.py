@@ -321,7 +321,7 @@ def test_an_error_in_a_worker_is_a_notification_and_keeps_the_annotations(
     viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
     bad = tomogram.with_name("not_a_checkpoint.pt")
     bad.write_bytes(b"this is not a torch checkpoint")
-    session.encoder_path = bad
+    session.use_encoder(bad)
     before = session.store.table.copy()
     ft = widget.finetune
     _small_settings(ft)

@@ -38,6 +38,7 @@ class ClickLabelling:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        self.on = False  # clicks label particles (the session reads it as label_on_click)
 
     def particle_at(
         self, position_world, *, view_direction=None, dims_displayed=None
@@ -60,7 +61,7 @@ class ClickLabelling:
     def on_viewer_click(self, viewer, event) -> None:
         """Mouse press anywhere in the canvas: label the particle under the cursor."""
         session = self._session
-        if not session.label_on_click or session.store is None:
+        if not self.on or session.store is None:
             return
         if getattr(event, "button", 1) not in (1, None):
             return
@@ -79,7 +80,7 @@ class ClickLabelling:
         """Clicks on particles now assign the current class; the particles layer is activated."""
         session = self._session
         session.require_tomogram()
-        session.label_on_click = True
+        self.on = True
         predictions = session.predictions_layer
         if (
             predictions is not None
@@ -97,6 +98,6 @@ class ClickLabelling:
     def stop(self) -> None:
         """Clicks no longer label."""
         session = self._session
-        if session.label_on_click:
-            session.label_on_click = False
+        if self.on:
+            self.on = False
             session.labelling_changed.emit(False)

@@ -39,6 +39,11 @@ class LayerSync:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        #: the layers it keeps (the session reads them): the open tomogram, its particles
+        #: and, once there are predictions, the particles coloured by predicted class
+        self.image_layer = None
+        self.particles_layer = None
+        self.predictions_layer = None
         self._syncing = 0
         self._n_known = 0  # particles the layer had when last drawn from the store
 
@@ -87,7 +92,7 @@ class LayerSync:
             self.update_slice_margins()
             layer.events.data.connect(self.on_layer_data)
             bind_class_keys(layer, session)
-            session.particles_layer = layer
+            self.particles_layer = layer
         return layer
 
     def update_slice_margins(self) -> None:
@@ -176,17 +181,17 @@ class LayerSync:
         session = self._session
         layer = event.value
         if layer is session.particles_layer:
-            session.particles_layer = None
+            self.particles_layer = None
         elif layer is session.predictions_layer:
-            session.predictions_layer = None
+            self.predictions_layer = None
         elif layer is session.image_layer:
-            session.image_layer = None
+            self.image_layer = None
 
     def remove_layer(self, attr: str) -> None:
-        """Forget the session's layer `attr` and delete it from the viewer."""
+        """Forget the layer `attr` and delete it from the viewer."""
         session = self._session
-        layer = getattr(session, attr)
-        setattr(session, attr, None)
+        layer = getattr(self, attr)
+        setattr(self, attr, None)
         if layer is not None and layer in session.viewer.layers:
             session.viewer.layers.remove(layer)
 
@@ -232,7 +237,7 @@ class LayerSync:
             layer.editable = False
             layer.canvas_size_limits = (MIN_MARKER_PX, layer.canvas_size_limits[1])
             bind_class_keys(layer, session)
-            session.predictions_layer = layer
+            self.predictions_layer = layer
             # An existing layer is redrawn by every store change (refresh), so only a new
             # one needs drawing here: one redraw per prediction, not two.
             self.draw_predictions()

@@ -85,22 +85,73 @@ class Session(QObject):
         self.tomogram = None  # io.Tomogram
         self.tomogram_path: Path | None = None  # the open tomogram's resolved path
         self.project: list[Path] = []  # every tomogram of the project, in order
-        self.image_layer = None
         self.store = None  # annotations.AnnotationStore
-        self.particles_layer = None
-        self.predictions_layer = None
         self.current_class = 1
-        self.label_on_click = False
-        self.particle_diameter_a: float | None = None
-        self.box_size: int | None = None  # box of the last pretraining run
-        self.encoder_path: Path | None = None
-        self.classifier_path: Path | None = None
+        self._particle_diameter_a: float | None = None
+        self._box_size: int | None = None  # box of the last pretraining run
+        self._encoder_path: Path | None = None
+        self._classifier_path: Path | None = None
         self.min_confidence = 0.0
         self._layer_sync = LayerSync(self)
         self._click_labelling = ClickLabelling(self)
         self._worker_runner = WorkerRunner(self.busy_changed.emit)
         viewer.layers.events.removed.connect(self._layer_sync.on_layer_removed)
         viewer.mouse_drag_callbacks.append(self._click_labelling.on_viewer_click)
+
+    # ------------------------------------------------------------------ what the parts keep
+    # The layers are LayerSync's, the click mode ClickLabelling's; the models and the
+    # particle diameter change only through `use_encoder`, `use_classifier` and
+    # `set_particle_diameter`, which tell every section.
+    @property
+    def image_layer(self):
+        return self._layer_sync.image_layer
+
+    @property
+    def particles_layer(self):
+        return self._layer_sync.particles_layer
+
+    @property
+    def predictions_layer(self):
+        return self._layer_sync.predictions_layer
+
+    @property
+    def label_on_click(self) -> bool:
+        return self._click_labelling.on
+
+    @property
+    def encoder_path(self) -> Path | None:
+        """The encoder the next fine-tuning starts from and the map embeds with."""
+        return self._encoder_path
+
+    @property
+    def classifier_path(self) -> Path | None:
+        """The classifier prediction, Grad-CAM and the map use."""
+        return self._classifier_path
+
+    @property
+    def box_size(self) -> int | None:
+        """The box of the encoder in use, when this session pretrained it."""
+        return self._box_size
+
+    @property
+    def particle_diameter_a(self) -> float | None:
+        return self._particle_diameter_a
+
+    def use_encoder(self, path, *, box_size: int | None = None) -> None:
+        """Make ``path`` the encoder in use and tell every section (``models_changed``)."""
+        self._encoder_path = Path(path) if path is not None else None
+        if box_size is not None:
+            self._box_size = int(box_size)
+        self.models_changed.emit()
+
+    def use_classifier(self, path) -> None:
+        """Make ``path`` the classifier in use and tell every section."""
+        self._classifier_path = Path(path) if path is not None else None
+        self.models_changed.emit()
+
+    def set_particle_diameter(self, diameter_a: float) -> None:
+        """The particles' diameter in Å (markers, picking, box sizes)."""
+        self._particle_diameter_a = float(diameter_a)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -172,17 +223,17 @@ class Session(QObject):
         layer.visible = True
         self.tomogram = tomo
         self.tomogram_path = path
-        self.image_layer = layer
+        self._layer_sync.image_layer = layer
         self.store = store
         if not keep_models:
-            self.encoder_path = self.classifier_path = None
-        for name, attr in (("encoder.pt", "encoder_path"), ("classifier.pt", "classifier_path")):
+            self._encoder_path = self._classifier_path = None
+        for name, attr in (("encoder.pt", "_encoder_path"), ("classifier.pt", "_classifier_path")):
             candidate = self.work_dir / name
             if candidate.is_file():
                 setattr(self, attr, candidate)
         diameter = (layer.metadata or {}).get("particle_diameter_a")
         if diameter:
-            self.particle_diameter_a = float(diameter)
+            self._particle_diameter_a = float(diameter)
         if self.store.classes and self.current_class not in self.class_numbers() + [0]:
             self.current_class = self.class_numbers()[0]
         store.on_change.append(self._on_store_change)

@@ -418,7 +418,7 @@ class PickingWidget(QWidget):
     # display -----------------------------------------------------------------------
     def _diameter_changed(self, value: float) -> None:
         self._show_diameter_px(warn=True)
-        self.session.particle_diameter_a = float(value)
+        self.session.set_particle_diameter(float(value))
         if self.session.store is not None:
             self.session.refresh_layers()
 
@@ -452,7 +452,7 @@ class PickingWidget(QWidget):
             self.diameter.setValue(self.session.particle_diameter_a)
             self.diameter.blockSignals(False)
         else:
-            self.session.particle_diameter_a = self.diameter.value()
+            self.session.set_particle_diameter(self.diameter.value())
         self._show_diameter_px()
         self.discard(message=False)
         self._update_count()

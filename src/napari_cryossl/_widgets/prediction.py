@@ -260,8 +260,7 @@ class PredictionWidget(QWidget):
     def _choose_classifier(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Classifier checkpoint", "", CHECKPOINT_FILTER)
         if path:
-            self.session.classifier_path = Path(path)
-            self.session.models_changed.emit()
+            self.session.use_classifier(Path(path))
 
     def _min_conf_changed(self, value: int) -> None:
         self.min_conf_label.setText(f"{value}%")

@@ -441,9 +441,7 @@ class PretrainWidget(_TrainingSection):
     def _adopt_encoder(self) -> None:
         out = self.output_path()
         if out.is_file():
-            self.session.encoder_path = out
-            self.session.box_size = int(self.box_size.value())
-            self.session.models_changed.emit()
+            self.session.use_encoder(out, box_size=int(self.box_size.value()))
             self.status.info(
                 self._saved_text(out, "encoder")
                 + "; see the population in step 5 (Map) or fine-tune in step 6"
@@ -572,8 +570,7 @@ class FinetuneWidget(_TrainingSection):
     def _on_success(self) -> None:
         out = self.output_path()
         if out.is_file():
-            self.session.classifier_path = out
-            self.session.models_changed.emit()
+            self.session.use_classifier(out)
             acc = (self.last_status.metrics or {}).get("val_accuracy") if self.last_status else None
             text = self._saved_text(out, "classifier")
             if isinstance(acc, float):
@@ -586,8 +583,7 @@ class FinetuneWidget(_TrainingSection):
     def _choose_init(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Encoder checkpoint", "", CHECKPOINT_FILTER)
         if path:
-            self.session.encoder_path = Path(path)
-            self.session.models_changed.emit()
+            self.session.use_encoder(Path(path))
 
     def _show_state(self) -> None:
         set_path_label(self.init_label, self.session.encoder_path, "none: training from scratch")

@@ -512,7 +512,7 @@ def open_in_napari(result: DemoResult, viewer=None):
         viewer = napari.Viewer(title="napari-cryossl demo")
     _, widget = viewer.window.add_plugin_dock_widget("napari-cryossl", "Classify particles")
     session = widget.session
-    session.particle_diameter_a = result.particle_diameter_a
+    session.set_particle_diameter(result.particle_diameter_a)
     session.open_tomogram(result.files["tomogram"])
     (truth,) = viewer.open(str(result.files["ground truth"]), plugin="napari-cryossl")
     truth.name = "ground truth (simulated)"
