@@ -213,7 +213,7 @@ def run_operation(operation, desc: str, **options):
     def items():
         box["value"] = yield from operation
 
-    last, log = drive(items(), desc, **options)
+    drive(items(), desc, **options)
     return box.get("value")
 
 
