@@ -89,6 +89,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
         out=args.out,
         relion5=args.relion5,
         overwrite=args.overwrite,
+        model=getattr(args, "model", None),
     )
     result = run_operation(operation, "template matching" if template else "pick")
     tomo, a = result.tomogram, result.matching
@@ -137,6 +138,19 @@ def _picking_hint(n: int, diameter_px: float, shape) -> str:
             "--threshold or --min-distance, or keep the best with --max-particles"
         )
     return ""
+
+
+def cmd_train_picker(args: argparse.Namespace) -> int:
+    from napari_cryossl.cli.console import run_operation
+    from napari_cryossl.ops.picker import train_picker
+
+    operation = train_picker(
+        args.particles, args.out, tomogram=args.tomogram, diameter_a=args.diameter,
+        steps=args.steps, overwrite=args.overwrite,
+    )
+    path = run_operation(operation, "train picker")
+    print(f"picker -> {path}")
+    return 0
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -293,6 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 _COMMANDS = {
     "simulate": cmd_simulate,
     "pick": cmd_pick,
+    "train-picker": cmd_train_picker,
     "pretrain": cmd_pretrain,
     "finetune": cmd_finetune,
     "predict": cmd_predict,

@@ -183,9 +183,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_arguments(tm, TemplateMatchSettings)
     p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="PICKER.pt",
+        help="pick with a learned picker (cryossl train-picker): its diameter and classes; "
+        "--threshold is then a probability (default 0.3); writes rlnClassNumber and the "
+        "score (rlnAutopickFigureOfMerit)",
+    )
+    p.add_argument(
         "--out", type=Path, required=True, help="picks.star, picks.csv or picks.tbl (Dynamo)"
     )
     _add_relion5_option(p)
+    _add_overwrite_option(p)
+
+    # train-picker ---------------------------------------------------------------
+    p = sub.add_parser(
+        "train-picker",
+        help="pick by example: train a picker on labelled particle centres",
+        description="Train a small 3D U-Net to find the centres of the labelled particles "
+        "(rlnClassNumber > 0; 0: unlabelled, ignored nearby) of one tomogram, one heatmap per "
+        "class; then `cryossl pick TOMO --model PICKER.pt` finds more like them.",
+    )
+    p.add_argument("particles", type=Path, help="labelled particles: STAR or CSV")
+    p.add_argument("--tomogram", type=Path, required=True, help="their tomogram (MRC or .zarr)")
+    p.add_argument("--out", type=Path, required=True, help="PICKER.pt checkpoint to write")
+    p.add_argument(
+        "--diameter",
+        type=float,
+        default=None,
+        help="particle diameter in Å (default: estimated from the labelled particles)",
+    )
+    p.add_argument(
+        "--steps", type=_positive_int, default=None, help="training steps (default 300)"
+    )
     _add_overwrite_option(p)
 
     # pretrain -------------------------------------------------------------------

@@ -11,7 +11,8 @@ call these; none of them chains core steps itself.
 
 - `particles`: where particles come from (`load_particles`) and the box they are cut at;
 - `outputs`: what the operations write (STAR / RELION 5 / CSV / Dynamo / copick);
-- `predict`, `gradcam`, `embed` (and `suggest`), `pick`, `train` (pretrain, finetune),
+- `predict`, `gradcam`, `embed` (and `suggest`), `pick`, `picker` (train_picker), `train`
+  (pretrain, finetune),
   `simulate`: the actions.
 """
 

@@ -1,5 +1,6 @@
 """Picking: particle candidates in a tomogram, by Difference of Gaussians (moved to each
-particle's centre) or by template matching, written where asked."""
+particle's centre), by template matching or by a learned picker (``model``), written
+where asked."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def pick(
     out=None,
     relion5: bool = False,
     overwrite: bool = False,
+    model=None,
 ):
     """Pick particles in ``tomogram`` (a path or an opened ``io.Tomogram``).
 
@@ -46,6 +48,9 @@ def pick(
         out: STAR, CSV or Dynamo .tbl to write (RELION 5 with ``relion5``); template
             picks carry their orientations (rlnAngleRot/Tilt/Psi) in a STAR.
         overwrite: replace existing output files (False: refuse before any work).
+        model: a picker checkpoint (``cryossl train-picker``): pick with it instead; the
+            diameter is the checkpoint's, the threshold a probability (default 0.3) and
+            each pick has its class (rlnClassNumber) and score.
 
     Returns:
         ``PickOutput``.
@@ -64,7 +69,7 @@ def pick(
         if not diameter_a > 0:
             raise InputError(f"{where}: the diameter must be positive, got {diameter_a} Å")
         diameter_px = diameter_a / tomo.voxel_size
-    elif diameter_px is None and template is None:
+    elif diameter_px is None and template is None and model is None:
         raise InputError(
             f"{where}: give the particle diameter (--diameter in Å or --diameter-px), or a "
             "--template"
@@ -86,6 +91,14 @@ def pick(
         )
         attrs = dict(table.attrs)
         diameter_px = float(attrs["diameter_px"])
+    elif model is not None:
+        from napari_cryossl.particles.learned_picker import iter_pick_with_model
+
+        table = yield from iter_pick_with_model(
+            tomo.data, model, threshold=settings.threshold,
+            min_distance_px=settings.min_distance_px, max_particles=settings.max_particles,
+        )
+        diameter_px = float(table.attrs["diameter_px"])
     else:
         table = yield from iter_pick_particles(tomo.data, diameter_px, **asdict(settings))
     note = ""

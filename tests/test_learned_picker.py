@@ -1,0 +1,118 @@
+"""The learned picker ("pick by example", issue 27): training on labelled centres, picking
+with the checkpoint, the CLI round trip and the diameter estimate.
+
+On a 32x64x64 simulated tomogram (two classes, 20 particles of 12 voxels, SNR 1, CTF and
+missing wedge) 150 steps (~10 s on a 2-core CPU) then picking found 19 of the 20
+particles within half a radius whatever their class (16 of 20 with the right class;
+measured 2026-12-07). The bars below leave a margin: 75 % and 50 %.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+VOXEL = 10.0
+DIAMETER_PX = 12.0
+
+
+@pytest.fixture(scope="module")
+def simulated():
+    from napari_cryossl.simulate import SimulationConfig, simulate_tomogram
+
+    sim = SimulationConfig(
+        n_classes=2, box_size=16, voxel_size=VOXEL, snr=1.0, particle_diameter_a=DIAMETER_PX * VOXEL
+    )
+    return simulate_tomogram((32, 64, 64), 20, sim, seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained(simulated, tmp_path_factory):
+    from napari_cryossl.ops import run
+    from napari_cryossl.particles.learned_picker import PickerConfig, iter_train_picker
+
+    vol, table = simulated
+    out = tmp_path_factory.mktemp("picker") / "picker.pt"
+    progress = []
+    path = run(
+        iter_train_picker(
+            [(vol, table)], diameter_px=DIAMETER_PX, classes={1: "one", 2: "two"},
+            config=PickerConfig(steps=150), out=out, voxel_size=VOXEL,
+        ),
+        progress.append,
+    )
+    return path, progress
+
+
+def _kind(table, column="class_number"):
+    return table.assign(kind=table[column].astype(str))
+
+
+def test_training_reports_progress_and_saves_its_metadata(trained):
+    import torch
+
+    path, progress = trained
+    assert progress[0].stage == "train picker" and progress[-1].done
+    assert progress[-1].n_steps == 150 and progress[-1].checkpoint == path
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert state["diameter_px"] == DIAMETER_PX
+    assert state["class_numbers"] == [1, 2] and state["class_names"] == ["one", "two"]
+    assert state["voxel_size"] == VOXEL and state["patch_size"] == 32
+    assert "normalisation" in state
+
+
+def test_picking_with_the_model_finds_most_particles(simulated, trained):
+    from napari_cryossl.ops import run
+    from napari_cryossl.particles.learned_picker import iter_pick_with_model
+    from napari_cryossl.particles.picking_metrics import score_picks
+
+    vol, truth = simulated
+    progress = []
+    picks = run(iter_pick_with_model(vol, trained[0], chunk_size=32), progress.append)
+    assert progress and progress[-1].stage == "pick" and progress[-1].step == progress[-1].n_steps
+    assert set(picks["class_number"]) <= {1, 2}
+    assert np.all(np.diff(picks["score"].to_numpy()) <= 0)  # best first
+    radius = DIAMETER_PX / 2
+    any_class = score_picks(truth.assign(kind="p"), picks.assign(kind="p"), {"p": radius})
+    assert any_class.recall >= 0.75, any_class.table()
+    assert any_class.precision >= 0.5, any_class.table()
+    per_class = score_picks(_kind(truth), _kind(picks), {"1": radius, "2": radius})
+    assert per_class.recall >= 0.5, per_class.table()
+
+
+def test_the_diameter_estimate_is_within_30_percent(simulated):
+    from napari_cryossl.particles.learned_picker import estimate_diameter
+
+    vol, table = simulated
+    estimate = estimate_diameter([(vol, table)])
+    assert abs(estimate - DIAMETER_PX) <= 0.3 * DIAMETER_PX, estimate
+
+
+def test_cli_round_trip_and_the_overwrite_rule(simulated, tmp_path):
+    from napari_cryossl.cli import main
+    from napari_cryossl.io import read_particles, write_mrc, write_particles
+
+    vol, table = simulated
+    tomo = tmp_path / "tomo.mrc"
+    write_mrc(tomo, vol, VOXEL)
+    star = tmp_path / "labelled.star"
+    write_particles(table.assign(tomo_name="tomo.mrc"), star, voxel_size=VOXEL)
+    model = tmp_path / "picker.pt"
+    train = ["train-picker", str(star), "--tomogram", str(tomo), "--out", str(model), "--steps", "3"]
+    assert main(train) == 0  # the diameter estimated
+    before = model.stat().st_mtime_ns
+    assert main(train) == 2  # refuses to replace the checkpoint
+    assert model.stat().st_mtime_ns == before
+    assert main([*train, "--diameter", "120", "--overwrite"]) == 0
+    picks = tmp_path / "picks.star"
+    pick = ["pick", str(tomo), "--model", str(model), "--threshold", "0.0", "--out", str(picks)]
+    assert main(pick) == 0
+    text = picks.read_text()
+    assert "rlnClassNumber" in text and "rlnAutopickFigureOfMerit" in text
+    got = read_particles(picks, voxel_size=VOXEL, tomogram_shape=vol.shape)
+    assert len(got) > 0 and set(got["class_number"]) <= {1, 2}
+    assert got["score"].between(0, 1).all()
+    assert main(pick) == 2  # refuses to replace the picks
+    assert main([*pick, "--overwrite"]) == 0
