@@ -116,3 +116,45 @@ def test_cli_round_trip_and_the_overwrite_rule(simulated, tmp_path):
     assert got["score"].between(0, 1).all()
     assert main(pick) == 2  # refuses to replace the picks
     assert main([*pick, "--overwrite"]) == 0
+
+
+def test_a_second_round_continues_from_the_first_model(simulated, trained, tmp_path):
+    """Adding a class keeps what the picker knew: the known classes' heatmaps are the same
+    before any step of the second round, and the checkpoint lists every class."""
+    import torch
+
+    from napari_cryossl.ops import run
+    from napari_cryossl.particles.learned_picker import (
+        PickerConfig,
+        _load_matching,
+        _network,
+        iter_train_picker,
+        load_picker,
+    )
+
+    first, meta = load_picker(trained[0])
+    grown = _network(3, meta["channels"])
+    _load_matching(grown, torch.load(trained[0], weights_only=True), [1, 2, 3])
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(first(x), grown.eval()(x)[:, :2], atol=1e-5)
+
+    vol, table = simulated
+    table = table.copy()
+    table.loc[table.index[:3], "class_number"] = 3  # a new class in round two
+    out = run(iter_train_picker([(vol, table)], config=PickerConfig(steps=2), out=tmp_path / "r2.pt",
+                                init=trained[0]))
+    state = torch.load(out, weights_only=True)
+    assert state["class_numbers"] == [1, 2, 3]
+    assert state["class_names"][:2] == ["one", "two"]  # names kept from round one
+    assert state["diameter_px"] == DIAMETER_PX  # the first round's diameter
+
+
+def test_a_broken_picker_file_is_named(tmp_path):
+    from napari_cryossl.io import InputError
+    from napari_cryossl.particles.learned_picker import load_picker
+
+    bad = tmp_path / "picker.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="picker.pt"):
+        load_picker(bad)

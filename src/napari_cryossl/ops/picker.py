@@ -1,36 +1,68 @@
 """Pick by example: train a picker on labelled particle centres (``cryossl
-train-picker``); picking with it is ``ops.pick.pick(..., model=...)``."""
+train-picker``, the dock's "Find more like these"); picking with it is
+``ops.pick.pick(..., model=...)``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["train_picker"]
+__all__ = ["picker_examples", "train_picker"]
+
+
+def picker_examples(particles, *, tomogram=None, copick=None):
+    """``(tomogram, particle table)`` pairs of the examples, in each tomogram's voxels.
+
+    Args:
+        particles: a STAR/CSV file with its ``tomogram`` (an MRC/OME-Zarr file, or a
+            RELION ``tomograms.star`` listing several), a copick project config (.json,
+            ``copick`` a ``CopickQuery``), or ``(table, tomogram)`` pairs (the dock's
+            tables; a tomogram is a path or an opened ``io.Tomogram``).
+    """
+    from napari_cryossl.io import InputError, open_tomogram
+    from napari_cryossl.ops.particles import load_particles
+
+    if isinstance(particles, list | tuple):
+        pairs = [
+            (open_tomogram(t) if isinstance(t, str | Path) else t, table)
+            for table, t in particles
+        ]
+    else:
+        pairs = load_particles(particles, tomogram=tomogram, copick=copick).per_tomogram()
+    if not pairs:
+        raise InputError(f"{particles}: no particles to learn from")
+    return pairs
 
 
 def train_picker(
     particles,
     out,
     *,
-    tomogram,
+    tomogram=None,
+    copick=None,
     diameter_a: float | None = None,
     diameter_px: float | None = None,
     steps: int | None = None,
     config=None,
+    init=None,
+    classes=None,
     overwrite: bool = False,
 ):
-    """Train a learned picker on the labelled particles of one tomogram.
+    """Train a learned picker on the labelled particles of one or more tomograms.
 
     Args:
-        particles: a STAR/CSV particle file (coordinates in ``tomogram``'s voxels, or
-            RELION 5 centred Å) or a particle table; rows with ``class_number`` > 0 are
-            the examples, those with 0 are masked out (not background).
+        particles: what `picker_examples` reads: a STAR/CSV file (coordinates in
+            ``tomogram``'s voxels, or RELION 5 centred Å), a copick config, or
+            ``(table, tomogram)`` pairs; rows with ``class_number`` > 0 are the
+            examples, those with 0 are masked out (not background).
         out: the checkpoint to write (PICKER.pt).
-        tomogram: its tomogram (a path or an opened ``io.Tomogram``).
+        tomogram: the tomogram of a coordinate file, or a RELION tomograms.star.
+        copick: ``ops.particles.CopickQuery`` for a copick project.
         diameter_a / diameter_px: the particle diameter in Å or voxels; neither:
-            estimated from the labelled particles (and stored).
+            ``init``'s, else estimated from the labelled particles (and stored).
         steps: training steps (default ``PickerConfig.steps``).
         config: ``learned_picker.PickerConfig``.
+        init: a picker checkpoint to continue from (the next round).
+        classes: {class number: name}; default the labelled class numbers.
         overwrite: replace ``out`` if it exists (False: refuse before any work).
 
     Returns:
@@ -38,24 +70,29 @@ def train_picker(
     """
     from dataclasses import replace
 
-    from napari_cryossl.io import InputError, open_tomogram, read_particles, refuse_to_replace
+    from napari_cryossl.io import InputError, refuse_to_replace
     from napari_cryossl.particles.learned_picker import PickerConfig, iter_train_picker
 
     refuse_to_replace([Path(out)], overwrite=overwrite)
-    tomo = open_tomogram(tomogram) if isinstance(tomogram, str | Path) else tomogram
-    if isinstance(particles, str | Path):
-        table = read_particles(particles, tomogram_shape=tomo.shape, voxel_size=tomo.voxel_size)
-    else:
-        table = particles
+    pairs = picker_examples(particles, tomogram=tomogram, copick=copick)
+    sizes = sorted({float(t.voxel_size) for t, _ in pairs if hasattr(t, "voxel_size")})
+    if len(sizes) > 1:
+        raise InputError(
+            f"{particles}: the tomograms have different voxel sizes ({sizes} Å); a picker "
+            "learns one pixel size"
+        )
+    voxel_size = sizes[0] if sizes else None
     if diameter_a is not None:
         if not diameter_a > 0:
-            raise InputError(f"{getattr(tomo, 'path', tomogram)}: the diameter must be positive, got {diameter_a} Å")
-        diameter_px = diameter_a / tomo.voxel_size
+            raise InputError(f"{particles}: the diameter must be positive, got {diameter_a} Å")
+        if voxel_size is None:
+            raise InputError(f"{particles}: the tomograms' voxel size is unknown; give the diameter in voxels")
+        diameter_px = diameter_a / voxel_size
     config = config or PickerConfig()
     if steps is not None:
         config = replace(config, steps=int(steps))
     path = yield from iter_train_picker(
-        [(tomo, table)], diameter_px=diameter_px, config=config, out=out,
-        voxel_size=tomo.voxel_size,
+        pairs, diameter_px=diameter_px, classes=classes, config=config, out=out,
+        voxel_size=voxel_size, init=init,
     )
     return path

@@ -496,6 +496,20 @@ class SubtomogramSet:
             return []
         return [Path(k) for k in self._tomogram_keys]
 
+    def per_tomogram(self) -> list[tuple[Tomogram, pd.DataFrame]]:
+        """``(tomogram, its particles)`` pairs, in the order the tomograms were given:
+        what works on whole tomograms (the learned picker) rather than on boxes."""
+        if self.kind != "tomogram":
+            raise InputError(
+                f"{self.source_path or 'particles'}: standalone subtomograms, not coordinates "
+                "in tomograms"
+            )
+        return [
+            (self._open(t), self.table[self._rows == t].reset_index(drop=True))
+            for t in range(len(self._tomogram_keys))
+            if (self._rows == t).any()
+        ]
+
     def centers_zyx(self) -> np.ndarray:
         """(N, 3) float64 ZYX voxel centres; NaN for standalone subtomograms."""
         return particle_zyx(self.table)

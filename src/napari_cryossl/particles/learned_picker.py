@@ -226,6 +226,7 @@ def iter_train_picker(
     config: PickerConfig | None = None,
     out,
     voxel_size: float | None = None,
+    init=None,
 ):
     """Train a picker on labelled particle centres; yield `Progress`, return its path.
 
@@ -240,6 +241,9 @@ def iter_train_picker(
         config: `PickerConfig`.
         out: checkpoint file to write (atomically).
         voxel_size: Å per voxel, stored (default: the first `Tomogram`'s).
+        init: a picker checkpoint to continue from (the next round of "find more like
+            these"): its weights where the shapes agree (a new class gets a fresh output
+            channel), its diameter when ``diameter_px`` is None, and its class names.
     """
     import torch
 
@@ -257,8 +261,16 @@ def iter_train_picker(
     labelled = pd.concat([t[t["class_number"] > 0] for _, t in pairs])
     if len(labelled) == 0:
         raise InputError("picker training: no labelled particle (class_number > 0)")
+    start = None
+    if init is not None:
+        start = _read_picker_state(init)
+        if diameter_px is None:
+            diameter_px = float(start["diameter_px"])
     if classes is None:
         classes = {int(k): str(int(k)) for k in sorted(labelled["class_number"].unique())}
+        if start is not None:
+            known = dict(zip(start["class_numbers"], start["class_names"], strict=True))
+            classes = {k: known.get(k, v) for k, v in classes.items()}
     classes = {int(k): str(v) for k, v in dict(classes).items()}
     numbers = sorted(classes)
     index = {k: i for i, k in enumerate(numbers)}
@@ -294,7 +306,11 @@ def iter_train_picker(
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
-    net = _network(len(numbers), config.channels).to(device)
+    channels = tuple(start["channels"]) if start is not None else config.channels
+    net = _network(len(numbers), channels)
+    if start is not None:
+        _load_matching(net, start, numbers)
+    net = net.to(device)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, max_lr=config.learning_rate, total_steps=int(config.steps), pct_start=0.1
@@ -348,7 +364,7 @@ def iter_train_picker(
         "class_names": [classes[k] for k in numbers],
         "voxel_size": float(voxel_size) if voxel_size is not None else None,
         "patch_size": size,
-        "channels": [int(c) for c in config.channels],
+        "channels": [int(c) for c in channels],
         "normalisation": "median 0, robust sigma 1 (1.4826 MAD) per tomogram",
         "sigma_px": sigma,
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items()},
@@ -365,16 +381,72 @@ def iter_train_picker(
     return out
 
 
-def load_picker(path):
-    """A picker checkpoint: (network in eval mode, its metadata)."""
+def _read_picker_state(path) -> dict:
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such picker checkpoint")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file
+        raise InputError(f"{path}: not a readable picker checkpoint ({exc})") from exc
     if not isinstance(state, dict) or state.get("format") != PICKER_FORMAT:
         raise InputError(f"{path}: not a picker checkpoint (cryossl train-picker writes one)")
+    return state
+
+
+def _load_matching(net, state: dict, numbers: list[int]) -> None:
+    """Copy a checkpoint's weights into `net`. The same classes: every weight. Other
+    classes: every weight but the output block's, and of that the parts of the classes
+    both know (a new class starts from a fresh channel, a dropped one is left out)."""
+    import itertools
+
+    own = net.state_dict()
+    saved = state["state_dict"]
+    before = [int(k) for k in state["class_numbers"]]
+    if before == list(numbers):
+        net.load_state_dict(saved)
+        return
+    last = max(int(name.split(".")[1]) for name in own)
+    old = {k: i for i, k in enumerate(before)}
+    shared = [(i, old[k]) for i, k in enumerate(numbers) if k in old]
+    for name, value in saved.items():
+        if name not in own:
+            continue
+        target = own[name]
+        if not name.startswith(f"model.{last}."):
+            if target.shape == value.shape:
+                own[name] = value.clone()
+            continue
+        axes = [
+            a for a in range(target.ndim)
+            if target.shape[a] == len(numbers) and value.shape[a] == len(before)
+        ]
+        if [d for a, d in enumerate(target.shape) if a not in axes] != [
+            d for a, d in enumerate(value.shape) if a not in axes
+        ]:
+            continue
+        if not axes:
+            own[name] = value.clone()
+            continue
+        if len(axes) == 2:
+            # a known class's output must not hear a new class's fresh channel
+            fresh = [i for i, k in enumerate(numbers) if k not in old]
+            for (i, _), j in itertools.product(shared, fresh):
+                target[(slice(None),) * axes[0] + (i,) + (slice(None),) * (axes[1] - axes[0] - 1) + (j,)] = 0
+        for combo in itertools.product(shared, repeat=len(axes)):
+            dst = [slice(None)] * target.ndim
+            src = [slice(None)] * target.ndim
+            for axis, (i, j) in zip(axes, combo, strict=True):
+                dst[axis], src[axis] = i, j
+            target[tuple(dst)] = value[tuple(src)]
+    net.load_state_dict(own)
+
+
+def load_picker(path):
+    """A picker checkpoint: (network in eval mode, its metadata)."""
+    state = _read_picker_state(path)
     net = _network(len(state["class_numbers"]), state["channels"])
     net.load_state_dict(state["state_dict"])
     net.eval()
