@@ -158,3 +158,33 @@ def test_a_broken_picker_file_is_named(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="picker.pt"):
         load_picker(bad)
+
+
+def test_the_heatmap_is_shown_and_rejected_picks_are_not_picked(simulated, trained, tmp_path):
+    """The heatmap array is the picker's probability, peaking where it picks; a class named
+    "not a particle" (the user's rejections) is learned but its picks are dropped."""
+    from napari_cryossl.ops import run
+    from napari_cryossl.particles.annotations import JUNK_CLASS_NAME
+    from napari_cryossl.particles.learned_picker import (
+        PickerConfig,
+        iter_pick_with_model,
+        iter_train_picker,
+    )
+
+    vol, table = simulated
+    heat = np.zeros(vol.shape, dtype=np.float32)
+    picks = run(iter_pick_with_model(vol, trained[0], chunk_size=32, heatmap=heat))
+    assert heat.min() >= 0 and heat.max() <= 1
+    zyx = np.rint(picks[["z", "y", "x"]].to_numpy()).astype(int)
+    assert np.allclose(heat[tuple(zyx.T)], picks["score"], atol=1e-5)
+
+    labelled = table.copy()
+    labelled.loc[labelled.index[:4], "class_number"] = 3
+    out = run(iter_train_picker(
+        [(vol, labelled)], diameter_px=DIAMETER_PX,
+        classes={1: "one", 2: "two", 3: JUNK_CLASS_NAME}, config=PickerConfig(steps=2),
+        out=tmp_path / "junk.pt",
+    ))
+    kept = run(iter_pick_with_model(vol, out, threshold=0.0, chunk_size=32))
+    every = run(iter_pick_with_model(vol, out, threshold=0.0, chunk_size=32, keep_junk=True))
+    assert 3 not in set(kept["class_number"]) and 3 in set(every["class_number"])

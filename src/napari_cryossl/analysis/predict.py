@@ -41,6 +41,7 @@ import numpy as np
 
 from napari_cryossl.base.options import BATCH_HELP, device_option, option, workers_option
 from napari_cryossl.base.status import Progress
+from napari_cryossl.particles.annotations import JUNK_CLASS_NAME
 
 # The loader iter_predict uses; in __all__ too, for scripts that batch boxes as it does.
 from napari_cryossl.particles.loader import batch_loader
@@ -55,11 +56,6 @@ __all__ = [
     "load_classifier",
     "predict",
 ]
-
-#: The name of the class for picks that are not particles (gold, ice, carbon, noise).
-#: Name a class this way and prediction, the demo and Grad-CAM treat it as junk; the demo
-#: gives it the last class number (one more than the particle classes).
-JUNK_CLASS_NAME = "not a particle"
 
 
 def junk_class_number(classes, class_names) -> int | None:

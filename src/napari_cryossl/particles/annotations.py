@@ -54,6 +54,7 @@ from napari_cryossl.particles.colors import DEFAULT_PALETTE
 
 __all__ = [
     "DEFAULT_PALETTE",
+    "JUNK_CLASS_NAME",
     "STORE_COLUMNS",
     "STORE_SUFFIX",
     "AnnotationChange",
@@ -65,6 +66,11 @@ __all__ = [
 STORE_SUFFIX = ".cryossl.star"
 #: Columns of `AnnotationStore.table`: the particle table plus the predicted class.
 STORE_COLUMNS = [*PARTICLE_COLUMNS, "predicted_class"]
+
+#: The name of the class for picks that are not particles (gold, ice, carbon, noise).
+#: Name a class this way and prediction, the learned picker, the demo and Grad-CAM treat
+#: it as junk; the demo gives it the last class number (one more than the particle classes).
+JUNK_CLASS_NAME = "not a particle"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import pandas as pd
 from scipy import ndimage
 
 from napari_cryossl.io import InputError, make_particle_table
+from napari_cryossl.particles.annotations import JUNK_CLASS_NAME
 from napari_cryossl.particles.extract import _MappedPages, _volume_and_name
 from napari_cryossl.particles.picking import _greedy_min_distance, _read_block
 
@@ -462,6 +463,8 @@ def iter_pick_with_model(
     min_distance_px: float | None = None,
     chunk_size: int = 64,
     max_particles: int | None = None,
+    heatmap: np.ndarray | None = None,
+    keep_junk: bool = False,
 ):
     """Pick particles with a trained picker; yield `Progress` per chunk, return the table.
 
@@ -473,6 +476,11 @@ def iter_pick_with_model(
             checkpoint's diameter.
         chunk_size: edge of the chunks, voxels (a multiple of the network's stride).
         max_particles: keep at most this many (the best scores).
+        heatmap: an array of the tomogram's shape to fill with the picker's heatmap (the
+            highest probability of a particle class at each voxel), to show it.
+        keep_junk: keep the picks of a class named `JUNK_CLASS_NAME` ("not a particle",
+            what the user rejected); by default they only suppress particle picks closer
+            than the minimum distance and are then dropped.
 
     Returns:
         Particle table: x, y, z in voxels, ``class_number`` (the checkpoint's class
@@ -503,6 +511,10 @@ def iter_pick_with_model(
     starts = [range(0, n, chunk_size) for n in shape]
     n_chunks = math.prod(len(s) for s in starts)
     numbers = list(meta["class_numbers"])
+    junk = {k for k, n in zip(numbers, meta["class_names"], strict=True) if n == JUNK_CLASS_NAME}
+    particle_channels = [i for i, k in enumerate(numbers) if k not in junk]
+    if heatmap is not None and tuple(heatmap.shape) != shape:
+        raise InputError(f"{name}: the heatmap must have the tomogram's shape {shape}, got {heatmap.shape}")
     pages = _MappedPages(data)
     zyx_all, cls_all, score_all = [], [], []
     done = 0
@@ -519,6 +531,8 @@ def iter_pick_with_model(
                     heat = torch.sigmoid(net(torch.from_numpy(block)[None, None]) + LOGIT_OFFSET).numpy()[0]
                     heat = heat[(slice(None), *(slice(0, b - a) for a, b in outer))]
                     inner = tuple(slice(a - oa, b - oa) for (a, b), (oa, _) in zip(core, outer, strict=True))
+                    if heatmap is not None and particle_channels:
+                        heatmap[tuple(slice(a, b) for a, b in core)] = heat[particle_channels].max(axis=0)[inner]
                     for k in range(heat.shape[0]):
                         h = heat[k]
                         peak = (h == ndimage.maximum_filter(h, size=2 * nms_half + 1, mode="nearest")) & (
@@ -542,6 +556,9 @@ def iter_pick_with_model(
         zyx, score, cls = zyx[order], score[order], cls[order]
         kept = _greedy_min_distance(zyx, float(min_distance_px))
         zyx, score, cls = zyx[kept], score[kept], cls[kept]
+        if junk and not keep_junk:
+            real = ~np.isin(cls, list(junk))
+            zyx, score, cls = zyx[real], score[real], cls[real]
         if max_particles is not None:
             zyx, score, cls = zyx[:max_particles], score[:max_particles], cls[:max_particles]
     else:
