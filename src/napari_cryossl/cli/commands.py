@@ -18,15 +18,15 @@ from napari_cryossl.cli.training import (
 
 
 def _copick(args: argparse.Namespace):
-    """The copick selection of a command's arguments."""
+    """The copick selection of a command's arguments (options a command lacks: any)."""
     from napari_cryossl.ops.particles import CopickQuery
 
     return CopickQuery(
-        voxel_spacing=args.copick_voxel_spacing,
-        tomo_type=args.copick_tomo_type,
-        object_name=args.copick_object,
-        user_id=args.copick_user,
-        session_id=args.copick_session,
+        voxel_spacing=getattr(args, "copick_voxel_spacing", None),
+        tomo_type=getattr(args, "copick_tomo_type", None),
+        object_name=getattr(args, "copick_object", None),
+        user_id=getattr(args, "copick_user", None),
+        session_id=getattr(args, "copick_session", None),
     )
 
 
@@ -70,7 +70,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_pick(args: argparse.Namespace) -> int:
     from napari_cryossl.base.options import settings_from_args
     from napari_cryossl.cli.console import run_operation
-    from napari_cryossl.ops.pick import pick
+    from napari_cryossl.ops.pick import pick_tomograms
     from napari_cryossl.particles.picking import PickSettings
 
     template = getattr(args, "template", None)
@@ -79,7 +79,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
         from napari_cryossl.particles.template_matching import TemplateMatchSettings
 
         matching = settings_from_args(TemplateMatchSettings, args)
-    operation = pick(
+    operation = pick_tomograms(
         args.tomogram,
         diameter_a=args.diameter,
         diameter_px=args.diameter_px,
@@ -90,24 +90,33 @@ def cmd_pick(args: argparse.Namespace) -> int:
         relion5=args.relion5,
         overwrite=args.overwrite,
         model=getattr(args, "model", None),
+        copick=_copick(args),
     )
-    result = run_operation(operation, "template matching" if template else "pick")
-    tomo, a = result.tomogram, result.matching
-    if a:
+    output = run_operation(operation, "template matching" if template else "pick")
+    several = len(output.per_tomogram) > 1
+    for name, result in output.per_tomogram:
+        tomo, a = result.tomogram, result.matching
+        if a:
+            print(
+                f"template {template}: {a['n_rotations']} rotations, low-pass "
+                f"{a['resolution_px']:.1f} px, threshold {a['threshold']:.2f} noise units "
+                f"(σ of the correlation {a['sigma']:.4f})",
+                file=sys.stderr,
+            )
+        where = f"{tomo.path}" + (f" ({name})" if several and name != str(tomo.path) else "")
         print(
-            f"template {template}: {a['n_rotations']} rotations, low-pass "
-            f"{a['resolution_px']:.1f} px, threshold {a['threshold']:.2f} noise units "
-            f"(σ of the correlation {a['sigma']:.4f})",
-            file=sys.stderr,
+            f"{len(result.table)} particles picked in {where} "
+            f"(diameter {result.diameter_px:.1f} px, voxel {tomo.voxel_size:g} Å)"
+            + ("" if several else f" -> {args.out}{output.note}")
         )
-    print(
-        f"{len(result.table)} particles picked in {args.tomogram} "
-        f"(diameter {result.diameter_px:.1f} px, voxel {tomo.voxel_size:g} Å) -> "
-        f"{args.out}{result.note}"
-    )
-    hint = _picking_hint(len(result.table), result.diameter_px, tomo.shape)
-    if hint:
-        print(hint, file=sys.stderr)
+        hint = _picking_hint(len(result.table), result.diameter_px, tomo.shape)
+        if hint:
+            print(hint if not several else f"{name}: {hint}", file=sys.stderr)
+    if several:
+        print(
+            f"{len(output.table)} particles in {len(output.per_tomogram)} tomograms "
+            f"(rlnTomoName) -> {args.out}{output.note}"
+        )
     return 0
 
 
@@ -144,13 +153,83 @@ def cmd_train_picker(args: argparse.Namespace) -> int:
     from napari_cryossl.cli.console import run_operation
     from napari_cryossl.ops.picker import train_picker
 
+    copick = _copick(args)
     operation = train_picker(
-        args.particles, args.out, tomogram=args.tomogram, diameter_a=args.diameter,
-        steps=args.steps, overwrite=args.overwrite,
+        args.particles, args.out, tomogram=args.tomogram, copick=copick,
+        diameter_a=args.diameter, steps=args.steps, init=args.init,
+        classes=_picker_classes(args.particles, args.tomogram, copick, args.init),
+        overwrite=args.overwrite,
     )
     path = run_operation(operation, "train picker")
-    print(f"picker -> {path}")
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    classes = ", ".join(
+        f"{k}: {n}" if n != str(k) else str(k)
+        for k, n in zip(state["class_numbers"], state["class_names"], strict=True)
+    )
+    print(
+        f"picker -> {path} (classes {classes}; diameter {state['diameter_px']:.1f} px"
+        + (f", voxel {state['voxel_size']:g} Å" if state.get("voxel_size") else "")
+        + (f"; continued from {args.init}" if args.init else "")
+        + ")"
+    )
     return 0
+
+
+def _picker_classes(particles, tomogram, copick, init) -> dict[int, str] | None:
+    """{class number: name} of the labelled classes when the input names them (a copick
+    project's particle objects, a STAR's data_classes block with cryosslClassName, as the
+    dock's annotation file has), else None (numbers, or the names ``init`` knows)."""
+    names = _class_names_in(Path(particles))
+    if not names:
+        return None
+    from napari_cryossl.ops.particles import load_particles
+
+    numbers = load_particles(particles, tomogram=tomogram, copick=copick).class_numbers
+    known = {}
+    if init is not None:
+        from napari_cryossl.particles.learned_picker import load_picker
+
+        meta = load_picker(init)[1]
+        known = dict(zip(meta["class_numbers"], meta["class_names"], strict=True))
+    return {
+        int(k): names.get(int(k)) or known.get(int(k)) or str(int(k))
+        for k in sorted(set(numbers.tolist()) - {0})
+    }
+
+
+def _class_names_in(path: Path) -> dict[int, str]:
+    """Class names a particle file or copick config gives, {} when it gives none."""
+    import json
+
+    from napari_cryossl.io.copick import is_copick_config
+
+    if is_copick_config(path):
+        objects = json.loads(path.read_text(encoding="utf-8")).get("pickable_objects") or []
+        return {
+            int(o["label"]) if o.get("label") is not None else 1: str(o["name"])
+            for o in objects
+            if isinstance(o, dict) and o.get("is_particle", True) and o.get("name")
+        }
+    if path.suffix.lower() != ".star" or not path.is_file():
+        return {}
+    import starfile
+
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception:  # noqa: BLE001 - the particle reader reports what is wrong
+        return {}
+    for block in blocks.values():
+        if hasattr(block, "columns") and {"rlnClassNumber", "cryosslClassName"} <= set(
+            block.columns
+        ) and "rlnCoordinateX" not in block.columns:
+            return {
+                int(k): str(n)
+                for k, n in zip(block["rlnClassNumber"], block["cryosslClassName"], strict=True)
+                if str(n)
+            }
+    return {}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

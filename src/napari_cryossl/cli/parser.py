@@ -27,13 +27,31 @@ def _positive_int(text: str) -> int:
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     """The particles to read: a STAR file, its tomogram, the box to cut."""
+    _add_particles_argument(p)
+    _add_tomogram_option(p)
+    p.add_argument(
+        "--box-size",
+        type=_positive_int,
+        default=None,
+        help="subtomogram box edge in voxels when extracting from a tomogram (default 32)",
+    )
+    _add_copick_options(p)
+
+
+def _add_particles_argument(
+    p: argparse.ArgumentParser,
+    what: str = "subtomograms (rlnImageName) or coordinates in a tomogram",
+) -> None:
     p.add_argument(
         "particles",
         type=Path,
-        help="PARTICLES.star: subtomograms (rlnImageName) or coordinates in a tomogram "
+        help=f"PARTICLES.star: {what} "
         "(rlnCoordinateX/Y/Z with rlnTomoName, or RELION-5 centred Å), or a copick "
         "project config .json (its runs' tomograms and picks; see the copick options)",
     )
+
+
+def _add_tomogram_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tomogram",
         type=Path,
@@ -43,14 +61,14 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         "rlnTomoReconstructedTomogram) "
         "(default: from rlnTomoName next to the STAR)",
     )
-    p.add_argument(
-        "--box-size",
-        type=_positive_int,
-        default=None,
-        help="subtomogram box edge in voxels when extracting from a tomogram (default 32)",
-    )
+
+
+def _add_copick_options(p: argparse.ArgumentParser, *, picks: bool = True) -> None:
+    """Which tomograms (and, with `picks`, which picks) of a copick project to read."""
     copick = p.add_argument_group(
         "copick projects (PARTICLES is a copick config .json; needs the [copick] extra)"
+        if picks
+        else "copick projects (a TOMOGRAM is a copick config .json; needs the [copick] extra)"
     )
     copick.add_argument(
         "--copick-voxel-spacing",
@@ -63,6 +81,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="tomogram type, e.g. wbp (default: the only one at that voxel spacing)",
     )
+    if not picks:
+        return
     copick.add_argument(
         "--copick-object",
         default=None,
@@ -109,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     from napari_cryossl.analysis.predict import PredictSettings
     from napari_cryossl.analysis.saliency import GradcamSettings
     from napari_cryossl.base.options import add_arguments, describe
+    from napari_cryossl.particles.learned_picker import PickerConfig
     from napari_cryossl.particles.picking import PickSettings
     from napari_cryossl.particles.template_matching import TemplateMatchSettings
     from napari_cryossl.simulate.config import CLUTTER_OPTIONS, SimulationConfig
@@ -160,11 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
         "its particle's centre (--no-refine: the DoG peaks). With --template, find copies of a "
         "structure instead (local normalised cross-correlation over rotations, missing wedge, "
         "automatic threshold from --false-alarms) and write each pick's orientation "
-        "(rlnAngleRot/Tilt/Psi). Works in chunks on a memory-mapped tomogram, so tomograms "
-        "larger than RAM are fine.",
+        "(rlnAngleRot/Tilt/Psi). With --model, a learned picker (cryossl train-picker) finds "
+        "particles like its examples, with their class. Works in chunks on a memory-mapped "
+        "tomogram, so tomograms larger than RAM are fine. Several tomograms (files, a RELION "
+        "tomograms.star, a copick project) go into one file, rlnTomoName naming each pick's "
+        "tomogram.",
     )
     p.add_argument(
-        "tomogram", type=Path, help="tomogram: MRC (.mrc/.rec/.map) or OME-Zarr folder (.zarr)"
+        "tomogram",
+        type=Path,
+        nargs="+",
+        metavar="TOMOGRAM",
+        help="tomogram(s): MRC (.mrc/.rec/.map) or OME-Zarr folder (.zarr), a RELION "
+        "tomograms.star (every tomogram it lists, rlnTomoName kept) or a copick config .json "
+        "(every run's tomogram; see the copick options)",
     )
     size = p.add_mutually_exclusive_group(required=False)
     size.add_argument(
@@ -187,14 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="PICKER.pt",
-        help="pick with a learned picker (cryossl train-picker): its diameter and classes; "
-        "--threshold is then a probability (default 0.3); writes rlnClassNumber and the "
-        "score (rlnAutopickFigureOfMerit)",
+        help="pick with a learned picker (cryossl train-picker): its diameter and classes "
+        "(every tomogram must have its voxel size); --threshold is then a probability "
+        "(default 0.3); writes rlnClassNumber and the score (rlnAutopickFigureOfMerit)",
     )
     p.add_argument(
         "--out", type=Path, required=True, help="picks.star, picks.csv or picks.tbl (Dynamo)"
     )
     _add_relion5_option(p)
+    _add_copick_options(p, picks=False)
     _add_overwrite_option(p)
 
     # train-picker ---------------------------------------------------------------
@@ -202,21 +233,36 @@ def build_parser() -> argparse.ArgumentParser:
         "train-picker",
         help="pick by example: train a picker on labelled particle centres",
         description="Train a small 3D U-Net to find the centres of the labelled particles "
-        "(rlnClassNumber > 0; 0: unlabelled, ignored nearby) of one tomogram, one heatmap per "
-        "class; then `cryossl pick TOMO --model PICKER.pt` finds more like them.",
+        "(rlnClassNumber > 0; 0: unlabelled, ignored nearby) of one or more tomograms, one "
+        "heatmap per class (named as the file names them: a copick object, an annotation "
+        "file's cryosslClassName; else by number); then `cryossl pick TOMO... --model "
+        "PICKER.pt` finds more like them. --init continues from an earlier picker (the next "
+        "round: its weights, diameter and class names; a new class gets a fresh output).",
     )
-    p.add_argument("particles", type=Path, help="labelled particles: STAR or CSV")
-    p.add_argument("--tomogram", type=Path, required=True, help="their tomogram (MRC or .zarr)")
+    _add_particles_argument(p, "labelled particles (rlnClassNumber), coordinates in tomograms")
+    _add_tomogram_option(p)
     p.add_argument("--out", type=Path, required=True, help="PICKER.pt checkpoint to write")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="PICKER.pt",
+        help="continue from this picker (cryossl train-picker): the next round",
+    )
     p.add_argument(
         "--diameter",
         type=float,
         default=None,
-        help="particle diameter in Å (default: estimated from the labelled particles)",
+        help="particle diameter in Å (default: --init's, else estimated from the labelled "
+        "particles)",
     )
     p.add_argument(
-        "--steps", type=_positive_int, default=None, help="training steps (default 300)"
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help=f"training steps (default {PickerConfig().steps})",
     )
+    _add_copick_options(p)
     _add_overwrite_option(p)
 
     # pretrain -------------------------------------------------------------------
