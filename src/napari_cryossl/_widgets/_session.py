@@ -312,6 +312,15 @@ class Session(QObject):
                 return str(c["name"])
         return "unlabelled" if number == 0 else f"class {number}"
 
+    def ensure_class(self, name: str) -> int:
+        """The number of the class called ``name``, defined (next number, next free
+        colour) when the open tomogram's store has none yet."""
+        self.require_tomogram()
+        for c in self.store.classes:
+            if str(c["name"]) == name:
+                return int(c["number"])
+        return self.store.add_class(name)
+
     def set_current_class(self, number: int) -> None:
         """Choose the class that clicks assign; 0 removes labels. Unknown numbers are ignored."""
         number = int(number)

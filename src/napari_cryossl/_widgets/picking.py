@@ -1,4 +1,5 @@
-"""Step 2, Picking: clicks, DoG or template-matching picks previewed before accepting, imports."""
+"""Step 2, Picking: clicks, DoG or template-matching picks previewed before accepting, imports,
+and "Find more like these" (a learned picker, `find_more.py`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from qtpy.QtWidgets import (
 
 from napari_cryossl._widgets._common import StatusLine, notify_error
 from napari_cryossl._widgets._session import Session
+from napari_cryossl._widgets.find_more import FindMoreWidget
 from napari_cryossl.base.options import describe
 
 PARTICLE_FILTER = "Particle lists (*.star *.csv);;All files (*)"
@@ -110,6 +112,9 @@ class PickingWidget(QWidget):
         self.progress.setVisible(False)
         form.addRow(self.progress)
         layout.addWidget(auto)
+
+        self.find_more = FindMoreWidget(session)
+        layout.addWidget(self.find_more)
 
         self.count_label = QLabel("")
         layout.addWidget(self.count_label)

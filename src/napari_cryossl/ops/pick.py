@@ -36,6 +36,7 @@ def pick(
     relion5: bool = False,
     overwrite: bool = False,
     model=None,
+    heatmap=None,
 ):
     """Pick particles in ``tomogram`` (a path or an opened ``io.Tomogram``).
 
@@ -51,6 +52,8 @@ def pick(
         model: a picker checkpoint (``cryossl train-picker``): pick with it instead; the
             diameter is the checkpoint's, the threshold a probability (default 0.3) and
             each pick has its class (rlnClassNumber) and score.
+        heatmap: with ``model``: an array of the tomogram's shape to fill with the
+            picker's heatmap (the highest probability of a particle class per voxel).
 
     Returns:
         ``PickOutput``.
@@ -97,6 +100,7 @@ def pick(
         table = yield from iter_pick_with_model(
             tomo.data, model, threshold=settings.threshold,
             min_distance_px=settings.min_distance_px, max_particles=settings.max_particles,
+            heatmap=heatmap,
         )
         diameter_px = float(table.attrs["diameter_px"])
     else:
@@ -141,6 +145,7 @@ def _write_angles(table, out: Path) -> str:
     }
     replace_star_columns(out, out, columns)
     return ", with orientations (rlnAngleRot/Tilt/Psi)"
+
 
 # ---------------------------------------------------------------- several tomograms, one file
 
