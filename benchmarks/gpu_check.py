@@ -31,6 +31,13 @@ Stages (GPU sizes; ``--dry-run`` sizes in brackets):
              pretrain`` (as ``python -m torch.distributed.run``) against a one-process run of the same CLI (per-GPU batch equal);
              N = 1: reported as N = 1, no run; no GPU: skipped [the one-process CLI run
              still runs, to prove the command and the parsing]
+  picker     pick by example, speed (benchmarks/bench_picker_speed.py's ``measure``): the
+             learned picker's dense inference over a 200 x 512 x 512 [40 x 80 x 80]
+             simulated tomogram (the network over the chunks on the device, and
+             ``iter_pick_with_model`` on the CPU beside it) against TomoTwin-style
+             sliding-window embedding (box 37, stride 2; a few batches of 256 [2] timed,
+             the rest extrapolated), as a ratio. Runs by default on a GPU only; a dry run
+             runs it when named (``--stages picker``)
 
     python benchmarks/gpu_check.py --out benchmarks/out/gpu          # on the GPU machine
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_dry      # anywhere, < 1 min
@@ -89,6 +96,10 @@ STAGES: tuple[tuple[str, float, float], ...] = (
     ("oom", 40, 5),
     ("ddp", 110, 45),  # last: the longest, and on one GPU nothing to run
 )
+
+#: Stages that run by default on a GPU only (a dry run runs them when ``--stages`` names
+#: them), after the others, with their budgets (GPU, dry run).
+GPU_DEFAULT_STAGES: tuple[tuple[str, float, float], ...] = (("picker", 150, 60),)
 
 SKIPPED_NO_GPU = "skipped: no GPU"
 
@@ -805,6 +816,26 @@ def stage_oom(ctx: Context) -> dict:
     return out
 
 
+def stage_picker(ctx: Context) -> dict:
+    """Pick by example, speed: `bench_picker_speed.measure` on the device."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_picker_speed", Path(__file__).resolve().parent / "bench_picker_speed.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_picker_speed", bench)
+    spec.loader.exec_module(bench)
+    sizes = dict(shape=(40, 80, 80), windows=2, batch=2, train_steps=2) if ctx.dry else dict(
+        shape=(200, 512, 512), windows=8 * 256, batch=256, train_steps=20
+    )
+    row = bench.measure(
+        device=ctx.device, threads=None, cpu_path=True, device_path=True, work=ctx.work,
+        log=lambda text: print(f"  picker: {text}", flush=True), **sizes,
+    )
+    return {"rows": [row]}
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[Context], dict]] = {
     "env": stage_env,
     "peak": stage_peak,
@@ -814,6 +845,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Context], dict]] = {
     "predict": stage_predict,
     "oom": stage_oom,
     "ddp": stage_ddp,
+    "picker": stage_picker,
 }
 
 
@@ -909,6 +941,26 @@ def markdown(results: dict) -> str:
               if v.get("status", "ok").startswith("error")]
     if errors:
         lines += ["", "Stages that failed:", *errors]
+    picker = results.get("picker", {})
+    if picker:
+        lines += ["", "Pick by example, speed (`bench_picker_speed.measure`; one tomogram):", ""]
+        if not picker.get("rows"):
+            lines.append(f"picker: {picker.get('status', 'not run')}")
+        for r in picker.get("rows", []):
+            shape = "x".join(map(str, r["shape_zyx"]))
+            lines += ["| measurement | time per tomogram | rate | note |", "|---|---|---|---|"]
+            for d in r["dense"]:
+                lines.append(f"| dense picker {shape} | {fmt_duration(d['seconds'])} | "
+                             f"{fmt(d['voxels_per_s'] / 1e6)} M voxels/s | {d['path']} |")
+            sw = r["sliding_window"]
+            lines.append(
+                f"| TomoTwin-style sliding window {shape} | "
+                f"{fmt_duration(sw['extrapolated_total_s'])} (extrapolated) | "
+                f"{fmt(sw['windows_per_s'])} boxes/s | box {sw['box']}, stride {sw['stride']}, "
+                f"{sw['windows_total']:,} boxes; {sw['windows_timed']} timed, batch {sw['batch']} |"
+            )
+            lines.append(f"| ratio | **{r['ratio_sliding_over_dense']:,.0f}x** | | sliding "
+                         f"window / {r['ratio_against']} |")
     sweep = results.get("inference", {}).get("sweep") or []
     if sweep:
         lines += ["", "Inference sweep (model alone, in-memory tensors on the device):", "",
@@ -979,8 +1031,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=None,
                         help="total time budget (default 420 s on a GPU, 120 s dry run); the "
                         "process is stopped 60 s after it, whatever is running")
-    parser.add_argument("--stages", nargs="+", choices=[s[0] for s in STAGES], default=None,
-                        help="run only these stages (env and peak always run)")
+    parser.add_argument("--stages", nargs="+",
+                        choices=[s[0] for s in STAGES + GPU_DEFAULT_STAGES], default=None,
+                        help="run only these stages (env and peak always run; picker runs "
+                        "by default on a GPU only)")
     parser.add_argument("--work", type=Path, default=None,
                         help="scratch folder (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
@@ -997,13 +1051,14 @@ def main(argv: list[str] | None = None) -> int:
     # A hung kernel or process must not hold the machine: dump the stacks and stop.
     faulthandler.dump_traceback_later(budget + 60, exit=True)
     total_deadline = time.monotonic() + budget
-    wanted = set(args.stages or [s[0] for s in STAGES]) | {"env", "peak"}
+    default = [s[0] for s in STAGES + (() if dry else GPU_DEFAULT_STAGES)]
+    wanted = set(args.stages or default) | {"env", "peak"}
     try:
         with tempfile.TemporaryDirectory(prefix="gpu_check_", dir=args.work) as tmp:
             ctx = Context(device=device, dry=dry, sizes=Sizes.dry() if dry else Sizes.gpu(),
                           out=args.out, work=Path(tmp))
             t0 = time.monotonic()
-            for name, gpu_budget, dry_budget in STAGES:
+            for name, gpu_budget, dry_budget in STAGES + GPU_DEFAULT_STAGES:
                 if name in wanted:
                     run_stage(ctx, name, dry_budget if dry else gpu_budget, total_deadline)
                     write_outputs(ctx)

@@ -307,3 +307,68 @@ def test_a_copick_project_trains_and_picks(copick_project, tmp_path, capsys):
     frame = starfile.read(out)
     assert frame["rlnTomoName"].nunique() == 2
     assert all(name.endswith("wbp.zarr") for name in frame["rlnTomoName"])
+
+
+def test_several_tomograms_report_one_progress_that_only_grows(project):
+    from napari_cryossl.ops import run
+    from napari_cryossl.ops.pick import pick_tomograms
+
+    folder = project["folder"]
+    seen = []
+    output = run(
+        pick_tomograms([folder / "tomograms.star"], model=project["model"]), seen.append
+    )
+    assert [name for name, _ in output.per_tomogram] == list(NAMES)
+    steps = [s.step for s in seen]
+    assert steps == sorted(steps) and seen[-1].step == seen[-1].n_steps
+    assert seen[0].stage.startswith("pick: tomo_a (1/2)")
+    assert seen[-1].stage.startswith("pick: tomo_b (2/2)")
+    assert list(output.table["tomo_name"].unique()) == [
+        n for n, r in output.per_tomogram if len(r.table)
+    ]
+
+
+def _benchmark(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[f"benchmarks_{name}"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_speed_benchmark_runs_in_the_gpu_checks_dry_run(tmp_path):
+    """benchmarks/bench_picker_speed.py through benchmarks/gpu_check.py's picker stage on
+    the CPU at a tiny size (both dense paths, the sliding window), and TomoTwin's network
+    as rewritten there: 77.6 M parameters, 37³ boxes to unit 32-D vectors."""
+    import json
+
+    import torch
+
+    bench = _benchmark("bench_picker_speed")
+    assert bench.sliding_window_count((200, 512, 512)) == 82 * 238 * 238
+    volume = np.zeros((40, 41, 50))
+    view = np.lib.stride_tricks.sliding_window_view(volume, (37, 37, 37))[::2, ::2, ::2]
+    assert bench.sliding_window_count(volume.shape) == np.prod(view.shape[:3])
+    net = bench.tomotwin_net().eval()
+    assert sum(p.numel() for p in net.parameters()) == 77_563_360
+    with torch.inference_mode():
+        out = net(torch.randn(2, 1, 37, 37, 37))
+    assert out.shape == (2, 32) and torch.allclose(out.norm(dim=1), torch.ones(2))
+    del net
+
+    gpu_check = _benchmark("gpu_check")
+    assert gpu_check.main(["--dry-run", "--stages", "picker", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert results["picker"]["status"] == "ok", results["picker"]
+    (row,) = results["picker"]["rows"]
+    assert [d["path"].split()[0] for d in row["dense"]] == ["learned_picker.iter_pick_with_model", "picker"]
+    assert all(d["seconds"] > 0 and d["voxels_per_s"] > 0 for d in row["dense"])
+    sw = row["sliding_window"]
+    assert sw["windows_total"] == bench.sliding_window_count(row["shape_zyx"])
+    assert sw["windows_per_s"] > 0 and row["ratio_sliding_over_dense"] > 0
+    assert "TomoTwin-style sliding window" in (tmp_path / "gpu_check.md").read_text()
