@@ -48,8 +48,10 @@ CANDIDATE_THRESHOLD = 0.05
 #: Names of the two layers a round shows.
 HEATMAP_LAYER = "picker heatmap"
 PICKS_LAYER = "picker picks"
-#: Candidates are drawn half filled, so the density under them stays visible.
-_FACE_ALPHA = 0.25
+#: Candidates are rings in their class colour (labelled particles are filled discs,
+#: unlabelled ones grey rings), so the density and the heatmap under them stay visible.
+_FACE_ALPHA = 0.0
+_BORDER_WIDTH = 0.2
 
 
 @dataclass
@@ -388,6 +390,7 @@ class FindMoreWidget(QGroupBox):
                 "not shown (press Find more like these there)"
             )
             return
+        self.panel.progress.setFormat(f"done: {result.picker.name}")
         self._show_heatmap(result.heatmap)
         table = result.table
         zyx = table[["z", "y", "x"]].to_numpy(dtype=np.float64)
@@ -446,7 +449,7 @@ class FindMoreWidget(QGroupBox):
                 scale=(vs, vs, vs),
                 translate=translate,
                 size=marker_size(session),
-                border_width=0.15,
+                border_width=_BORDER_WIDTH,
                 border_width_is_relative=True,
                 projection_mode="rescale_spherical",
                 features=features,
