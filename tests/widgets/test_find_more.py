@@ -268,3 +268,17 @@ def test_the_round_runs_without_a_viewer(simulated_picker_tomogram, tmp_path):
     (tmp_path / "picker-3.pt").write_bytes(b"")
     (tmp_path / "picker-backup.pt").write_bytes(b"")
     assert latest_picker(tmp_path) == tmp_path / "picker-3.pt"
+
+
+def test_a_broken_last_picker_is_named_and_nothing_is_written(labelled_dock, qtbot):
+    _viewer, _widget, session, section, _truth = labelled_dock
+    broken = session.work_dir / "picker.pt"
+    broken.write_bytes(b"not a checkpoint")
+    assert section.last_picker() == broken
+    worker = section.start()
+    assert worker is not None
+    _wait(qtbot, worker)
+    assert section.status.is_error and "picker.pt" in section.status.text()
+    assert section.panel.progress.format() == "failed"
+    assert not (session.work_dir / "picker-2.pt").exists()
+    assert section.panel.start_button.isEnabled()

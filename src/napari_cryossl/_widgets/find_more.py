@@ -286,9 +286,8 @@ class FindMoreWidget(QGroupBox):
         pairs = [
             (t, tomo) for t, tomo in pairs if np.isin(t["class_number"].to_numpy(), known).any()
         ]
-        used = sorted(
-            {int(k) for t, _ in pairs for k in t["class_number"].to_numpy() if k in known}
-        )
+        labels = np.concatenate([t["class_number"].to_numpy() for t, _ in pairs] or [[]])
+        used = [int(k) for k in np.unique(labels) if int(k) in known]
         classes = {k: session.class_name(k) for k in used}
         if not [k for k, name in classes.items() if name != JUNK_CLASS_NAME]:
             raise InputError(
@@ -331,7 +330,7 @@ class FindMoreWidget(QGroupBox):
         worker = generator_worker(job)
         worker.yielded.connect(self._on_status)
         worker.returned.connect(self._show_result)
-        worker.errored.connect(lambda exc: self.status.error(notify_error(exc)))
+        worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         self.run_out = out
@@ -361,6 +360,10 @@ class FindMoreWidget(QGroupBox):
             self._stage = status.stage
             self.panel.reset(status.stage)
         self.panel.update_status(status)
+
+    def _on_error(self, exc) -> None:
+        self.panel.progress.setFormat("failed")
+        self.status.error(notify_error(exc))
 
     def _on_finished(self) -> None:
         self.worker = None
