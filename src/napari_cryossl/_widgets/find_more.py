@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 
 from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error, notify_info
 from napari_cryossl._widgets._session import Session
+from napari_cryossl._widgets.training import ProjectCheckBox, project_tables
 
 #: The first round's picker in the work folder; later rounds go to picker-2.pt, picker-3.pt...
 PICKER_NAME = "picker.pt"
@@ -128,8 +129,6 @@ class FindMoreWidget(QGroupBox):
 
     def __init__(self, session: Session, parent=None) -> None:
         super().__init__("Find more like these (learned picker)", parent)
-        from napari_cryossl._widgets.training import ProjectCheckBox
-
         self.session = session
         self.worker = None
         self.cancelled = False
@@ -225,7 +224,7 @@ class FindMoreWidget(QGroupBox):
         pauses come when the section opens, not when the user presses the button.
 
         Returns:
-            The worker, or None when the stack is loaded (or loading) already.
+            The worker while the stack loads, None once it is loaded.
         """
         from napari_cryossl._widgets._workers import function_worker
 
@@ -275,7 +274,6 @@ class FindMoreWidget(QGroupBox):
         Raises:
             InputError: no labelled particle of a particle class.
         """
-        from napari_cryossl._widgets.training import project_tables
         from napari_cryossl.io import InputError
         from napari_cryossl.particles.annotations import JUNK_CLASS_NAME
 
