@@ -156,9 +156,7 @@ def cmd_train_picker(args: argparse.Namespace) -> int:
     copick = _copick(args)
     operation = train_picker(
         args.particles, args.out, tomogram=args.tomogram, copick=copick,
-        diameter_a=args.diameter, steps=args.steps, init=args.init,
-        classes=_picker_classes(args.particles, args.tomogram, copick, args.init),
-        overwrite=args.overwrite,
+        diameter_a=args.diameter, steps=args.steps, init=args.init, overwrite=args.overwrite,
     )
     path = run_operation(operation, "train picker")
     import torch
@@ -175,61 +173,6 @@ def cmd_train_picker(args: argparse.Namespace) -> int:
         + ")"
     )
     return 0
-
-
-def _picker_classes(particles, tomogram, copick, init) -> dict[int, str] | None:
-    """{class number: name} of the labelled classes when the input names them (a copick
-    project's particle objects, a STAR's data_classes block with cryosslClassName, as the
-    dock's annotation file has), else None (numbers, or the names ``init`` knows)."""
-    names = _class_names_in(Path(particles))
-    if not names:
-        return None
-    from napari_cryossl.ops.particles import load_particles
-
-    numbers = load_particles(particles, tomogram=tomogram, copick=copick).class_numbers
-    known = {}
-    if init is not None:
-        from napari_cryossl.particles.learned_picker import load_picker
-
-        meta = load_picker(init)[1]
-        known = dict(zip(meta["class_numbers"], meta["class_names"], strict=True))
-    return {
-        int(k): names.get(int(k)) or known.get(int(k)) or str(int(k))
-        for k in sorted(set(numbers.tolist()) - {0})
-    }
-
-
-def _class_names_in(path: Path) -> dict[int, str]:
-    """Class names a particle file or copick config gives, {} when it gives none."""
-    import json
-
-    from napari_cryossl.io.copick import is_copick_config
-
-    if is_copick_config(path):
-        objects = json.loads(path.read_text(encoding="utf-8")).get("pickable_objects") or []
-        return {
-            int(o["label"]) if o.get("label") is not None else 1: str(o["name"])
-            for o in objects
-            if isinstance(o, dict) and o.get("is_particle", True) and o.get("name")
-        }
-    if path.suffix.lower() != ".star" or not path.is_file():
-        return {}
-    import starfile
-
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception:  # noqa: BLE001 - the particle reader reports what is wrong
-        return {}
-    for block in blocks.values():
-        if hasattr(block, "columns") and {"rlnClassNumber", "cryosslClassName"} <= set(
-            block.columns
-        ) and "rlnCoordinateX" not in block.columns:
-            return {
-                int(k): str(n)
-                for k, n in zip(block["rlnClassNumber"], block["cryosslClassName"], strict=True)
-                if str(n)
-            }
-    return {}
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:

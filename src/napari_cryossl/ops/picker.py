@@ -62,7 +62,9 @@ def train_picker(
         steps: training steps (default ``PickerConfig.steps``).
         config: ``learned_picker.PickerConfig``.
         init: a picker checkpoint to continue from (the next round).
-        classes: {class number: name}; default the labelled class numbers.
+        classes: {class number: name}; default: the names the file gives (a copick
+            project's objects, a STAR's data_classes block), else ``init``'s, else the
+            class numbers.
         overwrite: replace ``out`` if it exists (False: refuse before any work).
 
     Returns:
@@ -75,6 +77,8 @@ def train_picker(
 
     refuse_to_replace([Path(out)], overwrite=overwrite)
     pairs = picker_examples(particles, tomogram=tomogram, copick=copick)
+    if classes is None and isinstance(particles, str | Path):
+        classes = _class_names(Path(particles), pairs, init)
     sizes = sorted({float(t.voxel_size) for t, _ in pairs if hasattr(t, "voxel_size")})
     if len(sizes) > 1:
         raise InputError(
@@ -96,3 +100,58 @@ def train_picker(
         voxel_size=voxel_size, init=init,
     )
     return path
+
+
+def _class_names(particles: Path, pairs, init) -> dict[int, str] | None:
+    """{class number: name} of the labelled classes when the input names them (a copick
+    project's particle objects, a STAR's data_classes block with cryosslClassName, as the
+    dock's annotation file has), else None (numbers, or the names ``init`` knows)."""
+    names = _class_names_in(particles)
+    if not names:
+        return None
+    import numpy as np
+
+    numbers = np.concatenate([t["class_number"].to_numpy() for _, t in pairs])
+    known = {}
+    if init is not None:
+        from napari_cryossl.particles.learned_picker import load_picker
+
+        meta = load_picker(init)[1]
+        known = dict(zip(meta["class_numbers"], meta["class_names"], strict=True))
+    return {
+        int(k): names.get(int(k)) or known.get(int(k)) or str(int(k))
+        for k in sorted(set(numbers.tolist()) - {0})
+    }
+
+
+def _class_names_in(path: Path) -> dict[int, str]:
+    """Class names a particle file or copick config gives, {} when it gives none."""
+    import json
+
+    from napari_cryossl.io.copick import is_copick_config
+
+    if is_copick_config(path):
+        objects = json.loads(path.read_text(encoding="utf-8")).get("pickable_objects") or []
+        return {
+            int(o["label"]) if o.get("label") is not None else 1: str(o["name"])
+            for o in objects
+            if isinstance(o, dict) and o.get("is_particle", True) and o.get("name")
+        }
+    if path.suffix.lower() != ".star" or not path.is_file():
+        return {}
+    import starfile
+
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception:  # noqa: BLE001 - the particle reader reports what is wrong
+        return {}
+    for block in blocks.values():
+        if hasattr(block, "columns") and {"rlnClassNumber", "cryosslClassName"} <= set(
+            block.columns
+        ) and "rlnCoordinateX" not in block.columns:
+            return {
+                int(k): str(n)
+                for k, n in zip(block["rlnClassNumber"], block["cryosslClassName"], strict=True)
+                if str(n)
+            }
+    return {}
