@@ -20,9 +20,7 @@ inside the worker, never when this module is imported.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt
@@ -40,12 +38,10 @@ from qtpy.QtWidgets import (
 from napari_cryossl._widgets._common import RunPanel, StatusLine, notify_error, notify_info
 from napari_cryossl._widgets._session import Session
 from napari_cryossl._widgets.training import ProjectCheckBox, project_tables
+from napari_cryossl.ops.picker import FindMoreResult, find_more
 
 #: The first round's picker in the work folder; later rounds go to picker-2.pt, picker-3.pt...
 PICKER_NAME = "picker.pt"
-#: The picker picks once at this heatmap value, so every candidate comes back with its
-#: score and the slider chooses among them without picking again.
-CANDIDATE_THRESHOLD = 0.05
 #: Names of the two layers a round shows.
 HEATMAP_LAYER = "picker heatmap"
 PICKS_LAYER = "picker picks"
@@ -53,17 +49,6 @@ PICKS_LAYER = "picker picks"
 #: unlabelled ones grey rings), so the density and the heatmap under them stay visible.
 _FACE_ALPHA = 0.0
 _BORDER_WIDTH = 0.2
-
-
-@dataclass
-class FindMoreResult:
-    """What a round made: the picker file, its candidates (particle table in voxels, best
-    first, ``score`` in 0..1, ``class_number`` the predicted class) and the heatmap (the
-    tomogram's shape, float32, the highest particle-class probability per voxel)."""
-
-    picker: Path
-    table: Any
-    heatmap: np.ndarray
 
 
 def latest_picker(folder) -> Path | None:
@@ -78,49 +63,6 @@ def latest_picker(folder) -> Path | None:
         if match and path.is_file():
             found.append((int(match.group(1) or 1), path))
     return max(found)[1] if found else None
-
-
-def find_more(
-    pairs,
-    tomogram,
-    out,
-    *,
-    init=None,
-    classes=None,
-    steps: int | None = None,
-    diameter_px: float | None = None,
-    threshold: float = CANDIDATE_THRESHOLD,
-):
-    """One round of "Find more like these": train a picker, then pick with it.
-
-    A generator of `base.status.Progress` (stage "train picker", then "pick") that returns
-    a `FindMoreResult`; the dock runs it in a thread worker, tests call it directly.
-
-    Args:
-        pairs: ``(table, tomogram)`` pairs to learn from (`ops.picker.train_picker`).
-        tomogram: the opened ``io.Tomogram`` (or path) to pick in.
-        out: the new picker file (never replaced: the caller chooses an unused name).
-        init: the previous round's picker to continue from, or None.
-        classes: {class number: name} to learn (a class named "not a particle" is
-            learned as negatives).
-        steps: training steps (None: the core's default, ``PickerConfig.steps``).
-        diameter_px: the particle diameter in voxels (None: ``init``'s, or estimated).
-        threshold: the lowest heatmap peak kept as a candidate.
-    """
-    from napari_cryossl.io import open_tomogram
-    from napari_cryossl.ops.pick import pick
-    from napari_cryossl.ops.picker import train_picker
-    from napari_cryossl.particles.picking import PickSettings
-
-    picker = yield from train_picker(
-        pairs, out, init=init, classes=classes, steps=steps, diameter_px=diameter_px
-    )
-    tomo = open_tomogram(tomogram) if isinstance(tomogram, str | Path) else tomogram
-    heatmap = np.zeros(tuple(int(n) for n in tomo.shape), dtype=np.float32)
-    output = yield from pick(
-        tomo, model=picker, settings=PickSettings(threshold=float(threshold)), heatmap=heatmap
-    )
-    return FindMoreResult(Path(picker), output.table, heatmap)
 
 
 class FindMoreWidget(QGroupBox):

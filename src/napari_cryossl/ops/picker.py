@@ -4,9 +4,28 @@ train-picker``, the dock's "Find more like these"); picking with it is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["picker_examples", "train_picker"]
+import numpy as np
+
+__all__ = ["CANDIDATE_THRESHOLD", "FindMoreResult", "find_more", "picker_examples", "train_picker"]
+
+#: "Find more like these" picks once at this heatmap value, so every candidate comes back
+#: with its score and a score slider chooses among them without picking again.
+CANDIDATE_THRESHOLD = 0.05
+
+
+@dataclass
+class FindMoreResult:
+    """What a round made: the picker file, its candidates (particle table in voxels, best
+    first, ``score`` in 0..1, ``class_number`` the predicted class) and the heatmap (the
+    tomogram's shape, float32, the highest particle-class probability per voxel)."""
+
+    picker: Path
+    table: Any
+    heatmap: np.ndarray
 
 
 def picker_examples(particles, *, tomogram=None, copick=None):
@@ -155,3 +174,45 @@ def _class_names_in(path: Path) -> dict[int, str]:
                 if str(n)
             }
     return {}
+
+
+def find_more(
+    pairs,
+    tomogram,
+    out,
+    *,
+    init=None,
+    classes=None,
+    steps: int | None = None,
+    diameter_px: float | None = None,
+    threshold: float = CANDIDATE_THRESHOLD,
+):
+    """One round of "Find more like these": train a picker, then pick with it.
+
+    A generator of `base.status.Progress` (stage "train picker", then "pick") that returns
+    a `FindMoreResult`; the dock's "Find more like these" runs it in a thread worker.
+
+    Args:
+        pairs: ``(table, tomogram)`` pairs to learn from (`ops.picker.train_picker`).
+        tomogram: the opened ``io.Tomogram`` (or path) to pick in.
+        out: the new picker file (never replaced: the caller chooses an unused name).
+        init: the previous round's picker to continue from, or None.
+        classes: {class number: name} to learn (a class named "not a particle" is
+            learned as negatives).
+        steps: training steps (None: the core's default, ``PickerConfig.steps``).
+        diameter_px: the particle diameter in voxels (None: ``init``'s, or estimated).
+        threshold: the lowest heatmap peak kept as a candidate.
+    """
+    from napari_cryossl.io import open_tomogram
+    from napari_cryossl.ops.pick import pick
+    from napari_cryossl.particles.picking import PickSettings
+
+    picker = yield from train_picker(
+        pairs, out, init=init, classes=classes, steps=steps, diameter_px=diameter_px
+    )
+    tomo = open_tomogram(tomogram) if isinstance(tomogram, str | Path) else tomogram
+    heatmap = np.zeros(tuple(int(n) for n in tomo.shape), dtype=np.float32)
+    output = yield from pick(
+        tomo, model=picker, settings=PickSettings(threshold=float(threshold)), heatmap=heatmap
+    )
+    return FindMoreResult(Path(picker), output.table, heatmap)
