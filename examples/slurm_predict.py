@@ -37,11 +37,8 @@ def predict_one(classifier: str, particles: str, out: str, gpus: int, extra: lis
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
-    p.add_argument("particles", type=Path, nargs="+", help="particle files, one job each")
-    p.add_argument("--out", type=Path, required=True, help="folder for the predictions")
+def cluster_options(p: argparse.ArgumentParser, name: str) -> None:
+    """The scheduler's options every job-array example takes."""
     p.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), default="auto",
                    help="auto: SLURM when sbatch is found, else local processes")
     p.add_argument("--partition", default=None, help="SLURM partition")
@@ -51,10 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time", type=int, default=60, help="minutes per job")
     p.add_argument("--max-parallel", type=int, default=32, help="jobs of the array at a time")
     p.add_argument("--logs", type=Path, default=None, help="submitit's folder (default OUT/logs)")
-    p.epilog = "After --: more `cryossl predict` options for every job, e.g. -- --tta 1"
-    argv = list(sys.argv[1:] if argv is None else argv)
-    cut = argv.index("--") if "--" in argv else len(argv)
-    args, extra = p.parse_args(argv[:cut]), argv[cut + 1 :]
+    p.epilog = f"After --: more `cryossl {name}` options for every job"
+
+
+def run_array(args, job, inputs: list[Path], per_job: list[list], name: str) -> int:
+    """Submit ``job(*row)`` for each row of ``per_job`` (one per input) as one job array,
+    wait, print each input's result or failure; 1 when any job failed."""
     import submitit
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -65,25 +64,41 @@ def main(argv: list[str] | None = None) -> int:
     if executor.cluster == "slurm":
         params.update(slurm_partition=args.partition, slurm_gpus_per_node=args.gpus_per_job,
                       slurm_mem_gb=args.mem_gb, slurm_array_parallelism=args.max_parallel,
-                      name="cryossl-predict")
+                      name=f"cryossl-{name}")
     else:
         params.update(gpus_per_node=0 if args.gpus_per_job <= 1 else args.gpus_per_job)
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    outs = [str(args.out / f"{path.stem}_predictions{path.suffix}") for path in args.particles]
-    n = len(args.particles)
-    jobs = executor.map_array(
-        predict_one, [str(args.classifier)] * n, [str(p) for p in args.particles], outs,
-        [args.gpus_per_job] * n, [extra] * n,
-    )
-    print(f"{n} job(s) submitted ({executor.cluster}); logs in {logs}", flush=True)
+    jobs = executor.map_array(job, *(list(column) for column in zip(*per_job, strict=True)))
+    print(f"{len(jobs)} job(s) submitted ({executor.cluster}); logs in {logs}", flush=True)
     failed = 0
-    for path, job in zip(args.particles, jobs, strict=True):
+    for path, done in zip(inputs, jobs, strict=True):
         try:
-            print(f"{path} -> {job.result()}", flush=True)
+            print(f"{path} -> {done.result()}", flush=True)
         except Exception as exc:  # one failed tomogram does not hide the others
             failed += 1
-            print(f"{path}: failed ({exc}); log: {job.paths.stderr}", file=sys.stderr, flush=True)
+            print(f"{path}: failed ({exc}); log: {done.paths.stderr}", file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def split_extra(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """The example's own arguments, and those after ``--`` (for every job's command)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    return argv[:cut], argv[cut + 1 :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("classifier", type=Path, help="CLASSIFIER.pt from `cryossl finetune`")
+    p.add_argument("particles", type=Path, nargs="+", help="particle files, one job each")
+    p.add_argument("--out", type=Path, required=True, help="folder for the predictions")
+    cluster_options(p, "predict")
+    own, extra = split_extra(argv)
+    args = p.parse_args(own)
+    outs = [str(args.out / f"{path.stem}_predictions{path.suffix}") for path in args.particles]
+    rows = [[str(args.classifier), str(path), out, args.gpus_per_job, extra]
+            for path, out in zip(args.particles, outs, strict=True)]
+    return run_array(args, predict_one, args.particles, rows, "predict")
 
 
 if __name__ == "__main__":
