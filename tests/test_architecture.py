@@ -280,7 +280,7 @@ def test_npe2_adapters_do_not_import_the_widgets():
 PACKAGE_ROOMS = {
     f"{PACKAGE}.train": {
         "rooms": (
-            ("config", "labels", "checkpoints", "calibration"),
+            ("config", "labels", "checkpoints", "calibration", "semi_supervised"),
             ("loop",),
             ("pretrain", "finetune"),
         ),

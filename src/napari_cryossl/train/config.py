@@ -263,6 +263,12 @@ class FinetuneConfig:
         dropout: dropout before the last layer (default 0.3, paper 0.5).
         tta: test-time augmentation stored with the classifier: prediction averages
             the class probabilities over this many fixed rotations (1: none).
+        semi_supervised: FixMatch (``train.semi_supervised``): each step adds
+            ``unlabelled_ratio`` x the batch of unlabelled particles (class 0, and labels
+            left out by ``label_fraction``); a wedge-keeping half-turn of each is
+            predicted, and where the top probability reaches ``pseudo_label_threshold``
+            a strongly augmented view is trained on that class with weight
+            ``unlabelled_weight``.
         class_names: {class number: name} stored in the checkpoint.
         device, seed, num_workers, amp, save_every: as in ``PretrainConfig``.
         encoder_options: ``build_encoder`` overrides for a random start.
@@ -323,6 +329,24 @@ class FinetuneConfig:
         None,
         "views averaged at prediction, stored in the classifier (default: the recipe's)",
         minimum=1,
+    )
+    semi_supervised: bool = option(
+        False,
+        "semi-supervised (FixMatch): also learn from the unlabelled particles (class 0, "
+        "and labels left out by --label-fraction), trained on their confident predictions",
+    )
+    unlabelled_ratio: int = option(
+        2, "semi-supervised: unlabelled particles per labelled one in each step", minimum=1
+    )
+    pseudo_label_threshold: float = option(
+        0.95,
+        "semi-supervised: an unlabelled particle is trained on its predicted class when "
+        "that class's probability reaches this",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    unlabelled_weight: float = option(
+        1.0, "semi-supervised: weight of the unlabelled particles' loss", minimum=0.0
     )
     class_names: dict[int, str] | None = None
     device: str = device_option()
@@ -387,6 +411,18 @@ class FinetuneConfig:
             raise InputError(f"warm-up fraction must be in [0, 1), got {self.warmup}")
         if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
             raise InputError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if int(self.unlabelled_ratio) != self.unlabelled_ratio or self.unlabelled_ratio < 1:
+            raise InputError(
+                f"unlabelled ratio must be an integer >= 1, got {self.unlabelled_ratio}"
+            )
+        if not 0.0 <= self.pseudo_label_threshold <= 1.0:
+            raise InputError(
+                f"pseudo-label threshold must be in [0, 1], got {self.pseudo_label_threshold}"
+            )
+        if not (math.isfinite(self.unlabelled_weight) and self.unlabelled_weight >= 0):
+            raise InputError(
+                f"unlabelled weight must be >= 0, got {self.unlabelled_weight}"
+            )
         for key in ("min_steps", "tta"):
             v = getattr(self, key)
             if v is not None and (int(v) != v or v < (1 if key == "tta" else 0)):

@@ -4,6 +4,8 @@
 the label split (``labels.split_labelled``), class-balanced batches, the warm-up and
 cosine schedule, validation after every epoch with the best weights kept, and the
 resumable state (split, optimiser, schedule, best weights) in ``last_checkpoint_path(out)``.
+With ``semi_supervised`` every step adds a batch of unlabelled particles trained on their
+confident pseudo-labels (``semi_supervised.FixMatch``).
 ``out`` itself is written once, when the run finishes: a stopped or failed run never
 replaces the classifier a user already has there.
 """
@@ -170,6 +172,10 @@ class _FinetuneJob(_Job):
             SubtomogramAugment(**dict(config.augment_options)) if config.augment else None
         )
         self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=float(config.label_smoothing))
+        self.semi = None  # semi_supervised.FixMatch when semi-supervised
+        self.unlabelled = np.zeros(0, dtype=np.int64)
+        if config.semi_supervised:
+            self._setup_semi_supervised()
         self.trainable = self.ctx.wrap(self.model, self.device) if self.ctx.enabled else self.model
         self.best = {"val_accuracy": -1.0, "val_loss": math.inf, "epoch": 0}
         # Temperature scaling of the best classifier (train/calibration.py); None: not fitted.
@@ -230,6 +236,25 @@ class _FinetuneJob(_Job):
         ]
 
     # -- setup helpers ----------------------------------------------------------------------
+    def _setup_semi_supervised(self) -> None:
+        """FixMatch on the rows without a label in this run (train/semi_supervised.py)."""
+        from napari_cryossl.train.semi_supervised import FixMatch, unlabelled_rows
+
+        config = self.config
+        self.unlabelled = unlabelled_rows(self.data.class_numbers, self.train_rows, self.val_rows)
+        if len(self.unlabelled) == 0:
+            self.notes.append(
+                "semi-supervised: no unlabelled particles (class 0) in the set; trained on "
+                "the labels only"
+            )
+            return
+        self.semi = FixMatch(
+            config.pseudo_label_threshold,
+            config.unlabelled_weight,
+            config.augment_options if config.augment else None,
+        )
+        self.method += ", semi-supervised (FixMatch)"
+
     def _head_from_probe(self) -> None:
         """Set the last layer to the linear probe on the training particles (head_init="probe")."""
         import torch
@@ -300,7 +325,42 @@ class _FinetuneJob(_Job):
 
     # -- loop hooks ---------------------------------------------------------------------------
     def loader(self, batches):
-        return _loader(self, batches, self.train_rows)
+        if self.semi is None:
+            return _loader(self, batches, self.train_rows)
+        return self._semi_loader(batches)
+
+    def _semi_loader(self, batches):
+        """Each labelled batch followed by its unlabelled batch, loaded together; the
+        unlabelled rows' class numbers come back as ``-1 - hidden`` (hidden: the class
+        number in the file, 0 or a label left out), so ``train_step`` can tell them apart."""
+        from napari_cryossl.particles.loader import batch_loader
+        from napari_cryossl.train.semi_supervised import unlabelled_batches
+
+        first = self.step_in_epoch  # the loop hands over the epoch's batches from here on
+        global_u = int(self.config.unlabelled_ratio) * self.local_batch * self.ctx.world_size
+        u_batches = unlabelled_batches(
+            len(self.unlabelled),
+            self.steps_per_epoch,
+            global_u,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )[first : first + len(batches)]
+        rows = [
+            np.concatenate([self.train_rows[b], self.unlabelled[u]])
+            for b, u in zip(batches, u_batches, strict=True)
+        ]
+        sizes = [len(b) for b in batches]
+        loader = batch_loader(
+            self.data,
+            rows,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            seed=self.seed + self.epoch,
+        )
+        return _marked(sizes, loader)
+
 
     def _targets(self, labels):
         import torch
@@ -309,18 +369,36 @@ class _FinetuneJob(_Job):
         return torch.from_numpy(index).to(self.device, non_blocking=True)
 
     def train_step(self, boxes, labels) -> float:
+        import torch
+
         from napari_cryossl.nn.devices import autocast, to_device
 
         x = to_device(boxes, self.device)
-        y = self._targets(labels)
+        n_l = int((labels >= 0).sum()) if self.semi is not None else len(labels)
+        y = self._targets(labels[:n_l])
+        x_u = x[n_l:]
+        x = x[:n_l]
+        targets_u = mask_u = None
+        if len(x_u):
+            hidden = (-1 - labels[n_l:]).numpy()
+            with autocast(self.device, self.dtype):
+                targets_u, mask_u = self.semi.pseudo_label(
+                    self.model, x_u, hidden=hidden, classes=self.classes
+                )
+            x_u = self.semi.strong(x_u)
         self.trainable.train()
         if self.config.freeze_encoder:
             self.model.encoder.eval()
         if self.augment is not None:
             x = self.augment(x)
+        if len(x_u):
+            x = torch.cat([x, x_u])
         with autocast(self.device, self.dtype):
             logits = self.trainable(x)
-        loss = self.criterion(logits.float(), y)
+        loss = self.criterion(logits[:n_l].float(), y)
+        if len(x_u):
+            loss = loss + self.semi.loss(logits[n_l:], targets_u, mask_u)
+        logits = logits[:n_l]
         _backward_step(self, loss)
         self.scheduler.step()
         self._correct += int((logits.detach().argmax(1) == y).sum())
@@ -364,6 +442,12 @@ class _FinetuneJob(_Job):
         train_acc = self.ctx.mean(self._correct / max(self._seen, 1), self.device)
         self._correct = self._seen = 0
         metrics: dict[str, Any] = {"train_loss": mean_loss, "train_accuracy": train_acc}
+        if self.semi is not None:
+            semi = self.semi.metrics()
+            metrics["pseudo_label_rate"] = self.ctx.mean(semi["pseudo_label_rate"], self.device)
+            if "pseudo_label_accuracy" in semi:  # this rank's: not every rank may know one
+                metrics["pseudo_label_accuracy"] = semi["pseudo_label_accuracy"]
+            self.semi.reset()
         val = self.evaluate()
         metrics.update(val)
         if val:
@@ -479,6 +563,14 @@ class _FinetuneJob(_Job):
         return super().finish()
 
 
+def _marked(sizes, loader):
+    """The semi-supervised batches with the unlabelled part's class numbers marked."""
+    for n_l, (boxes, labels, rows) in zip(sizes, loader, strict=True):
+        labels = labels.clone()
+        labels[n_l:] = -1 - labels[n_l:]
+        yield boxes, labels, rows
+
+
 def iter_finetune(
     data,
     config: FinetuneConfig,
@@ -498,7 +590,9 @@ def iter_finetune(
     and output i means class ``classes[i]``.
 
     Args:
-        data: a ``SubtomogramSet``; unlabelled rows (0) are ignored.
+        data: a ``SubtomogramSet``; unlabelled rows (0) are ignored, unless
+            ``config.semi_supervised`` (then they, and labels left out by
+            ``label_fraction``, are learnt from with pseudo-labels: ``semi_supervised``).
         config: ``FinetuneConfig``.
         out: classifier checkpoint (the best validation model), written when the run
             finishes; until then, and when stopped, the state (which loads as a
