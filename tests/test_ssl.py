@@ -63,8 +63,8 @@ def reference_sinkhorn(scores, iterations, eps):
 
 def test_unknown_method_and_hyperparameter_are_rejected():
     enc = small_encoder()
-    with pytest.raises(ValueError, match=r"byol.*\['moco', 'simclr', 'swav'\]"):
-        build_ssl("byol", enc)
+    with pytest.raises(ValueError, match=r"dino.*\['byol', 'moco', 'simclr', 'simsiam', 'swav'\]"):
+        build_ssl("dino", enc)
     with pytest.raises(ValueError, match="queue_size"):
         build_ssl("simclr", enc, queue_size=10)
 

@@ -22,7 +22,13 @@ from typing import Any
 MODEL_PRESETS = ("rb3d-small", "rb3d")
 #: Self-supervised methods and their display names (``ssl.SSL_DEFAULTS`` holds their
 #: hyper-parameters; tests check that the two agree).
-SSL_METHODS = {"moco": "MoCo v2", "simclr": "SimCLR", "swav": "SwAV"}
+SSL_METHODS = {
+    "moco": "MoCo v2",
+    "simclr": "SimCLR",
+    "swav": "SwAV",
+    "simsiam": "SimSiam",
+    "byol": "BYOL",
+}
 #: Recipes of ``train.RECIPES`` and ``train.PRETRAIN_RECIPES``.
 RECIPE_NAMES = ("default", "paper")
 #: Devices every machine has; the widgets add "cuda:N" for each GPU found.

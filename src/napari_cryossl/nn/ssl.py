@@ -1,13 +1,14 @@
-"""Contrastive self-supervised objectives: MoCo v2, SimCLR and SwAV.
+"""Self-supervised objectives: MoCo v2, SimCLR and SwAV (contrastive), SimSiam and BYOL
+(non-contrastive).
 
 Each objective is a small ``nn.Module`` that owns the encoder being pretrained
 plus its method-specific parts (projection head, momentum encoder and queue,
-prototypes). The training loop (``train/``) only does::
+prototypes, predictor, target network). The training loop (``train/``) only does::
 
     objective = build_ssl("moco", encoder)
     loss = objective(augment(x), augment(x))    # two views of the same boxes
     loss.backward(); optimizer.step(); optimizer.zero_grad()
-    objective.after_optimizer_step(progress)    # momentum update, prototype normalisation
+    objective.after_optimizer_step(progress)    # momentum / target update, prototypes
 
 and afterwards saves ``objective.encoder`` (the part fine-tuning starts from).
 
@@ -19,6 +20,11 @@ Hyper-parameters and where they come from are in ``SSL_DEFAULTS`` and
 
 Shapes: views are (N, 1, B, B, B) float tensors (ZYX boxes); the encoder maps
 them to (N, F); the projection heads to (N, projection_dim).
+
+The non-contrastive methods need no negatives: one view's projection predicts the
+other's through a small prediction head, and what keeps them from collapsing onto one
+constant output is the stop-gradient (SimSiam) or a slowly moving target network (BYOL).
+``embedding_std`` measures collapse the way the SimSiam paper does.
 """
 
 from __future__ import annotations
@@ -31,7 +37,17 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["SSL_DEFAULTS", "MoCo", "SSLObjective", "SimCLR", "SwAV", "build_ssl"]
+__all__ = [
+    "BYOL",
+    "SSL_DEFAULTS",
+    "MoCo",
+    "SSLObjective",
+    "SimCLR",
+    "SimSiam",
+    "SwAV",
+    "build_ssl",
+    "embedding_std",
+]
 
 #: Default hyper-parameters per method. Model-side keys are consumed by the
 #: objective; loop-side keys (lr, weight_decay, optimizer, batch_size, epochs)
@@ -51,6 +67,17 @@ __all__ = ["SSL_DEFAULTS", "MoCo", "SSLObjective", "SimCLR", "SwAV", "build_ssl"
 #:   structures, so 30 prototypes (about 3 x the classes of a typical set;
 #:   override with ``n_prototypes``). Adam instead of LARS, weight decay 1e-6,
 #:   batch 64.
+#: - simsiam: Chen & He (2021), arXiv:2011.10566: 3-layer projection MLP with BN on
+#:   every layer, 2-layer bottleneck predictor (hidden = projection / 4), symmetrised
+#:   negative cosine with a stop-gradient. Their SGD lr 0.05 x batch / 256 suits
+#:   ImageNet batches of 512; here Adam lr 1e-3 (what MoCo needed on rb3d-small,
+#:   docs/training.md), weight decay 1e-4 as in SimSiam, batch 16 like MoCo.
+#:   projection_dim 256 = rb3d-small's feature size (SimSiam keeps the backbone's).
+#: - byol: Grill et al. (2020), arXiv:2006.07733: projection and prediction MLPs
+#:   (Linear-BN-ReLU-Linear), target network = EMA of the online encoder and
+#:   projection with the momentum rising from 0.99 to 1 along a cosine (their 0.996
+#:   is for ~300k steps; short runs want a faster target). Adam lr 1e-3, weight decay
+#:   1e-4 (LARS and 1.5e-6 are for batches of 4096), batch 16.
 SSL_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
     "moco": {
         "lr": 1e-4,
@@ -90,6 +117,28 @@ SSL_DEFAULTS: Mapping[str, Mapping[str, Any]] = {
         "projection_dim": 128,
         "hidden_dim": None,
     },
+    "simsiam": {
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "optimizer": "adam",
+        "batch_size": 16,
+        "epochs": 200,
+        "projection_dim": 256,
+        "hidden_dim": None,  # None: the encoder's feature_dim
+        "prediction_hidden_dim": 64,  # the predictor's bottleneck (projection_dim / 4)
+    },
+    "byol": {
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "optimizer": "adam",
+        "batch_size": 16,
+        "epochs": 200,
+        "momentum": 0.99,
+        "momentum_schedule": "cosine",  # or "fixed"
+        "projection_dim": 128,
+        "hidden_dim": None,  # None: 2 x the encoder's feature_dim
+        "prediction_hidden_dim": None,  # None: the projection's hidden size
+    },
 }
 
 _OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
@@ -105,7 +154,7 @@ class SSLObjective(nn.Module):
 
     Attributes:
         encoder: the pretrained network (save this one).
-        method: "moco", "simclr" or "swav".
+        method: a key of ``SSL_DEFAULTS``.
         hparams: dict of hyper-parameters in use.
         progress: fraction of training done, as last reported to
             ``after_optimizer_step`` (0 before the first step).
@@ -218,12 +267,7 @@ class MoCo(SSLObjective):
         from lightly.models.modules import MoCoProjectionHead
         from lightly.models.utils import deactivate_requires_grad
 
-        if self.hparams["momentum_schedule"] not in ("fixed", "cosine"):
-            raise ValueError(
-                f"momentum_schedule must be 'fixed' or 'cosine', got {hparams['momentum_schedule']!r}"
-            )
-        if not 0.0 <= float(self.hparams["momentum"]) <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {self.hparams['momentum']}")
+        _check_momentum(self.hparams)
         queue_size = int(self.hparams["queue_size"])
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
@@ -272,10 +316,7 @@ class MoCo(SSLObjective):
 
     def current_momentum(self) -> float:
         """Momentum for the next update: fixed, or cosine from ``momentum`` to 1."""
-        if self.hparams["momentum_schedule"] == "fixed":
-            return self.momentum
-        # BYOL-style cosine increase; lightly's cosine_schedule wants integer steps.
-        return 1.0 - (1.0 - self.momentum) * (math.cos(math.pi * self.progress) + 1.0) / 2.0
+        return _momentum(self.momentum, self.hparams["momentum_schedule"], self.progress)
 
     def after_optimizer_step(self, progress: float) -> None:
         """EMA update of the key encoder and head from the (just stepped) query side."""
@@ -384,14 +425,161 @@ class SwAV(SSLObjective):
         self.prototypes.normalize()
 
 
-_METHODS: dict[str, type[SSLObjective]] = {"moco": MoCo, "simclr": SimCLR, "swav": SwAV}
+class SimSiam(SSLObjective):
+    """SimSiam: one view's projection predicts the other's, through a stop-gradient.
+
+    Chen & He (2021), arXiv:2011.10566. No negatives, no momentum encoder, no queue:
+    ``p = h(z)``, ``z = g(f(x))`` and the loss is
+    ``D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2`` with ``D`` the negative cosine similarity
+    (lightly ``NegativeCosineSimilarity``), so it lies in [-1, 1] and a perfect
+    prediction gives -1. The stop-gradient is what prevents the collapse onto a
+    constant output (the paper's section 4.1); ``embedding_std`` watches it. Heads:
+    lightly ``SimSiamProjectionHead`` (3 layers, BN on each, the output's BN without
+    affine) and ``SimSiamPredictionHead`` (bottleneck; BN, so at least 2 subtomograms
+    per batch).
+    """
+
+    method = "simsiam"
+
+    def __init__(self, encoder: nn.Module, hparams: dict[str, Any]):
+        super().__init__(encoder, hparams)
+        from lightly.loss import NegativeCosineSimilarity
+        from lightly.models.modules import SimSiamPredictionHead, SimSiamProjectionHead
+
+        dim = int(self.hparams["projection_dim"])
+        bottleneck = int(self.hparams["prediction_hidden_dim"])
+        self.projection_head = SimSiamProjectionHead(self.feature_dim, self._hidden_dim(), dim)
+        self.prediction_head = SimSiamPredictionHead(dim, bottleneck, dim)
+        self.criterion = NegativeCosineSimilarity()
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, B, B, B) -> (N, projection_dim) ``z``, not normalised."""
+        return self.projection_head(self.encoder(x))
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        """Symmetrised negative cosine of predictions against stopped projections -> scalar."""
+        self._check_views(view1, view2, min_batch=2)
+        z1, z2 = self.project(view1), self.project(view2)
+        p1, p2 = self.prediction_head(z1), self.prediction_head(z2)
+        return 0.5 * (self.criterion(p1, z2.detach()) + self.criterion(p2, z1.detach()))
+
+
+class BYOL(SSLObjective):
+    """BYOL: the online network predicts a slowly moving target network's projection.
+
+    Grill et al. (2020), arXiv:2006.07733. Online: encoder, projection head, prediction
+    head; target: a copy of encoder and projection head that never gets gradients and
+    follows the online weights as an exponential moving average,
+    ``t <- m t + (1 - m) o`` after every optimiser step, with ``m`` rising from
+    ``momentum`` to 1 along a cosine (``momentum_schedule="cosine"``, BYOL's). The loss
+    is the symmetrised negative cosine of each view's prediction against the other
+    view's target projection (BYOL's ``2 - 2 cos`` up to an affine map), in [-1, 1].
+    Heads: lightly ``BYOLProjectionHead`` / ``BYOLPredictionHead`` (Linear-BN-ReLU-Linear;
+    at least 2 subtomograms per batch).
+    """
+
+    method = "byol"
+
+    def __init__(self, encoder: nn.Module, hparams: dict[str, Any]):
+        super().__init__(encoder, hparams)
+        from lightly.loss import NegativeCosineSimilarity
+        from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
+        from lightly.models.utils import deactivate_requires_grad
+
+        _check_momentum(self.hparams)
+        dim = int(self.hparams["projection_dim"])
+        hidden = self.hparams.get("hidden_dim")
+        hidden = 2 * self.feature_dim if hidden is None else int(hidden)
+        pred_hidden = self.hparams.get("prediction_hidden_dim")
+        pred_hidden = hidden if pred_hidden is None else int(pred_hidden)
+        self.projection_head = BYOLProjectionHead(self.feature_dim, hidden, dim)
+        self.prediction_head = BYOLPredictionHead(dim, pred_hidden, dim)
+        self.target_encoder = copy.deepcopy(self.encoder)
+        self.target_projection_head = copy.deepcopy(self.projection_head)
+        deactivate_requires_grad(self.target_encoder)
+        deactivate_requires_grad(self.target_projection_head)
+        self.criterion = NegativeCosineSimilarity()
+        self.momentum = float(self.hparams["momentum"])
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Online projection: (N, 1, B, B, B) -> (N, projection_dim), not normalised."""
+        return self.projection_head(self.encoder(x))
+
+    @torch.no_grad()
+    def project_target(self, x: torch.Tensor) -> torch.Tensor:
+        """Target projection (the EMA network), without gradients."""
+        return self.target_projection_head(self.target_encoder(x))
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        """Symmetrised negative cosine of online predictions against target projections."""
+        self._check_views(view1, view2, min_batch=2)
+        p1 = self.prediction_head(self.project(view1))
+        p2 = self.prediction_head(self.project(view2))
+        t1, t2 = self.project_target(view1), self.project_target(view2)
+        return 0.5 * (self.criterion(p1, t2) + self.criterion(p2, t1))
+
+    def current_momentum(self) -> float:
+        """Momentum for the next update: fixed, or cosine from ``momentum`` to 1."""
+        return _momentum(self.momentum, self.hparams["momentum_schedule"], self.progress)
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """EMA update of the target encoder and projection head."""
+        from lightly.models.utils import update_momentum
+
+        super().after_optimizer_step(progress)
+        m = self.current_momentum()
+        update_momentum(self.encoder, self.target_encoder, m)
+        update_momentum(self.projection_head, self.target_projection_head, m)
+
+
+def _check_momentum(hparams: Mapping[str, Any]) -> None:
+    if hparams["momentum_schedule"] not in ("fixed", "cosine"):
+        raise ValueError(
+            f"momentum_schedule must be 'fixed' or 'cosine', got {hparams['momentum_schedule']!r}"
+        )
+    if not 0.0 <= float(hparams["momentum"]) <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {hparams['momentum']}")
+
+
+def _momentum(base: float, schedule: str, progress: float) -> float:
+    """EMA momentum at ``progress`` in [0, 1]: ``base`` (fixed), or cosine from it to 1."""
+    if schedule == "fixed":
+        return base
+    # BYOL's cosine increase; lightly's cosine_schedule wants integer steps.
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def embedding_std(embeddings: torch.Tensor) -> float:
+    """How far a representation is from collapse: the std over the batch of the
+    L2-normalised embeddings, averaged over dimensions (SimSiam, section 4.1).
+
+    Args:
+        embeddings: (N, D) outputs of an encoder or projection head, N >= 2.
+
+    Returns:
+        0 when every sample maps to the same direction (collapse); about ``1 / sqrt(D)``
+        when the directions are spread like isotropic Gaussian vectors.
+    """
+    if embeddings.ndim != 2 or embeddings.shape[0] < 2:
+        raise ValueError(f"expected (N >= 2, D) embeddings, got {tuple(embeddings.shape)}")
+    z = nn.functional.normalize(embeddings.detach().float(), dim=1)
+    return float(z.std(dim=0).mean())
+
+
+_METHODS: dict[str, type[SSLObjective]] = {
+    "moco": MoCo,
+    "simclr": SimCLR,
+    "swav": SwAV,
+    "simsiam": SimSiam,
+    "byol": BYOL,
+}
 
 
 def build_ssl(method: str, encoder: nn.Module, **overrides: Any) -> SSLObjective:
     """Wrap ``encoder`` in a self-supervised objective.
 
     Args:
-        method: "moco", "simclr" or "swav" (case-insensitive).
+        method: "moco", "simclr", "swav", "simsiam" or "byol" (case-insensitive).
         encoder: network to pretrain, with a ``feature_dim`` attribute.
         **overrides: hyper-parameters replacing ``SSL_DEFAULTS[method]`` entries.
 

@@ -146,7 +146,8 @@ class PretrainConfig:
     Attributes:
         recipe: "default" (3D-rotation views; MoCo at lr 1e-3, m 0.99) or "paper"
             (Gupta et al.'s views and settings); see ``PRETRAIN_RECIPES``.
-        method: "moco", "simclr" or "swav".
+        method: "moco", "simclr", "swav" (contrastive), "simsiam" or "byol"
+            (non-contrastive: no negatives; docs/training.md).
         preset: encoder preset ("rb3d-small", the measured default; "rb3d", the paper's).
         epochs, batch_size, lr, weight_decay: None takes ``ssl.SSL_DEFAULTS[method]``
             (MoCo: 200 epochs, batch 16, Adam lr 1e-4, weight decay 1e-4). The batch is
@@ -166,7 +167,12 @@ class PretrainConfig:
             every rank; SwAV: Sinkhorn over every rank's batch).
     """
 
-    method: str = option("moco", "contrastive objective", choices=SSL_METHODS)
+    method: str = option(
+        "moco",
+        "self-supervised objective: moco, simclr, swav (contrastive); simsiam, byol "
+        "(non-contrastive)",
+        choices=SSL_METHODS,
+    )
     preset: str = option(
         "rb3d-small",
         "encoder: rb3d-small, the measured default (global pooling, docs/training.md); "

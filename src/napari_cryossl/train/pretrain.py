@@ -271,7 +271,7 @@ def iter_pretrain(
     should_stop: Callable[[], bool] | None = None,
     distributed=None,
 ) -> Iterator[TrainStatus]:
-    """Contrastive self-supervised pretraining of an encoder on every particle.
+    """Self-supervised pretraining (contrastive or not) of an encoder on every particle.
 
     Labels are ignored. Each step loads a batch (pinned CPU memory), copies it to the
     device, makes two augmented views there (``SubtomogramAugment``), and minimises the
