@@ -274,7 +274,8 @@ class FinetuneConfig:
             left out by ``label_fraction``); a wedge-keeping half-turn of each is
             predicted, and where the top probability reaches ``pseudo_label_threshold``
             a strongly augmented view is trained on that class with weight
-            ``unlabelled_weight``.
+            ``unlabelled_weight``. ``pseudo_label_views`` 4 averages the probabilities of
+            all four half-turns instead of predicting one random half-turn.
         class_names: {class number: name} stored in the checkpoint.
         device, seed, num_workers, amp, save_every: as in ``PretrainConfig``.
         encoder_options: ``build_encoder`` overrides for a random start.
@@ -354,6 +355,7 @@ class FinetuneConfig:
     unlabelled_weight: float = option(
         1.0, "semi-supervised: weight of the unlabelled particles' loss", minimum=0.0
     )
+    pseudo_label_views: int = 1
     class_names: dict[int, str] | None = None
     device: str = device_option()
     seed: int = option(0, "seeds the label split, the weights and the augmentation")

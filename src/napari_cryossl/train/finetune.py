@@ -252,6 +252,7 @@ class _FinetuneJob(_Job):
             config.pseudo_label_threshold,
             config.unlabelled_weight,
             config.augment_options if config.augment else None,
+            views=int(config.pseudo_label_views),
         )
         self.method += ", semi-supervised (FixMatch)"
 

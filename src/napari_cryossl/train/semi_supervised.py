@@ -33,6 +33,7 @@ __all__ = [
     "FixMatch",
     "pseudo_labels",
     "unlabelled_batches",
+    "half_turns",
     "unlabelled_rows",
     "weak_view",
 ]
@@ -75,6 +76,13 @@ def unlabelled_batches(
         order[k * global_batch + rank * local : k * global_batch + (rank + 1) * local]
         for k in range(n_steps)
     ]
+
+
+def half_turns(x):
+    """The four wedge-keeping views of each box: itself and its half-turns about z, y, x."""
+    import torch
+
+    return [x, torch.flip(x, (3, 4)), torch.flip(x, (2, 4)), torch.flip(x, (2, 3))]
 
 
 def weak_view(x, generator=None):
@@ -120,9 +128,14 @@ class FixMatch:
             strong view adds ``STRONG_NOISE`` to them.
     """
 
-    def __init__(self, threshold: float, weight: float, augment_options: dict | None):
+    def __init__(
+        self, threshold: float, weight: float, augment_options: dict | None, views: int = 1
+    ):
         from napari_cryossl.nn.augment import SubtomogramAugment
 
+        if views not in (1, 4):
+            raise ValueError(f"views must be 1 (one random half-turn) or 4 (all), got {views}")
+        self.views = int(views)
         self.threshold = float(threshold)
         self.weight = float(weight)
         options = dict(augment_options or {})
@@ -144,7 +157,11 @@ class FixMatch:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            logits = model(weak_view(x_u))
+            if self.views == 1:
+                logits = model(weak_view(x_u))
+            else:  # the mean probability of the four half-turns, as logits
+                probs = torch.softmax(model(torch.cat(half_turns(x_u))).float(), dim=1)
+                logits = probs.view(4, len(x_u), -1).mean(0).clamp_min(1e-12).log()
         model.train(was_training)
         targets, mask, _ = pseudo_labels(logits, self.threshold)
         self.n_seen += int(mask.numel())

@@ -1,0 +1,269 @@
+"""The few-label curve: accuracy at k labels per class, with and without the unlabelled particles.
+
+Data: the "quick" configuration of ``reproduce_paper.py`` (its ``experiment_data``): the ten
+built-in complexes x 60, crowded, CTF, ±60° wedge, 32³ boxes at 10 Å, SNR 0.1, a stratified
+60:20:20 split (36 / 12 / 12 per class), the same simulation seed and split as every
+"quick" row in docs/benchmarks.md. For every label count k and seed:
+
+- the fine-tuning set is the training and validation splits together (480 particles): the
+  training split keeps its labels and ``label_fraction = k / 36`` draws k per class of them
+  (``split_labelled``, the run's seed); every other particle (the rest of the training
+  split, the validation split) is unlabelled (class 0, or a label left out). No validation
+  split (``val_fraction 0``): with 5 labels per class a user has none to spare, and the
+  latest weights are kept;
+- ``random``: the default recipe from random weights, labels only;
+- ``random+semi``: the same with ``semi_supervised=True`` (FixMatch, train/semi_supervised.py);
+- ``moco+semi`` (optional): MoCo pretrained on the 480 particles first (``--pretrain-epochs``);
+- the floor (``baselines.floor_accuracy``: radial features + logistic regression) on exactly
+  the k labels of that run, and the ceiling (``baselines.simulated_ceiling``, template
+  matching with the true templates) once: all on the same 120 test particles.
+
+Rows go to ``OUT.jsonl`` as they finish (several processes may share it: each skips rows
+already there); ``--summarise`` writes ``OUT`` (JSON: rows and the mean ± sd table) and
+prints the table::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_few_labels.py --labels 5 10 20 all \\
+        --seeds 0 1 --methods random random+semi --out benchmarks/results/few_labels_DATE.json
+    python benchmarks/bench_few_labels.py --out benchmarks/results/few_labels_DATE.json --summarise
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reproduce_paper import CONFIGS, experiment_data, simulation_config  # noqa: E402
+
+SNR = 0.1
+METHODS = ("random", "random+semi", "moco+semi", "moco")
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {row["key"]: row for row in rows}
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+def _k(text: str) -> int | None:
+    return None if text == "all" else int(text)
+
+
+def _load_average() -> float | None:
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:
+        return None
+
+
+def fine_tuning_set(all_data, train_idx, val_idx):
+    """The training + validation particles, labels on the training split only."""
+    from napari_cryossl.particles.dataset import SubtomogramSet
+
+    labels = np.asarray(all_data.class_numbers)
+    pool = np.concatenate([train_idx, val_idx])
+    shown = labels[pool].copy()
+    shown[len(train_idx):] = 0
+    data = SubtomogramSet.from_arrays(all_data.load(pool), shown, voxel_size=all_data.voxel_size)
+    return data, pool
+
+
+def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_dir):
+    from napari_cryossl.analysis.baselines import floor_accuracy
+    from napari_cryossl.analysis.predict import predict
+    from napari_cryossl.train import FinetuneConfig, iter_finetune, split_labelled
+
+    labels = np.asarray(all_data.class_numbers)
+    data, pool = fine_tuning_set(all_data, train_idx, val_idx)
+    per_class = int(np.bincount(labels[train_idx]).max())
+    fraction = 1.0 if k is None else k / per_class
+    chosen, _, _ = split_labelled(data.class_numbers, label_fraction=fraction, val_fraction=0.0,
+                                  seed=seed)
+    test = all_data.subset(test_idx)
+    truth = labels[test_idx]
+    rows = []
+    t0 = time.perf_counter()
+    floor = floor_accuracy(data.load(chosen), np.asarray(data.class_numbers)[chosen],
+                           test.load(np.arange(len(test))), truth)
+    rows.append({"method": "floor", "k": k, "seed": seed, "n_labels": int(len(chosen)),
+                 "test_accuracy": floor, "seconds": time.perf_counter() - t0})
+    init = None
+    if method.startswith("moco"):
+        init = out_dir / f"encoder_seed{seed}.pt"
+        if not init.exists():
+            from napari_cryossl.train import PretrainConfig, iter_pretrain, run
+
+            t0 = time.perf_counter()
+            run(iter_pretrain(data, PretrainConfig(epochs=args.pretrain_epochs, batch_size=16,
+                                                   device="cpu", seed=seed), init))
+            print(f"pretrained {init} in {time.perf_counter() - t0:.0f} s", flush=True)
+    config = FinetuneConfig(
+        epochs=args.epochs,
+        min_steps=args.steps,
+        batch_size=args.batch_size,
+        label_fraction=fraction,
+        val_fraction=0.0,
+        device="cpu",
+        seed=seed,
+        semi_supervised=method.endswith("+semi"),
+        unlabelled_ratio=args.ratio,
+        pseudo_label_threshold=args.threshold,
+        unlabelled_weight=args.weight,
+        pseudo_label_views=args.views,
+    )
+    clf = out_dir / f"classifier_{method}_{k}_{seed}.pt"
+    t0 = time.perf_counter()
+    epochs = [s for s in iter_finetune(data, config, clf, init=init) if s.event == "epoch"]
+    seconds = time.perf_counter() - t0
+    pred = predict(clf, test, device="cpu")
+    last = epochs[-1].metrics
+    row = {"method": method, "k": k, "seed": seed, "n_labels": int(len(chosen)),
+           "test_accuracy": float((pred.class_numbers == truth).mean()),
+           "steps": int(epochs[-1].step), "seconds": seconds,
+           "train_accuracy": last.get("train_accuracy")}
+    for key in ("pseudo_label_rate", "pseudo_label_accuracy"):
+        row[key] = [s.metrics.get(key) for s in epochs]
+    rows.append(row)
+    clf.unlink(missing_ok=True)
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    table = []
+    methods = [m for m in ("floor", *METHODS) if any(r["method"] == m for r in rows)]
+    ks = sorted({r["k"] for r in rows if r["method"] != "ceiling"},
+                key=lambda k: 10**9 if k is None else k)
+    for k in ks:
+        for m in methods:
+            accs = [r["test_accuracy"] for r in rows if r["method"] == m and r["k"] == k]
+            if m == "floor":  # one per (k, seed): the same labels every method of that seed got
+                seeds = {r["seed"] for r in rows if r["method"] == m and r["k"] == k}
+                accs = [next(r["test_accuracy"] for r in rows
+                             if r["method"] == m and r["k"] == k and r["seed"] == s)
+                        for s in sorted(seeds)]
+            if accs:
+                table.append({"k": k, "method": m, "n": len(accs), "mean": float(np.mean(accs)),
+                              "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
+                              "values": accs})
+    return table
+
+
+def markdown(table, ceiling) -> str:
+    methods = list(dict.fromkeys(t["method"] for t in table))
+    ks = list(dict.fromkeys(t["k"] for t in table))
+    lines = ["| labels per class | " + " | ".join(methods) + " | ceiling |",
+             "|---" * (len(methods) + 2) + "|"]
+    for k in ks:
+        cells = []
+        for m in methods:
+            t = next((t for t in table if t["k"] == k and t["method"] == m), None)
+            if t is None:
+                cells.append("")
+            else:
+                sd = f" ± {100 * t['sd']:.1f}" if t["sd"] is not None else ""
+                cells.append(f"{100 * t['mean']:.1f}{sd} (n {t['n']})")
+        ceil = f"{100 * ceiling:.1f}" if ceiling is not None else ""
+        lines.append(f"| {'all (36)' if k is None else k} | " + " | ".join(cells) + f" | {ceil} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="results JSON (rows in OUT.jsonl)")
+    parser.add_argument("--labels", nargs="+", type=_k, default=[5, 10, 20, None],
+                        help="labels per class ('all': the 36 of the training split)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["random", "random+semi"])
+    parser.add_argument("--steps", type=int, default=500, help="optimiser steps of every run")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--ratio", type=int, default=1, help="unlabelled per labelled particle")
+    parser.add_argument("--threshold", type=float, default=0.7, help="pseudo-label threshold")
+    parser.add_argument("--weight", type=float, default=1.0, help="unlabelled loss weight")
+    parser.add_argument("--views", type=int, default=1, choices=(1, 4),
+                        help="pseudo-labels from one random half-turn or the mean of all four")
+    parser.add_argument("--pretrain-epochs", type=int, default=10)
+    parser.add_argument("--ceiling-rotations", type=int, default=500,
+                        help="0: no ceiling in this process")
+    parser.add_argument("--summarise", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    jsonl = args.out.with_suffix(".jsonl")
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
+    done = _rows(jsonl)
+    if args.summarise:
+        rows = list(done.values())
+        ceiling = next((r["test_accuracy"] for r in rows if r["method"] == "ceiling"), None)
+        table = summarise([r for r in rows if r["method"] != "ceiling"])
+        text = markdown(table, ceiling)
+        result = {
+            "benchmark": "few labels per class, 10 built-in complexes, 32³ at 10 Å, SNR 0.1, "
+                         "60 per class (reproduce_paper 'quick' data, seed 0)",
+            "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread",
+            "torch": torch.__version__,
+            "ceiling": ceiling,
+            "table": table,
+            "rows": rows,
+            "markdown": text,
+        }
+        args.out.write_text(json.dumps(result, indent=1))
+        print(text)
+        return 0
+
+    cfg = CONFIGS["quick"]
+    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, SNR, seed=0)
+    out_dir = args.out.parent / (args.out.stem + "_work")
+    out_dir.mkdir(exist_ok=True)
+    if args.ceiling_rotations and "ceiling" not in done:
+        from napari_cryossl.analysis.baselines import simulated_ceiling
+
+        t0 = time.perf_counter()
+        result = simulated_ceiling(all_data.load(test_idx), simulation_config(cfg, SNR),
+                                   n_rotations=args.ceiling_rotations)
+        acc = float((result.class_numbers == np.asarray(all_data.class_numbers)[test_idx]).mean())
+        row = {"key": "ceiling", "method": "ceiling", "test_accuracy": acc,
+               "n_rotations": args.ceiling_rotations, "seconds": time.perf_counter() - t0,
+               "load_average": _load_average()}
+        _append(jsonl, row)
+        print(f"ceiling {acc:.3f}", flush=True)
+    for seed in args.seeds:
+        for k in args.labels:
+            for method in args.methods:
+                key = f"{method}|{k}|{seed}"
+                if key in _rows(jsonl):
+                    continue
+                for row in run_one(method, k, seed, args, all_data, train_idx, val_idx,
+                                   test_idx, out_dir):
+                    row["key"] = f"{row['method']}|{k}|{seed}"
+                    row["load_average"] = _load_average()
+                    row["settings"] = {"steps": args.steps, "batch_size": args.batch_size,
+                                       "ratio": args.ratio, "threshold": args.threshold,
+                                       "weight": args.weight, "views": args.views}
+                    if row["key"] not in _rows(jsonl):
+                        _append(jsonl, row)
+                    print(f"{row['key']}: {row['test_accuracy']:.3f} "
+                          f"({row.get('seconds', 0):.0f} s) "
+                          f"pseudo {row.get('pseudo_label_rate')} "
+                          f"{row.get('pseudo_label_accuracy')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
