@@ -82,6 +82,24 @@ def test_weak_view_is_a_half_turn_that_keeps_the_missing_wedge():
     assert torch.allclose(reapply_wedge(turned, 60.0), turned, atol=1e-4)
 
 
+def test_four_views_label_a_box_by_the_mean_probability_of_its_half_turns():
+    class Probe(torch.nn.Module):  # "class 1" exactly when the box's first voxel is positive
+        def forward(self, x):
+            p = (x[:, 0, 0, 0, 0] > 0).float()
+            return torch.stack([1 - p, p], dim=1).clamp(1e-6, 1).log()
+
+    x = -torch.ones(3, 1, 4, 4, 4)
+    x[0, 0, 0, 0, 0] = 1.0  # one view of four says class 1: mean 0.25
+    x[1, 0, 0, 0, 0] = x[1, 0, 0, 3, 3] = x[1, 0, 3, 0, 3] = 1.0  # three of four: 0.75
+    fm = FixMatch(0.7, 1.0, None, views=4)
+    targets, mask = fm.pseudo_label(Probe(), x, hidden=np.array([1, 2, 0]), classes=[1, 2])
+    assert targets.tolist() == [0, 1, 0]
+    assert mask.tolist() == [True, True, True]
+    assert fm.metrics() == {"pseudo_label_rate": 1.0, "pseudo_label_accuracy": 1.0}
+    fm = FixMatch(0.8, 1.0, None, views=4)
+    assert fm.pseudo_label(Probe(), x)[1].tolist() == [False, False, True]
+
+
 def test_unlabelled_batches_cycle_through_every_row_and_split_over_ranks():
     batches = unlabelled_batches(10, 6, 4, seed=3, epoch=1)
     drawn = np.concatenate(batches)
