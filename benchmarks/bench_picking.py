@@ -26,7 +26,14 @@ with one `cryossl pick` per kind):
 - ``template``: template matching (`template_matching.match_template`) with the kind's
   true template (the built-in complex rendered at the tomogram's voxel size as the
   simulator renders it, `simulate.class_templates`), automatic threshold (1 false alarm
-  per tomogram), the tomogram's ±60° wedge (the ceiling: it knows the shape).
+  per tomogram), the tomogram's ±60° wedge (the ceiling: it knows the shape);
+- ``learned``: pick by example (`learned_picker`): one picker per SNR trained with the
+  defaults on ``--clicks`` labelled particles per kind of a separate training tomogram
+  (``--train-shape``, ``--train-particles``, seed 1000: never scored), the other
+  particles of that tomogram left out (as when a user clicked a few), then run once over
+  each test tomogram; its picks carry the class it predicts, so its per-kind F4 also
+  asks it to tell the kinds apart. Also scored class-blind (each pick given the kind of
+  the nearest true particle): does it find particles, whatever their kind.
 
 ``--classify`` adds the classification of refined-DoG picks (one diameter for all kinds)
 on the first tomogram with a junk class ("not a particle": picks within no particle's
@@ -127,14 +134,51 @@ def _with_kind(table: pd.DataFrame, kind: str, tomo: str) -> pd.DataFrame:
     return out
 
 
-def run_pickers(volume, radii, templates, pickers, args, tomo: str):
+def train_learned_picker(config, args, out: Path) -> tuple[Path, float]:
+    """A learned picker trained on ``args.clicks`` particles per kind of one tomogram."""
+    from napari_cryossl.ops import run
+    from napari_cryossl.particles.learned_picker import PickerConfig, iter_train_picker
+    from napari_cryossl.simulate import simulate_tomogram_details
+
+    sim = simulate_tomogram_details(
+        tuple(args.train_shape), args.train_particles, config, seed=1000
+    )
+    rng = np.random.default_rng(0)
+    table = sim.particles
+    chosen = np.concatenate([
+        rng.choice(np.flatnonzero(table["class_number"] == k),
+                   size=min(args.clicks, int((table["class_number"] == k).sum())), replace=False)
+        for k in range(1, len(KINDS) + 1)
+    ])
+    clicks = table.iloc[np.sort(chosen)]
+    settings = PickerConfig() if args.picker_steps is None else PickerConfig(steps=args.picker_steps)
+    t0 = time.perf_counter()
+    run(iter_train_picker(
+        [(sim.volume, clicks)], classes={i + 1: n for i, n in enumerate(KINDS)},
+        config=settings, out=out,
+    ))
+    seconds = time.perf_counter() - t0
+    print(f"learned picker: trained on {len(clicks)} clicks in {seconds:.1f} s", flush=True)
+    return out, seconds
+
+
+def run_pickers(volume, radii, templates, pickers, args, tomo: str, picker_path=None):
     """{picker: (picks with kind and tomo_name, seconds)} for one tomogram."""
+    from napari_cryossl.particles.learned_picker import iter_pick_with_model
     from napari_cryossl.particles.picking import pick_particles
     from napari_cryossl.particles.template_matching import match_template
 
     out = {}
     for picker in pickers:
         tables, t0 = [], time.perf_counter()
+        if picker == "learned":
+            from napari_cryossl.ops import run
+
+            picks = run(iter_pick_with_model(volume, picker_path, threshold=args.picker_threshold))
+            table = _with_kind(picks, "", tomo)
+            table["kind"] = [KINDS[c - 1] for c in picks["class_number"]]
+            out[picker] = (table, time.perf_counter() - t0)
+            continue
         for kind in KINDS:
             d = 2 * radii[kind]
             if picker == "dog":
@@ -157,6 +201,22 @@ def run_pickers(volume, radii, templates, pickers, args, tomo: str):
     return out
 
 
+def class_blind(truth: pd.DataFrame, picks: pd.DataFrame, radii):
+    """Scores with each pick given the kind of the nearest true particle of its tomogram."""
+    from scipy.spatial import cKDTree
+
+    from napari_cryossl.particles.picking_metrics import score_picks
+
+    blind = picks.copy()
+    for tomo, rows in picks.groupby("tomo_name"):
+        t = truth[truth["tomo_name"] == tomo]
+        if not len(t) or not len(rows):
+            continue
+        _, nearest = cKDTree(t[["z", "y", "x"]].to_numpy()).query(rows[["z", "y", "x"]].to_numpy())
+        blind.loc[rows.index, "kind"] = t["kind"].to_numpy()[nearest]
+    return score_picks(truth, blind, radii)
+
+
 def bench_snr(snr: float, args, info: dict) -> dict:
     from napari_cryossl.particles.picking_metrics import score_picks
     from napari_cryossl.simulate import match_clutter, simulate_tomogram_details
@@ -164,8 +224,13 @@ def bench_snr(snr: float, args, info: dict) -> dict:
     config = sim_config(snr, args.voxel_size)
     radii = kind_radii(config)
     templates = true_templates(config)
-    pickers = ["dog"] + (["dog-refined"] if REFINE_OPTION else []) + ["template"]
+    pickers = ["dog"] + (["dog-refined"] if REFINE_OPTION else []) + ["template", "learned"]
     pickers = [p for p in pickers if p not in args.skip]
+    picker_path, train_seconds = None, None
+    if "learned" in pickers:
+        picker_path, train_seconds = train_learned_picker(
+            config, args, Path(tempfile.mkdtemp()) / f"picker_snr{snr:g}.pt"
+        )
     truths, picks = [], {p: [] for p in pickers}
     seconds = {p: [] for p in pickers}
     clutter_flags = {p: [] for p in pickers}
@@ -182,7 +247,7 @@ def bench_snr(snr: float, args, info: dict) -> dict:
         truths.append(truth)
         n_clutter.append(sim.clutter["kind"].value_counts().to_dict())
         for picker, (table, sec) in run_pickers(
-            sim.volume, radii, templates, pickers, args, tomo
+            sim.volume, radii, templates, pickers, args, tomo, picker_path
         ).items():
             flags = np.zeros(len(table), dtype=bool)
             for kind in KINDS:
@@ -207,6 +272,13 @@ def bench_snr(snr: float, args, info: dict) -> dict:
         entry = score.to_dict()
         entry["seconds_per_tomogram"] = float(np.mean(seconds[picker]))
         entry["seconds"] = seconds[picker]
+        if picker == "learned":
+            blind = class_blind(truth, table, radii)
+            entry["class_blind"] = blind.to_dict()
+            entry["train_seconds"] = train_seconds
+            entry["clicks_per_kind"] = args.clicks
+            print(f"SNR {snr:g} learned, class-blind: recall {blind.recall:.3f} "
+                  f"precision {blind.precision:.3f}", flush=True)
         result["pickers"][picker] = entry
         print(f"SNR {snr:g} {picker}: F4 {score.fbeta:.3f} recall {score.recall:.3f} "
               f"precision {score.precision:.3f} picks/particle {score.picks_per_particle:.2f} "
@@ -345,6 +417,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dog-threshold", type=float, default=None,
                         help="DoG threshold in noise units (default: automatic)")
     parser.add_argument("--skip", nargs="*", default=[], help="pickers to leave out")
+    parser.add_argument("--clicks", type=int, default=25,
+                        help="learned picker: labelled particles per kind")
+    parser.add_argument("--train-shape", type=int, nargs=3, default=[48, 256, 256])
+    parser.add_argument("--train-particles", type=int, default=150)
+    parser.add_argument("--picker-steps", type=int, default=None,
+                        help="learned picker: training steps (default: the picker's)")
+    parser.add_argument("--picker-threshold", type=float, default=None,
+                        help="learned picker: lowest heatmap peak (default: the picker's)")
     parser.add_argument("--classify", action="store_true")
     parser.add_argument("--classify-only", action="store_true")
     parser.add_argument("--classify-snr", type=float, default=0.1)

@@ -248,8 +248,8 @@ def test_find_more_needs_labels(dock, simulated_picker_tomogram, tmp_path):
 def test_the_round_runs_without_a_viewer(simulated_picker_tomogram, tmp_path):
     """The worker's job is a plain generator (tests and scripts call it directly)."""
     from napari_cryossl._widgets.find_more import latest_picker
-    from napari_cryossl.ops.picker import find_more
     from napari_cryossl.io import open_tomogram
+    from napari_cryossl.ops.picker import find_more
 
     path, truth = simulated_picker_tomogram
     tomo = open_tomogram(path)

@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PICKER.pt",
         help="pick with a learned picker (cryossl train-picker): its diameter and classes "
         "(every tomogram must have its voxel size); --threshold is then a probability "
-        "(default 0.3); writes rlnClassNumber and the score (rlnAutopickFigureOfMerit)",
+        "(default 0.2); writes rlnClassNumber and the score (rlnAutopickFigureOfMerit)",
     )
     p.add_argument(
         "--out", type=Path, required=True, help="picks.star, picks.csv or picks.tbl (Dynamo)"

@@ -50,7 +50,7 @@ def pick(
             picks carry their orientations (rlnAngleRot/Tilt/Psi) in a STAR.
         overwrite: replace existing output files (False: refuse before any work).
         model: a picker checkpoint (``cryossl train-picker``): pick with it instead; the
-            diameter is the checkpoint's, the threshold a probability (default 0.3) and
+            diameter is the checkpoint's, the threshold a probability (default 0.2) and
             each pick has its class (rlnClassNumber) and score.
         heatmap: with ``model``: an array of the tomogram's shape to fill with the
             picker's heatmap (the highest probability of a particle class per voxel).
