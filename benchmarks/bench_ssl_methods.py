@@ -5,7 +5,7 @@ crowded, CTF, ±60° wedge, shifts ≤ 30 Å) at **32³ boxes of 10 Å** (the pa
 ``--snr`` (0.1), ``--per-class`` of each, split 60:20:20 as every benchmark here. Each method
 pretrains rb3d-small on the training split **without labels**, for the same number of
 epochs (= optimiser steps: batch 16 for every method), with the default recipe's views
-(``PRETRAIN_ROTATION_AUGMENT``) unless ``--augment`` says otherwise. After every
+(``PRETRAIN_ROTATION_AUGMENT``; ``--augment NAME=VALUE`` changes some of them). After every
 ``--every`` epochs the encoder is frozen and a linear probe (``nn.probe.linear_probe``) is
 fitted on ``--label-fraction`` of the training labels and scored on the test split, beside
 
@@ -110,6 +110,7 @@ def run(method: str, seed: int, args, sets) -> dict:
     from napari_cryossl.nn.checkpoints import encoder_from_checkpoint, load_checkpoint
     from napari_cryossl.nn.models import build_encoder
     from napari_cryossl.train import PretrainConfig, iter_pretrain
+    from napari_cryossl.train.config import PRETRAIN_ROTATION_AUGMENT
 
     unlabelled, labelled, labelled_all, test, _sim = sets
     torch.manual_seed(seed)
@@ -126,7 +127,8 @@ def run(method: str, seed: int, args, sets) -> dict:
         device=args.device,
         seed=seed,
         ssl_options=json.loads(args.ssl_options) if args.ssl_options else None,
-        augment=augment_options(args.augment),
+        # --augment changes the default recipe's views (e.g. wedge_deg=60), not the paper's
+        augment={**PRETRAIN_ROTATION_AUGMENT, **(augment_options(args.augment) or {})},
     )
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,6 +191,9 @@ def table(args) -> int:
             "curves": {str(r["seed"]): r["curve"] for r in runs},
             "loss": {str(r["seed"]): r["loss"] for r in runs},
             "settings": runs[0]["settings"],
+            "finished": [r.get("date") for r in runs],
+            "load_average_at_end": [r.get("load") for r in runs],
+            "pretrain_seconds": [r.get("seconds") for r in runs],
         }
         sd = f" ± {100 * acc.std(ddof=1):.1f}" if len(acc) > 1 else ""
         sd_all = f" ± {100 * acc_all.std(ddof=1):.1f}" if len(acc) > 1 else ""
@@ -204,6 +209,7 @@ def table(args) -> int:
             "date": time.strftime("%Y-%m-%d"),
             "benchmark": "benchmarks/bench_ssl_methods.py",
             "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
+            "torch": __import__("torch").__version__,
             "baselines": base,
             "results": summary,
         }
