@@ -188,3 +188,20 @@ def test_the_heatmap_is_shown_and_rejected_picks_are_not_picked(simulated, train
     kept = run(iter_pick_with_model(vol, out, threshold=0.0, chunk_size=32))
     every = run(iter_pick_with_model(vol, out, threshold=0.0, chunk_size=32, keep_junk=True))
     assert 3 not in set(kept["class_number"]) and 3 in set(every["class_number"])
+
+
+def test_test_time_views_are_turned_back_before_averaging():
+    """A network that sees voxels one by one gives the same heatmap from every view: the
+    views' heatmaps are turned back onto the tomogram before they are averaged (a
+    forgotten inverse would move every peak)."""
+    import torch
+
+    from napari_cryossl.particles.learned_picker import LOGIT_OFFSET, _heatmap
+
+    net = torch.nn.Conv3d(1, 2, kernel_size=1)
+    x = torch.randn(1, 1, 8, 16, 24)  # Y and X differ: a quarter turn swaps them
+    with torch.no_grad():
+        one = _heatmap(net, x, 1)
+        assert torch.allclose(one, torch.sigmoid(net(x) + LOGIT_OFFSET))
+        for tta in (2, 4, 8):
+            assert torch.allclose(_heatmap(net, x, tta), one, atol=1e-6)
