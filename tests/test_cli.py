@@ -370,7 +370,7 @@ def test_progress_lines_reach_a_log_file_while_training(simulated, tmp_path):
     text = log.read_text()
     # on a CPU the run says what it chose and how long it will take, before it goes on
     assert text.startswith("CPU: rb3d-small")
-    assert re.search(r"\[pretrain moco\] estimated time: \d+s for 24 steps", text)
+    assert re.search(r"\[pretrain moco\] estimated time: (\d+h)?(\d+m)?\d+[sm] for 24 steps", text)
 
 
 def test_a_finished_result_is_not_replaced_silently(simulated, tmp_path, capsys):
