@@ -116,6 +116,11 @@ def test_cli_round_trip_and_the_overwrite_rule(simulated, tmp_path):
     assert got["score"].between(0, 1).all()
     assert main(pick) == 2  # refuses to replace the picks
     assert main([*pick, "--overwrite"]) == 0
+    assert main([*pick, "--overwrite", "--views", "1"]) == 0  # one view: faster
+    one_view = read_particles(picks, voxel_size=VOXEL, tomogram_shape=vol.shape)
+    assert len(one_view) > 0 and one_view["score"].between(0, 1).all()
+    with pytest.raises(SystemExit):  # 1-8 views
+        main([*pick, "--overwrite", "--views", "9"])
 
 
 def test_a_second_round_continues_from_the_first_model(simulated, trained, tmp_path):

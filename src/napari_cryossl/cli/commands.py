@@ -91,6 +91,7 @@ def cmd_pick(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         model=getattr(args, "model", None),
         copick=_copick(args),
+        **({"views": args.views} if getattr(args, "model", None) is not None else {}),
     )
     output = run_operation(operation, "template matching" if template else "pick")
     several = len(output.per_tomogram) > 1

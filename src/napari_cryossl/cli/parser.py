@@ -222,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0.2); writes rlnClassNumber and the score (rlnAutopickFigureOfMerit)",
     )
     p.add_argument(
+        "--views",
+        type=_positive_int,
+        default=None,
+        choices=range(1, 9),
+        metavar="N",
+        help="with --model: symmetric views of the tomogram whose heatmaps are averaged "
+        "(1-8, default 4: turns in the YX plane, then flipped); 1 is about 2.4x faster",
+    )
+    p.add_argument(
         "--out", type=Path, required=True, help="picks.star, picks.csv or picks.tbl (Dynamo)"
     )
     _add_relion5_option(p)

@@ -37,6 +37,7 @@ def pick(
     overwrite: bool = False,
     model=None,
     heatmap=None,
+    views: int | None = None,
 ):
     """Pick particles in ``tomogram`` (a path or an opened ``io.Tomogram``).
 
@@ -54,6 +55,8 @@ def pick(
             each pick has its class (rlnClassNumber) and score.
         heatmap: with ``model``: an array of the tomogram's shape to fill with the
             picker's heatmap (the highest probability of a particle class per voxel).
+        views: with ``model``: symmetric views averaged (1-8; None: the picker's
+            default, 4; 1 is about 2.4 times faster).
 
     Returns:
         ``PickOutput``.
@@ -100,7 +103,7 @@ def pick(
         table = yield from iter_pick_with_model(
             tomo.data, model, threshold=settings.threshold,
             min_distance_px=settings.min_distance_px, max_particles=settings.max_particles,
-            heatmap=heatmap,
+            heatmap=heatmap, tta=views,
         )
         diameter_px = float(table.attrs["diameter_px"])
     else:
