@@ -162,6 +162,23 @@ def summarise(rows: list[dict]) -> list[dict]:
     return table
 
 
+def paired_difference(rows: list[dict], a: str, b: str) -> dict | None:
+    """``a - b`` over the (labels, seed) pairs both have: mean, sd, n, paired t-test p."""
+    from scipy import stats
+
+    acc = {(r["method"], r["k"], r["seed"]): r["test_accuracy"] for r in rows if "k" in r}
+    pairs = sorted({(k, s) for m, k, s in acc if m == a and (b, k, s) in acc},
+                   key=lambda p: (10**9 if p[0] is None else p[0], p[1]))
+    if len(pairs) < 2:
+        return None
+    diff = np.array([acc[(a, k, s)] - acc[(b, k, s)] for k, s in pairs])
+    p = float(stats.ttest_rel([acc[(a, k, s)] for k, s in pairs],
+                              [acc[(b, k, s)] for k, s in pairs]).pvalue)
+    return {"mean": float(diff.mean()), "sd": float(diff.std(ddof=1)), "n": len(pairs),
+            "p": p if np.isfinite(p) else 1.0, "pairs": [[k, s] for k, s in pairs],
+            "differences": diff.tolist()}
+
+
 def markdown(table, ceiling) -> str:
     methods = list(dict.fromkeys(t["method"] for t in table))
     ks = list(dict.fromkeys(t["k"] for t in table))
@@ -213,6 +230,11 @@ def main(argv=None) -> int:
         ceiling = next((r["test_accuracy"] for r in rows if r["method"] == "ceiling"), None)
         table = summarise([r for r in rows if r["method"] != "ceiling"])
         text = markdown(table, ceiling)
+        paired = paired_difference(rows, "random+semi", "random")
+        if paired:
+            text += (f"\n\nrandom+semi - random, paired by (labels, seed): "
+                     f"{100 * paired['mean']:+.1f} ± {100 * paired['sd']:.1f} points over "
+                     f"{paired['n']} pairs (paired t-test p = {paired['p']:.2f})")
         result = {
             "benchmark": "few labels per class, 10 built-in complexes, 32³ at 10 Å, SNR 0.1, "
                          "60 per class (reproduce_paper 'quick' data, seed 0)",
@@ -220,6 +242,7 @@ def main(argv=None) -> int:
             "torch": torch.__version__,
             "ceiling": ceiling,
             "table": table,
+            "paired_semi_minus_random": paired,
             "rows": rows,
             "markdown": text,
         }
