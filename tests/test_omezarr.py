@@ -615,3 +615,25 @@ def test_what_ome_zarr_writes_reads_the_same(tmp_path, volume, version):
     assert scales[0] == pytest.approx([1.2, 1.2, 1.2])
     meta = json.dumps(node.metadata["axes"])
     assert "nanometer" in meta
+
+
+def test_a_learned_picker_picks_an_ome_zarr_as_it_picks_the_mrc(pair, tmp_path):
+    """The learned picker reads an OME-Zarr chunk by chunk and finds the same picks, with
+    the same scores, as in the MRC of the same voxels."""
+    from napari_cryossl.ops import run
+    from napari_cryossl.particles.learned_picker import (
+        PickerConfig,
+        iter_pick_with_model,
+        iter_train_picker,
+    )
+    from napari_cryossl.particles.picking import pick_particles
+
+    mrc_path, zarr_path = pair
+    mrc, tomo = open_tomogram(mrc_path), open_tomogram(zarr_path)
+    clicks = pick_particles(mrc.data, 15.0).head(6).assign(class_number=1)
+    picker = run(iter_train_picker([(mrc, clicks)], diameter_px=15.0,
+                                   config=PickerConfig(steps=3), out=tmp_path / "p.pt"))
+    a = run(iter_pick_with_model(mrc.data, picker, threshold=0.0, chunk_size=32))
+    b = run(iter_pick_with_model(tomo.data, picker, threshold=0.0, chunk_size=32))
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True))
