@@ -471,6 +471,9 @@ def test_ctrl_c_keeps_the_classifier_already_at_out(simulated, tmp_path):
         [sys.executable, "-m", "napari_cryossl", "finetune", *base, "--epochs", "500",
          "--overwrite"],
         stderr=subprocess.PIPE, text=True, env=env,
+        # a suite started in the background inherits SIGINT ignored, and Python then
+        # installs no Ctrl-C handler: give the child the terminal's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     deadline = time.monotonic() + 300

@@ -117,7 +117,7 @@ def test_pretrain_uses_the_methods_defaults_unless_overridden():
     with pytest.raises(InputError, match="unknown pretraining recipe"):
         PretrainConfig(recipe="fast").hyperparameters()
     with pytest.raises(InputError, match="unknown pretraining method"):
-        PretrainConfig(method="byol").hyperparameters()
+        PretrainConfig(method="dino").hyperparameters()
 
 
 def test_closing_the_generator_keeps_a_checkpoint_and_resume_matches_an_unbroken_run(tmp_path):
