@@ -4,7 +4,7 @@ Opens the sample tomogram (File ▸ Open Sample, four classes), labels a few par
 each class from the sample's ground truth (standing in for the person's clicks), presses
 *Find more like these* with the default number of steps and saves the window: the
 picker's heatmap over the tomogram, its picks coloured by class, the section with its
-score slider. Needs a display (or Xvfb); about a minute on a 2-core CPU:
+score slider. Needs a display (or Xvfb); about five minutes on a 2-core CPU:
 
     xvfb-run -a python docs/screenshot_find_more.py [--out docs/img] [--labels-per-class 8]
 """
