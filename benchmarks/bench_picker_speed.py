@@ -35,8 +35,6 @@ import itertools
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -355,25 +353,6 @@ def measure(
     return out
 
 
-def _device_line() -> dict:
-    """CPU model, cores, load average at start, date (as benchmarks/bench_picking.py)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        model = cpu
-    return {
-        "device": f"{os.cpu_count()}-core {platform.machine()} CPU ({model}), no GPU",
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", type=int, nargs=3, default=(200, 512, 512), metavar=("Z", "Y", "X"))
@@ -385,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON to write (default benchmarks/results/picker_speed_<date>.json)")
     args = p.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_picking import _device_line
+
     info = _device_line()
     import torch
 

@@ -160,9 +160,9 @@ def cmd_train_picker(args: argparse.Namespace) -> int:
         diameter_a=args.diameter, steps=args.steps, init=args.init, overwrite=args.overwrite,
     )
     path = run_operation(operation, "train picker")
-    import torch
+    from napari_cryossl.particles.learned_picker import picker_metadata
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = picker_metadata(path)
     classes = ", ".join(
         f"{k}: {n}" if n != str(k) else str(k)
         for k, n in zip(state["class_numbers"], state["class_names"], strict=True)

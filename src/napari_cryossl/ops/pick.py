@@ -219,9 +219,9 @@ def tomogram_entries(tomograms, *, copick=None) -> list[_Entry]:
 def _check_picker_voxel_size(model, tomos) -> None:
     """A picker learnt one voxel size: every tomogram must have it (within 1 %)."""
     from napari_cryossl.io import InputError
-    from napari_cryossl.particles.learned_picker import load_picker
+    from napari_cryossl.particles.learned_picker import picker_metadata
 
-    _, meta = load_picker(model)  # a file that is not a picker is named here
+    meta = picker_metadata(model)  # a file that is not a picker is named here
     trained = meta.get("voxel_size")
     sizes = [float(t.voxel_size) for t in tomos]
     reference = float(trained) if trained else sizes[0]

@@ -133,9 +133,9 @@ def _class_names(particles: Path, pairs, init) -> dict[int, str] | None:
     numbers = np.concatenate([t["class_number"].to_numpy() for _, t in pairs])
     known = {}
     if init is not None:
-        from napari_cryossl.particles.learned_picker import load_picker
+        from napari_cryossl.particles.learned_picker import picker_metadata
 
-        meta = load_picker(init)[1]
+        meta = picker_metadata(init)
         known = dict(zip(meta["class_numbers"], meta["class_names"], strict=True))
     return {
         int(k): names.get(int(k)) or known.get(int(k)) or str(int(k))

@@ -50,6 +50,7 @@ __all__ = [
     "iter_pick_with_model",
     "iter_train_picker",
     "load_picker",
+    "picker_metadata",
 ]
 
 #: Tag of a picker checkpoint.
@@ -482,6 +483,12 @@ def _heatmap(net, x, tta: int = 1):
         heat = torch.flip(heat, dims=(-1,)) if flip else heat
         total = heat if total is None else total + heat
     return total / int(tta)
+
+
+def picker_metadata(path) -> dict:
+    """What a picker checkpoint says of itself (classes, diameter, voxel size...), without
+    building its network."""
+    return {k: v for k, v in _read_picker_state(path).items() if k != "state_dict"}
 
 
 def load_picker(path):
