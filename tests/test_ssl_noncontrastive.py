@@ -13,21 +13,10 @@ import torch
 
 from napari_cryossl.nn.models import build_encoder
 from napari_cryossl.nn.ssl import BYOL, SSL_DEFAULTS, SimSiam, build_ssl, embedding_std
+from test_ssl import BOX, small_encoder, views  # the contrastive methods' test pieces
 
 torch.set_num_threads(1)
-BOX = 16
 METHODS = ("simsiam", "byol")
-
-
-def views(n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    base = torch.randn(n, 1, BOX, BOX, BOX, generator=g)
-    return base + 0.1 * torch.randn(base.shape, generator=g), base
-
-
-def small_encoder():
-    torch.manual_seed(0)
-    return build_encoder("rb3d-small", BOX, width=8, fc_dim=32)
 
 
 def negative_cosine(a, b):
