@@ -82,7 +82,7 @@ def fine_tuning_set(all_data, train_idx, val_idx):
     return data, pool
 
 
-def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_dir):
+def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_dir, name=None):
     from napari_cryossl.analysis.baselines import floor_accuracy
     from napari_cryossl.analysis.predict import predict
     from napari_cryossl.train import FinetuneConfig, iter_finetune, split_labelled
@@ -103,7 +103,8 @@ def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_d
                  "test_accuracy": floor, "seconds": time.perf_counter() - t0})
     init = None
     if method.startswith("moco"):
-        init = out_dir / f"encoder_seed{seed}.pt"
+        tag = f"_e{args.pretrain_epochs}" if args.pretrain_epochs != 10 else ""
+        init = out_dir / f"encoder_seed{seed}{tag}.pt"
         if not init.exists():
             from napari_cryossl.train import PretrainConfig, iter_pretrain, run
 
@@ -124,14 +125,16 @@ def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_d
         pseudo_label_threshold=args.threshold,
         unlabelled_weight=args.weight,
         pseudo_label_views=args.views,
+        **args.finetune_options,
     )
-    clf = out_dir / f"classifier_{method}_{k}_{seed}.pt"
+    name = name or method
+    clf = out_dir / f"classifier_{name}_{k}_{seed}.pt"
     t0 = time.perf_counter()
     epochs = [s for s in iter_finetune(data, config, clf, init=init) if s.event == "epoch"]
     seconds = time.perf_counter() - t0
     pred = predict(clf, test, device="cpu")
     last = epochs[-1].metrics
-    row = {"method": method, "k": k, "seed": seed, "n_labels": int(len(chosen)),
+    row = {"method": name, "k": k, "seed": seed, "n_labels": int(len(chosen)),
            "test_accuracy": float((pred.class_numbers == truth).mean()),
            "steps": int(epochs[-1].step), "seconds": seconds,
            "train_accuracy": last.get("train_accuracy")}
@@ -144,7 +147,9 @@ def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_d
 
 def summarise(rows: list[dict]) -> list[dict]:
     table = []
-    methods = [m for m in ("floor", *METHODS) if any(r["method"] == m for r in rows)]
+    methods = list(dict.fromkeys(
+        ["floor", *[m for m in METHODS if any(r["method"] == m for r in rows)],
+         *[r["method"] for r in rows if r["method"] not in ("floor", "ceiling")]]))
     ks = sorted({r["k"] for r in rows if r["method"] != "ceiling"},
                 key=lambda k: 10**9 if k is None else k)
     for k in ks:
@@ -160,6 +165,19 @@ def summarise(rows: list[dict]) -> list[dict]:
                               "sd": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
                               "values": accs})
     return table
+
+
+def welch(rows: list[dict], a: str, b: str, k) -> dict | None:
+    """``a - b`` at ``k`` labels per class over all seeds: mean difference and Welch's p."""
+    from scipy import stats
+
+    xa = [r["test_accuracy"] for r in rows if r["method"] == a and r.get("k", -1) == k]
+    xb = [r["test_accuracy"] for r in rows if r["method"] == b and r.get("k", -1) == k]
+    if len(xa) < 2 or len(xb) < 2:
+        return None
+    p = float(stats.ttest_ind(xa, xb, equal_var=False).pvalue)
+    return {"k": k, "a": a, "b": b, "n": [len(xa), len(xb)],
+            "difference": float(np.mean(xa) - np.mean(xb)), "p": p if np.isfinite(p) else 1.0}
 
 
 def paired_difference(rows: list[dict], a: str, b: str) -> dict | None:
@@ -214,10 +232,15 @@ def main(argv=None) -> int:
     parser.add_argument("--views", type=int, default=1, choices=(1, 4),
                         help="pseudo-labels from one random half-turn or the mean of all four")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
+    parser.add_argument("--name", help="the rows' method name (one method; default: the method)")
+    parser.add_argument("--finetune-options", type=json.loads, default={},
+                        help='FinetuneConfig overrides as JSON, e.g. \'{"head_init": "probe"}\'')
     parser.add_argument("--ceiling-rotations", type=int, default=500,
                         help="0: no ceiling in this process")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args(argv)
+    if args.name and len(args.methods) > 1:
+        parser.error("--name names the rows of one method: give one --methods")
 
     import torch
 
@@ -235,6 +258,14 @@ def main(argv=None) -> int:
             text += (f"\n\nrandom+semi - random, paired by (labels, seed): "
                      f"{100 * paired['mean']:+.1f} ± {100 * paired['sd']:.1f} points over "
                      f"{paired['n']} pairs (paired t-test p = {paired['p']:.2f})")
+        tests = []
+        for k in dict.fromkeys(t["k"] for t in table):
+            for m in dict.fromkeys(t["method"] for t in table):
+                if m not in ("random", "floor") and (w := welch(rows, m, "random", k)):
+                    tests.append(w)
+                    text += (f"\n{m} - random at {'all' if k is None else k} labels: "
+                             f"{100 * w['difference']:+.1f} points "
+                             f"(n {w['n'][0]}/{w['n'][1]}, Welch p = {w['p']:.3f})")
         result = {
             "benchmark": "few labels per class, 10 built-in complexes, 32³ at 10 Å, SNR 0.1, "
                          "60 per class (reproduce_paper 'quick' data, seed 0)",
@@ -243,6 +274,7 @@ def main(argv=None) -> int:
             "ceiling": ceiling,
             "table": table,
             "paired_semi_minus_random": paired,
+            "welch_against_random": tests,
             "rows": rows,
             "markdown": text,
         }
@@ -269,16 +301,18 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for k in args.labels:
             for method in args.methods:
-                key = f"{method}|{k}|{seed}"
+                key = f"{args.name or method}|{k}|{seed}"
                 if key in _rows(jsonl):
                     continue
                 for row in run_one(method, k, seed, args, all_data, train_idx, val_idx,
-                                   test_idx, out_dir):
+                                   test_idx, out_dir, name=args.name):
                     row["key"] = f"{row['method']}|{k}|{seed}"
                     row["load_average"] = _load_average()
                     row["settings"] = {"steps": args.steps, "batch_size": args.batch_size,
                                        "ratio": args.ratio, "threshold": args.threshold,
-                                       "weight": args.weight, "views": args.views}
+                                       "weight": args.weight, "views": args.views,
+                                       "pretrain_epochs": args.pretrain_epochs,
+                                       "finetune_options": args.finetune_options}
                     if row["key"] not in _rows(jsonl):
                         _append(jsonl, row)
                     print(f"{row['key']}: {row['test_accuracy']:.3f} "

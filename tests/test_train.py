@@ -402,6 +402,28 @@ def test_head_init_probe_starts_fine_tuning_at_the_linear_probe(tmp_path):
     assert "head from linear probe" in load_checkpoint(tmp_path / "probe.pt")["method"]
 
 
+def test_encoder_lr_factor_slows_the_encoder_not_the_head(tmp_path):
+    """encoder_lr_factor 0 keeps the pretrained encoder's weights while the head learns; the
+    default moves both; a negative factor is refused by name."""
+    data = random_set(16, labels_for(16, (1, 2)))
+    encoder_path = tmp_path / "encoder.pt"
+    run(iter_pretrain(data, pretrain_config(epochs=1), encoder_path))
+    before = load_checkpoint(encoder_path)["model"]
+    weights = {k: v for k, v in before.items() if "running" not in k and "num_batches" not in k}
+    moved = {}
+    for factor in (0.0, 1.0):
+        out = tmp_path / f"clf_{factor}.pt"
+        run(iter_finetune(data, finetune_config(encoder_lr_factor=factor, val_fraction=0.0),
+                          out, init=encoder_path))
+        after = {k[8:]: v for k, v in load_checkpoint(out)["model"].items()
+                 if k.startswith("encoder.")}
+        moved[factor] = not states_equal(weights, {k: after[k] for k in weights})
+        assert load_checkpoint(out)["config"]["encoder_lr_factor"] == factor
+    assert moved == {0.0: False, 1.0: True}
+    with pytest.raises(InputError, match="encoder learning-rate factor.*-1"):
+        finetune_config(encoder_lr_factor=-1.0).check()
+
+
 def test_unknown_head_init_is_refused():
     with pytest.raises(InputError, match="head_init.*random, probe.*'lsq'"):
         finetune_config(head_init="lsq").check()

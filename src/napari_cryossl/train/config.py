@@ -263,6 +263,8 @@ class FinetuneConfig:
         head_init: "random", or "probe": start the last layer at a logistic regression
             fitted on the frozen encoder's embeddings of the training particles (LP-FT,
             Kumar et al. 2022).
+        encoder_lr_factor: the encoder learns at ``lr`` times this (the last layers at
+            ``lr``): below 1 a pretrained encoder keeps more of what it learned.
         augment: augment the training batches (``augment_options``).
         augment_options: ``SubtomogramAugment`` arguments (default ``ROTATION_AUGMENT``,
             paper ``FINETUNE_AUGMENT``).
@@ -326,6 +328,12 @@ class FinetuneConfig:
         "start the last layer at random, or at a linear probe on the encoder's embeddings "
         "(LP-FT: helps with few labels)",
         choices=("random", "probe"),
+    )
+    encoder_lr_factor: float = option(
+        1.0,
+        "the encoder learns at the learning rate times this, the classifier's last layers at "
+        "the learning rate: below 1 a pretrained encoder keeps more of what it learned",
+        minimum=0.0,
     )
     augment: bool = option(
         True, "no augmentation while fine-tuning", flag="--no-augment", negate=True
@@ -430,6 +438,10 @@ class FinetuneConfig:
         if not 0.0 <= self.pseudo_label_threshold <= 1.0:
             raise InputError(
                 f"pseudo-label threshold must be in [0, 1], got {self.pseudo_label_threshold}"
+            )
+        if not (math.isfinite(self.encoder_lr_factor) and self.encoder_lr_factor >= 0):
+            raise InputError(
+                f"encoder learning-rate factor must be >= 0, got {self.encoder_lr_factor}"
             )
         if not (math.isfinite(self.unlabelled_weight) and self.unlabelled_weight >= 0):
             raise InputError(

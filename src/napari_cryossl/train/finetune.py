@@ -156,13 +156,14 @@ class _FinetuneJob(_Job):
         if resume_state is None and config.head_init == "probe":
             self._head_from_probe()
         params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = self._param_groups(float(config.lr))
         if config.optimizer == "adamw":
             self.optimizer = torch.optim.AdamW(
-                params, lr=config.lr, weight_decay=config.weight_decay, fused=fused_adam(params)
+                groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused_adam(params)
             )
         else:
             self.optimizer = torch.optim.SGD(
-                params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+                groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
             )
         self.total_steps = max(self.n_epochs * self.steps_per_epoch, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -255,6 +256,16 @@ class _FinetuneJob(_Job):
             views=int(config.pseudo_label_views),
         )
         self.method += ", semi-supervised (FixMatch)"
+
+    def _param_groups(self, lr: float) -> list[dict]:
+        """The encoder at ``lr * encoder_lr_factor``, the head at ``lr`` (one group when equal)."""
+        factor = float(self.config.encoder_lr_factor)
+        encoder = [p for p in self.model.encoder.parameters() if p.requires_grad]
+        mine = {id(p) for p in encoder}
+        head = [p for p in self.model.parameters() if p.requires_grad and id(p) not in mine]
+        if factor == 1.0 or not encoder:
+            return [{"params": encoder + head}]
+        return [{"params": head}, {"params": encoder, "lr": lr * factor}]
 
     def _head_from_probe(self) -> None:
         """Set the last layer to the linear probe on the training particles (head_init="probe")."""
