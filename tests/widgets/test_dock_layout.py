@@ -19,6 +19,13 @@ def test_every_section_fits_the_docks_width_without_a_horizontal_scroll_bar(
         assert area is not None
         assert section.minimumSizeHint().width() <= area.viewport().width(), title
         assert area.horizontalScrollBar().maximum() == 0, title  # nothing hidden at the right
+    # fine-tuning's semi-supervised settings, shown only while switched on, fit too
+    section = dock.show_section("finetune")
+    section.semi_supervised.setChecked(True)
+    qtbot.wait(50)
+    area = enclosing_scroll_area(section)
+    assert section.minimumSizeHint().width() <= area.viewport().width()
+    assert area.horizontalScrollBar().maximum() == 0
 
 
 def _fits(section) -> tuple[int, int, int, int]:

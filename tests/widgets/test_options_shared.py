@@ -58,6 +58,18 @@ def test_cli_and_dock_share_choices_defaults_and_help(dock, monkeypatch):
             describe(FinetuneConfig, name).help
         )
         assert box.toolTip().lower().startswith(describe(FinetuneConfig, name).help[:20].lower())
+    # semi-supervised fine-tuning: off on both, the same defaults and help
+    action = _parser_action(parser, "finetune", "semi_supervised")
+    assert action.default is False is fine.semi_supervised.isChecked()
+    assert fine.semi_supervised.toolTip().lower().startswith(action.help[:40].lower())
+    for name, box in (
+        ("pseudo_label_threshold", fine.pseudo_label_threshold),
+        ("unlabelled_ratio", fine.unlabelled_ratio),
+    ):
+        action = _parser_action(parser, "finetune", name)
+        assert box.value() == action.default == getattr(FinetuneConfig(), name)
+        assert box.toolTip() == describe(FinetuneConfig, name).tooltip()
+        assert action.help.startswith(describe(FinetuneConfig, name).help)
     # every declared option of both settings classes is a CLI argument
     for command, cls in (("pretrain", PretrainConfig), ("finetune", FinetuneConfig)):
         for f in dataclasses.fields(cls):

@@ -78,6 +78,13 @@ def test_two_tomograms_label_finetune_once_predict_both(dock, tomogram, truth, t
     # one fine-tune on the labels of both tomograms
     ft = widget.show_section("finetune")
     assert "in 2 tomograms" in ft.labels_label.text() and "class 1: 4" in ft.labels_label.text()
+    # semi-supervised would also learn from the unlabelled particles of both
+    assert "unlabelled" not in ft.labels_label.text()
+    ft.semi_supervised.setChecked(True)
+    n_unlabelled = sum(int((v == 0).sum()) for v in labels.values())
+    assert f"pseudo-labels): {n_unlabelled}" in ft.labels_label.text()
+    assert "class 1: 4" in ft.labels_label.text()
+    ft.semi_supervised.setChecked(False)
     ft.epochs.setValue(1)
     ft.batch_size.setValue(4)
     ft.min_steps.setValue(0)

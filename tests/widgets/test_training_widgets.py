@@ -189,6 +189,94 @@ def test_finetune_can_start_its_last_layer_from_a_linear_probe(dock, tomogram, t
     assert "head from linear probe" in load_checkpoint(session.classifier_path)["method"]
 
 
+def test_semi_supervised_controls_are_off_and_follow_finetune_config(dock, monkeypatch):
+    from napari_cryossl.base.options import describe
+    from napari_cryossl.train import FinetuneConfig
+
+    _viewer, widget = dock()
+    ft = widget.finetune
+    defaults = FinetuneConfig()
+    assert not ft.semi_supervised.isChecked() and defaults.semi_supervised is False
+    assert ft.semi_supervised.toolTip() == describe(FinetuneConfig, "semi_supervised").tooltip()
+    assert ft.pseudo_label_threshold.value() == pytest.approx(defaults.pseudo_label_threshold)
+    assert ft.unlabelled_ratio.value() == defaults.unlabelled_ratio
+    for name in ("pseudo_label_threshold", "unlabelled_ratio"):
+        assert getattr(ft, name).toolTip() == describe(FinetuneConfig, name).tooltip()
+    assert (ft.pseudo_label_threshold.minimum(), ft.pseudo_label_threshold.maximum()) == (
+        pytest.approx(0.5), pytest.approx(0.99))
+    assert (ft.unlabelled_ratio.minimum(), ft.unlabelled_ratio.maximum()) == (1, 7)
+    # its settings are shown only while it is on
+    assert ft.semi_options.isHidden() and not ft.semi_options.isEnabled()
+    ft.semi_supervised.setChecked(True)
+    assert not ft.semi_options.isHidden() and ft.semi_options.isEnabled()
+    ft.semi_supervised.setChecked(False)
+    assert ft.semi_options.isHidden() and not ft.semi_options.isEnabled()
+
+    # the defaults come from the declaration, not from numbers written in the dock
+    fields = FinetuneConfig.__dataclass_fields__
+    monkeypatch.setattr(fields["pseudo_label_threshold"], "default", 0.85)
+    monkeypatch.setattr(fields["unlabelled_ratio"], "default", 3)
+    monkeypatch.setattr(fields["semi_supervised"], "default", True)
+    _viewer, widget = dock()
+    ft = widget.finetune
+    assert ft.pseudo_label_threshold.value() == pytest.approx(0.85)
+    assert ft.unlabelled_ratio.value() == 3
+    assert ft.semi_supervised.isChecked() and not ft.semi_options.isHidden()
+
+
+def test_semi_supervised_finetuning_from_the_dock_learns_from_the_unlabelled(
+    dock, tomogram, truth, qtbot
+):
+    viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
+    n_unlabelled = int((session.store.table["class_number"].to_numpy() == 0).sum())
+    assert n_unlabelled > 0
+    ft = widget.show_section("finetune")
+    _small_settings(ft, epochs=1)
+    ft.semi_supervised.setChecked(True)
+    ft.pseudo_label_threshold.setValue(0.6)
+    ft.unlabelled_ratio.setValue(2)
+    assert f"unlabelled (learnt from with pseudo-labels): {n_unlabelled}" in (
+        ft.labels_label.text()
+    )
+    statuses = []
+    worker = ft.start()
+    assert worker is not None
+    worker.yielded.connect(statuses.append)
+    _wait(qtbot, worker)
+    assert "classifier saved" in ft.status.text()
+    state = load_checkpoint(session.classifier_path)
+    config = state["config"]
+    assert config["semi_supervised"] is True
+    assert config["pseudo_label_threshold"] == pytest.approx(0.6)
+    assert config["unlabelled_ratio"] == 2
+    # the core adds this only when the set it got has unlabelled rows (else a note says so)
+    assert state["method"].endswith(", semi-supervised (FixMatch)")
+    epochs = [s for s in statuses if s.event == "epoch"]
+    assert epochs and "pseudo_label_rate" in epochs[-1].metrics
+    assert "no unlabelled" not in str(epochs[-1].metrics.get("note", ""))
+    rate = epochs[-1].metrics["pseudo_label_rate"]
+    assert f"pseudo-labelled {100 * rate:.0f}%" in ft.panel.metrics.text()
+    # the classifier is for the labelled classes only
+    assert state["class_numbers"] == [1, 2]
+
+
+def test_finetuning_without_the_switch_is_supervised_on_the_labels(dock, tomogram, truth, qtbot):
+    from napari_cryossl.train import FinetuneConfig
+
+    viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
+    ft = widget.show_section("finetune")
+    _small_settings(ft, epochs=1)
+    ft.pseudo_label_threshold.setValue(0.6)  # changed while off: not used, not stored
+    assert "unlabelled" not in ft.labels_label.text()
+    _wait(qtbot, ft.start())
+    state = load_checkpoint(session.classifier_path)
+    assert state["config"]["semi_supervised"] is False
+    default = FinetuneConfig().pseudo_label_threshold
+    assert state["config"]["pseudo_label_threshold"] == pytest.approx(default)
+    assert "semi-supervised" not in state["method"]
+    assert "pseudo-labelled" not in ft.panel.metrics.text()
+
+
 def test_finetuning_refuses_too_few_labels_with_a_message(dock, tomogram, truth):
     from napari.utils.notifications import notification_manager
 

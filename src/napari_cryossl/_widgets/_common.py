@@ -231,6 +231,17 @@ class LossPlot(QWidget):
         painter.end()
 
 
+#: The epoch metrics (fractions) a RunPanel shows as percentages, in this order, with their
+#: names; ``pseudo_label_rate``: semi-supervised fine-tuning's share of unlabelled
+#: particles above the pseudo-label threshold (``train.semi_supervised``).
+PERCENT_METRICS = {
+    "train_accuracy": "train accuracy",
+    "val_accuracy": "val accuracy",
+    "best_val_accuracy": "best val accuracy",
+    "pseudo_label_rate": "pseudo-labelled",
+}
+
+
 class RunPanel(QWidget):
     """Start / Cancel / Resume buttons, a progress bar with ETA, a metrics line and a loss plot.
 
@@ -327,10 +338,10 @@ class RunPanel(QWidget):
             shown = []
             if loss is not None and math.isfinite(float(loss)):
                 shown.append(f"{'mean ' if event == 'epoch' else ''}loss {float(loss):.4g}")
-            for key in ("train_accuracy", "val_accuracy", "best_val_accuracy"):
+            for key, name in PERCENT_METRICS.items():
                 value = metrics.get(key)
                 if isinstance(value, (int, float)) and math.isfinite(float(value)):
-                    shown.append(f"{key.replace('_', ' ')} {100 * float(value):.0f}%")
+                    shown.append(f"{name} {100 * float(value):.0f}%")
             if metrics.get("note"):
                 shown.append(str(metrics["note"]))
             if shown:

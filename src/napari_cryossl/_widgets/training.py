@@ -16,6 +16,7 @@ import numpy as np
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -48,6 +49,13 @@ from napari_cryossl.train import FinetuneConfig, PretrainConfig  # numpy-only at
 MIN_LABELS_PER_CLASS = 2
 
 CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth);;All files (*)"
+
+#: The dock's range for the semi-supervised pseudo-label threshold (the option allows
+#: 0-1: below 0.5 a 2-class prediction always passes, 1 never does).
+PSEUDO_LABEL_THRESHOLD_RANGE = (0.5, 0.99)
+#: The dock's largest number of unlabelled particles per labelled one (FixMatch's 7;
+#: each one costs about another labelled step).
+MAX_UNLABELLED_RATIO = 7
 
 
 def probe_environment() -> dict:
@@ -509,6 +517,7 @@ class FinetuneWidget(_TrainingSection):
         form.addRow("Min. steps:", self.min_steps)
         form.addRow("Device:", self.device)
         form.addRow(self.head_from_probe)
+        self._add_semi_supervised_rows(form)
         self.all_tomograms = ProjectCheckBox(
             session,
             "All tomograms of the project",
@@ -518,6 +527,7 @@ class FinetuneWidget(_TrainingSection):
         self.all_tomograms.toggled.connect(self._show_state)
         form.addRow(self.all_tomograms)
         layout.addLayout(form)
+        self.semi_supervised.toggled.connect(self._show_state)
         self.labels_label = QLabel("")
         self.labels_label.setWordWrap(True)
         layout.addWidget(self.labels_label)
@@ -532,14 +542,66 @@ class FinetuneWidget(_TrainingSection):
         session.project_changed.connect(self._show_state)
         self._show_state()
 
+    def _add_semi_supervised_rows(self, form) -> None:
+        """The semi-supervised switch (FixMatch on the class-0 particles; off by default)
+        and, shown while it is on, its pseudo-label threshold and unlabelled ratio."""
+        semi = describe(FinetuneConfig, "semi_supervised")
+        self.semi_supervised = QCheckBox(
+            "Learn from the unlabelled particles too (semi-supervised)"
+        )
+        self.semi_supervised.setChecked(bool(semi.default))
+        self.semi_supervised.setToolTip(semi.tooltip())
+        threshold = describe(FinetuneConfig, "pseudo_label_threshold")
+        self.pseudo_label_threshold = QDoubleSpinBox()
+        self.pseudo_label_threshold.setDecimals(2)
+        self.pseudo_label_threshold.setSingleStep(0.05)
+        self.pseudo_label_threshold.setRange(*PSEUDO_LABEL_THRESHOLD_RANGE)
+        self.pseudo_label_threshold.setValue(float(threshold.default))
+        self.pseudo_label_threshold.setToolTip(threshold.tooltip())
+        ratio = describe(FinetuneConfig, "unlabelled_ratio")
+        self.unlabelled_ratio = QSpinBox()
+        self.unlabelled_ratio.setRange(int(ratio.info.minimum or 1), MAX_UNLABELLED_RATIO)
+        self.unlabelled_ratio.setValue(int(ratio.default))
+        self.unlabelled_ratio.setSuffix(" per labelled")
+        self.unlabelled_ratio.setToolTip(ratio.tooltip())
+        # the two settings in a box of their own, shown only while the switch is on
+        self.semi_options = QWidget()
+        rows = QFormLayout(self.semi_options)
+        rows.setContentsMargins(0, 0, 0, 0)
+        rows.addRow("Pseudo-label threshold:", self.pseudo_label_threshold)
+        rows.addRow("Unlabelled:", self.unlabelled_ratio)
+        form.addRow(self.semi_supervised)
+        form.addRow(self.semi_options)
+        self.semi_supervised.toggled.connect(self._show_semi_options)
+        self._show_semi_options()
+
+    def _show_semi_options(self, *_) -> None:
+        on = self.semi_supervised.isChecked()
+        self.semi_options.setVisible(on)
+        self.semi_options.setEnabled(on)
+
+    def _semi_settings(self) -> dict:
+        """The FinetuneConfig fields of the semi-supervised controls (only the switch
+        when it is off, so that a plain run's settings are what they were without it)."""
+        if not self.semi_supervised.isChecked():
+            return {"semi_supervised": False}
+        return {
+            "semi_supervised": True,
+            "pseudo_label_threshold": float(self.pseudo_label_threshold.value()),
+            "unlabelled_ratio": int(self.unlabelled_ratio.value()),
+        }
+
     def make_job(self, resume: bool):
         from napari_cryossl.io import InputError
 
+        semi = self.semi_supervised.isChecked()
+        # semi-supervised: the unlabelled rows (class 0) travel too, for the pseudo-labels
         pairs = project_tables(
-            self.session, every=self.all_tomograms.all_tomograms(), labelled_only=True
+            self.session, every=self.all_tomograms.all_tomograms(), labelled_only=not semi
         )
         table = _concat(pairs)
         check_labels(table)
+        n_labelled = int((table["class_number"].to_numpy() > 0).sum())
         out = self.output_path()
         if resume and not self.resume_path().is_file():
             raise InputError(f"{self.resume_path()}: no checkpoint to resume; start a new run")
@@ -549,10 +611,11 @@ class FinetuneWidget(_TrainingSection):
         )
         settings = {
             "epochs": int(self.epochs.value()) or None,  # None: the recipe's for the device
-            "batch_size": min(int(self.batch_size.value()), len(table)),
+            "batch_size": min(int(self.batch_size.value()), n_labelled),
             "min_steps": int(self.min_steps.value()) if self.min_steps.value() >= 0 else None,
             "device": self.device.currentText(),
             "head_init": "probe" if self.head_from_probe.isChecked() else "random",
+            **self._semi_settings(),
             # names travel in the checkpoint, so predictions elsewhere (CLI) keep them
             "class_names": {n: self.session.class_name(n) for n in self.session.class_numbers()},
         }
@@ -591,21 +654,31 @@ class FinetuneWidget(_TrainingSection):
             self.labels_label.setText("")
             self._update_ready()
             return
-        counts = {n: c for n, c in self.session.class_counts().items() if n > 0}
+        all_counts = self.session.class_counts()
+        counts = {n: c for n, c in all_counts.items() if n > 0}
+        n_unlabelled = all_counts.get(0, 0)
         prefix = "Labelled"
         if self.all_tomograms.all_tomograms():
             try:
-                labels = self._labelled()["class_number"].to_numpy()
+                labels = self._tables()["class_number"].to_numpy()
             except Exception as exc:  # another tomogram's annotations cannot be read
                 self.labels_label.setText(f"Labels of the project: {exc}")
                 self._update_ready()
                 return
-            numbers, n = np.unique(labels, return_counts=True)
+            n_unlabelled = int((labels == 0).sum())
+            numbers, n = np.unique(labels[labels > 0], return_counts=True)
             counts = dict.fromkeys(counts, 0) | dict(zip(numbers.tolist(), n.tolist(), strict=True))
             prefix = f"Labelled in {len(self.session.project)} tomograms"
         parts = [f"{self.session.class_name(n)}: {c}" for n, c in counts.items()]
-        self.labels_label.setText(f"{prefix}: " + (", ".join(parts) if parts else "none"))
+        text = f"{prefix}: " + (", ".join(parts) if parts else "none")
+        if self.semi_supervised.isChecked():
+            text += f"; unlabelled (learnt from with pseudo-labels): {n_unlabelled}"
+        self.labels_label.setText(text)
         self._update_ready()
+
+    def _tables(self):
+        """Every particle, labelled or not, of the tomograms fine-tuning would use."""
+        return _concat(project_tables(self.session, every=self.all_tomograms.all_tomograms()))
 
     def _labelled(self):
         """The labelled particles fine-tuning would use (every project tomogram's if chosen)."""
