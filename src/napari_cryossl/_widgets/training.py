@@ -471,6 +471,9 @@ class FinetuneWidget(_TrainingSection):
 
     def __init__(self, session: Session, parent=None) -> None:
         super().__init__(session, "Start fine-tuning", parent)
+        # the semi-supervised settings of the last started run: Resume keeps them (and the
+        # particles they imply), since the run's saved split numbers those particles
+        self._run_semi: dict | None = None
         layout = QVBoxLayout(self)
         form = QFormLayout()
         row = QHBoxLayout()
@@ -594,7 +597,10 @@ class FinetuneWidget(_TrainingSection):
     def make_job(self, resume: bool):
         from napari_cryossl.io import InputError
 
-        semi = self.semi_supervised.isChecked()
+        semi_settings = (
+            self._run_semi if resume and self._run_semi is not None else self._semi_settings()
+        )
+        semi = semi_settings["semi_supervised"]
         # semi-supervised: the unlabelled rows (class 0) travel too, for the pseudo-labels
         pairs = project_tables(
             self.session, every=self.all_tomograms.all_tomograms(), labelled_only=not semi
@@ -615,10 +621,11 @@ class FinetuneWidget(_TrainingSection):
             "min_steps": int(self.min_steps.value()) if self.min_steps.value() >= 0 else None,
             "device": self.device.currentText(),
             "head_init": "probe" if self.head_from_probe.isChecked() else "random",
-            **self._semi_settings(),
+            **semi_settings,
             # names travel in the checkpoint, so predictions elsewhere (CLI) keep them
             "class_names": {n: self.session.class_name(n) for n in self.session.class_numbers()},
         }
+        self._run_semi = semi_settings
 
         def job():
             from napari_cryossl.ops.train import finetune
