@@ -3,7 +3,9 @@
 Data: the "quick" configuration of ``reproduce_paper.py`` (its ``experiment_data``): the ten
 built-in complexes x 60, crowded, CTF, ±60° wedge, 32³ boxes at 10 Å, SNR 0.1, a stratified
 60:20:20 split (36 / 12 / 12 per class), the same simulation seed and split as every
-"quick" row in docs/benchmarks.md. For every label count k and seed:
+"quick" row in docs/benchmarks.md (``--per-class`` and ``--snr`` make other sets of the same
+kind: 100 per class gives 60 training particles per class, room for 50 labels). For every
+label count k and seed:
 
 - the fine-tuning set is the training and validation splits together (480 particles): the
   training split keeps its labels and ``label_fraction = k / 36`` draws k per class of them
@@ -35,6 +37,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +113,7 @@ def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_d
 
             t0 = time.perf_counter()
             run(iter_pretrain(data, PretrainConfig(epochs=args.pretrain_epochs, batch_size=16,
-                                                   device="cpu", seed=seed), init))
+                                                   device=args.device, seed=seed), init))
             print(f"pretrained {init} in {time.perf_counter() - t0:.0f} s", flush=True)
     config = FinetuneConfig(
         epochs=args.epochs,
@@ -118,7 +121,7 @@ def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_d
         batch_size=args.batch_size,
         label_fraction=fraction,
         val_fraction=0.0,
-        device="cpu",
+        device=args.device,
         seed=seed,
         semi_supervised=method.endswith("+semi"),
         unlabelled_ratio=args.ratio,
@@ -132,7 +135,7 @@ def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_d
     t0 = time.perf_counter()
     epochs = [s for s in iter_finetune(data, config, clf, init=init) if s.event == "epoch"]
     seconds = time.perf_counter() - t0
-    pred = predict(clf, test, device="cpu")
+    pred = predict(clf, test, device=args.device)
     last = epochs[-1].metrics
     row = {"method": name, "k": k, "seed": seed, "n_labels": int(len(chosen)),
            "test_accuracy": float((pred.class_numbers == truth).mean()),
@@ -197,7 +200,7 @@ def paired_difference(rows: list[dict], a: str, b: str) -> dict | None:
             "differences": diff.tolist()}
 
 
-def markdown(table, ceiling) -> str:
+def markdown(table, ceiling, n_train: int | None = None) -> str:
     methods = list(dict.fromkeys(t["method"] for t in table))
     ks = list(dict.fromkeys(t["k"] for t in table))
     lines = ["| labels per class | " + " | ".join(methods) + " | ceiling |",
@@ -212,7 +215,7 @@ def markdown(table, ceiling) -> str:
                 sd = f" ± {100 * t['sd']:.1f}" if t["sd"] is not None else ""
                 cells.append(f"{100 * t['mean']:.1f}{sd} (n {t['n']})")
         ceil = f"{100 * ceiling:.1f}" if ceiling is not None else ""
-        lines.append(f"| {'all (36)' if k is None else k} | " + " | ".join(cells) + f" | {ceil} |")
+        lines.append(f"| {f'all ({n_train})' if k is None else k} | " + " | ".join(cells) + f" | {ceil} |")
     return "\n".join(lines)
 
 
@@ -220,7 +223,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="results JSON (rows in OUT.jsonl)")
     parser.add_argument("--labels", nargs="+", type=_k, default=[5, 10, 20, None],
-                        help="labels per class ('all': the 36 of the training split)")
+                        help="labels per class ('all': the training split's, 36 of 60)")
+    parser.add_argument("--per-class", type=int, default=60,
+                        help="particles per class (60: the 'quick' set; 60 %% train)")
+    parser.add_argument("--snr", type=float, default=SNR)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["random", "random+semi"])
     parser.add_argument("--steps", type=int, default=500, help="optimiser steps of every run")
@@ -252,7 +259,7 @@ def main(argv=None) -> int:
         rows = list(done.values())
         ceiling = next((r["test_accuracy"] for r in rows if r["method"] == "ceiling"), None)
         table = summarise([r for r in rows if r["method"] != "ceiling"])
-        text = markdown(table, ceiling)
+        text = markdown(table, ceiling, round(0.6 * args.per_class))
         paired = paired_difference(rows, "random+semi", "random")
         if paired:
             text += (f"\n\nrandom+semi - random, paired by (labels, seed): "
@@ -267,9 +274,11 @@ def main(argv=None) -> int:
                              f"{100 * w['difference']:+.1f} points "
                              f"(n {w['n'][0]}/{w['n'][1]}, Welch p = {w['p']:.3f})")
         result = {
-            "benchmark": "few labels per class, 10 built-in complexes, 32³ at 10 Å, SNR 0.1, "
-                         "60 per class (reproduce_paper 'quick' data, seed 0)",
-            "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread",
+            "benchmark": f"few labels per class, 10 built-in complexes, 32³ at 10 Å, "
+                         f"SNR {args.snr:g}, {args.per_class} per class "
+                         "(reproduce_paper 'quick' kind of data, seed 0)",
+            "device": (f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread"
+                       if args.device == "cpu" else args.device),
             "torch": torch.__version__,
             "ceiling": ceiling,
             "table": table,
@@ -283,14 +292,16 @@ def main(argv=None) -> int:
         return 0
 
     cfg = CONFIGS["quick"]
-    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, SNR, seed=0)
+    if args.per_class != cfg.per_class:
+        cfg = replace(cfg, per_class=args.per_class)
+    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, args.snr, seed=0)
     out_dir = args.out.parent / (args.out.stem + "_work")
     out_dir.mkdir(exist_ok=True)
     if args.ceiling_rotations and "ceiling" not in done:
         from napari_cryossl.analysis.baselines import simulated_ceiling
 
         t0 = time.perf_counter()
-        result = simulated_ceiling(all_data.load(test_idx), simulation_config(cfg, SNR),
+        result = simulated_ceiling(all_data.load(test_idx), simulation_config(cfg, args.snr),
                                    n_rotations=args.ceiling_rotations)
         acc = float((result.class_numbers == np.asarray(all_data.class_numbers)[test_idx]).mean())
         row = {"key": "ceiling", "method": "ceiling", "test_accuracy": acc,

@@ -329,3 +329,26 @@ def test_suggest_benchmark_reports_the_labels_needed_at_every_random_budget(tmp_
     plot = _load("plot_suggest")
     assert plot.main([str(out), str(out), "--out", str(tmp_path / "both.png")]) == 0
     assert (tmp_path / "both.png").stat().st_size > 10_000
+
+
+def test_few_label_curve_summary_and_plot(tmp_path):
+    """bench_few_labels --summarise turns rows of named variants into a table with Welch p
+    against random weights, and plot_few_labels draws it with 'all' at the training split's
+    size (real rows of the committed result, re-summarised)."""
+    rows = json.loads((BENCH / "results" / "few_labels_20261207.json").read_text())["rows"]
+    # a named variant (--name) with rows at one label count, as a screen writes them
+    variant = [dict(r, method="moco-lpft", key=f"moco-lpft|{r['k']}|{r['seed']}")
+               for r in rows if r["method"] == "random+semi" and r.get("k") == 10]
+    out = tmp_path / "few.json"
+    out.with_suffix(".jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows + variant))
+    bench = _load("bench_few_labels")
+    assert bench.main(["--out", str(out), "--summarise"]) == 0
+    result = json.loads(out.read_text())
+    assert {t["method"] for t in result["table"]} >= {"floor", "random", "moco-lpft"}
+    test = next(t for t in result["welch_against_random"] if t["a"] == "moco-lpft")
+    assert test["k"] == 10 and test["n"] == [3, 3] and 0.0 <= test["p"] <= 1.0
+    assert "| all (36) |" in result["markdown"]
+    plot = _load("plot_few_labels")
+    assert plot.main([str(out), str(out), "--out", str(tmp_path / "curve.png")]) == 0
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
