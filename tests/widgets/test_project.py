@@ -140,3 +140,49 @@ def test_add_folder_and_tomograms_star(dock, tomogram, tmp_path):
     assert widget.data.add_tomograms_star(star) == 1
     assert session.project == [tomogram.resolve(), other.resolve()]
     assert widget.data.project_list.count() == 2
+
+
+def test_resume_keeps_the_tomograms_the_run_started_with(dock, tomogram, truth, tmp_path, qtbot):
+    """A fine-tuning run started on all tomograms, cancelled, then resumed after "All
+    tomograms" was switched off continues on the particles of both (its saved split numbers
+    them) instead of failing with "the labelled particles have changed"."""
+    from napari_cryossl.nn.checkpoints import load_checkpoint
+
+    other, other_truth = _second_tomogram(tmp_path)
+    viewer, widget = dock()
+    session = widget.session
+    assert widget.data.open_path(tomogram)
+    assert widget.data.add_paths([other]) == 1
+    for path, path_truth in ((tomogram, truth), (other, other_truth)):
+        _import_and_label(widget, path, path_truth, per_class=3)
+    ft = widget.show_section("finetune")
+    assert ft.all_tomograms.all_tomograms()
+    ft.epochs.setValue(200)
+    ft.batch_size.setValue(4)
+    ft.min_steps.setValue(0)
+    ft.device.setCurrentText("cpu")
+    worker = ft.start()
+    with qtbot.waitSignal(worker.yielded, timeout=TIMEOUT_MS):
+        pass
+    with qtbot.waitSignals([worker.aborted, worker.finished], timeout=TIMEOUT_MS):
+        ft.panel.cancel_button.click()
+    started = load_checkpoint(session.work_dir / "classifier.last.pt", kind="classifier")
+    n_rows = sum(len(v) for v in started["split"].values() if isinstance(v, list))
+
+    ft.all_tomograms.setChecked(False)
+    errors, statuses = [], []
+    worker = ft.start(resume=True)
+    assert worker is not None
+    worker.errored.connect(errors.append)
+    worker.yielded.connect(statuses.append)
+    qtbot.waitUntil(lambda: bool(statuses or errors) or ft.worker is None, timeout=TIMEOUT_MS)
+    ft.cancel()
+    if ft.worker is not None:
+        _wait(qtbot, worker)
+    assert not errors and not ft.status.is_error, ft.status.text()
+    assert statuses, "the resumed run reported no progress"
+    resumed = load_checkpoint(session.work_dir / "classifier.last.pt", kind="classifier")
+    assert sum(len(v) for v in resumed["split"].values() if isinstance(v, list)) == n_rows
+    labelled = [int((AnnotationStore.for_tomogram(p).table["class_number"] > 0).sum())
+                for p in (tomogram, other)]
+    assert min(labelled) > 0 and n_rows == sum(labelled)  # both tomograms' labels

@@ -471,9 +471,9 @@ class FinetuneWidget(_TrainingSection):
 
     def __init__(self, session: Session, parent=None) -> None:
         super().__init__(session, "Start fine-tuning", parent)
-        # the semi-supervised settings of the last started run: Resume keeps them (and the
-        # particles they imply), since the run's saved split numbers those particles
-        self._run_semi: dict | None = None
+        # the semi-supervised settings and tomograms of the last started run: Resume keeps
+        # them (and the particles they imply), since the run's saved split numbers those
+        self._run_scope: tuple[dict, bool] | None = None
         layout = QVBoxLayout(self)
         form = QFormLayout()
         row = QHBoxLayout()
@@ -597,14 +597,15 @@ class FinetuneWidget(_TrainingSection):
     def make_job(self, resume: bool):
         from napari_cryossl.io import InputError
 
-        semi_settings = (
-            self._run_semi if resume and self._run_semi is not None else self._semi_settings()
-        )
+        # Resume takes the particles the run started with: its saved split numbers them, so
+        # switching semi-supervised or "All tomograms" in between must not change them
+        if resume and self._run_scope is not None:
+            semi_settings, every = self._run_scope
+        else:
+            semi_settings, every = self._semi_settings(), self.all_tomograms.all_tomograms()
         semi = semi_settings["semi_supervised"]
         # semi-supervised: the unlabelled rows (class 0) travel too, for the pseudo-labels
-        pairs = project_tables(
-            self.session, every=self.all_tomograms.all_tomograms(), labelled_only=not semi
-        )
+        pairs = project_tables(self.session, every=every, labelled_only=not semi)
         table = _concat(pairs)
         check_labels(table)
         n_labelled = int((table["class_number"].to_numpy() > 0).sum())
@@ -625,7 +626,7 @@ class FinetuneWidget(_TrainingSection):
             # names travel in the checkpoint, so predictions elsewhere (CLI) keep them
             "class_names": {n: self.session.class_name(n) for n in self.session.class_numbers()},
         }
-        self._run_semi = semi_settings
+        self._run_scope = (semi_settings, every)
 
         def job():
             from napari_cryossl.ops.train import finetune

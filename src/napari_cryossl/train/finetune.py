@@ -302,7 +302,7 @@ class _FinetuneJob(_Job):
         ):
             raise InputError(
                 f"{self.last_path}: the labelled particles have changed since this run was "
-                "started; start a new run without --resume"
+                "started; start a new run instead of resuming"
             )
         info = dict(split.get("info") or {})
         info["classes"] = classes
@@ -321,7 +321,7 @@ class _FinetuneJob(_Job):
         except (RuntimeError, ValueError, KeyError) as exc:
             raise InputError(
                 f"{self.last_path}: does not match this fine-tuning setup ({exc}); start a "
-                "new run without --resume or use the same options"
+                "new run instead of resuming, or use the same options"
             ) from exc
         # More (or fewer) epochs than the interrupted run: the schedule reads
         # ``total_steps``, which already stretches the cosine to the new end.

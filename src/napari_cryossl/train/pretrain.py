@@ -158,7 +158,7 @@ class _PretrainJob(_Job):
             raise InputError(
                 f"{where}: holds no pretraining state to resume from (the run finished and "
                 "its state was dropped; pass --keep-state to keep it); start a new run "
-                "without --resume"
+                "instead of resuming"
             )
         try:
             self.objective.load_state_dict({**model, **extra})
@@ -166,7 +166,7 @@ class _PretrainJob(_Job):
         except (RuntimeError, ValueError, KeyError) as exc:
             raise InputError(
                 f"{where}: does not match this pretraining setup ({exc}); start a new "
-                "run without --resume or use the same options"
+                "run instead of resuming, or use the same options"
             ) from exc
         queue = state.get("ssl_queue")
         bank = getattr(getattr(self.objective, "criterion", None), "memory_bank", None)
