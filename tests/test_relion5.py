@@ -241,6 +241,21 @@ def test_relion5_project_round_trips_within_half_a_voxel(project, tmp_path):
     np.testing.assert_allclose(again.centers_zyx(), truth, atol=1e-9)
 
 
+def test_a_moved_reconstruction_found_by_name_is_used_and_said(project):
+    """When the tomograms.star's rlnTomoReconstructedTomogram is gone but a tomogram of that
+    name lies next to the particle STAR, that one is used, and a warning names both files."""
+    from napari_cryossl.io import InputWarning
+
+    name = next(iter(TOMOGRAMS))
+    moved = project["particles"].parent / f"{name}.mrc"
+    project["mrc"][name].rename(moved)
+    with pytest.warns(InputWarning, match=rf"rec_{name}\.mrc .*does not exist; using .*{name}\.mrc"):
+        data = SubtomogramSet.from_star(
+            project["particles"], tomograms=project["tomograms"], box_size=BOX
+        )
+    np.testing.assert_allclose(data.centers_zyx(), _truth_rows(project), atol=1e-9)
+
+
 def test_relion5_particles_on_a_given_binned_tomogram(project):
     """One tomogram given as an MRC (no tomograms.star): its shape and voxel size place the
     particles; only TS_01, whose size is a whole number of binned voxels, is exact so."""

@@ -204,15 +204,16 @@ def _relative_to(name: str, folder: str) -> str:
 
 def _resolve_reconstructions(names: np.ndarray, path: Path) -> list[Path | None]:
     """Absolute paths of rlnTomoReconstructedTomogram; RELION writes them relative to the
-    project folder, a parent of the STAR file's folder (the nearest one where the first
-    named file exists; the STAR file's folder when none does)."""
+    project folder, a parent of the STAR file's folder (the nearest one where any named
+    file exists, so one moved or deleted reconstruction does not lose the others; the STAR
+    file's folder when none does)."""
     folder = Path(os.path.abspath(path.parent))
     usable = [n for n in names if n and n != "None"]
     base = folder
     relative = [n for n in usable if not os.path.isabs(n)]
-    if relative and not (folder / relative[0]).exists():
+    if relative and not any((folder / n).exists() for n in relative):
         for parent in folder.parents:
-            if (parent / relative[0]).exists():
+            if any((parent / n).exists() for n in relative):
                 base = parent
                 break
     return [

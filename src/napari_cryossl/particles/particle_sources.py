@@ -110,6 +110,13 @@ def _tomograms_from_records(names, records: dict, path: Path):
             else:
                 named = "the tomograms.star names no reconstruction and "
             raise InputError(f"{path}: tomogram {name!r}: {named}{err}") from err
+        if record.path is not None:  # the recorded file is missing: say which one is used
+            warnings.warn(
+                f"{path}: tomogram {name!r}: {record.path} (rlnTomoReconstructedTomogram) "
+                f"does not exist; using {found[name]}, found by name next to the STAR file",
+                InputWarning,
+                stacklevel=3,
+            )
     return found, {name: records[name] for name in names}
 
 
