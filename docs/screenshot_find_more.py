@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
     from imageio.v3 import imwrite
-    from qtpy.QtCore import QEventLoop, QTimer
+    from screenshots import pump, wait  # docs/screenshots.py, beside this script
 
     from napari_cryossl._sample_data import SAMPLE_DIAMETER_A
     from napari_cryossl._widgets._common import enclosing_scroll_area
@@ -43,21 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window._qt_window.resize(1500, 950)
     _, dock = viewer.window.add_plugin_dock_widget("napari-cryossl", "Classify particles")
     session = dock.session
-
-    def pump(seconds: float = 0.3) -> None:
-        loop = QEventLoop()
-        QTimer.singleShot(int(seconds * 1000), loop.quit)
-        loop.exec()
-
-    def wait(worker, what: str) -> None:
-        if worker is None:
-            raise RuntimeError(f"{what} did not start: {dock.picking.find_more.status.text()}")
-        t0 = time.perf_counter()
-        loop = QEventLoop()
-        worker.finished.connect(loop.quit)
-        loop.exec()
-        pump(0.5)
-        print(f"  {what}: {time.perf_counter() - t0:.1f} s", flush=True)
 
     _, truth_layer = viewer.open_sample("napari-cryossl", "crowded_tomogram")
     dock.data.use_layer(session.image_layer or viewer.layers[0])
@@ -77,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     warm = section.warm_up()
     if warm is not None:
         wait(warm, "loading torch and MONAI")
-    wait(section.start(), "find more like these")
+    worker = section.start()
+    wait(worker, "find more like these", why=section.status.text())
     print(f"  {section.status.text()}", flush=True)
     if section.picks_layer is not None:
         predicted = section.picks_layer.features["class_number"].value_counts().sort_index()

@@ -28,6 +28,29 @@ HERE = Path(__file__).resolve().parent
 WINDOW_SIZE = (1500, 950)
 
 
+def pump(seconds: float = 0.3) -> None:
+    """Let Qt run for `seconds` (layers draw, signals arrive), as a person's pause would."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
+    loop.exec()
+
+
+def wait(worker, what: str, why: str = "see the message in the dock") -> None:
+    """Run the event loop until `worker` finishes, then print how long it took."""
+    from qtpy.QtCore import QEventLoop
+
+    if worker is None:
+        raise RuntimeError(f"{what} did not start ({why})")
+    t0 = time.perf_counter()
+    loop = QEventLoop()
+    worker.finished.connect(loop.quit)
+    loop.exec()
+    pump(0.5)
+    print(f"  {what}: {time.perf_counter() - t0:.1f} s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "img", help="folder for gui_*.png")
@@ -42,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["NAPARI_CRYOSSL_SAMPLE_DIR"] = str(work / "sample")
 
     import napari
-    from qtpy.QtCore import QEventLoop, QTimer
 
     from napari_cryossl._sample_data import SAMPLE_DIAMETER_A
     from napari_cryossl._widgets._common import enclosing_scroll_area
@@ -54,21 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     viewer.window._qt_window.resize(*WINDOW_SIZE)
     _, dock = viewer.window.add_plugin_dock_widget("napari-cryossl", "Classify particles")
     session = dock.session
-
-    def pump(seconds: float = 0.3) -> None:
-        loop = QEventLoop()
-        QTimer.singleShot(int(seconds * 1000), loop.quit)
-        loop.exec()
-
-    def wait(worker, what: str) -> None:
-        if worker is None:
-            raise RuntimeError(f"{what} did not start (see the message in the dock)")
-        t0 = time.perf_counter()
-        loop = QEventLoop()
-        worker.finished.connect(loop.quit)
-        loop.exec()
-        pump(0.5)
-        print(f"  {what}: {time.perf_counter() - t0:.1f} s", flush=True)
 
     def shot(name: str, section: str | None = None) -> None:
         if section is not None:
