@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     results = []
     for path in args.results:
         result = json.loads(path.read_text())
-        title = result.get("benchmark", path.stem).split(" (")[0]
+        title = result.get("benchmark", path.stem).split(" (")[0].replace(" Å", "\u00a0Å")
         results.append((textwrap.fill(title, 55), result))
     print(plot(results, args.out))
     return 0
