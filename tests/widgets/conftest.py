@@ -81,6 +81,29 @@ def dock(make_napari_viewer):
 
 
 @pytest.fixture
+def run_briefly(qtbot):
+    """`run_briefly(section, resume=False)`: start a training section's run, wait for its
+    first progress report (or error), cancel it and wait for it to end; returns the
+    (errors, statuses) the worker sent."""
+
+    def run(section, resume: bool = False):
+        errors, statuses = [], []
+        worker = section.start(resume=resume)
+        assert worker is not None, section.status.text()
+        worker.errored.connect(errors.append)
+        worker.yielded.connect(statuses.append)
+        qtbot.waitUntil(lambda: bool(statuses or errors) or section.worker is None,
+                        timeout=180_000)
+        section.cancel()
+        if section.worker is not None:
+            with qtbot.waitSignal(worker.finished, timeout=180_000):
+                pass
+        return errors, statuses
+
+    return run
+
+
+@pytest.fixture
 def click():
     """`click(viewer, world_position)`: a mouse click through napari's dispatch."""
     return _click

@@ -142,7 +142,9 @@ def test_add_folder_and_tomograms_star(dock, tomogram, tmp_path):
     assert widget.data.project_list.count() == 2
 
 
-def test_resume_keeps_the_tomograms_the_run_started_with(dock, tomogram, truth, tmp_path, qtbot):
+def test_resume_keeps_the_tomograms_the_run_started_with(
+    dock, tomogram, truth, tmp_path, qtbot, run_briefly
+):
     """A fine-tuning run started on all tomograms, cancelled, then resumed after "All
     tomograms" was switched off continues on the particles of both (its saved split numbers
     them) instead of failing with "the labelled particles have changed"."""
@@ -170,15 +172,7 @@ def test_resume_keeps_the_tomograms_the_run_started_with(dock, tomogram, truth, 
     n_rows = sum(len(v) for v in started["split"].values() if isinstance(v, list))
 
     ft.all_tomograms.setChecked(False)
-    errors, statuses = [], []
-    worker = ft.start(resume=True)
-    assert worker is not None
-    worker.errored.connect(errors.append)
-    worker.yielded.connect(statuses.append)
-    qtbot.waitUntil(lambda: bool(statuses or errors) or ft.worker is None, timeout=TIMEOUT_MS)
-    ft.cancel()
-    if ft.worker is not None:
-        _wait(qtbot, worker)
+    errors, statuses = run_briefly(ft, resume=True)
     assert not errors and not ft.status.is_error, ft.status.text()
     assert statuses, "the resumed run reported no progress"
     resumed = load_checkpoint(session.work_dir / "classifier.last.pt", kind="classifier")

@@ -260,7 +260,9 @@ def test_semi_supervised_finetuning_from_the_dock_learns_from_the_unlabelled(
     assert state["class_numbers"] == [1, 2]
 
 
-def test_resume_continues_a_semi_supervised_run_as_it_was_started(dock, tomogram, truth, qtbot):
+def test_resume_continues_a_semi_supervised_run_as_it_was_started(
+    dock, tomogram, truth, qtbot, run_briefly
+):
     """Resume takes the particles (labelled, or all) and settings the run started with, so
     the saved split still points at the same particles whatever the switch says now."""
     viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
@@ -275,15 +277,7 @@ def test_resume_continues_a_semi_supervised_run_as_it_was_started(dock, tomogram
     assert ft.panel.resume_button.isEnabled()
 
     ft.semi_supervised.setChecked(False)
-    errors, statuses = [], []
-    worker = ft.start(resume=True)
-    assert worker is not None
-    worker.errored.connect(errors.append)
-    worker.yielded.connect(statuses.append)
-    qtbot.waitUntil(lambda: bool(statuses or errors) or ft.worker is None, timeout=TIMEOUT_MS)
-    ft.cancel()
-    if ft.worker is not None:
-        _wait(qtbot, worker)
+    errors, _ = run_briefly(ft, resume=True)
     assert not errors and not ft.status.is_error, ft.status.text()
     state = load_checkpoint(session.work_dir / "classifier.last.pt", kind="classifier")
     assert state["config"]["semi_supervised"] is True
