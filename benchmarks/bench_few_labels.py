@@ -44,22 +44,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from reproduce_paper import CONFIGS, experiment_data, simulation_config  # noqa: E402
+# the result log (one JSON row per line, keyed) is reproduce_paper's
+from reproduce_paper import (  # noqa: E402
+    CONFIGS,
+    _append,
+    experiment_data,
+    simulation_config,
+)
+from reproduce_paper import _done as _rows  # noqa: E402
 
 SNR = 0.1
 METHODS = ("random", "random+semi", "moco+semi", "moco")
-
-
-def _rows(path: Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {row["key"]: row for row in rows}
-
-
-def _append(path: Path, row: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(row) + "\n")
 
 
 def _k(text: str) -> int | None:
