@@ -97,9 +97,9 @@ def weak_view(x, generator=None):
     n = x.shape[0]
     choice = torch.randint(0, 4, (n,), generator=generator).to(x.device)
     out = x
-    for k, dims in ((1, (3, 4)), (2, (2, 4)), (3, (2, 3))):
+    for k, turned in enumerate(half_turns(x)[1:], start=1):
         pick = (choice == k).view(n, *([1] * (x.dim() - 1)))
-        out = torch.where(pick, torch.flip(x, dims), out)
+        out = torch.where(pick, turned, out)
     return out
 
 
