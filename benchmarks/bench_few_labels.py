@@ -68,6 +68,32 @@ def _load_average() -> float | None:
         return None
 
 
+def centred(all_data, cfg, snr, how):
+    """The same boxes with each particle moved to the box centre (``shift_boxes``).
+
+    ``truth``: by the offset the simulator drew for it (up to ``max_shift_a`` per axis), the
+    best any centring could do; a diagnostic of how much the off-centre particles cost.
+    ``profiles``: by ``centre_offsets`` on all boxes at once (training, validation and test
+    alike, without labels), what a user can do.
+    """
+    from napari_cryossl.particles.centring import centre_offsets, shift_boxes
+    from napari_cryossl.particles.dataset import SubtomogramSet
+    from napari_cryossl.simulate.subtomograms import simulate_subtomogram_details
+
+    boxes = all_data.load(np.arange(len(all_data.class_numbers)))
+    if how == "truth":
+        sim = simulate_subtomogram_details(cfg.per_class, simulation_config(cfg, snr), 0)
+        if not np.array_equal(sim.class_numbers, np.asarray(all_data.class_numbers)):
+            raise RuntimeError("the re-simulated set differs from the benchmark's")
+        offsets = sim.shifts_zyx
+    elif how == "profiles":
+        offsets = centre_offsets(boxes)
+    else:
+        raise ValueError(f"unknown centring {how!r}")
+    return SubtomogramSet.from_arrays(shift_boxes(boxes, -offsets), all_data.class_numbers,
+                                      voxel_size=all_data.voxel_size)
+
+
 def fine_tuning_set(all_data, train_idx, val_idx):
     """The training + validation particles, labels on the training split only."""
     from napari_cryossl.particles.dataset import SubtomogramSet
@@ -81,7 +107,7 @@ def fine_tuning_set(all_data, train_idx, val_idx):
 
 
 def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_dir, name=None):
-    from napari_cryossl.analysis.baselines import floor_accuracy
+    from napari_cryossl.analysis.baselines import FloorClassifier
     from napari_cryossl.analysis.predict import predict
     from napari_cryossl.train import FinetuneConfig, iter_finetune, split_labelled
 
@@ -95,8 +121,10 @@ def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_d
     truth = labels[test_idx]
     rows = []
     t0 = time.perf_counter()
-    floor = floor_accuracy(data.load(chosen), np.asarray(data.class_numbers)[chosen],
-                           test.load(np.arange(len(test))), truth)
+    test_boxes = test.load(np.arange(len(test)))
+    floor_clf = FloorClassifier().fit(data.load(chosen), np.asarray(data.class_numbers)[chosen])
+    floor_proba = floor_clf.predict_proba(test_boxes)
+    floor = float((floor_clf.classes_[floor_proba.argmax(1)] == truth).mean())
     rows.append({"method": "floor", "k": k, "seed": seed, "n_labels": int(len(chosen)),
                  "test_accuracy": floor, "seconds": time.perf_counter() - t0})
     init = None
@@ -136,6 +164,11 @@ def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_d
            "test_accuracy": float((pred.class_numbers == truth).mean()),
            "steps": int(epochs[-1].step), "seconds": seconds,
            "train_accuracy": last.get("train_accuracy")}
+    if np.array_equal(pred.classes, floor_clf.classes_):
+        # the product of the network's and the floor's probabilities: does the network add
+        # to what the radial features say, or say it less well?
+        joint = np.log(pred.probabilities + 1e-9) + np.log(floor_proba + 1e-9)
+        row["test_accuracy_with_floor"] = float((pred.classes[joint.argmax(1)] == truth).mean())
     for key in ("pseudo_label_rate", "pseudo_label_accuracy"):
         row[key] = [s.metrics.get(key) for s in epochs]
     rows.append(row)
@@ -239,6 +272,10 @@ def main(argv=None) -> int:
                         help='FinetuneConfig overrides as JSON, e.g. \'{"head_init": "probe"}\'')
     parser.add_argument("--ceiling-rotations", type=int, default=500,
                         help="0: no ceiling in this process")
+    parser.add_argument("--centre", choices=("none", "truth", "profiles"), default="none",
+                        help="move every box's particle to the box centre first: 'truth' by the "
+                             "simulator's own offsets (a diagnostic: what centring is worth), "
+                             "'profiles' by particles.centring.centre_offsets (no labels)")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args(argv)
     if args.name and len(args.methods) > 1:
@@ -290,6 +327,8 @@ def main(argv=None) -> int:
     if args.per_class != cfg.per_class:
         cfg = replace(cfg, per_class=args.per_class)
     all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, args.snr, seed=0)
+    if args.centre != "none":
+        all_data = centred(all_data, cfg, args.snr, args.centre)
     out_dir = args.out.parent / (args.out.stem + "_work")
     out_dir.mkdir(exist_ok=True)
     if args.ceiling_rotations and "ceiling" not in done:
