@@ -62,25 +62,102 @@ def test_shift_boxes_moves_content_by_whole_voxels_like_a_roll_and_back():
     np.testing.assert_allclose(shift_boxes(moved, -shifts), boxes, atol=1e-4)
 
 
-def test_bright_particles_need_bright_polarity():
+def test_bright_particles_centre_like_dark_ones():
     rng = np.random.default_rng(3)
     boxes, truth = _ball_boxes(rng, 20)
-    found = centre_offsets(-boxes, n_references=2, polarity="bright")
+    found = centre_offsets(-boxes, n_references=2)
     assert np.mean(np.abs(found - truth).max(axis=1) == 0) >= 0.9
 
 
 @pytest.mark.parametrize(
-    ("boxes", "kw", "message"),
+    ("boxes", "message"),
     [
-        (np.zeros((16, 16, 16)), {}, r"expected \(N, B, B, B\) boxes, got shape \(16, 16, 16\)"),
-        (np.zeros((2, 16, 16, 12)), {}, "expected"),
-        (np.zeros((2, 16, 16, 16)), {"polarity": "white"}, "polarity must be 'dark' or 'bright'"),
+        (np.zeros((16, 16, 16)), r"expected \(N, B, B, B\) boxes, got shape \(16, 16, 16\)"),
+        (np.zeros((2, 16, 16, 12)), "expected"),
     ],
 )
-def test_bad_boxes_are_refused_by_name(boxes, kw, message):
+def test_bad_boxes_are_refused_by_name(boxes, message):
     with pytest.raises(ValueError, match=message):
-        centre_offsets(boxes, **kw)
+        centre_offsets(boxes)
 
 
 def test_no_boxes_no_offsets():
     assert centre_offsets(np.zeros((0, 16, 16, 16))).shape == (0, 3)
+
+
+# --------------------------------------------------------------- centring inside the network
+
+
+def _centring_encoder(boxes, **kw):
+    import torch
+
+    from napari_cryossl.nn.models import build_encoder
+
+    torch.manual_seed(0)
+    encoder = build_encoder("rb3d-small", boxes.shape[1], centring=2, **kw).eval()
+    return encoder
+
+
+def test_an_encoder_with_centring_sees_a_shifted_particle_as_the_same_particle():
+    import torch
+
+    rng = np.random.default_rng(4)
+    boxes, _ = _ball_boxes(rng, 24, box=24)
+    near, _ = _ball_boxes(rng, 4, box=24, max_shift=1)  # moved by one voxel: still in reach
+    encoder = _centring_encoder(boxes)
+    x = torch.from_numpy(near)[:, None]
+    moved = torch.roll(x, shifts=(1, -1, 0), dims=(2, 3, 4))
+    with torch.no_grad():
+        before_fit = (encoder(x) - encoder(moved)).abs().max()
+        assert not encoder.input.centring.is_fitted
+        encoder.input.centring.fit(boxes)
+        a, b = encoder(x), encoder(moved)
+    assert before_fit > 1e-3  # without references the shift changes the embedding
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_fine_tuning_fits_the_references_once_and_the_checkpoint_keeps_them(tmp_path):
+    import torch
+
+    from napari_cryossl.analysis.predict import load_classifier, predict
+    from napari_cryossl.particles.dataset import SubtomogramSet
+    from napari_cryossl.train import FinetuneConfig, iter_finetune
+
+    rng = np.random.default_rng(5)
+    boxes, _ = _ball_boxes(rng, 24, box=16, radii=(2.0, 4.0), max_shift=2)
+    labels = np.resize([1, 2], 24)  # ball size is the class
+    data = SubtomogramSet.from_arrays(boxes, labels, voxel_size=10.0)
+    out = tmp_path / "clf.pt"
+    config = FinetuneConfig(epochs=1, batch_size=8, device="cpu", min_steps=0,
+                            encoder_options={"centring": 2})
+    list(iter_finetune(data, config, out))
+    model, _, _, _ = load_classifier(out)
+    centring = model.encoder.input.centring
+    assert centring.is_fitted
+    assert torch.count_nonzero(centring.profiles) > 0
+    predictions = predict(out, data, device="cpu")
+    assert len(predictions.class_numbers) == 24
+    # a second run from this classifier keeps its references rather than refitting
+    again = tmp_path / "again.pt"
+    list(iter_finetune(data, config, again, init=out))
+    torch.testing.assert_close(load_classifier(again)[0].encoder.input.centring.profiles,
+                               centring.profiles)
+
+
+def test_grad_cam_of_a_centring_network_follows_the_particle():
+    import torch
+
+    from napari_cryossl.analysis.saliency import gradcam
+    from napari_cryossl.nn.models import Classifier
+
+    rng = np.random.default_rng(6)
+    boxes, _ = _ball_boxes(rng, 16, box=24)
+    encoder = _centring_encoder(boxes)
+    encoder.input.centring.fit(boxes)
+    model = Classifier(encoder, 2).eval()
+    x, _ = _ball_boxes(rng, 2, box=24, max_shift=1)
+    moved = np.roll(x, shift=(1, 0, -1), axis=(1, 2, 3))
+    maps = gradcam(model, x, target=1, device="cpu", amp=False, class_numbers=[1, 2])
+    maps_moved = gradcam(model, moved, target=1, device="cpu", amp=False, class_numbers=[1, 2])
+    np.testing.assert_allclose(maps_moved, np.roll(maps, shift=(1, 0, -1), axis=(1, 2, 3)),
+                               atol=1e-3)

@@ -153,6 +153,8 @@ def gradcam(
         load_classifier,
     )
     from napari_cryossl.nn.devices import amp_dtype, autocast, select_device, to_device
+    from napari_cryossl.nn.models import Centring
+    from napari_cryossl.particles.centring import shift_boxes
 
     model, classes, names, _state = load_classifier(model, class_numbers=class_numbers)
     names = list(class_names) if class_names is not None else names
@@ -177,6 +179,7 @@ def gradcam(
         captured["a"] = output
 
     handle = module.register_forward_hook(hook)
+    centring = next((m for m in model.modules() if isinstance(m, Centring)), None)
 
     def cam(x, idx):
         """(n, 1, B, B, B), target indices (n,) (-1: predicted) -> (n, B, B, B) maps."""
@@ -195,6 +198,9 @@ def gradcam(
         maps = torch.nn.functional.interpolate(
             maps, size=(b, b, b), mode="trilinear", align_corners=False
         )
+        if centring is not None and centring.last_offsets is not None:
+            # the network saw each particle moved to the box centre: move its map back
+            maps = shift_boxes(maps[:, 0], centring.last_offsets.to(maps.device))[:, None]
         flat = maps.flatten(1)
         lo = flat.min(1, keepdim=True).values
         span = flat.max(1, keepdim=True).values - lo

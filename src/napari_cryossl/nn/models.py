@@ -94,6 +94,9 @@ class EncoderPreset:
         radial_channel: add the distance-from-centre channel and the spherical mask.
         radial_features: also feed FC-F the rotation-invariant radial profiles of the
             input (``RadialProfiles``), beside the pooled convolutional features.
+        centring: move each box's particle to the box centre first, by its best match
+            among this many spherical references fitted on the training boxes
+            (``Centring``; 0: off).
     """
 
     width: int
@@ -107,6 +110,7 @@ class EncoderPreset:
     input_sigma: float = 0.0
     radial_channel: bool = False
     radial_features: bool = False
+    centring: int = 0
 
 
 #: Architecture fields a checkpoint's ``architecture`` may lack, with the values that
@@ -117,6 +121,7 @@ _LEGACY_ARCH = {
     "input_sigma": 0.0,
     "radial_channel": False,
     "radial_features": False,
+    "centring": 0,
 }
 
 #: Named architectures. ``rb3d`` is the published network (for a GPU, and for
@@ -228,9 +233,85 @@ class _GlobalPool(nn.Module):
         return pooled[:, :, None, None, None]
 
 
+class Centring(nn.Module):
+    """Moves each box's particle to the box centre: the whole-voxel shift (within B/8)
+    with the best correlation against any of K spherical references
+    (``particles.centring``).
+
+    Everything after it that is rotation-invariant (the distance channel, the radial
+    profiles) is invariant only about the particle's centre, and picks are off by a few
+    voxels; centring inside the network does it the same way in training, prediction,
+    pretraining and Grad-CAM. The references (radial profiles) are fitted once on the
+    training boxes (``fit``) and saved in the checkpoint; until then the module passes
+    boxes through. ``last_offsets`` keeps the offsets of the latest batch (Grad-CAM
+    moves its maps back by them).
+    """
+
+    def __init__(self, box_size: int, n_references: int):
+        super().__init__()
+        from napari_cryossl.particles.centring import shell_index
+
+        self.box_size = int(box_size)
+        self.n_references = int(n_references)
+        self.max_shift = self.box_size / 8
+        n_shells = int(shell_index(self.box_size).max()) + 1
+        self.register_buffer("profiles", torch.zeros(self.n_references, n_shells))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self._spectra: torch.Tensor | None = None
+        self.last_offsets: torch.Tensor | None = None
+
+    @property
+    def is_fitted(self) -> bool:
+        return bool(self.fitted)
+
+    def fit(self, boxes, *, seed: int = 0) -> torch.Tensor:
+        """Fit the references on (N, B, B, B) or (N, 1, B, B, B) boxes; return their
+        (N, 3) offsets."""
+        from napari_cryossl.particles.centring import fit_references
+
+        x = torch.as_tensor(boxes).float().detach().cpu()
+        if x.ndim == 5:
+            x = x[:, 0]
+        refs, offsets = fit_references(x, self.n_references, max_shift=self.max_shift,
+                                       seed=seed)
+        profiles = torch.zeros_like(self.profiles)
+        profiles[: len(refs)] = refs.to(profiles)
+        if len(refs):
+            profiles[len(refs):] = refs[-1].to(profiles)  # unused slots repeat a reference
+        self.profiles.copy_(profiles)
+        self.fitted.fill_(True)
+        self._spectra = None
+        return offsets
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 1, B, B, B) -> the same boxes, each moved by minus its particle's offset."""
+        from napari_cryossl.particles.centring import find_offsets, reference_spectra, shift_boxes
+
+        if not self.is_fitted:
+            self.last_offsets = None
+            return x
+        if self._spectra is None or self._spectra.device != x.device:
+            self._spectra = reference_spectra(self.profiles.to(x.device), self.box_size,
+                                              0.4 * self.box_size)
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            offsets, _ = find_offsets(x[:, 0].detach().float(), self._spectra, self.max_shift)
+        self.last_offsets = offsets
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            moved = shift_boxes(x[:, 0].float(), -offsets)
+        return moved.to(x.dtype)[:, None]
+
+    def _apply(self, fn, recurse=True):
+        self._spectra = None  # rebuilt on the new device / dtype at the next call
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return f"references={self.n_references}, max_shift={self.max_shift:g}"
+
+
 class InputStage(nn.Module):
     """Fixed (weight-free) preprocessing of the global-pooling layout.
 
+    With ``centring`` > 0, first ``Centring`` (each particle moved to the box centre).
     Gaussian low-pass (``sigma`` voxels, separable, zero padding), then with
     ``radial=True`` a soft spherical mask (cosine edge over the outer 2 voxels of the
     inscribed sphere) and per-box standardisation, and a second channel holding every
@@ -238,8 +319,9 @@ class InputStage(nn.Module):
     with rotations about the box centre, so a rotated particle is seen the same way.
     """
 
-    def __init__(self, box_size: int, sigma: float, radial: bool):
+    def __init__(self, box_size: int, sigma: float, radial: bool, centring: int = 0):
         super().__init__()
+        self.centring = Centring(box_size, centring) if centring > 0 else None
         self.sigma = float(sigma)
         self.radial = bool(radial)
         self.channels = 2 if radial else 1
@@ -252,6 +334,8 @@ class InputStage(nn.Module):
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, B, B, B) -> (N, 1, B, B, B): the first channel of ``forward``."""
+        if self.centring is not None:
+            x = self.centring(x)
         if self.sigma > 0:
             x = _blur_3d(x, self.blur.to(x.dtype))
         if not self.radial:
@@ -362,7 +446,9 @@ class RB3DEncoder(nn.Module):
         w = arch.width
         bn = arch.batch_norm
         if arch.pooling == "global":
-            self.input = InputStage(self.box_size, arch.input_sigma, arch.radial_channel)
+            self.input = InputStage(
+                self.box_size, arch.input_sigma, arch.radial_channel, arch.centring
+            )
             self.stem = _conv(self.input.channels, w, 3, relu=True, batch_norm=bn)
             self.pool = nn.Identity()
             layers: list[nn.Module] = []

@@ -32,6 +32,7 @@ from napari_cryossl.train.config import FinetuneConfig
 from napari_cryossl.train.labels import split_labelled
 from napari_cryossl.train.loop import (
     _backward_step,
+    _fit_centring,
     _Job,
     _loader,
     _plain_loader,
@@ -149,6 +150,7 @@ class _FinetuneJob(_Job):
         if config.freeze_encoder and "(linear probe)" not in self.method:
             self.method += " (linear probe)"
         self.preset = preset
+        _fit_centring(encoder, data, self.seed)
         self.model = Classifier(encoder, len(self.classes), dropout=config.dropout)
         if config.freeze_encoder:
             self.model.encoder.requires_grad_(False)

@@ -315,3 +315,25 @@ def _source(data) -> str:
     """How to name a particle set in messages: its STAR file, else a description."""
     path = getattr(data, "source_path", None)
     return str(path) if path else f"particle set of {len(data)} subtomograms"
+
+
+#: Boxes the input stage's centring references are fitted on (a random sample of the
+#: particles when there are more): enough for every kind of particle, seconds on a CPU.
+CENTRING_SAMPLE = 2000
+
+
+def _fit_centring(encoder, data, seed: int) -> None:
+    """Fit the encoder's centring references (``models.Centring``) on the particles, once.
+
+    A fresh encoder with centring has none yet; an encoder from a checkpoint keeps the
+    references it was trained with, so prediction centres the same way.
+    """
+    from napari_cryossl.nn.models import Centring
+
+    centring = next((m for m in encoder.modules() if isinstance(m, Centring)), None)
+    if centring is None or centring.is_fitted or len(data) == 0:
+        return
+    rows = np.arange(len(data))
+    if len(rows) > CENTRING_SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, CENTRING_SAMPLE, replace=False))
+    centring.fit(data.load(rows), seed=seed)

@@ -23,7 +23,14 @@ from napari_cryossl.train.checkpoints import (
     last_checkpoint_path,
 )
 from napari_cryossl.train.config import PRETRAIN_RECIPES, PretrainConfig
-from napari_cryossl.train.loop import _backward_step, _Job, _loader, _source, _train_epochs
+from napari_cryossl.train.loop import (
+    _backward_step,
+    _fit_centring,
+    _Job,
+    _loader,
+    _source,
+    _train_epochs,
+)
 
 __all__ = ["iter_pretrain"]
 
@@ -82,6 +89,7 @@ class _PretrainJob(_Job):
 
         torch.manual_seed(self.seed)
         encoder = build_encoder(config.preset, data.box_size, **(config.encoder_options or {}))
+        _fit_centring(encoder, data, self.seed)
         ssl_overrides = {k: v for k, v in hp.items() if k in _ssl_keys(self.method)}
         self.objective = build_ssl(self.method, encoder, **ssl_overrides)
         self.objective.to(self.device, memory_format=memory_format(self.device))
