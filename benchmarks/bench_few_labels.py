@@ -20,6 +20,14 @@ label count k and seed:
   the k labels of that run, and the ceiling (``baselines.simulated_ceiling``, template
   matching with the true templates) once: all on the same 120 test particles.
 
+``--centre truth`` moves every box's particle to the box centre by the simulator's own
+offsets first (a diagnostic: what off-centre picks cost), ``--centre profiles`` by
+``particles.centring.centre_offsets`` (no labels); the network's own centring is an encoder
+option (``--finetune-options '{"encoder_options": {"centring": 10}}'``, and
+``--pretrain-options`` for MoCo). Each network row also holds
+``test_accuracy_with_floor``: the accuracy of the product of the network's and the floor's
+probabilities (does the network add to what the radial features say?).
+
 Rows go to ``OUT.jsonl`` as they finish (several processes may share it: each skips rows
 already there); ``--summarise`` writes ``OUT`` (JSON: rows and the mean ± sd table) and
 prints the table::
@@ -136,7 +144,8 @@ def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_d
 
             t0 = time.perf_counter()
             run(iter_pretrain(data, PretrainConfig(epochs=args.pretrain_epochs, batch_size=16,
-                                                   device=args.device, seed=seed), init))
+                                                   device=args.device, seed=seed,
+                                                   **args.pretrain_options), init))
             print(f"pretrained {init} in {time.perf_counter() - t0:.0f} s", flush=True)
     config = FinetuneConfig(
         epochs=args.epochs,
@@ -270,6 +279,9 @@ def main(argv=None) -> int:
     parser.add_argument("--name", help="the rows' method name (one method; default: the method)")
     parser.add_argument("--finetune-options", type=json.loads, default={},
                         help='FinetuneConfig overrides as JSON, e.g. \'{"head_init": "probe"}\'')
+    parser.add_argument("--pretrain-options", type=json.loads, default={},
+                        help="PretrainConfig fields as JSON (the encoders in OUT_work/ are reused: "
+                             "give each set of options its own OUT)")
     parser.add_argument("--ceiling-rotations", type=int, default=500,
                         help="0: no ceiling in this process")
     parser.add_argument("--centre", choices=("none", "truth", "profiles"), default="none",
@@ -357,7 +369,9 @@ def main(argv=None) -> int:
                                        "ratio": args.ratio, "threshold": args.threshold,
                                        "weight": args.weight, "views": args.views,
                                        "pretrain_epochs": args.pretrain_epochs,
-                                       "finetune_options": args.finetune_options}
+                                       "finetune_options": args.finetune_options,
+                                       "pretrain_options": args.pretrain_options,
+                                       "centre": args.centre}
                     if row["key"] not in _rows(jsonl):
                         _append(jsonl, row)
                     print(f"{row['key']}: {row['test_accuracy']:.3f} "

@@ -145,7 +145,6 @@ def test_fine_tuning_fits_the_references_once_and_the_checkpoint_keeps_them(tmp_
 
 
 def test_grad_cam_of_a_centring_network_follows_the_particle():
-    import torch
 
     from napari_cryossl.analysis.saliency import gradcam
     from napari_cryossl.nn.models import Classifier
@@ -161,3 +160,19 @@ def test_grad_cam_of_a_centring_network_follows_the_particle():
     maps_moved = gradcam(model, moved, target=1, device="cpu", amp=False, class_numbers=[1, 2])
     np.testing.assert_allclose(maps_moved, np.roll(maps, shift=(1, 0, -1), axis=(1, 2, 3)),
                                atol=1e-3)
+
+
+def test_fine_tuning_with_centring_from_an_encoder_without_it_says_so(tmp_path):
+    from napari_cryossl.particles.dataset import SubtomogramSet
+    from napari_cryossl.train import FinetuneConfig, PretrainConfig, iter_finetune, iter_pretrain
+
+    rng = np.random.default_rng(7)
+    boxes, _ = _ball_boxes(rng, 16, box=16, radii=(2.0, 4.0), max_shift=2)
+    data = SubtomogramSet.from_arrays(boxes, np.resize([1, 2], 16), voxel_size=10.0)
+    encoder = tmp_path / "enc.pt"
+    list(iter_pretrain(data, PretrainConfig(epochs=1, batch_size=8, device="cpu"), encoder))
+    config = FinetuneConfig(epochs=1, batch_size=8, device="cpu", min_steps=0,
+                            centre_particles=True)
+    notes = " ".join(str(s.metrics.get("note", ""))
+                     for s in iter_finetune(data, config, tmp_path / "c.pt", init=encoder))
+    assert "was trained without centring" in notes

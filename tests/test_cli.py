@@ -488,3 +488,22 @@ def test_ctrl_c_keeps_the_classifier_already_at_out(simulated, tmp_path):
     state = last_checkpoint_path(out)
     assert load_checkpoint(state, kind="classifier")["progress"]["global_step"] >= 1
     assert str(state) in rest and "--resume" in rest and "was not touched" in rest
+
+
+def test_finetune_centre_particles_keeps_the_references_and_gradcam_uses_them(
+    simulated, tmp_path
+):
+    from napari_cryossl.nn.checkpoints import load_checkpoint
+
+    classifier = tmp_path / "classifier.pt"
+    argv = ["finetune", str(simulated["particles"]), "--out", str(classifier), "--epochs", "1",
+            "--min-steps", "0", "--batch-size", "8", "--device", "cpu", "--centre-particles"]
+    assert main(argv) == 0
+    state = load_checkpoint(classifier)
+    assert state["architecture"]["centring"] == 10
+    assert bool(state["model"]["encoder.input.centring.fitted"])
+    assert state["config"]["centre_particles"] is True
+    heat = tmp_path / "heat"
+    assert main(["gradcam", str(classifier), str(simulated["particles"]), "--out", str(heat),
+                 "--device", "cpu"]) == 0
+    assert sorted(heat.glob("*.mrc"))

@@ -28,7 +28,7 @@ from napari_cryossl.train.checkpoints import (
     _set_rng_state,
     last_checkpoint_path,
 )
-from napari_cryossl.train.config import FinetuneConfig
+from napari_cryossl.train.config import FinetuneConfig, encoder_overrides
 from napari_cryossl.train.labels import split_labelled
 from napari_cryossl.train.loop import (
     _backward_step,
@@ -145,8 +145,13 @@ class _FinetuneJob(_Job):
                 )
         else:
             preset = config.preset
-            encoder = build_encoder(preset, data.box_size, **(config.encoder_options or {}))
+            encoder = build_encoder(preset, data.box_size, **encoder_overrides(config))
             self.method = "supervised"
+        if config.centre_particles and self.init is not None and not _has_centring(encoder):
+            self.notes.append(
+                f"{self.init} was trained without centring; it keeps seeing the particles as "
+                "they are boxed (centre them when pretraining)"
+            )
         if config.freeze_encoder and "(linear probe)" not in self.method:
             self.method += " (linear probe)"
         self.preset = preset
@@ -575,6 +580,12 @@ class _FinetuneJob(_Job):
             state = self._best_state or self._state(epoch=self.epoch)
             save_checkpoint(self.out, state)
         return super().finish()
+
+
+def _has_centring(encoder) -> bool:
+    from napari_cryossl.nn.models import Centring
+
+    return any(isinstance(m, Centring) for m in encoder.modules())
 
 
 def _marked(sizes, loader):

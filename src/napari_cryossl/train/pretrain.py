@@ -22,7 +22,7 @@ from napari_cryossl.train.checkpoints import (
     _set_rng_state,
     last_checkpoint_path,
 )
-from napari_cryossl.train.config import PRETRAIN_RECIPES, PretrainConfig
+from napari_cryossl.train.config import PRETRAIN_RECIPES, PretrainConfig, encoder_overrides
 from napari_cryossl.train.loop import (
     _backward_step,
     _fit_centring,
@@ -88,7 +88,7 @@ class _PretrainJob(_Job):
         self.drop_last = True
 
         torch.manual_seed(self.seed)
-        encoder = build_encoder(config.preset, data.box_size, **(config.encoder_options or {}))
+        encoder = build_encoder(config.preset, data.box_size, **encoder_overrides(config))
         _fit_centring(encoder, data, self.seed)
         ssl_overrides = {k: v for k, v in hp.items() if k in _ssl_keys(self.method)}
         self.objective = build_ssl(self.method, encoder, **ssl_overrides)
