@@ -22,7 +22,7 @@ label count k and seed:
 
 ``--centre truth`` moves every box's particle to the box centre by the simulator's own
 offsets first (a diagnostic: what off-centre picks cost), ``--centre profiles`` by
-``particles.centring.centre_offsets`` (no labels); the network's own centring is an encoder
+``nn.centring.centre_offsets`` (no labels); the network's own centring is an encoder
 option (``--finetune-options '{"encoder_options": {"centring": 10}}'``, and
 ``--pretrain-options`` for MoCo). Each network row also holds
 ``test_accuracy_with_floor``: the accuracy of the product of the network's and the floor's
@@ -84,7 +84,7 @@ def centred(all_data, cfg, snr, how):
     ``profiles``: by ``centre_offsets`` on all boxes at once (training, validation and test
     alike, without labels), what a user can do.
     """
-    from napari_cryossl.particles.centring import centre_offsets, shift_boxes
+    from napari_cryossl.nn.centring import centre_offsets, shift_boxes
     from napari_cryossl.particles.dataset import SubtomogramSet
     from napari_cryossl.simulate.subtomograms import simulate_subtomogram_details
 
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
     parser.add_argument("--centre", choices=("none", "truth", "profiles"), default="none",
                         help="move every box's particle to the box centre first: 'truth' by the "
                              "simulator's own offsets (a diagnostic: what centring is worth), "
-                             "'profiles' by particles.centring.centre_offsets (no labels)")
+                             "'profiles' by nn.centring.centre_offsets (no labels)")
     parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args(argv)
     if args.name and len(args.methods) > 1:

@@ -1,11 +1,11 @@
-"""Centring boxed particles without labels (particles/centring.py)."""
+"""Centring boxed particles without labels (nn/centring.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_cryossl.particles.centring import centre_offsets, shift_boxes
+from napari_cryossl.nn.centring import centre_offsets, shift_boxes
 
 
 def _ball_boxes(rng, n, box=24, radii=(3.0, 6.0), max_shift=3, noise=0.3):

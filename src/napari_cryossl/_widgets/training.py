@@ -166,6 +166,15 @@ def _concat(pairs):
     return pd.concat([t for t, _ in pairs], ignore_index=True)
 
 
+def _centre_particles_box(config_cls) -> QCheckBox:
+    """The switch for ``centre_particles`` (off by default, as in the core)."""
+    spec = describe(config_cls, "centre_particles")
+    box = QCheckBox("Centre each particle in its box first (picks off-centre)")
+    box.setChecked(bool(spec.default))
+    box.setToolTip(spec.tooltip())
+    return box
+
+
 class _TrainingSection(QWidget):
     """Shared worker handling: start, progress, cancel, resume, errors.
 
@@ -343,6 +352,8 @@ class PretrainWidget(_TrainingSection):
         form.addRow("Batch size:", self.batch_size)
         form.addRow("Device:", self.device)
         form.addRow(self.device_label)
+        self.centre_particles = _centre_particles_box(PretrainConfig)
+        form.addRow(self.centre_particles)
         self.all_tomograms = ProjectCheckBox(
             session,
             "All tomograms of the project",
@@ -429,6 +440,7 @@ class PretrainWidget(_TrainingSection):
             "epochs": int(self.epochs.value()),
             "batch_size": min(int(self.batch_size.value()), len(table)),
             "device": self.device.currentText(),
+            "centre_particles": self.centre_particles.isChecked(),
         }
 
         def job():
@@ -520,6 +532,8 @@ class FinetuneWidget(_TrainingSection):
         form.addRow("Min. steps:", self.min_steps)
         form.addRow("Device:", self.device)
         form.addRow(self.head_from_probe)
+        self.centre_particles = _centre_particles_box(FinetuneConfig)
+        form.addRow(self.centre_particles)
         self._add_semi_supervised_rows(form)
         self.all_tomograms = ProjectCheckBox(
             session,
@@ -622,6 +636,7 @@ class FinetuneWidget(_TrainingSection):
             "min_steps": int(self.min_steps.value()) if self.min_steps.value() >= 0 else None,
             "device": self.device.currentText(),
             "head_init": "probe" if self.head_from_probe.isChecked() else "random",
+            "centre_particles": self.centre_particles.isChecked(),
             **semi_settings,
             # names travel in the checkpoint, so predictions elsewhere (CLI) keep them
             "class_names": {n: self.session.class_name(n) for n in self.session.class_numbers()},

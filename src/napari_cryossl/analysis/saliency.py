@@ -152,9 +152,9 @@ def gradcam(
         junk_class_number,
         load_classifier,
     )
+    from napari_cryossl.nn.centring import shift_boxes
     from napari_cryossl.nn.devices import amp_dtype, autocast, select_device, to_device
     from napari_cryossl.nn.models import Centring
-    from napari_cryossl.particles.centring import shift_boxes
 
     model, classes, names, _state = load_classifier(model, class_numbers=class_numbers)
     names = list(class_names) if class_names is not None else names

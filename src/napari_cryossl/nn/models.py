@@ -236,7 +236,7 @@ class _GlobalPool(nn.Module):
 class Centring(nn.Module):
     """Moves each box's particle to the box centre: the whole-voxel shift (within B/8)
     with the best correlation against any of K spherical references
-    (``particles.centring``).
+    (``nn.centring``).
 
     Everything after it that is rotation-invariant (the distance channel, the radial
     profiles) is invariant only about the particle's centre, and picks are off by a few
@@ -249,7 +249,7 @@ class Centring(nn.Module):
 
     def __init__(self, box_size: int, n_references: int):
         super().__init__()
-        from napari_cryossl.particles.centring import shell_index
+        from napari_cryossl.nn.centring import shell_index
 
         self.box_size = int(box_size)
         self.n_references = int(n_references)
@@ -267,7 +267,7 @@ class Centring(nn.Module):
     def fit(self, boxes, *, seed: int = 0) -> torch.Tensor:
         """Fit the references on (N, B, B, B) or (N, 1, B, B, B) boxes; return their
         (N, 3) offsets."""
-        from napari_cryossl.particles.centring import fit_references
+        from napari_cryossl.nn.centring import fit_references
 
         x = torch.as_tensor(boxes).float().detach().cpu()
         if x.ndim == 5:
@@ -285,7 +285,7 @@ class Centring(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, B, B, B) -> the same boxes, each moved by minus its particle's offset."""
-        from napari_cryossl.particles.centring import find_offsets, reference_spectra, shift_boxes
+        from napari_cryossl.nn.centring import find_offsets, reference_spectra, shift_boxes
 
         if not self.is_fitted:
             self.last_offsets = None

@@ -18,7 +18,7 @@ references are made zero-mean inside ``radius`` and zero outside it, so neither 
 box's mean nor its contrast sign matters (dark and bright protein centre alike).
 
 ``fit_references`` finds the references, ``find_offsets`` matches boxes against them
-(the network's input stage does this on every batch, ``nn.models.Centring``),
+(the network's input stage does this on every batch, ``models.Centring``),
 ``centre_offsets`` does both for a set of boxes, ``shift_boxes`` moves them. Hand-written:
 RELION, Dynamo and EMAN centre on a reference inside their own alignment loops, but no
 Python library centres a batch of subtomograms against spherical references.
