@@ -129,7 +129,7 @@ def test_fine_tuning_fits_the_references_once_and_the_checkpoint_keeps_them(tmp_
     data = SubtomogramSet.from_arrays(boxes, labels, voxel_size=10.0)
     out = tmp_path / "clf.pt"
     config = FinetuneConfig(epochs=1, batch_size=8, device="cpu", min_steps=0,
-                            encoder_options={"centring": 2})
+                            encoder_options={"centring": 2})  # centre_particles: 10
     list(iter_finetune(data, config, out))
     model, _, _, _ = load_classifier(out)
     centring = model.encoder.input.centring
@@ -170,9 +170,20 @@ def test_fine_tuning_with_centring_from_an_encoder_without_it_says_so(tmp_path):
     boxes, _ = _ball_boxes(rng, 16, box=16, radii=(2.0, 4.0), max_shift=2)
     data = SubtomogramSet.from_arrays(boxes, np.resize([1, 2], 16), voxel_size=10.0)
     encoder = tmp_path / "enc.pt"
-    list(iter_pretrain(data, PretrainConfig(epochs=1, batch_size=8, device="cpu"), encoder))
-    config = FinetuneConfig(epochs=1, batch_size=8, device="cpu", min_steps=0,
-                            centre_particles=True)
+    list(iter_pretrain(data, PretrainConfig(epochs=1, batch_size=8, device="cpu",
+                                            centre_particles=False), encoder))
+    config = FinetuneConfig(epochs=1, batch_size=8, device="cpu", min_steps=0)
     notes = " ".join(str(s.metrics.get("note", ""))
                      for s in iter_finetune(data, config, tmp_path / "c.pt", init=encoder))
     assert "was trained without centring" in notes
+
+
+def test_centring_is_on_by_default_for_the_global_layout_only():
+    from napari_cryossl.train import FinetuneConfig, PretrainConfig
+    from napari_cryossl.train.config import CENTRING_REFERENCES, encoder_overrides
+
+    for config in (FinetuneConfig(), PretrainConfig()):
+        assert encoder_overrides(config, "rb3d-small") == {"centring": CENTRING_REFERENCES}
+        assert encoder_overrides(config, "rb3d") == {}  # the paper's network has no input stage
+    off = FinetuneConfig(centre_particles=False, encoder_options={"width": 8})
+    assert encoder_overrides(off, "rb3d-small") == {"width": 8}

@@ -490,15 +490,18 @@ def test_ctrl_c_keeps_the_classifier_already_at_out(simulated, tmp_path):
     assert str(state) in rest and "--resume" in rest and "was not touched" in rest
 
 
-def test_finetune_centre_particles_keeps_the_references_and_gradcam_uses_them(
+def test_finetune_centres_particles_unless_told_not_to_and_gradcam_uses_it(
     simulated, tmp_path
 ):
     from napari_cryossl.nn.checkpoints import load_checkpoint
 
     classifier = tmp_path / "classifier.pt"
-    argv = ["finetune", str(simulated["particles"]), "--out", str(classifier), "--epochs", "1",
-            "--min-steps", "0", "--batch-size", "8", "--device", "cpu", "--centre-particles"]
-    assert main(argv) == 0
+    argv = ["finetune", str(simulated["particles"]), "--epochs", "1", "--min-steps", "0",
+            "--batch-size", "8", "--device", "cpu"]
+    plain = tmp_path / "plain.pt"
+    assert main([*argv, "--out", str(plain), "--no-centre-particles"]) == 0
+    assert load_checkpoint(plain)["architecture"]["centring"] == 0
+    assert main([*argv, "--out", str(classifier)]) == 0
     state = load_checkpoint(classifier)
     assert state["architecture"]["centring"] == 10
     assert bool(state["model"]["encoder.input.centring.fitted"])

@@ -475,19 +475,16 @@ def test_training_libraries_import_after_a_viewer_exists():
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-2000:]
 
 
-def test_centre_particles_is_off_and_a_checked_box_gives_a_centring_classifier(
-    dock, tomogram, truth, qtbot
-):
+def test_centre_particles_is_on_and_gives_a_centring_classifier(dock, tomogram, truth, qtbot):
     from napari_cryossl.base.options import describe
     from napari_cryossl.train import FinetuneConfig, PretrainConfig
 
     viewer, widget, session = _session_with_particles(dock, tomogram, truth, labels_per_class=3)
     for section, config in ((widget.pretrain, PretrainConfig), (widget.finetune, FinetuneConfig)):
-        assert section.centre_particles.isChecked() is config().centre_particles is False
+        assert section.centre_particles.isChecked() is config().centre_particles is True
         assert section.centre_particles.toolTip() == describe(config, "centre_particles").tooltip()
     ft = widget.show_section("finetune")
     _small_settings(ft, epochs=1)
-    ft.centre_particles.setChecked(True)
     _wait(qtbot, ft.start())
     assert "classifier saved" in ft.status.text()
     state = load_checkpoint(session.classifier_path)

@@ -167,9 +167,9 @@ def _concat(pairs):
 
 
 def _centre_particles_box(config_cls) -> QCheckBox:
-    """The switch for ``centre_particles`` (off by default, as in the core)."""
+    """The switch for ``centre_particles`` (its default is the core's)."""
     spec = describe(config_cls, "centre_particles")
-    box = QCheckBox("Centre each particle in its box first (picks off-centre)")
+    box = QCheckBox("Centre each particle in its box first")
     box.setChecked(bool(spec.default))
     box.setToolTip(spec.tooltip())
     return box

@@ -162,7 +162,7 @@ class PretrainConfig:
         augment: ``SubtomogramAugment`` arguments (None: the recipe's views).
         ssl_options: further ``build_ssl`` hyper-parameters (e.g. ``queue_size``).
         centre_particles: a new encoder centres each particle in its box first
-            (``models.Centring``, ``encoder_overrides``).
+            (``models.Centring``, ``encoder_overrides``; default on, docs/training.md).
         encoder_options: ``build_encoder`` overrides (e.g. ``batch_norm=True``).
         gather_distributed: with several processes, share negatives across them
             (MoCo: one queue filled with every rank's keys; SimCLR: negatives from
@@ -202,10 +202,12 @@ class PretrainConfig:
     amp: bool = True
     save_every: int = 1
     centre_particles: bool = option(
-        False,
-        "move each particle to its box centre inside the network (spherical references fitted "
-        "on these particles, kept in the checkpoint): for picks a few voxels off-centre "
-        "(clicks, imported tables, DoG); leave off for template-matching picks",
+        True,
+        "centring: a new encoder moves each particle to its box centre (spherical references "
+        "fitted on these particles, kept in the checkpoint), as picks are a few voxels "
+        "off-centre; on by default",
+        flag="--no-centre-particles",
+        negate=True,
     )
     augment: dict[str, Any] | None = None
     ssl_options: dict[str, Any] | None = None
@@ -289,7 +291,8 @@ class FinetuneConfig:
         class_names: {class number: name} stored in the checkpoint.
         device, seed, num_workers, amp, save_every: as in ``PretrainConfig``.
         centre_particles: a random start centres each particle in its box first
-            (``models.Centring``; an ``init`` encoder keeps what it was trained with).
+            (``models.Centring``; default on, docs/training.md; an ``init`` encoder keeps
+            what it was trained with).
         encoder_options: ``build_encoder`` overrides for a random start.
     """
 
@@ -386,10 +389,12 @@ class FinetuneConfig:
     amp: bool = True
     save_every: int = 1
     centre_particles: bool = option(
-        False,
-        "move each particle to its box centre inside the network (spherical references fitted "
-        "on these particles, kept in the checkpoint): for picks a few voxels off-centre "
-        "(clicks, imported tables, DoG); leave off for template-matching picks",
+        True,
+        "centring: a new encoder moves each particle to its box centre (spherical references "
+        "fitted on these particles, kept in the checkpoint), as picks are a few voxels "
+        "off-centre; on by default",
+        flag="--no-centre-particles",
+        negate=True,
     )
     encoder_options: dict[str, Any] | None = None
 
@@ -475,11 +480,14 @@ class FinetuneConfig:
 CENTRING_REFERENCES = 10
 
 
-def encoder_overrides(config: PretrainConfig | FinetuneConfig) -> dict[str, Any]:
-    """The ``build_encoder`` overrides of a config: ``encoder_options``, plus centring
-    when ``centre_particles``."""
+def encoder_overrides(config: PretrainConfig | FinetuneConfig, preset: str) -> dict[str, Any]:
+    """The ``build_encoder`` overrides of a config for ``preset``: ``encoder_options``, plus
+    centring when ``centre_particles`` and the preset has an input stage to centre in (the
+    global-pooling layout; the paper's ``rb3d`` has none)."""
+    from napari_cryossl.nn.models import PRESETS
+
     out = dict(config.encoder_options or {})
-    if config.centre_particles:
+    if config.centre_particles and preset in PRESETS and PRESETS[preset].pooling == "global":
         out.setdefault("centring", CENTRING_REFERENCES)
     return out
 

@@ -145,9 +145,9 @@ class _FinetuneJob(_Job):
                 )
         else:
             preset = config.preset
-            encoder = build_encoder(preset, data.box_size, **encoder_overrides(config))
+            encoder = build_encoder(preset, data.box_size, **encoder_overrides(config, preset))
             self.method = "supervised"
-        if config.centre_particles and self.init is not None and not _has_centring(encoder):
+        if config.centre_particles and self.init is not None and _could_centre(encoder):
             self.notes.append(
                 f"{self.init} was trained without centring; it keeps seeing the particles as "
                 "they are boxed (centre them when pretraining)"
@@ -582,10 +582,12 @@ class _FinetuneJob(_Job):
         return super().finish()
 
 
-def _has_centring(encoder) -> bool:
-    from napari_cryossl.nn.models import Centring
+def _could_centre(encoder) -> bool:
+    """An encoder with an input stage (global layout) that does not centre."""
+    from napari_cryossl.nn.models import InputStage
 
-    return any(isinstance(m, Centring) for m in encoder.modules())
+    stage = getattr(encoder, "input", None)
+    return isinstance(stage, InputStage) and stage.centring is None
 
 
 def _marked(sizes, loader):

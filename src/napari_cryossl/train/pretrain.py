@@ -88,7 +88,7 @@ class _PretrainJob(_Job):
         self.drop_last = True
 
         torch.manual_seed(self.seed)
-        encoder = build_encoder(config.preset, data.box_size, **encoder_overrides(config))
+        encoder = build_encoder(config.preset, data.box_size, **encoder_overrides(config, config.preset))
         _fit_centring(encoder, data, self.seed)
         ssl_overrides = {k: v for k, v in hp.items() if k in _ssl_keys(self.method)}
         self.objective = build_ssl(self.method, encoder, **ssl_overrides)
