@@ -24,7 +24,8 @@ label count k and seed:
 offsets first (a diagnostic: what off-centre picks cost), ``--centre profiles`` by
 ``nn.centring.centre_offsets`` (no labels); the network's own centring is an encoder
 option (``--finetune-options '{"encoder_options": {"centring": 10}}'``, and
-``--pretrain-options`` for MoCo). Each network row also holds
+``--pretrain-options`` for MoCo); it is the default (``centre_particles``) since
+2026-12-07, so rows without it since then need ``'{"centre_particles": false}'``. Each network row also holds
 ``test_accuracy_with_floor``: the accuracy of the product of the network's and the floor's
 probabilities (does the network add to what the radial features say?).
 
