@@ -170,7 +170,9 @@ def test_loss_falls_and_the_representation_does_not_collapse_on_a_tiny_set(metho
     assert state["method"] == method
     assert losses[10] < losses[1] - 0.1, losses
     torch.manual_seed(0)
-    objective = build_ssl(method, build_encoder("rb3d-small", BOX))
+    # the encoder as trained (with the default centring's references)
+    centring = state["architecture"]["centring"]
+    objective = build_ssl(method, build_encoder("rb3d-small", BOX, centring=centring))
     model = {f"encoder.{k}": v for k, v in state["model"].items()}
     objective.load_state_dict({**model, **state["ssl_state"]})
     objective.eval()
