@@ -298,7 +298,10 @@ class Centring(nn.Module):
         self.last_offsets = offsets
         with torch.autocast(device_type=x.device.type, enabled=False):
             moved = shift_boxes(x[:, 0].float(), -offsets)
-        return moved.to(x.dtype)[:, None]
+        moved = moved.to(x.dtype)[:, None]
+        if x.is_contiguous(memory_format=torch.channels_last_3d):
+            moved = moved.contiguous(memory_format=torch.channels_last_3d)  # as it came
+        return moved
 
     def _apply(self, fn, recurse=True):
         self._spectra = None  # rebuilt on the new device / dtype at the next call
