@@ -216,19 +216,12 @@ def fit_references(
     return refs, offsets
 
 
-def centre_offsets(
-    boxes,
-    *,
-    n_references: int = 10,
-    max_shift: float = 4.0,
-    iterations: int = 4,
-    radius: float | None = None,
-    sigma: float = SIGMA,
-    seed: int = 0,
-) -> np.ndarray:
+def centre_offsets(boxes, **options) -> np.ndarray:
     """Where each box's particle centre lies, relative to the box centre (index B // 2).
 
-    See ``fit_references`` for the arguments.
+    Args:
+        boxes: (N, B, B, B) subtomograms (numpy or torch).
+        **options: those of ``fit_references`` (``n_references``, ``max_shift``, ...).
 
     Returns:
         float64 (N, 3) whole-voxel offsets (z, y, x); ``shift_boxes(boxes, -offsets)``
@@ -237,6 +230,5 @@ def centre_offsets(
     Raises:
         ValueError: boxes that are not (N, B, B, B).
     """
-    _, offsets = fit_references(boxes, n_references, max_shift=max_shift,
-                                iterations=iterations, radius=radius, sigma=sigma, seed=seed)
+    _, offsets = fit_references(boxes, **options)
     return offsets.numpy().astype(np.float64)

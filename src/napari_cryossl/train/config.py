@@ -83,6 +83,18 @@ PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 #: Help of the ``keep_state`` option of both training settings.
+def centre_particles_option():
+    """The ``centre_particles`` option, the same for pretraining and fine-tuning."""
+    return option(
+        True,
+        "centring: a new encoder moves each particle to its box centre (spherical references "
+        "fitted on these particles, kept in the checkpoint), as picks are a few voxels "
+        "off-centre; on by default",
+        flag="--no-centre-particles",
+        negate=True,
+    )
+
+
 KEEP_STATE_HELP = (
     "keep the resumable training state (<out>.last.pt) when the run finishes, to "
     "continue it later with more epochs; a stopped run always keeps it"
@@ -201,14 +213,7 @@ class PretrainConfig:
     keep_state: bool = option(False, KEEP_STATE_HELP)
     amp: bool = True
     save_every: int = 1
-    centre_particles: bool = option(
-        True,
-        "centring: a new encoder moves each particle to its box centre (spherical references "
-        "fitted on these particles, kept in the checkpoint), as picks are a few voxels "
-        "off-centre; on by default",
-        flag="--no-centre-particles",
-        negate=True,
-    )
+    centre_particles: bool = centre_particles_option()
     augment: dict[str, Any] | None = None
     ssl_options: dict[str, Any] | None = None
     encoder_options: dict[str, Any] | None = None
@@ -388,14 +393,7 @@ class FinetuneConfig:
     keep_state: bool = option(False, KEEP_STATE_HELP)
     amp: bool = True
     save_every: int = 1
-    centre_particles: bool = option(
-        True,
-        "centring: a new encoder moves each particle to its box centre (spherical references "
-        "fitted on these particles, kept in the checkpoint), as picks are a few voxels "
-        "off-centre; on by default",
-        flag="--no-centre-particles",
-        negate=True,
-    )
+    centre_particles: bool = centre_particles_option()
     encoder_options: dict[str, Any] | None = None
 
     def resolved(self, device_type: str | None = None) -> FinetuneConfig:
