@@ -319,7 +319,10 @@ def _source(data) -> str:
 
 #: Boxes the input stage's centring references are fitted on (a random sample of the
 #: particles when there are more): enough for every kind of particle, seconds on a CPU.
+#: Bigger boxes take fewer, so that the sample stays within 2,000 boxes of 32³ (256 MB),
+#: but never fewer than 200.
 CENTRING_SAMPLE = 2000
+CENTRING_SAMPLE_VOXELS = CENTRING_SAMPLE * 32**3
 
 
 def _fit_centring(encoder, data, seed: int) -> None:
@@ -334,6 +337,7 @@ def _fit_centring(encoder, data, seed: int) -> None:
     if centring is None or centring.is_fitted or len(data) == 0:
         return
     rows = np.arange(len(data))
-    if len(rows) > CENTRING_SAMPLE:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, CENTRING_SAMPLE, replace=False))
+    n = max(200, min(CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS // int(data.box_size) ** 3))
+    if len(rows) > n:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
     centring.fit(data.load(rows), seed=seed)
