@@ -154,7 +154,7 @@ def gradcam(
     )
     from napari_cryossl.nn.centring import shift_boxes
     from napari_cryossl.nn.devices import amp_dtype, autocast, select_device, to_device
-    from napari_cryossl.nn.models import Centring
+    from napari_cryossl.nn.models import centring_of
 
     model, classes, names, _state = load_classifier(model, class_numbers=class_numbers)
     names = list(class_names) if class_names is not None else names
@@ -179,7 +179,7 @@ def gradcam(
         captured["a"] = output
 
     handle = module.register_forward_hook(hook)
-    centring = next((m for m in model.modules() if isinstance(m, Centring)), None)
+    centring = centring_of(model)
 
     def cam(x, idx):
         """(n, 1, B, B, B), target indices (n,) (-1: predicted) -> (n, B, B, B) maps."""

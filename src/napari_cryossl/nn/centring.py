@@ -200,7 +200,6 @@ def fit_references(
         )
     else:
         assign = torch.zeros(n, dtype=torch.long)
-    refs = prof[:0]
     for _ in range(max(1, int(iterations))):
         prof = _profiles(shift_boxes(smooth, -offsets), shells)
         refs = torch.stack([prof[assign == j].mean(0) for j in range(k) if (assign == j).any()])

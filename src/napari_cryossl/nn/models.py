@@ -311,6 +311,11 @@ class Centring(nn.Module):
         return f"references={self.n_references}, max_shift={self.max_shift:g}"
 
 
+def centring_of(model: nn.Module) -> Centring | None:
+    """The ``Centring`` inside a network (encoder, classifier, SSL objective), if any."""
+    return next((m for m in model.modules() if isinstance(m, Centring)), None)
+
+
 class InputStage(nn.Module):
     """Fixed (weight-free) preprocessing of the global-pooling layout.
 

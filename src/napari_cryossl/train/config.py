@@ -82,7 +82,7 @@ PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"augment": None},
 }
 
-#: Help of the ``keep_state`` option of both training settings.
+
 def centre_particles_option():
     """The ``centre_particles`` option, the same for pretraining and fine-tuning."""
     return option(
@@ -95,6 +95,7 @@ def centre_particles_option():
     )
 
 
+#: Help of the ``keep_state`` option of both training settings.
 KEEP_STATE_HELP = (
     "keep the resumable training state (<out>.last.pt) when the run finishes, to "
     "continue it later with more epochs; a stopped run always keeps it"

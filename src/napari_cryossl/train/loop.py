@@ -331,9 +331,9 @@ def _fit_centring(encoder, data, seed: int) -> None:
     A fresh encoder with centring has none yet; an encoder from a checkpoint keeps the
     references it was trained with, so prediction centres the same way.
     """
-    from napari_cryossl.nn.models import Centring
+    from napari_cryossl.nn.models import centring_of
 
-    centring = next((m for m in encoder.modules() if isinstance(m, Centring)), None)
+    centring = centring_of(encoder)
     if centring is None or centring.is_fitted or len(data) == 0:
         return
     rows = np.arange(len(data))

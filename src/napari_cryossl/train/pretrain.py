@@ -88,8 +88,13 @@ class _PretrainJob(_Job):
         self.drop_last = True
 
         torch.manual_seed(self.seed)
-        encoder = build_encoder(config.preset, data.box_size, **encoder_overrides(config, config.preset))
-        _fit_centring(encoder, data, self.seed)
+        encoder = build_encoder(
+            config.preset, data.box_size, **encoder_overrides(config, config.preset)
+        )
+        if not (resume and last_checkpoint_path(self.out).is_file()):
+            # before the objective copies the encoder (MoCo's key encoder, BYOL's target);
+            # a resumed run's references come back with its state
+            _fit_centring(encoder, data, self.seed)
         ssl_overrides = {k: v for k, v in hp.items() if k in _ssl_keys(self.method)}
         self.objective = build_ssl(self.method, encoder, **ssl_overrides)
         self.objective.to(self.device, memory_format=memory_format(self.device))
