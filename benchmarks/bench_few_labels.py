@@ -25,9 +25,10 @@ offsets first (a diagnostic: what off-centre picks cost), ``--centre profiles`` 
 ``nn.centring.centre_offsets`` (no labels); the network's own centring is an encoder
 option (``--finetune-options '{"encoder_options": {"centring": 10}}'``, and
 ``--pretrain-options`` for MoCo); it is the default (``centre_particles``) since
-2026-12-07, so rows without it since then need ``'{"centre_particles": false}'``. Each network row also holds
-``test_accuracy_with_floor``: the accuracy of the product of the network's and the floor's
-probabilities (does the network add to what the radial features say?).
+2026-12-07, so rows without it since then need ``'{"centre_particles": false}'``. Each
+network row also holds ``test_accuracy_with_floor``: the accuracy of the product of the
+network's and the floor's probabilities (does the network add to what the radial
+features say?).
 
 Rows go to ``OUT.jsonl`` as they finish (several processes may share it: each skips rows
 already there); ``--summarise`` writes ``OUT`` (JSON: rows and the mean ± sd table) and
