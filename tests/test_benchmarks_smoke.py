@@ -352,3 +352,19 @@ def test_few_label_curve_summary_and_plot(tmp_path):
     plot = _load("plot_few_labels")
     assert plot.main([str(out), str(out), "--out", str(tmp_path / "curve.png")]) == 0
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_centring_precision_benchmark_scores_offsets_against_the_simulators(tmp_path, capsys):
+    """bench_centring: the simulator's own offsets have no error and centre_offsets brings
+    the boxes closer to them than leaving the particles where they are."""
+    out = tmp_path / "centring.json"
+    bench = _load("bench_centring")
+    assert bench.main(["--out", str(out), "--per-class", "10", "--labels", "3",
+                       "--variants", '{"iterations": 1}']) == 0
+    rows = {r["offsets"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["simulator's offsets"]["error_median"] == 0.0
+    assert rows["centre_offsets (defaults)"]["error_median"] < rows["none"]["error_median"]
+    assert 'centre_offsets {"iterations": 1}' in rows
+    assert all(len(r["floor_few"]) == 5 and 0.0 <= r["floor_all"] <= 1.0 for r in rows.values())
+    assert "| none |" in capsys.readouterr().out

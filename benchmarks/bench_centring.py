@@ -1,0 +1,150 @@
+"""How precisely does centring find each particle's centre, and what does precision buy?
+
+Data: the "quick" set of ``reproduce_paper.py`` (the ten built-in complexes x 60, crowded,
+CTF, ±60° wedge, 32³ boxes at 10 Å, SNR 0.1; every particle drawn up to 3 voxels off the
+box centre on each axis), the same simulation seed and split as ``bench_few_labels.py``.
+Each row moves every box by some offsets (``nn.centring.shift_boxes``) and reports
+
+- the error of those offsets against the simulator's own (median and 90th percentile of
+  the 3D distance, voxels);
+- the floor (``baselines.floor_accuracy``: radial features + logistic regression, whose
+  features are rotation-invariant only about the particle's centre) with 9 labels per
+  class drawn as ``bench_few_labels`` draws them (5 seeds, mean ± sd) and with all 36
+  training labels per class, on the 120 test particles.
+
+Rows: no centring; the simulator's offsets (the best any centring can do); the
+simulator's offsets plus Gaussian noise of a given sd per axis, or rounded to whole
+voxels (how precise centring must be); and ``centre_offsets`` with its defaults and
+with each set of options given (``--variants``, JSON objects).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_centring.py \\
+        --out benchmarks/results/centring_precision_DATE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reproduce_paper import CONFIGS, experiment_data, simulation_config  # noqa: E402
+
+#: centre_offsets options tried by default beside its defaults.
+VARIANTS = (
+    {"n_references": 1},
+    {"n_references": 5},
+    {"n_references": 20},
+    {"sigma": 1.0},
+    {"sigma": 2.0},
+    {"iterations": 8},
+    {"radius": 10},
+)
+NOISE = (0.3, 0.6, 1.0, 1.5)
+
+
+def floor_scores(boxes, labels, train_idx, val_idx, test_idx, k=9, seeds=range(5)):
+    """Floor accuracy with ``k`` labels per class (one draw per seed) and with all."""
+    from napari_cryossl.analysis.baselines import floor_accuracy
+    from napari_cryossl.train import split_labelled
+
+    pool = np.concatenate([train_idx, val_idx])
+    shown = labels[pool].copy()
+    shown[len(train_idx):] = 0  # as bench_few_labels: labels on the training split only
+    per_class = int(np.bincount(labels[train_idx]).max())
+    few = []
+    for seed in seeds:
+        chosen, _, _ = split_labelled(shown, label_fraction=k / per_class, val_fraction=0.0,
+                                      seed=seed)
+        few.append(floor_accuracy(boxes[pool][chosen], shown[chosen], boxes[test_idx],
+                                  labels[test_idx]))
+    every = floor_accuracy(boxes[train_idx], labels[train_idx], boxes[test_idx],
+                           labels[test_idx])
+    return few, every
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="results JSON")
+    parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--snr", type=float, default=0.1)
+    parser.add_argument("--labels", type=int, default=9, help="labels per class of the floor")
+    parser.add_argument("--variants", nargs="*", type=json.loads, default=list(VARIANTS),
+                        help="centre_offsets options, one JSON object each")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from napari_cryossl.nn.centring import centre_offsets, shift_boxes
+    from napari_cryossl.simulate.subtomograms import simulate_subtomogram_details
+
+    torch.set_num_threads(1)
+    cfg = CONFIGS["quick"]
+    if args.per_class != cfg.per_class:
+        cfg = replace(cfg, per_class=args.per_class)
+    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, args.snr, seed=0)
+    labels = np.asarray(all_data.class_numbers)
+    boxes = all_data.load(np.arange(len(labels)))
+    sim = simulate_subtomogram_details(cfg.per_class, simulation_config(cfg, args.snr), 0)
+    if not np.array_equal(sim.class_numbers, labels):
+        raise RuntimeError("the re-simulated set differs from the benchmark's")
+    truth = sim.shifts_zyx
+    rng = np.random.default_rng(0)
+
+    def offsets_of():
+        yield "none", {}, lambda: np.zeros_like(truth)
+        yield "simulator's offsets", {}, lambda: truth
+        yield "simulator's, rounded to whole voxels", {}, lambda: np.round(truth)
+        for sd in NOISE:
+            yield f"simulator's + noise sd {sd} voxel per axis", {"noise_sd": sd}, (
+                lambda sd=sd: truth + rng.normal(0, sd, truth.shape))
+        yield "centre_offsets (defaults)", {}, lambda: centre_offsets(boxes)
+        for options in args.variants:
+            yield f"centre_offsets {json.dumps(options)}", options, (
+                lambda o=options: centre_offsets(boxes, **o))
+
+    rows = []
+    for name, options, find in offsets_of():
+        t0 = time.perf_counter()
+        offsets = np.asarray(find(), dtype=np.float64)
+        seconds = time.perf_counter() - t0
+        error = np.linalg.norm(offsets - truth, axis=1)
+        few, every = floor_scores(shift_boxes(boxes, -offsets), labels, train_idx, val_idx,
+                                  test_idx, k=args.labels)
+        row = {"offsets": name, "options": options,
+               "error_median": float(np.median(error)),
+               "error_p90": float(np.percentile(error, 90)),
+               "floor_few": few, "floor_few_mean": float(np.mean(few)),
+               "floor_few_sd": float(np.std(few, ddof=1)), "floor_all": every,
+               "seconds": seconds}
+        rows.append(row)
+        print(f"{name:58s} error {row['error_median']:.2f} / {row['error_p90']:.2f} voxels | "
+              f"floor {100 * row['floor_few_mean']:.1f} ± {100 * row['floor_few_sd']:.1f} % "
+              f"({args.labels} labels), {100 * every:.1f} % (all) | {seconds:.0f} s", flush=True)
+    lines = [f"| offsets | error, median / p90 (voxels) | floor, {args.labels} labels per class "
+             "(5 draws) | floor, all labels |", "|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['offsets']} | {r['error_median']:.2f} / {r['error_p90']:.2f} | "
+                     f"{100 * r['floor_few_mean']:.1f} ± {100 * r['floor_few_sd']:.1f} % | "
+                     f"{100 * r['floor_all']:.1f} % |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "benchmark": f"centring precision, 10 built-in complexes, 32³ at 10 Å, SNR {args.snr:g}, "
+                     f"{args.per_class} per class (reproduce_paper 'quick' data, seed 0)",
+        "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread",
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "rows": rows, "markdown": "\n".join(lines)}, indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
