@@ -19,6 +19,12 @@ with each set of options given (``--variants``, JSON objects).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_centring.py \\
         --out benchmarks/results/centring_precision_DATE.json
+
+``--cost`` instead times what centring adds to a prediction batch of ``rb3d-small``
+(no gradients; 16³ and 32³, batch 64, the median of interleaved repeats): the encoder
+without centring, with it, and its two steps alone (finding the offsets; moving the boxes
+by a gather, ``roll_boxes``, against the Fourier shift, ``shift_boxes``, used until
+2026-12-07).
 """
 
 from __future__ import annotations
@@ -71,6 +77,48 @@ def floor_scores(boxes, labels, train_idx, val_idx, test_idx, k=9, seeds=range(5
     return few, every
 
 
+def cost_of(box: int, repeats: int = 7) -> dict:
+    """Seconds per batch of 64 boxes of ``box``³ (median of ``repeats``, cases interleaved)."""
+    import torch
+
+    from napari_cryossl.nn.centring import (
+        find_offsets,
+        reference_spectra,
+        roll_boxes,
+        shift_boxes,
+    )
+    from napari_cryossl.nn.models import build_encoder, centring_of
+
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, box, box, box)
+    plain = build_encoder("rb3d-small", box).eval()
+    centred = build_encoder("rb3d-small", box, centring=10).eval()
+    centring = centring_of(centred)
+    centring.fit(torch.randn(200, box, box, box))
+    spectra = reference_spectra(centring.profiles, box, 0.4 * box)
+    offsets, _ = find_offsets(x[:, 0], spectra, centring.max_shift)
+    cases = {
+        "encoder": lambda: plain(x),
+        "encoder with centring": lambda: centred(x),
+        "find the offsets": lambda: find_offsets(x[:, 0], spectra, centring.max_shift),
+        "move: roll_boxes": lambda: roll_boxes(x[:, 0], -offsets),
+        "move: shift_boxes": lambda: shift_boxes(x[:, 0], -offsets),
+    }
+    times = {name: [] for name in cases}
+    with torch.no_grad():
+        for fn in cases.values():
+            fn()  # warm-up
+        for _ in range(repeats):
+            for name, fn in cases.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    row = {"box": box, "batch": 64, **{k: float(np.median(v)) for k, v in times.items()}}
+    print(f"{box}³: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in row.items()
+                                 if isinstance(v, float)), flush=True)
+    return row
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
@@ -79,9 +127,22 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", type=int, default=9, help="labels per class of the floor")
     parser.add_argument("--variants", nargs="*", type=json.loads, default=list(VARIANTS),
                         help="centre_offsets options, one JSON object each")
+    parser.add_argument("--cost", action="store_true",
+                        help="time centring in a prediction batch instead")
     args = parser.parse_args(argv)
 
     import torch
+
+    if args.cost:
+        torch.set_num_threads(1)
+        rows = [cost_of(16), cost_of(32)]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "benchmark": "centring's cost in a prediction batch of rb3d-small (batch 64)",
+            "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread",
+            "load_average": os.getloadavg()[0], "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=1))
+        return 0
 
     from napari_cryossl.nn.centring import centre_offsets, shift_boxes
     from napari_cryossl.simulate.subtomograms import simulate_subtomogram_details

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_cryossl.nn.centring import centre_offsets, shift_boxes
+from napari_cryossl.nn.centring import centre_offsets, roll_boxes, shift_boxes
 
 
 def _ball_boxes(rng, n, box=24, radii=(3.0, 6.0), max_shift=3, noise=0.3):
@@ -60,6 +60,19 @@ def test_shift_boxes_moves_content_by_whole_voxels_like_a_roll_and_back():
     for box, s, out in zip(boxes, shifts, moved, strict=True):
         np.testing.assert_allclose(out, np.roll(box, tuple(s), axis=(0, 1, 2)), atol=1e-4)
     np.testing.assert_allclose(shift_boxes(moved, -shifts), boxes, atol=1e-4)
+
+
+def test_roll_boxes_moves_each_box_like_the_fourier_shift_and_passes_gradients():
+    import torch
+
+    x = torch.randn(5, 12, 12, 12, requires_grad=True)
+    shifts = torch.tensor([[0, 0, 0], [1, -2, 3], [-4, 4, 0], [11, 0, -1], [2, 2, 2]])
+    moved = roll_boxes(x, shifts)
+    torch.testing.assert_close(moved, shift_boxes(x, shifts), atol=1e-5, rtol=1e-5)
+    for i, s in enumerate(shifts.tolist()):
+        torch.testing.assert_close(moved[i], torch.roll(x[i], s, dims=(0, 1, 2)))
+    moved[1].sum().backward()
+    assert x.grad[1].eq(1).all() and x.grad[0].eq(0).all()
 
 
 def test_bright_particles_centre_like_dark_ones():

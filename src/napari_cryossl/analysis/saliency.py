@@ -152,7 +152,7 @@ def gradcam(
         junk_class_number,
         load_classifier,
     )
-    from napari_cryossl.nn.centring import shift_boxes
+    from napari_cryossl.nn.centring import roll_boxes
     from napari_cryossl.nn.devices import amp_dtype, autocast, select_device, to_device
     from napari_cryossl.nn.models import centring_of
 
@@ -200,7 +200,7 @@ def gradcam(
         )
         if centring is not None and centring.last_offsets is not None:
             # the network saw each particle moved to the box centre: move its map back
-            maps = shift_boxes(maps[:, 0], centring.last_offsets.to(maps.device))[:, None]
+            maps = roll_boxes(maps[:, 0], centring.last_offsets)[:, None]
         flat = maps.flatten(1)
         lo = flat.min(1, keepdim=True).values
         span = flat.max(1, keepdim=True).values - lo

@@ -285,7 +285,7 @@ class Centring(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, B, B, B) -> the same boxes, each moved by minus its particle's offset."""
-        from napari_cryossl.nn.centring import find_offsets, reference_spectra, shift_boxes
+        from napari_cryossl.nn.centring import find_offsets, reference_spectra, roll_boxes
 
         if not self.is_fitted:
             self.last_offsets = None
@@ -296,9 +296,7 @@ class Centring(nn.Module):
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             offsets, _ = find_offsets(x[:, 0].detach().float(), self._spectra, self.max_shift)
         self.last_offsets = offsets
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            moved = shift_boxes(x[:, 0].float(), -offsets)
-        moved = moved.to(x.dtype)[:, None]
+        moved = roll_boxes(x[:, 0], -offsets)[:, None]
         if x.is_contiguous(memory_format=torch.channels_last_3d):
             moved = moved.contiguous(memory_format=torch.channels_last_3d)  # as it came
         return moved
