@@ -14,8 +14,9 @@ Each row moves every box by some offsets (``nn.centring.shift_boxes``) and repor
 
 Rows: no centring; the simulator's offsets (the best any centring can do); the
 simulator's offsets plus Gaussian noise of a given sd per axis, or rounded to whole
-voxels (how precise centring must be); and ``centre_offsets`` with its defaults and
-with each set of options given (``--variants``, JSON objects).
+voxels (how precise centring must be); ``centre_offsets`` with its defaults and with each
+set of options given (``--variants``, JSON objects); and references fitted on a sample of
+the boxes, applied to all (how large a sample training needs).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_centring.py \\
         --out benchmarks/results/centring_precision_DATE.json
@@ -24,7 +25,7 @@ with each set of options given (``--variants``, JSON objects).
 (no gradients; 16³ and 32³, batch 64, the median of interleaved repeats): the encoder
 without centring, with it, and its two steps alone (finding the offsets; moving the boxes
 by a gather, ``roll_boxes``, against the Fourier shift, ``shift_boxes``, used until
-2026-12-07).
+2026-12-07), and the fit of the references on the sample training takes.
 """
 
 from __future__ import annotations
@@ -55,6 +56,24 @@ VARIANTS = (
     {"radius": 10},
 )
 NOISE = (0.3, 0.6, 1.0, 1.5)
+#: References fitted on a random sample of this many boxes, then applied to all.
+FIT_SAMPLES = (150, 300)
+
+
+def fitted_on_sample(boxes, n: int, seed: int = 0) -> np.ndarray:
+    """Offsets of every box against references fitted on a random sample of ``n`` of them
+    (what training does with many particles, ``train.loop.CENTRING_SAMPLE``)."""
+    import torch
+
+    from napari_cryossl.nn.centring import find_offsets, fit_references, reference_spectra
+
+    x = torch.as_tensor(boxes).float()
+    b = x.shape[-1]
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), min(n, len(x)), replace=False))
+    refs, _ = fit_references(x[rows], max_shift=b / 8, seed=seed)
+    spectra = reference_spectra(refs, b, 0.4 * b)
+    found = [find_offsets(x[lo:lo + 256], spectra, b / 8)[0] for lo in range(0, len(x), 256)]
+    return torch.cat(found).numpy().astype(np.float64)
 
 
 def floor_scores(boxes, labels, train_idx, val_idx, test_idx, k=9, seeds=range(5)):
@@ -83,11 +102,13 @@ def cost_of(box: int, repeats: int = 7) -> dict:
 
     from napari_cryossl.nn.centring import (
         find_offsets,
+        fit_references,
         reference_spectra,
         roll_boxes,
         shift_boxes,
     )
     from napari_cryossl.nn.models import build_encoder, centring_of
+    from napari_cryossl.train.loop import CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS
 
     torch.manual_seed(0)
     x = torch.randn(64, 1, box, box, box)
@@ -104,6 +125,11 @@ def cost_of(box: int, repeats: int = 7) -> dict:
         "move: roll_boxes": lambda: roll_boxes(x[:, 0], -offsets),
         "move: shift_boxes": lambda: shift_boxes(x[:, 0], -offsets),
     }
+    sample = torch.randn(min(CENTRING_SAMPLE, max(200, CENTRING_SAMPLE_VOXELS // box**3)),
+                         box, box, box)
+    t0 = time.perf_counter()
+    fit_references(sample, max_shift=box / 8)
+    fit_seconds = time.perf_counter() - t0
     times = {name: [] for name in cases}
     with torch.no_grad():
         for fn in cases.values():
@@ -113,9 +139,11 @@ def cost_of(box: int, repeats: int = 7) -> dict:
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-    row = {"box": box, "batch": 64, **{k: float(np.median(v)) for k, v in times.items()}}
+    row = {"box": box, "batch": 64, **{k: float(np.median(v)) for k, v in times.items()},
+           "fit boxes": len(sample), "fit the references (s)": fit_seconds}
     print(f"{box}³: " + ", ".join(f"{k} {1000 * v:.1f} ms" for k, v in row.items()
-                                 if isinstance(v, float)), flush=True)
+                                 if isinstance(v, float) and "(s)" not in k)
+          + f"; fitting on {len(sample)} boxes {fit_seconds:.1f} s", flush=True)
     return row
 
 
@@ -168,6 +196,9 @@ def main(argv=None) -> int:
             yield f"simulator's + noise sd {sd} voxel per axis", {"noise_sd": sd}, (
                 lambda sd=sd: truth + rng.normal(0, sd, truth.shape))
         yield "centre_offsets (defaults)", {}, lambda: centre_offsets(boxes)
+        for n in FIT_SAMPLES:
+            yield f"references fitted on {n} boxes, applied to all", {"fit_sample": n}, (
+                lambda n=n: fitted_on_sample(boxes, n))
         for options in args.variants:
             yield f"centre_offsets {json.dumps(options)}", options, (
                 lambda o=options: centre_offsets(boxes, **o))

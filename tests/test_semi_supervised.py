@@ -257,9 +257,12 @@ def test_with_three_labels_per_class_the_unlabelled_particles_do_not_hurt(tmp_pa
     threshold 0.7, 300 steps): supervised 0.683 / 0.750, semi-supervised 0.692 / 0.792
     (seeds 0 / 1), the pseudo-label rate rising to 0.71-0.84 of the unlabelled particles;
     floor 0.48 / 0.58. With this test's cheaper settings (batch 16, 1 unlabelled per
-    labelled, seed 1; ~2 min): supervised 0.758, semi-supervised 0.742, floor 0.583.
-    Asserted: semi-supervised >= supervised - 0.05 (one run each: the spread between runs
-    is a few points), and both above the floor.
+    labelled, seeds 0 / 1 / 2, since boxes are centred by a gather (2026-12-07); ~2 min
+    per seed): supervised 0.792 / 0.783 / 0.767, semi-supervised 0.758 / 0.717 / 0.767,
+    floor 0.583. One seed alone moves by several points with the last bit of a float
+    (seed 1 was 0.758 / 0.742 with the Fourier shift), so the means of three seeds are
+    compared. Asserted: semi-supervised >= supervised - 0.05 on average, and every run
+    above the floor.
     """
     from napari_cryossl.analysis.baselines import floor_accuracy
     from napari_cryossl.analysis.predict import predict
@@ -278,18 +281,18 @@ def test_with_three_labels_per_class_the_unlabelled_particles_do_not_hurt(tmp_pa
     data = SubtomogramSet.from_arrays(volumes[train], shown, voxel_size=20.0)
     held_out = SubtomogramSet.from_arrays(volumes[test], labels[test], voxel_size=20.0)
     floor = floor_accuracy(volumes[train][keep], labels[train][keep], volumes[test], labels[test])
-    accuracy = {}
-    for semi in (False, True):
-        out = tmp_path / f"{semi}.pt"
-        config = FinetuneConfig(device="cpu", epochs=5, min_steps=300, batch_size=16,
-                                val_fraction=0.0, seed=1, semi_supervised=semi,
-                                unlabelled_ratio=1, pseudo_label_threshold=0.7)
-        last = run(iter_finetune(data, config, out))
-        accuracy[semi] = float((predict(out, held_out, device="cpu").class_numbers
-                                == labels[test]).mean())
-        if semi:
-            assert last.metrics["pseudo_label_rate"] > 0.1
-    print(f"supervised {accuracy[False]:.3f}, semi-supervised {accuracy[True]:.3f}, "
-          f"floor {floor:.3f}")
-    assert accuracy[True] >= accuracy[False] - 0.05, accuracy
-    assert min(accuracy.values()) > floor, (accuracy, floor)
+    accuracy = {False: [], True: []}
+    for seed in (0, 1, 2):
+        for semi in (False, True):
+            out = tmp_path / f"{semi}_{seed}.pt"
+            config = FinetuneConfig(device="cpu", epochs=5, min_steps=300, batch_size=16,
+                                    val_fraction=0.0, seed=seed, semi_supervised=semi,
+                                    unlabelled_ratio=1, pseudo_label_threshold=0.7)
+            last = run(iter_finetune(data, config, out))
+            accuracy[semi].append(float((predict(out, held_out, device="cpu").class_numbers
+                                         == labels[test]).mean()))
+            if semi:
+                assert last.metrics["pseudo_label_rate"] > 0.1
+    print(f"supervised {accuracy[False]}, semi-supervised {accuracy[True]}, floor {floor:.3f}")
+    assert np.mean(accuracy[True]) >= np.mean(accuracy[False]) - 0.05, accuracy
+    assert min(accuracy[False] + accuracy[True]) > floor, (accuracy, floor)

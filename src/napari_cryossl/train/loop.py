@@ -318,11 +318,12 @@ def _source(data) -> str:
 
 
 #: Boxes the input stage's centring references are fitted on (a random sample of the
-#: particles when there are more): enough for every kind of particle, seconds on a CPU.
-#: Bigger boxes take fewer, so that the sample stays within 2,000 boxes of 32³ (256 MB),
-#: but never fewer than 200.
+#: particles when there are more). The references are averages: fitted on 150, 300 or
+#: 600 boxes of 32³ they centre equally well (docs/benchmarks.md, "What centring costs"),
+#: and the fit's time grows with boxes x voxels. So at most 2,000 boxes, and as many
+#: voxels as 500 boxes of 32³ (seconds on a CPU), but never fewer than 200 boxes.
 CENTRING_SAMPLE = 2000
-CENTRING_SAMPLE_VOXELS = CENTRING_SAMPLE * 32**3
+CENTRING_SAMPLE_VOXELS = 500 * 32**3
 
 
 def _fit_centring(encoder, data, seed: int) -> None:
