@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_cryossl.nn.centring import centre_offsets, roll_boxes, shift_boxes
+from napari_cryossl.nn.centring import (
+    MIN_SEPARATION,
+    centre_offsets,
+    fit_references,
+    roll_boxes,
+    separation,
+    shift_boxes,
+)
 
 
 def _ball_boxes(rng, n, box=24, radii=(3.0, 6.0), max_shift=3, noise=0.3):
@@ -96,6 +103,16 @@ def test_bad_boxes_are_refused_by_name(boxes, message):
 
 def test_no_boxes_no_offsets():
     assert centre_offsets(np.zeros((0, 16, 16, 16))).shape == (0, 3)
+
+
+def test_separation_tells_boxes_with_particles_from_boxes_of_noise():
+    rng = np.random.default_rng(5)
+    boxes, _ = _ball_boxes(rng, 60, box=16, radii=(2.5, 4.0), max_shift=2)
+    refs, _ = fit_references(boxes, 2, max_shift=2.0)
+    assert separation(boxes, refs, max_shift=2.0) > 0.9
+    noise = rng.standard_normal((60, 16, 16, 16)).astype(np.float32)
+    refs, _ = fit_references(noise, 2, max_shift=2.0)
+    assert abs(separation(noise, refs, max_shift=2.0) - 0.5) < MIN_SEPARATION - 0.5
 
 
 # --------------------------------------------------------------- centring inside the network
@@ -200,3 +217,32 @@ def test_centring_is_on_by_default_for_the_global_layout_only():
         assert encoder_overrides(config, "rb3d") == {}  # the paper's network has no input stage
     off = FinetuneConfig(centre_particles=False, encoder_options={"width": 8})
     assert encoder_overrides(off, "rb3d-small") == {"width": 8}
+
+
+def test_where_the_references_find_nothing_the_network_declines_to_centre_and_says_so(tmp_path):
+    """Boxes of noise: the fit declines (profiles zero), boxes pass through unmoved, the
+    checkpoint keeps the decision, and fine-tuning says why in its notes."""
+    import torch
+
+    from napari_cryossl.nn.checkpoints import classifier_from_checkpoint, load_checkpoint
+    from napari_cryossl.nn.models import centring_of
+    from napari_cryossl.particles.dataset import SubtomogramSet
+    from napari_cryossl.train import FinetuneConfig, iter_finetune
+
+    rng = np.random.default_rng(6)
+    noise = rng.standard_normal((40, 16, 16, 16)).astype(np.float32)
+    encoder = _centring_encoder(noise)
+    centring = centring_of(encoder)
+    centring.fit(noise)
+    assert centring.is_fitted and not centring.is_active
+    assert centring.separation < MIN_SEPARATION
+    x = torch.as_tensor(noise[:4])[:, None]
+    assert torch.equal(centring(x), x) and centring.last_offsets is None
+
+    data = SubtomogramSet.from_arrays(noise, np.resize([1, 2], 40), voxel_size=10.0)
+    out = tmp_path / "c.pt"
+    config = FinetuneConfig(epochs=1, batch_size=8, device="cpu", min_steps=0)
+    notes = " ".join(str(s.metrics.get("note", "")) for s in iter_finetune(data, config, out))
+    assert "not centred in their boxes" in notes and "separation" in notes
+    model = classifier_from_checkpoint(load_checkpoint(out))
+    assert centring_of(model).is_fitted and not centring_of(model).is_active

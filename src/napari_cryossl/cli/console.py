@@ -143,6 +143,7 @@ def drive(
     printed_step = -1
     estimated = False
     first_step: int | None = None  # where this call started (a resumed run: not 0)
+    shown_note = None
     try:
         for status in generator:
             if not hasattr(status, "n_steps"):
@@ -151,6 +152,13 @@ def drive(
                 continue
             last = status
             log.update(status)
+            note = (status.metrics or {}).get("note")
+            if note and note != shown_note:  # a run's notes (say, centring declined), once
+                shown_note = note
+                if bar is not None:
+                    bar.write(f"[{desc}] note: {note}", file=stream)
+                else:
+                    print(f"[{desc}] note: {note}", file=stream, flush=True)
             if first_step is None:  # the first status comes after this call's first step
                 first_step = int(status.step) - 1
             done_here = int(status.step) - first_step

@@ -243,8 +243,10 @@ class Centring(nn.Module):
     voxels; centring inside the network does it the same way in training, prediction,
     pretraining and Grad-CAM. The references (radial profiles) are fitted once on the
     training boxes (``fit``) and saved in the checkpoint; until then the module passes
-    boxes through. ``last_offsets`` keeps the offsets of the latest batch (Grad-CAM
-    moves its maps back by them).
+    boxes through. Where the references do not find particles better than in noise
+    (``centring.separation`` below ``MIN_SEPARATION``) the fit declines: the profiles stay
+    zero, boxes pass through as picked, and ``separation`` says why. ``last_offsets`` keeps
+    the offsets of the latest batch (Grad-CAM moves its maps back by them).
     """
 
     def __init__(self, box_size: int, n_references: int):
@@ -258,26 +260,37 @@ class Centring(nn.Module):
         self.register_buffer("profiles", torch.zeros(self.n_references, n_shells))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self._spectra: torch.Tensor | None = None
+        self._active = False
         self.last_offsets: torch.Tensor | None = None
+        self.separation: float | None = None  # of the last fit (not saved)
 
     @property
     def is_fitted(self) -> bool:
         return bool(self.fitted)
 
+    @property
+    def is_active(self) -> bool:
+        """Fitted and not declined: boxes are moved."""
+        return self.is_fitted and bool(self.profiles.abs().sum() > 0)
+
     def fit(self, boxes, *, seed: int = 0) -> torch.Tensor:
         """Fit the references on (N, B, B, B) or (N, 1, B, B, B) boxes; return their
         (N, 3) offsets."""
-        from napari_cryossl.nn.centring import fit_references
+        from napari_cryossl.nn.centring import MIN_SEPARATION, fit_references, separation
 
         x = torch.as_tensor(boxes).float().detach().cpu()
         if x.ndim == 5:
             x = x[:, 0]
         refs, offsets = fit_references(x, self.n_references, max_shift=self.max_shift,
                                        seed=seed)
+        self.separation = separation(x, refs, max_shift=self.max_shift, seed=seed)
         profiles = torch.zeros_like(self.profiles)
-        profiles[: len(refs)] = refs.to(profiles)
-        if len(refs):
-            profiles[len(refs):] = refs[-1].to(profiles)  # unused slots repeat a reference
+        if self.separation < MIN_SEPARATION:
+            offsets = torch.zeros_like(offsets)  # declined: the profiles stay zero
+        else:
+            profiles[: len(refs)] = refs.to(profiles)
+            if len(refs):
+                profiles[len(refs):] = refs[-1].to(profiles)  # unused slots repeat one
         self.profiles.copy_(profiles)
         self.fitted.fill_(True)
         self._spectra = None
@@ -287,12 +300,13 @@ class Centring(nn.Module):
         """(N, 1, B, B, B) -> the same boxes, each moved by minus its particle's offset."""
         from napari_cryossl.nn.centring import find_offsets, reference_spectra, roll_boxes
 
-        if not self.is_fitted:
-            self.last_offsets = None
-            return x
         if self._spectra is None or self._spectra.device != x.device:
+            self._active = self.is_active  # once per device: no sync in every batch
             self._spectra = reference_spectra(self.profiles.to(x.device), self.box_size,
                                               0.4 * self.box_size)
+        if not self._active:
+            self.last_offsets = None
+            return x
         with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
             offsets, _ = find_offsets(x[:, 0].detach().float(), self._spectra, self.max_shift)
         self.last_offsets = offsets
@@ -304,6 +318,10 @@ class Centring(nn.Module):
     def _apply(self, fn, recurse=True):
         self._spectra = None  # rebuilt on the new device / dtype at the next call
         return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._spectra = None  # new profiles: rebuilt at the next call
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"references={self.n_references}, max_shift={self.max_shift:g}"

@@ -155,7 +155,8 @@ class _FinetuneJob(_Job):
         if config.freeze_encoder and "(linear probe)" not in self.method:
             self.method += " (linear probe)"
         self.preset = preset
-        _fit_centring(encoder, data, self.seed)
+        if note := _fit_centring(encoder, data, self.seed):
+            self.notes.append(note)
         self.model = Classifier(encoder, len(self.classes), dropout=config.dropout)
         if config.freeze_encoder:
             self.model.encoder.requires_grad_(False)

@@ -102,6 +102,7 @@ class _Job:
     drop_last: bool
     num_workers: int
     optimizer: Any
+    notes: list[str]  # shown with every epoch's metrics ("note")
     epoch = 0
     step_in_epoch = 0
     global_step = 0
@@ -141,7 +142,10 @@ class _Job:
         return {"lr": float(self.optimizer.param_groups[0]["lr"])}
 
     def end_epoch(self, mean_loss: float) -> dict:
-        return {"train_loss": mean_loss}
+        metrics = {"train_loss": mean_loss}
+        if self.notes:
+            metrics["note"] = "; ".join(self.notes)
+        return metrics
 
     def save(self, *, reason: str) -> Path | None:
         """Write the resumable checkpoint (rank 0); return its path."""
@@ -326,19 +330,26 @@ CENTRING_SAMPLE = 2000
 CENTRING_SAMPLE_VOXELS = 500 * 32**3
 
 
-def _fit_centring(encoder, data, seed: int) -> None:
-    """Fit the encoder's centring references (``models.Centring``) on the particles, once.
+def _fit_centring(encoder, data, seed: int) -> str | None:
+    """Fit the encoder's centring references (``models.Centring``) on the particles, once;
+    return a note for the user when centring declined.
 
     A fresh encoder with centring has none yet; an encoder from a checkpoint keeps the
     references it was trained with, so prediction centres the same way.
     """
+    from napari_cryossl.nn.centring import MIN_SEPARATION
     from napari_cryossl.nn.models import centring_of
 
     centring = centring_of(encoder)
     if centring is None or centring.is_fitted or len(data) == 0:
-        return
+        return None
     rows = np.arange(len(data))
     n = max(200, min(CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS // int(data.box_size) ** 3))
     if len(rows) > n:
         rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
     centring.fit(data.load(rows), seed=seed)
+    if centring.is_active:
+        return None
+    return (f"particles not centred in their boxes: the spherical references find them "
+            f"hardly better than in noise (separation {centring.separation:.2f} < "
+            f"{MIN_SEPARATION:g}), so boxes are used as picked")

@@ -69,6 +69,7 @@ class _PretrainJob(_Job):
             else DistributedContext.from_environment(self.device)
         )
         self.seed = int(config.seed)
+        self.notes: list[str] = []
         self.n_epochs = int(hp["epochs"])
         self.save_every = max(int(config.save_every), 1)
         self.num_workers = int(config.num_workers)
@@ -94,7 +95,8 @@ class _PretrainJob(_Job):
         if not (resume and last_checkpoint_path(self.out).is_file()):
             # before the objective copies the encoder (MoCo's key encoder, BYOL's target);
             # a resumed run's references come back with its state
-            _fit_centring(encoder, data, self.seed)
+            if note := _fit_centring(encoder, data, self.seed):
+                self.notes.append(note)
         ssl_overrides = {k: v for k, v in hp.items() if k in _ssl_keys(self.method)}
         self.objective = build_ssl(self.method, encoder, **ssl_overrides)
         self.objective.to(self.device, memory_format=memory_format(self.device))
