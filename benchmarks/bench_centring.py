@@ -21,6 +21,10 @@ the boxes, applied to all (how large a sample training needs).
     OMP_NUM_THREADS=1 python benchmarks/bench_centring.py \\
         --out benchmarks/results/centring_precision_DATE.json
 
+``--separation`` instead computes ``nn.centring.separation`` (how well the fitted
+references find particles, against the same boxes with scrambled phases) on a sample of
+each benchmark set the network's centring was measured on, as training fits it.
+
 ``--cost`` instead times what centring adds to a prediction batch of ``rb3d-small``
 (no gradients; 16³ and 32³, batch 64, the median of interleaved repeats): the encoder
 without centring, with it, and its two steps alone (finding the offsets; moving the boxes
@@ -147,6 +151,46 @@ def cost_of(box: int, repeats: int = 7) -> dict:
     return row
 
 
+#: (name, reproduce_paper configuration, data, SNR, particles per class or None).
+SEPARATION_SETS = (
+    ("built-in complexes, 32³ at 10 Å, SNR 0.1, 60 per class", "quick", "structures", 0.1, None),
+    ("built-in complexes, 32³ at 10 Å, SNR 0.05, 100 per class", "quick", "structures", 0.05,
+     100),
+    ("synthetic shapes, 16³ at 20 Å, SNR 0.5", "reduced", "shapes", 0.5, None),
+    ("synthetic shapes, 16³ at 20 Å, SNR 0.1", "reduced", "shapes", 0.1, None),
+    ("synthetic shapes, 16³ at 20 Å, SNR 0.05", "reduced", "shapes", 0.05, None),
+)
+
+
+def separations() -> list[dict]:
+    """``Centring.fit``'s separation on each of ``SEPARATION_SETS``."""
+    from napari_cryossl.nn.centring import MIN_SEPARATION
+    from napari_cryossl.nn.models import build_encoder, centring_of
+    from napari_cryossl.train.loop import CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS
+
+    rows = []
+    for name, config, data, snr, per_class in SEPARATION_SETS:
+        cfg = replace(CONFIGS[config], data=data)
+        if per_class:
+            cfg = replace(cfg, per_class=per_class)
+        all_data, *_ = experiment_data(cfg, snr, seed=0)
+        b = int(all_data.box_size)
+        n = max(200, min(CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS // b**3))
+        rows_ = np.arange(len(all_data.class_numbers))
+        if len(rows_) > n:
+            rows_ = np.sort(np.random.default_rng(0).choice(rows_, n, replace=False))
+        centring = centring_of(build_encoder("rb3d-small", b, centring=10))
+        t0 = time.perf_counter()
+        centring.fit(all_data.load(rows_))
+        row = {"set": name, "boxes": len(rows_), "separation": centring.separation,
+               "centres": centring.is_active, "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        print(f"{name}: separation {row['separation']:.2f} on {len(rows_)} boxes "
+              f"({'centres' if row['centres'] else f'declines, < {MIN_SEPARATION}'})",
+              flush=True)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
@@ -157,10 +201,23 @@ def main(argv=None) -> int:
                         help="centre_offsets options, one JSON object each")
     parser.add_argument("--cost", action="store_true",
                         help="time centring in a prediction batch instead")
+    parser.add_argument("--separation", action="store_true",
+                        help="how well centring finds particles on each benchmark set instead")
     args = parser.parse_args(argv)
 
     import torch
 
+    if args.separation:
+        torch.set_num_threads(1)
+        rows = separations()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({
+            "benchmark": "nn.centring.separation of the references Centring.fit fits, on a "
+                         "sample of each set as training draws it",
+            "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread",
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "rows": rows},
+            indent=1))
+        return 0
     if args.cost:
         torch.set_num_threads(1)
         rows = [cost_of(16), cost_of(32)]
