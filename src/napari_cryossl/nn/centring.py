@@ -18,7 +18,7 @@ references are made zero-mean inside ``radius`` and zero outside it, so neither 
 box's mean nor its contrast sign matters (dark and bright protein centre alike).
 
 Where the particles cannot be found, centring would only move noise: at SNR 0.05 on the
-binned synthetic shapes it cost a MoCo-pretrained classifier 6 points. So ``separation``
+binned synthetic shapes it cost a MoCo-pretrained classifier 6 to 10 points. So ``separation``
 asks whether the boxes' best correlations with the references stand out from those of the
 same boxes with their Fourier phases scrambled (same power spectrum, no particle), and the
 network declines to centre below ``MIN_SEPARATION`` (docs/training.md).
@@ -26,7 +26,7 @@ network declines to centre below ``MIN_SEPARATION`` (docs/training.md).
 ``fit_references`` finds the references, ``find_offsets`` matches boxes against them
 (the network's input stage does this on every batch, ``models.Centring``),
 ``centre_offsets`` does both for a set of boxes, ``shift_boxes`` moves them (``roll_boxes``
-by whole voxels, a gather four times faster than the Fourier shift). Hand-written:
+by whole voxels, a gather 2-3 times faster than the Fourier shift). Hand-written:
 RELION, Dynamo and EMAN centre on a reference inside their own alignment loops, but no
 Python library centres a batch of subtomograms against spherical references.
 """
