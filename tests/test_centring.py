@@ -246,3 +246,12 @@ def test_where_the_references_find_nothing_the_network_declines_to_centre_and_sa
     assert "not centred in their boxes" in notes and "separation" in notes
     model = classifier_from_checkpoint(load_checkpoint(out))
     assert centring_of(model).is_fitted and not centring_of(model).is_active
+
+    # the CLI's log shows the note once
+    import io
+
+    from napari_cryossl.cli.console import drive
+
+    log = io.StringIO()
+    drive(iter_finetune(data, config, tmp_path / "cli.pt"), "finetune", stream=log, interval=0)
+    assert log.getvalue().count("note: particles not centred in their boxes") == 1

@@ -144,6 +144,14 @@ def drive(
     estimated = False
     first_step: int | None = None  # where this call started (a resumed run: not 0)
     shown_note = None
+
+    def say(text: str) -> None:
+        """A line of its own, above the progress bar when there is one."""
+        if bar is not None:
+            bar.write(text, file=stream)
+        else:
+            print(text, file=stream, flush=True)
+
     try:
         for status in generator:
             if not hasattr(status, "n_steps"):
@@ -155,10 +163,7 @@ def drive(
             note = (status.metrics or {}).get("note")
             if note and note != shown_note:  # a run's notes (say, centring declined), once
                 shown_note = note
-                if bar is not None:
-                    bar.write(f"[{desc}] note: {note}", file=stream)
-                else:
-                    print(f"[{desc}] note: {note}", file=stream, flush=True)
+                say(f"[{desc}] note: {note}")
             if first_step is None:  # the first status comes after this call's first step
                 first_step = int(status.step) - 1
             done_here = int(status.step) - first_step
@@ -176,10 +181,7 @@ def drive(
                         f"{status.n_steps - first_step} steps ({log.rate:.2f} steps/s over the "
                         f"first {done_here}; the time left is updated as the run goes)"
                     )
-                    if bar is not None:
-                        bar.write(text, file=stream)
-                    else:
-                        print(text, file=stream, flush=True)
+                    say(text)
             if terminal:
                 if bar is None:
                     from tqdm.auto import tqdm

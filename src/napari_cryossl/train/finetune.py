@@ -461,7 +461,7 @@ class _FinetuneJob(_Job):
     def end_epoch(self, mean_loss: float) -> dict:
         train_acc = self.ctx.mean(self._correct / max(self._seen, 1), self.device)
         self._correct = self._seen = 0
-        metrics: dict[str, Any] = {"train_loss": mean_loss, "train_accuracy": train_acc}
+        metrics: dict[str, Any] = {**super().end_epoch(mean_loss), "train_accuracy": train_acc}
         if self.semi is not None:
             semi = self.semi.metrics()
             metrics["pseudo_label_rate"] = self.ctx.mean(semi["pseudo_label_rate"], self.device)
@@ -493,8 +493,6 @@ class _FinetuneJob(_Job):
             self._keep_best(metrics)
         metrics["n_train"] = int(self.n_train)
         metrics["n_val"] = int(len(self.val_rows))
-        if self.notes:
-            metrics["note"] = "; ".join(self.notes)
         return metrics
 
     # -- calibration --------------------------------------------------------------------------
