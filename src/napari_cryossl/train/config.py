@@ -89,7 +89,8 @@ def centre_particles_option():
         True,
         "centring: a new encoder moves each particle to its box centre (spherical references "
         "fitted on these particles, kept in the checkpoint), as picks are a few voxels "
-        "off-centre; on by default",
+        "off-centre; declines, with a note, where the references find particles no better "
+        "than in noise; on by default",
         flag="--no-centre-particles",
         negate=True,
     )
