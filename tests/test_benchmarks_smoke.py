@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -368,3 +369,23 @@ def test_centring_precision_benchmark_scores_offsets_against_the_simulators(tmp_
     assert 'centre_offsets {"iterations": 1}' in rows
     assert all(len(r["floor_few"]) == 5 and 0.0 <= r["floor_all"] <= 1.0 for r in rows.values())
     assert "| none |" in capsys.readouterr().out
+
+
+def test_scattering_invariants_ignore_rotation_and_translation_of_the_particle():
+    """bench_invariant_features: the solid-harmonic scattering of a particle is the same
+    after a 90° rotation and a shift of the box, and differs between two shapes."""
+    bench = _load("bench_invariant_features")
+    rng = np.random.default_rng(0)
+    b = 24
+    g = np.arange(b) - b // 2
+    z, y, x = np.meshgrid(g, g, g, indexing="ij")
+    rod = ((np.abs(z) < 6) & (y**2 + x**2 < 6)).astype(np.float32)
+    blob = (z**2 + y**2 + x**2 < 20).astype(np.float32)
+    turned = np.rot90(rod, 1, axes=(0, 1))
+    moved = np.roll(rod, (2, -3, 1), axis=(0, 1, 2))
+    noise = 0.01 * rng.standard_normal((4, b, b, b)).astype(np.float32)
+    boxes = np.stack([rod, turned, moved, blob]) + noise
+    feats = bench.scattering(boxes, J=2, L=4, sigma0=1.0, mask_radius=1e3)
+    same = np.abs(feats[1:3] - feats[0]).max()
+    other = np.abs(feats[3] - feats[0]).max()
+    assert same < 0.05 and other > 10 * same
