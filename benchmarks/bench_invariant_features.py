@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="results JSON")
     parser.add_argument("--per-class", type=int, default=60)
+    parser.add_argument("--snr", type=float, default=0.1)
     parser.add_argument("--labels", type=int, default=9, help="labels per class")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--settings", nargs="*", type=json.loads,
@@ -145,6 +146,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import torch
+    from scipy.stats import ttest_rel
 
     from napari_cryossl.analysis.baselines import FloorClassifier
     from napari_cryossl.analysis.predict import predict
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
     cfg = CONFIGS["quick"]
     if args.per_class != cfg.per_class:
         cfg = replace(cfg, per_class=args.per_class)
-    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, 0.1, seed=0)
+    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, args.snr, seed=0)
     labels = np.asarray(all_data.class_numbers)
     truth = labels[test_idx]
     data, pool = fine_tuning_set(all_data, train_idx, val_idx)
@@ -215,11 +217,15 @@ def main(argv=None) -> int:
 
     if args.network:
         classes = network(data, all_data.subset(test_idx), args.steps, "network")
+        rows_by_name = {r["method"]: r for r in rows}
         for key in [r["method"] for r in rows if r["method"].startswith("scattering")]:
             accs = [(classes[(np.log(proba["network", s] + 1e-9)
                               + np.log(proba[key, s] + 1e-9)).argmax(1)] == truth).mean()
                     for s in args.seeds]
-            row(f"network x {key}", accs, 0.0)
+            diff = np.asarray(accs) - np.asarray(rows_by_name["network"]["test_accuracy"])
+            paired = (float(ttest_rel(accs, rows_by_name["network"]["test_accuracy"]).pvalue)
+                      if len(accs) > 1 and diff.std() > 0 else None)
+            row(f"network x {key}", accs, 0.0, minus_network=float(diff.mean()), paired_p=paired)
     if args.binned:
         b = boxes.shape[1] // 2
         binned = boxes[:, :2 * b, :2 * b, :2 * b].reshape(len(boxes), b, 2, b, 2, b, 2).mean((2, 4, 6))
@@ -231,18 +237,21 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "rotation- and translation-invariant features against the network, "
                      f"{args.labels} labels per class, 10 built-in complexes, 32³ at 10 Å, "
-                     f"SNR 0.1, {args.per_class} per class (bench_few_labels' draws)",
+                     f"SNR {args.snr:g}, {args.per_class} per class (bench_few_labels' draws)",
         "device": f"{platform.machine()} CPU, {os.cpu_count()} cores, 1 torch thread",
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
         "seeds": args.seeds,
+        "settings": args.settings,
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print("\n| row | test accuracy |\n|---|---|")
+    print("\n| row | test accuracy | − network (paired p) |\n|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {_mean_sd(r['test_accuracy'])} |")
+        vs = (f"{100 * r['minus_network']:+.1f} ({r['paired_p']:.2f})"
+              if r.get("paired_p") is not None else "")
+        print(f"| {r['method']} | {_mean_sd(r['test_accuracy'])} | {vs} |")
     return 0
 
 
