@@ -36,7 +36,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -61,7 +63,14 @@ def wavelets(box: int, J: int, L: int, sigma0: float) -> dict:
     real input the responses to m and -m have equal modulus, hence the weights 1, 2, 2, ...
     """
     import torch
-    from scipy.special import sph_harm_y
+
+    try:
+        from scipy.special import sph_harm_y
+    except ImportError:  # SciPy < 1.15: the older name and argument order
+        from scipy.special import sph_harm
+
+        def sph_harm_y(n, m, polar, azimuth):
+            return sph_harm(m, n, azimuth, polar)
 
     k = np.fft.fftfreq(box) * 2 * np.pi
     kz, ky, kx = np.meshgrid(k, k, k, indexing="ij")
@@ -202,7 +211,7 @@ def main(argv=None) -> int:
         accs = []
         t0 = time.perf_counter()
         for s in args.seeds:
-            path = args.out.parent / f"_invariant_{name}_{s}.pt"
+            path = Path(scratch) / f"classifier_{s}.pt"
             config = FinetuneConfig(epochs=5, min_steps=steps, batch_size=16, device="cpu",
                                     label_fraction=args.labels / per_class, val_fraction=0.0,
                                     seed=s)
@@ -215,6 +224,7 @@ def main(argv=None) -> int:
         row(name, accs, time.perf_counter() - t0, steps=steps)
         return pred.classes
 
+    scratch = tempfile.mkdtemp(prefix="bench_invariant_")
     if args.network:
         classes = network(data, all_data.subset(test_idx), args.steps, "network")
         rows_by_name = {r["method"]: r for r in rows}
@@ -234,6 +244,7 @@ def main(argv=None) -> int:
         for steps in args.binned:
             network(binned_data, binned_set.subset(test_idx), steps, f"network, binned by 2, {steps} steps")
 
+    shutil.rmtree(scratch, ignore_errors=True)
     result = {
         "benchmark": "rotation- and translation-invariant features against the network, "
                      f"{args.labels} labels per class, 10 built-in complexes, 32³ at 10 Å, "

@@ -389,3 +389,25 @@ def test_scattering_invariants_ignore_rotation_and_translation_of_the_particle()
     same = np.abs(feats[1:3] - feats[0]).max()
     other = np.abs(feats[3] - feats[0]).max()
     assert same < 0.05 and other > 10 * same
+
+
+@pytest.mark.slow
+def test_invariant_features_benchmark_writes_every_row_beside_the_floor(tmp_path):
+    """bench_invariant_features: floor, scattering with and without centring, the network,
+    their product (with its paired difference) and the binned network, in one JSON."""
+    out = tmp_path / "invariant.json"
+    bench = _load("bench_invariant_features")
+    assert bench.main(["--out", str(out), "--per-class", "10", "--labels", "3", "--seeds", "0",
+                       "1", "--settings", "[2, 2, 2.0, 12]", "--network", "--steps", "10",
+                       "--binned", "10"]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {
+        "floor", "scattering J2 L2 sigma2 R12", "scattering J2 L2 sigma2 R12+centring",
+        "network", "network x scattering J2 L2 sigma2 R12",
+        "network x scattering J2 L2 sigma2 R12+centring", "network, binned by 2, 10 steps",
+    }
+    assert all(len(r["test_accuracy"]) == 2 for r in rows.values())
+    product = rows["network x scattering J2 L2 sigma2 R12"]
+    assert product["minus_network"] == pytest.approx(
+        product["mean"] - rows["network"]["mean"])
+    assert not list(tmp_path.glob("*.pt"))
