@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_few_labels import quick_set, set_arguments  # noqa: E402
 from reproduce_paper import CONFIGS, experiment_data, simulation_config  # noqa: E402
 
 #: centre_offsets options tried by default beside its defaults.
@@ -193,9 +194,7 @@ def separations() -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="results JSON")
-    parser.add_argument("--per-class", type=int, default=60)
-    parser.add_argument("--snr", type=float, default=0.1)
+    set_arguments(parser)
     parser.add_argument("--labels", type=int, default=9, help="labels per class of the floor")
     parser.add_argument("--variants", nargs="*", type=json.loads, default=list(VARIANTS),
                         help="centre_offsets options, one JSON object each")
@@ -233,10 +232,7 @@ def main(argv=None) -> int:
     from napari_cryossl.simulate.subtomograms import simulate_subtomogram_details
 
     torch.set_num_threads(1)
-    cfg = CONFIGS["quick"]
-    if args.per_class != cfg.per_class:
-        cfg = replace(cfg, per_class=args.per_class)
-    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, args.snr, seed=0)
+    cfg, all_data, train_idx, val_idx, test_idx = quick_set(args.per_class, args.snr)
     labels = np.asarray(all_data.class_numbers)
     boxes = all_data.load(np.arange(len(labels)))
     sim = simulate_subtomogram_details(cfg.per_class, simulation_config(cfg, args.snr), 0)

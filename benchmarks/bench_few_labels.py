@@ -67,6 +67,25 @@ SNR = 0.1
 METHODS = ("random", "random+semi", "moco+semi", "moco")
 
 
+def set_arguments(parser: argparse.ArgumentParser, out_help: str = "results JSON") -> None:
+    """The options that choose the benchmark's set: --out, --per-class and --snr."""
+    parser.add_argument("--out", type=Path, required=True, help=out_help)
+    parser.add_argument("--per-class", type=int, default=60,
+                        help="particles per class (60: the 'quick' set; 60 %% train)")
+    parser.add_argument("--snr", type=float, default=SNR)
+
+
+def quick_set(per_class: int, snr: float):
+    """The few-label benchmarks' data: the "quick" kind (ten built-in complexes, 32³ at
+    10 Å) with this many particles per class at this SNR, simulation seed 0, the stratified
+    60:20:20 split. Returns (config, all_data, train_idx, val_idx, test_idx)."""
+    cfg = CONFIGS["quick"]
+    if per_class != cfg.per_class:
+        cfg = replace(cfg, per_class=per_class)
+    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, snr, seed=0)
+    return cfg, all_data, train_idx, val_idx, test_idx
+
+
 def _k(text: str) -> int | None:
     return None if text == "all" else int(text)
 
@@ -260,12 +279,9 @@ def markdown(table, ceiling, n_train: int | None = None) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="results JSON (rows in OUT.jsonl)")
+    set_arguments(parser, "results JSON (rows in OUT.jsonl)")
     parser.add_argument("--labels", nargs="+", type=_k, default=[5, 10, 20, None],
                         help="labels per class ('all': the training split's, 36 of 60)")
-    parser.add_argument("--per-class", type=int, default=60,
-                        help="particles per class (60: the 'quick' set; 60 %% train)")
-    parser.add_argument("--snr", type=float, default=SNR)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["random", "random+semi"])
@@ -337,10 +353,7 @@ def main(argv=None) -> int:
         print(text)
         return 0
 
-    cfg = CONFIGS["quick"]
-    if args.per_class != cfg.per_class:
-        cfg = replace(cfg, per_class=args.per_class)
-    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, args.snr, seed=0)
+    cfg, all_data, train_idx, val_idx, test_idx = quick_set(args.per_class, args.snr)
     if args.centre != "none":
         all_data = centred(all_data, cfg, args.snr, args.centre)
     out_dir = args.out.parent / (args.out.stem + "_work")

@@ -40,15 +40,13 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_few_labels import fine_tuning_set  # noqa: E402
-from reproduce_paper import CONFIGS, experiment_data  # noqa: E402
+from bench_few_labels import fine_tuning_set, quick_set, set_arguments  # noqa: E402
 
 #: (J, L, sigma_0, mask radius): scales 2**0..J of sigma_0 voxels, harmonic degrees 0..L.
 SETTINGS = ((4, 4, 1.0, 14), (3, 4, 2.0, 14), (3, 6, 2.0, 12), (3, 6, 2.0, 10), (2, 8, 2.0, 14))
@@ -141,9 +139,7 @@ def _mean_sd(values) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="results JSON")
-    parser.add_argument("--per-class", type=int, default=60)
-    parser.add_argument("--snr", type=float, default=0.1)
+    set_arguments(parser)
     parser.add_argument("--labels", type=int, default=9, help="labels per class")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--settings", nargs="*", type=json.loads,
@@ -165,10 +161,7 @@ def main(argv=None) -> int:
     from napari_cryossl.train import FinetuneConfig, iter_finetune, split_labelled
 
     torch.set_num_threads(1)
-    cfg = CONFIGS["quick"]
-    if args.per_class != cfg.per_class:
-        cfg = replace(cfg, per_class=args.per_class)
-    all_data, _, train_idx, val_idx, test_idx = experiment_data(cfg, args.snr, seed=0)
+    _, all_data, train_idx, val_idx, test_idx = quick_set(args.per_class, args.snr)
     labels = np.asarray(all_data.class_numbers)
     truth = labels[test_idx]
     data, pool = fine_tuning_set(all_data, train_idx, val_idx)
