@@ -7,12 +7,12 @@ Gaussian x solid-harmonic wavelets, summed over the harmonic's order m, then int
 the box) is invariant to rotations *and* translations by construction, so it needs no
 centre. This benchmark asks whether a logistic regression on it, or its product with the
 network, classifies the built-in complexes better than the network does with 9 labels per
-class, and whether binning the boxes by 2 (8x fewer voxels, so 8x more steps in the same
-time) does.
+class, and whether binning the boxes by 2 (8x fewer voxels; about 6x more steps in the
+same time on the CPU) does.
 
 Data and draws: the "quick" set of ``reproduce_paper.py`` (the ten built-in complexes x 60,
-crowded, CTF, ±60° wedge, 32³ at 10 Å, SNR 0.1), the labels drawn as ``bench_few_labels``
-draws them (5 seeds), the same 120 test particles. Rows:
+crowded, CTF, ±60° wedge, 32³ at 10 Å, SNR 0.1 or ``--snr``), the labels drawn as
+``bench_few_labels`` draws them (5 seeds), the same 120 test particles. Rows:
 
 - ``floor``: ``baselines.FloorClassifier`` (radial features + logistic regression);
 - ``scattering J L sigma R``: logistic regression (``probe.fit_logistic``, l2 0.1) on the
