@@ -47,7 +47,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_few_labels import quick_set, set_arguments  # noqa: E402
+from bench_few_labels import (  # noqa: E402
+    drawn_labels,
+    label_fraction,
+    labelled_pool,
+    quick_set,
+    set_arguments,
+)
 from reproduce_paper import CONFIGS, experiment_data, simulation_config  # noqa: E402
 
 #: centre_offsets options tried by default beside its defaults.
@@ -84,16 +90,12 @@ def fitted_on_sample(boxes, n: int, seed: int = 0) -> np.ndarray:
 def floor_scores(boxes, labels, train_idx, val_idx, test_idx, k=9, seeds=range(5)):
     """Floor accuracy with ``k`` labels per class (one draw per seed) and with all."""
     from napari_cryossl.analysis.baselines import floor_accuracy
-    from napari_cryossl.train import split_labelled
 
-    pool = np.concatenate([train_idx, val_idx])
-    shown = labels[pool].copy()
-    shown[len(train_idx):] = 0  # as bench_few_labels: labels on the training split only
-    per_class = int(np.bincount(labels[train_idx]).max())
+    pool, shown = labelled_pool(labels, train_idx, val_idx)
+    fraction = label_fraction(labels, train_idx, k)
     few = []
     for seed in seeds:
-        chosen, _, _ = split_labelled(shown, label_fraction=k / per_class, val_fraction=0.0,
-                                      seed=seed)
+        chosen = drawn_labels(shown, fraction, seed)
         few.append(floor_accuracy(boxes[pool][chosen], shown[chosen], boxes[test_idx],
                                   labels[test_idx]))
     every = floor_accuracy(boxes[train_idx], labels[train_idx], boxes[test_idx],

@@ -123,14 +123,33 @@ def centred(all_data, cfg, snr, how):
                                       voxel_size=all_data.voxel_size)
 
 
+def labelled_pool(labels, train_idx, val_idx):
+    """The fine-tuning pool (training + validation particles) and the labels a run is
+    shown: the training split's; every other particle unlabelled (class 0)."""
+    pool = np.concatenate([train_idx, val_idx])
+    shown = np.asarray(labels)[pool].copy()
+    shown[len(train_idx):] = 0
+    return pool, shown
+
+
+def label_fraction(labels, train_idx, k: int | None) -> float:
+    """``label_fraction`` of a run with ``k`` labels per class (None: all)."""
+    return 1.0 if k is None else k / int(np.bincount(np.asarray(labels)[train_idx]).max())
+
+
+def drawn_labels(shown, fraction: float, seed: int) -> np.ndarray:
+    """Rows of the pool labelled in a run: the draw fine-tuning makes with this seed
+    (``split_labelled``, no validation split), so the floor sees the same labels."""
+    from napari_cryossl.train import split_labelled
+
+    return split_labelled(shown, label_fraction=fraction, val_fraction=0.0, seed=seed)[0]
+
+
 def fine_tuning_set(all_data, train_idx, val_idx):
     """The training + validation particles, labels on the training split only."""
     from napari_cryossl.particles.dataset import SubtomogramSet
 
-    labels = np.asarray(all_data.class_numbers)
-    pool = np.concatenate([train_idx, val_idx])
-    shown = labels[pool].copy()
-    shown[len(train_idx):] = 0
+    pool, shown = labelled_pool(all_data.class_numbers, train_idx, val_idx)
     data = SubtomogramSet.from_arrays(all_data.load(pool), shown, voxel_size=all_data.voxel_size)
     return data, pool
 
@@ -138,14 +157,12 @@ def fine_tuning_set(all_data, train_idx, val_idx):
 def run_one(method, k, seed, args, all_data, train_idx, val_idx, test_idx, out_dir, name=None):
     from napari_cryossl.analysis.baselines import FloorClassifier
     from napari_cryossl.analysis.predict import predict
-    from napari_cryossl.train import FinetuneConfig, iter_finetune, split_labelled
+    from napari_cryossl.train import FinetuneConfig, iter_finetune
 
     labels = np.asarray(all_data.class_numbers)
     data, pool = fine_tuning_set(all_data, train_idx, val_idx)
-    per_class = int(np.bincount(labels[train_idx]).max())
-    fraction = 1.0 if k is None else k / per_class
-    chosen, _, _ = split_labelled(data.class_numbers, label_fraction=fraction, val_fraction=0.0,
-                                  seed=seed)
+    fraction = label_fraction(labels, train_idx, k)
+    chosen = drawn_labels(data.class_numbers, fraction, seed)
     test = all_data.subset(test_idx)
     truth = labels[test_idx]
     rows = []

@@ -46,7 +46,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_few_labels import fine_tuning_set, quick_set, set_arguments  # noqa: E402
+from bench_few_labels import (  # noqa: E402
+    drawn_labels,
+    fine_tuning_set,
+    label_fraction,
+    quick_set,
+    set_arguments,
+)
 
 #: (J, L, sigma_0, mask radius): scales 2**0..J of sigma_0 voxels, harmonic degrees 0..L.
 SETTINGS = ((4, 4, 1.0, 14), (3, 4, 2.0, 14), (3, 6, 2.0, 12), (3, 6, 2.0, 10), (2, 8, 2.0, 14))
@@ -158,7 +164,7 @@ def main(argv=None) -> int:
     from napari_cryossl.nn.centring import centre_offsets, shift_boxes
     from napari_cryossl.nn.probe import fit_logistic
     from napari_cryossl.particles.dataset import SubtomogramSet
-    from napari_cryossl.train import FinetuneConfig, iter_finetune, split_labelled
+    from napari_cryossl.train import FinetuneConfig, iter_finetune
 
     torch.set_num_threads(1)
     _, all_data, train_idx, val_idx, test_idx = quick_set(args.per_class, args.snr)
@@ -166,9 +172,8 @@ def main(argv=None) -> int:
     truth = labels[test_idx]
     data, pool = fine_tuning_set(all_data, train_idx, val_idx)
     shown = np.asarray(data.class_numbers)
-    per_class = int(np.bincount(labels[train_idx]).max())
-    draws = {s: split_labelled(shown, label_fraction=args.labels / per_class, val_fraction=0.0,
-                               seed=s)[0] for s in args.seeds}
+    fraction = label_fraction(labels, train_idx, args.labels)
+    draws = {s: drawn_labels(shown, fraction, s) for s in args.seeds}
     boxes = all_data.load(np.arange(len(labels))).astype(np.float32)
     centred = shift_boxes(boxes, -centre_offsets(boxes)).astype(np.float32)
     rows, proba = [], {}
@@ -206,7 +211,7 @@ def main(argv=None) -> int:
         for s in args.seeds:
             path = Path(scratch) / f"classifier_{s}.pt"
             config = FinetuneConfig(epochs=5, min_steps=steps, batch_size=16, device="cpu",
-                                    label_fraction=args.labels / per_class, val_fraction=0.0,
+                                    label_fraction=fraction, val_fraction=0.0,
                                     seed=s)
             for _ in iter_finetune(train_set, config, path):
                 pass
