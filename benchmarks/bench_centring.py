@@ -115,7 +115,7 @@ def cost_of(box: int, repeats: int = 7) -> dict:
         shift_boxes,
     )
     from napari_cryossl.nn.models import build_encoder, centring_of
-    from napari_cryossl.train.loop import CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS
+    from napari_cryossl.train.loop import CENTRING_SAMPLE, centring_sample
 
     torch.manual_seed(0)
     x = torch.randn(64, 1, box, box, box)
@@ -132,8 +132,8 @@ def cost_of(box: int, repeats: int = 7) -> dict:
         "move: roll_boxes": lambda: roll_boxes(x[:, 0], -offsets),
         "move: shift_boxes": lambda: shift_boxes(x[:, 0], -offsets),
     }
-    sample = torch.randn(min(CENTRING_SAMPLE, max(200, CENTRING_SAMPLE_VOXELS // box**3)),
-                         box, box, box)
+    # as many boxes as training fits on from a large set
+    sample = torch.randn(len(centring_sample(CENTRING_SAMPLE, box, 0)), box, box, box)
     t0 = time.perf_counter()
     fit_references(sample, max_shift=box / 8)
     fit_seconds = time.perf_counter() - t0
@@ -169,7 +169,7 @@ def separations() -> list[dict]:
     """``Centring.fit``'s separation on each of ``SEPARATION_SETS``."""
     from napari_cryossl.nn.centring import MIN_SEPARATION
     from napari_cryossl.nn.models import build_encoder, centring_of
-    from napari_cryossl.train.loop import CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS
+    from napari_cryossl.train.loop import centring_sample
 
     rows = []
     for name, config, data, snr, per_class in SEPARATION_SETS:
@@ -178,10 +178,7 @@ def separations() -> list[dict]:
             cfg = replace(cfg, per_class=per_class)
         all_data, *_ = experiment_data(cfg, snr, seed=0)
         b = int(all_data.box_size)
-        n = max(200, min(CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS // b**3))
-        rows_ = np.arange(len(all_data.class_numbers))
-        if len(rows_) > n:
-            rows_ = np.sort(np.random.default_rng(0).choice(rows_, n, replace=False))
+        rows_ = centring_sample(len(all_data.class_numbers), b, 0)
         centring = centring_of(build_encoder("rb3d-small", b, centring=10))
         t0 = time.perf_counter()
         centring.fit(all_data.load(rows_))

@@ -330,6 +330,16 @@ CENTRING_SAMPLE = 2000
 CENTRING_SAMPLE_VOXELS = 500 * 32**3
 
 
+def centring_sample(n_particles: int, box_size: int, seed: int) -> np.ndarray:
+    """Sorted rows of the particles the centring references are fitted on: all of them, or
+    a random sample of ``CENTRING_SAMPLE`` / ``CENTRING_SAMPLE_VOXELS`` worth."""
+    n = max(200, min(CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS // int(box_size) ** 3))
+    rows = np.arange(int(n_particles))
+    if len(rows) > n:
+        rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+    return rows
+
+
 def _fit_centring(encoder, data, seed: int) -> str | None:
     """Fit the encoder's centring references (``models.Centring``) on the particles, once;
     return a note for the user when centring declined.
@@ -343,11 +353,7 @@ def _fit_centring(encoder, data, seed: int) -> str | None:
     centring = centring_of(encoder)
     if centring is None or centring.is_fitted or len(data) == 0:
         return None
-    rows = np.arange(len(data))
-    n = max(200, min(CENTRING_SAMPLE, CENTRING_SAMPLE_VOXELS // int(data.box_size) ** 3))
-    if len(rows) > n:
-        rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
-    centring.fit(data.load(rows), seed=seed)
+    centring.fit(data.load(centring_sample(len(data), int(data.box_size), seed)), seed=seed)
     if centring.is_active:
         return None
     return (f"particles not centred in their boxes: the spherical references find them "
